@@ -1,0 +1,1 @@
+"""Everything that thinks: Upbit client, features, labels, training, strategies, live engine."""

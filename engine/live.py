@@ -1,0 +1,183 @@
+"""The live engine: closed candles in, features (same code as training), prediction, signal out.
+
+Sources (Upbit WebSocket, replay of stored candles, demo market) feed candle updates; the
+candle builder decides when a candle is closed; on each closed candle the engine predicts
+with the champion, applies the confidence threshold, and falls back to the rule strategy
+whenever there is no model or it fails. Every signal is stored and published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from engine.features import DEFAULT_SPEC, compute_features
+from engine.inference import InferenceError, LoadedModel, predict_one
+from engine.strategy import Signal, SmaCross, threshold_action
+from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
+from store.signals import insert_signals
+
+
+@dataclass(frozen=True)
+class CandleEvent:
+    candle: dict[str, Any]
+    closed: bool
+
+
+@dataclass(frozen=True)
+class SignalEvent:
+    signal: Signal
+    probs: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    text: str
+    level: str = "info"  # info, warning, error
+
+
+EngineEvent = CandleEvent | SignalEvent | StatusEvent
+
+
+class CandleBuilder:
+    """Turns repeated frames of a forming candle into closed candles.
+
+    A candle is closed when a frame of a later bucket arrives (Upbit repeats the forming
+    candle's `ts` with the latest values; the latest frame wins).
+    """
+
+    def __init__(self) -> None:
+        self.forming: dict[str, Any] | None = None
+
+    def update(self, candle: dict[str, Any]) -> dict[str, Any] | None:
+        """Take one frame; return the candle it closed, if any."""
+        if self.forming is None or candle["ts"] == self.forming["ts"]:
+            self.forming = candle
+            return None
+        if candle["ts"] < self.forming["ts"]:
+            return None  # a late frame of an already closed candle
+        closed, self.forming = self.forming, candle
+        return closed
+
+
+@dataclass
+class LiveEngine:
+    con: duckdb.DuckDBPyConnection
+    market: str
+    unit: str
+    model: LoadedModel | None = None
+    threshold: float = 0.5
+    rule: SmaCross = field(default_factory=SmaCross)
+    mode: str = "live"  # live, replay or demo: recorded with each signal
+    persist_candles: bool = True
+    persist_signals: bool = True
+    no_model_reason: str = "no model"
+    inference_timeout: float = 1.0
+    candle_batch: int = 50
+
+    def __post_init__(self) -> None:
+        self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
+        self.window = max(self.spec.window(), self.rule.slow + 1)
+        self.history = pd.DataFrame(columns=CANDLE_COLUMNS)
+        self.builder = CandleBuilder()
+        self.listeners: list[Callable[[EngineEvent], None]] = []
+        self._pending: list[dict[str, Any]] = []
+        self.signals: list[Signal] = []
+
+    def subscribe(self, listener: Callable[[EngineEvent], None]) -> None:
+        self.listeners.append(listener)
+
+    def publish(self, event: EngineEvent) -> None:
+        for listener in self.listeners:
+            listener(event)
+
+    def prime(self, candles: pd.DataFrame | None = None) -> None:
+        """Load the trailing window before the first live candle (from the store by default)."""
+        if candles is None:
+            candles = load_candles(self.con, self.market, self.unit, last=self.window)
+        self.history = candles[CANDLE_COLUMNS].tail(self.window).reset_index(drop=True)
+
+    async def on_frame(self, candle: dict[str, Any]) -> Signal | None:
+        """A candle update from a live source (possibly a repeat of the forming candle)."""
+        self.publish(CandleEvent(candle, closed=False))
+        closed = self.builder.update(candle)
+        return await self.on_closed(closed) if closed is not None else None
+
+    async def on_closed(self, candle: dict[str, Any]) -> Signal:
+        """One closed candle: store it, compute features, predict, decide, log."""
+        self._append(candle)
+        self.publish(CandleEvent(candle, closed=True))
+        signal, probs = await self._decide(candle["ts"])
+        self.signals.append(signal)
+        if self.persist_signals:
+            self._store_signal(signal)
+        self.publish(SignalEvent(signal, probs))
+        return signal
+
+    def flush(self) -> None:
+        """Write buffered closed candles to the store in one batch."""
+        if self._pending and self.persist_candles:
+            upsert_candles(self.con, pd.DataFrame(self._pending)[CANDLE_COLUMNS])
+        self._pending.clear()
+
+    def _append(self, candle: dict[str, Any]) -> None:
+        row = {col: candle.get(col) for col in CANDLE_COLUMNS}
+        row["market"], row["unit"] = self.market, self.unit
+        self.history = pd.concat(
+            [self.history, pd.DataFrame([row])] if len(self.history) else [pd.DataFrame([row])],
+            ignore_index=True,
+        ).tail(self.window)
+        self._pending.append(row)
+        if len(self._pending) >= self.candle_batch:
+            self.flush()
+
+    async def _decide(self, ts: pd.Timestamp) -> tuple[Signal, np.ndarray | None]:
+        closes = self.history["close"].to_numpy(dtype=np.float64)
+        if self.model is not None:
+            try:
+                row = self._feature_row()
+                probs = await predict_one(self.model, row, self.inference_timeout)
+                action, confidence, reason = threshold_action(probs, self.threshold)
+                return Signal(ts, self.market, action, confidence, self.model.record.ref, reason,
+                              self.model.record.id), probs
+            except InferenceError as exc:
+                fallback = f"fallback: {exc}"
+        else:
+            fallback = f"fallback: {self.no_model_reason}"
+        action, reason = self.rule.decide(closes)
+        return Signal(ts, self.market, action, 1.0 if action != "hold" else 0.0, self.rule.name,
+                      f"{reason} ({fallback})"), None
+
+    def _feature_row(self) -> np.ndarray:
+        assert self.model is not None
+        if len(self.history) <= self.spec.warmup():
+            raise InferenceError(
+                f"{len(self.history)} candles in the window, features need {self.spec.warmup() + 1}"
+            )
+        try:
+            features = compute_features(self.history, self.spec)
+        except Exception as exc:
+            raise InferenceError(f"feature computation failed: {exc}") from exc
+        columns = self.model.columns
+        if columns and list(features.columns) != columns:
+            raise InferenceError("feature columns differ from the model's training columns")
+        row = features.iloc[-1].to_numpy(dtype=np.float32)
+        if not np.isfinite(row).all():
+            bad = list(features.columns[~np.isfinite(row)])
+            raise InferenceError(f"features not defined for this candle: {bad}")
+        return row
+
+    def _store_signal(self, signal: Signal) -> None:
+        insert_signals(
+            self.con,
+            pd.DataFrame(
+                [{"ts": signal.ts, "market": signal.market, "source": signal.source,
+                  "action": signal.action, "confidence": signal.confidence,
+                  "model_id": signal.model_id, "reason": signal.reason, "mode": self.mode}]
+            ),
+        )

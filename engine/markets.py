@@ -1,0 +1,27 @@
+"""Market codes and candle units as Upbit writes them, validated once for every face."""
+
+from __future__ import annotations
+
+import re
+
+UNITS = ("1", "3", "5", "10", "15", "30", "60", "240", "D")
+_MARKET = re.compile(r"^(KRW|BTC|USDT)-[A-Z0-9]{1,15}$")
+
+
+def check_market(market: str) -> str:
+    if not _MARKET.match(market):
+        raise ValueError(
+            f"market {market!r} is not an Upbit market code; write it as QUOTE-BASE, e.g. KRW-BTC"
+        )
+    return market
+
+
+def check_unit(unit: str | int) -> str:
+    text = str(unit).upper() if str(unit).upper() == "D" else str(unit)
+    if text not in UNITS:
+        raise ValueError(f"candle unit {unit!r} is not supported; use one of {', '.join(UNITS)}")
+    return text
+
+
+def unit_timedelta_minutes(unit: str) -> int:
+    return 1440 if unit == "D" else int(unit)

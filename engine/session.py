@@ -1,0 +1,82 @@
+"""Starting a workstation session: live from Upbit when reachable, else replay, else demo."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from engine.features import warm_up
+from engine.inference import load_champion
+from engine.live import LiveEngine
+from engine.markets import unit_timedelta_minutes
+from engine.sources import demo_candles, replay, upbit_live
+from store.candles import load_candles
+
+REPLAY_CANDLES = 2000
+
+
+@dataclass
+class Session:
+    engine: LiveEngine
+    mode: str  # live, replay or demo
+    banner: str  # what the user must know about where the data comes from
+    runner: Coroutine[Any, Any, Any]
+
+
+async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | None:
+    """None when Upbit answers for `market`, else the reason it does not."""
+    from engine.upbit import UpbitError, fetch_candles
+
+    now = datetime.now(UTC)
+    try:
+        await asyncio.wait_for(
+            fetch_candles(market, unit, now - timedelta(minutes=unit_timedelta_minutes(unit) * 3), now),
+            timeout,
+        )
+    except TimeoutError:
+        return f"no answer within {timeout:.0f}s"
+    except (UpbitError, OSError) as exc:
+        return str(exc)
+    return None
+
+
+async def open_session(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    *,
+    threshold: float = 0.5,
+    offline: bool = False,
+    replay_delay: float = 0.25,
+    probe_timeout: float = 3.0,
+) -> Session:
+    """Build the engine for `market`/`unit` and the coroutine that feeds it."""
+    await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
+    model, model_reason = load_champion(con, market, unit)
+    reason = "offline mode" if offline else await probe_upbit(market, unit, probe_timeout)
+    engine = LiveEngine(con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason)
+    if reason is None:
+        from engine.data import fetch_into_store
+
+        since = datetime.now(UTC) - timedelta(minutes=unit_timedelta_minutes(unit) * engine.window)
+        await fetch_into_store(con, market, unit, since)
+        engine.prime()
+        return Session(engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine))
+    stored = load_candles(con, market, unit, last=engine.window + REPLAY_CANDLES)
+    if len(stored) > engine.window:
+        engine.mode, engine.persist_candles = "replay", False
+        engine.prime(stored.iloc[: engine.window])
+        banner = (f"Upbit unreachable ({reason}) · REPLAY of {len(stored) - engine.window} stored"
+                  f" {market} {unit}m candles · {model_reason}")
+        return Session(engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay))
+    engine.mode, engine.persist_candles, engine.persist_signals = "demo", False, False
+    demo = demo_candles(engine.window + REPLAY_CANDLES, market, unit)
+    engine.prime(demo.iloc[: engine.window])
+    banner = (f"Upbit unreachable ({reason}) and no stored {market} {unit}m candles ·"
+              f" DEMO market (synthetic) · {model_reason}")
+    return Session(engine, "demo", banner, replay(engine, demo.iloc[engine.window :], replay_delay))

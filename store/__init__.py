@@ -1,0 +1,1 @@
+"""DuckDB store: schema migrations, candles, model registry rows, signals, artifact files."""

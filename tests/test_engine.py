@@ -1,0 +1,173 @@
+"""The live engine: candle closing, same features as training, threshold, rule fallback."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.dataset import build_dataset
+from engine.features import DEFAULT_SPEC, compute_features
+from engine.inference import LoadedModel, load_champion
+from engine.labels import LabelSpec
+from engine.live import CandleBuilder, LiveEngine, SignalEvent
+from engine.session import open_session
+from engine.sources import demo_candles, replay
+from engine.strategy import SmaCross, threshold_action
+from engine.training import train_model
+from models.base import Model
+from store.candles import load_candles, upsert_candles
+from store.signals import load_signals
+
+
+def _candle(ts: str, close: float) -> dict[str, Any]:
+    return {"market": "KRW-BTC", "unit": "1", "ts": pd.Timestamp(ts, tz="UTC"), "open": close,
+            "high": close, "low": close, "close": close, "volume": 1.0, "value": close}
+
+
+def test_candle_builder_closes_a_candle_only_when_the_next_bucket_starts() -> None:
+    builder = CandleBuilder()
+    assert builder.update(_candle("2025-09-01 00:00", 1.0)) is None
+    assert builder.update(_candle("2025-09-01 00:00", 2.0)) is None  # the forming candle repeats
+    closed = builder.update(_candle("2025-09-01 00:01", 3.0))
+    assert closed is not None and closed["close"] == 2.0  # the latest frame wins
+    assert builder.update(_candle("2025-09-01 00:00", 9.0)) is None  # late frame: ignored
+
+
+def test_sma_cross_rule() -> None:
+    rule = SmaCross(fast=2, slow=4)
+    assert rule.decide(np.array([1.0, 1.0, 1.0]))[0] == "hold"
+    assert rule.decide(np.array([5.0, 5.0, 5.0, 5.0, 9.0]))[0] == "buy"
+    assert rule.decide(np.array([5.0, 5.0, 5.0, 5.0, 1.0]))[0] == "sell"
+    assert rule.decide(np.array([5.0, 5.0, 5.0, 5.0, 5.0]))[0] == "hold"
+
+
+def test_threshold_action() -> None:
+    assert threshold_action(np.array([0.1, 0.2, 0.7]), 0.6)[0] == "buy"
+    action, confidence, reason = threshold_action(np.array([0.1, 0.35, 0.55]), 0.6)
+    assert action == "hold" and confidence == 0.55 and "below threshold" in reason
+    assert threshold_action(np.array([0.8, 0.1, 0.1]), 0.6)[0] == "sell"
+
+
+@pytest.fixture
+def trained(con, btc_1m: pd.DataFrame) -> LoadedModel:
+    upsert_candles(con, btc_1m)
+    train_model(con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 40})
+    loaded, _ = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None
+    return loaded
+
+
+async def test_replay_gives_the_same_signals_as_batch_prediction(con, trained: LoadedModel) -> None:
+    """Live features come from the trailing window with the same code as training."""
+    stored = load_candles(con, "KRW-BTC", "1")
+    engine = LiveEngine(con, "KRW-BTC", "1", model=trained, threshold=0.45, mode="replay", persist_candles=False)
+    start = len(stored) - 200
+    engine.prime(stored.iloc[:start])
+    events: list[SignalEvent] = []
+    engine.subscribe(lambda e: events.append(e) if isinstance(e, SignalEvent) else None)
+    await replay(engine, stored.iloc[start:])
+
+    batch = compute_features(stored, DEFAULT_SPEC).iloc[start:]
+    probs = trained.model.predict_proba(batch.to_numpy(np.float32))
+    expected = [threshold_action(p, 0.45)[0] for p in probs]
+    assert [s.action for s in engine.signals] == expected
+    live_probs = np.vstack([e.probs for e in events])
+    np.testing.assert_allclose(live_probs, probs, rtol=1e-5, atol=1e-6)
+    assert all(s.source == trained.record.ref for s in engine.signals)
+    logged = load_signals(con, "KRW-BTC", last=1000)
+    assert len(logged) == 200 and set(logged["mode"]) == {"replay"}
+
+
+async def test_without_a_model_the_rule_decides_and_says_why(con) -> None:
+    candles = demo_candles(400)
+    engine = LiveEngine(con, "KRW-BTC", "1", no_model_reason="no champion model for KRW-BTC unit 1", mode="demo")
+    engine.prime(candles.iloc[:100])
+    await replay(engine, candles.iloc[100:])
+    assert {s.source for s in engine.signals} == {"sma-cross(10,30)"}
+    assert {"buy", "sell"} <= {s.action for s in engine.signals}
+    assert all("fallback: no champion model" in s.reason for s in engine.signals)
+
+
+class _Broken(Model):
+    """A model that fails the way real ones do: NaN output, wrong shape, slowness, exceptions."""
+
+    kind = "broken"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def fit(self, *args: Any) -> Self:
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if self.mode == "nan":
+            return np.full((len(X), 3), np.nan)
+        if self.mode == "shape":
+            return np.ones((len(X), 2)) / 2
+        if self.mode == "slow":
+            time.sleep(0.5)
+            return np.ones((len(X), 3)) / 3
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("mode", "cause"),
+    [("nan", "NaN"), ("shape", "2 probabilities"), ("slow", "timed out"), ("raise", "CUDA error")],
+)
+async def test_a_failing_model_falls_back_to_the_rule_with_the_cause(con, trained: LoadedModel, mode: str, cause: str) -> None:
+    broken = LoadedModel(trained.record, _Broken(mode), trained.feature_spec)
+    engine = LiveEngine(con, "KRW-BTC", "1", model=broken, inference_timeout=0.1, mode="replay")
+    stored = load_candles(con, "KRW-BTC", "1")
+    engine.prime(stored.iloc[:-3])
+    await replay(engine, stored.iloc[-3:])
+    assert len(engine.signals) == 3
+    for signal in engine.signals:
+        assert signal.source == "sma-cross(10,30)"
+        assert "fallback" in signal.reason and cause in signal.reason
+
+
+async def test_closed_live_candles_are_stored_in_batches(con) -> None:
+    candles = demo_candles(130)
+    engine = LiveEngine(con, "KRW-BTC", "1", candle_batch=50)
+    engine.prime(candles.iloc[:40])
+    for row in candles.iloc[40:].to_dict("records"):
+        await engine.on_frame(row)
+    stored = load_candles(con, "KRW-BTC", "1")
+    assert len(stored) == 50  # one batch written, the rest buffered
+    engine.flush()
+    assert len(load_candles(con, "KRW-BTC", "1")) == 89  # the last frame's candle is still forming
+
+
+async def test_offline_session_replays_stored_candles_else_runs_a_demo(con, btc_1m: pd.DataFrame) -> None:
+    demo = await open_session(con, "KRW-BTC", "1", offline=True, replay_delay=0)
+    assert demo.mode == "demo" and "DEMO" in demo.banner
+    demo.runner.close()
+    upsert_candles(con, btc_1m.head(600))
+    session = await open_session(con, "KRW-BTC", "1", offline=True, replay_delay=0)
+    assert session.mode == "replay" and "REPLAY" in session.banner and "no champion" in session.banner
+    count = await session.runner
+    assert count == 600 - session.engine.window
+    assert len(load_signals(con, "KRW-BTC", last=1000)) == count
+
+
+def test_labels_spec_defaults_cover_the_round_trip_fee() -> None:
+    assert LabelSpec().threshold >= 2 * 0.0005
+
+
+def test_dataset_columns_match_engine_features(btc_1m: pd.DataFrame) -> None:
+    data = build_dataset(btc_1m.head(600), DEFAULT_SPEC, LabelSpec())
+    assert data.columns == list(compute_features(btc_1m.head(100)).columns)

@@ -1,0 +1,101 @@
+"""Headless training on real candles: honest metrics, registry rows, artifacts, model I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.inference import load_champion, load_record
+from engine.labels import LabelSpec
+from engine.training import TrainingError, train_model
+from models import create_model
+from store.artifacts import ArtifactError
+from store.candles import upsert_candles
+from store.registry import champion, get_model, list_models, model_metrics
+
+FAST = {"n_estimators": 40}
+
+
+def test_train_registers_a_versioned_champion_with_metrics(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m)
+    report = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST)
+    record = report.model
+    assert record.ref == "xgboost-KRW-BTC-1@1" and record.status == "champion"
+    assert Path(record.artifact).name == f"{record.sha256}.tar"
+    assert Path(record.artifact).stat().st_size == record.size
+    assert record.feature_spec_hash and record.label_spec["horizon"] == 10
+    stored = model_metrics(con, record.id)
+    assert stored["test"]["accuracy"] == pytest.approx(report.metrics["test"]["accuracy"])
+    assert set(stored) == {"validation", "test", "baseline_majority_test"}
+    assert sum(report.rows.values()) < len(btc_1m)  # warm-up, purge and the unlabelled tail are gone
+
+    second = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST)
+    assert second.model.version == 2 and second.model.status == "candidate"
+    assert champion(con, "KRW-BTC", "1").id == record.id
+    assert [m.version for m in list_models(con)] == [1, 2]
+    assert get_model(con, "xgboost-KRW-BTC-1").version == 2
+    assert get_model(con, "xgboost-KRW-BTC-1@1").id == record.id
+
+
+def test_loaded_model_predicts_the_same_as_the_trained_one(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m)
+    report = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST)
+    loaded, reason = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None and reason.startswith("champion")
+    X = np.random.default_rng(0).normal(0, 0.01, (5, len(report.features))).astype(np.float32)
+    probs = loaded.model.predict_proba(X)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    again = load_record(report.model).model.predict_proba(X)
+    np.testing.assert_array_equal(probs, again)
+
+
+def test_tampered_artifact_is_refused(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m)
+    record = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST).model
+    with open(record.artifact, "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"tampered")
+    with pytest.raises(ArtifactError):
+        load_record(record)
+    loaded, reason = load_champion(con, "KRW-BTC", "1")
+    assert loaded is None and "refused" in reason and "sha256" in reason
+
+
+def test_shuffled_labels_score_at_chance(con, btc_1m: pd.DataFrame) -> None:
+    """A model can't beat the majority class when labels carry no information."""
+    from engine.dataset import build_dataset
+    from engine.features import DEFAULT_SPEC
+    from engine.metrics import classification_metrics, majority_baseline
+    from engine.splits import SplitSpec, chronological_split
+
+    data = build_dataset(btc_1m, DEFAULT_SPEC, LabelSpec())
+    y = np.random.default_rng(1).permutation(data.y)
+    split = chronological_split(len(y), SplitSpec(), 10)
+    model = create_model("xgboost", **FAST).fit(
+        data.X[split.train], y[split.train], data.X[split.validation], y[split.validation]
+    )
+    proba = model.predict_proba(data.X[split.test])
+    scored = classification_metrics(y[split.test], proba.argmax(1), proba)
+    baseline = majority_baseline(y[split.train], y[split.test])
+    assert scored["accuracy"] <= baseline["accuracy"] + 0.02
+
+
+def test_training_without_candles_says_what_to_do(con) -> None:
+    with pytest.raises(TrainingError, match="upquant data import"):
+        train_model(con, "xgboost", "KRW-ETH", "1")
+
+
+def test_training_with_an_impossible_threshold_names_the_missing_classes(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m)
+    with pytest.raises(TrainingError, match="no sell, buy labels"):
+        train_model(con, "xgboost", "KRW-BTC", "1", label_spec=LabelSpec(threshold=0.5))
+
+
+def test_unknown_model_kind_is_a_clear_error(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m)
+    with pytest.raises(ValueError, match="unknown model kind 'svm'"):
+        train_model(con, "svm", "KRW-BTC", "1")
