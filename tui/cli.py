@@ -274,41 +274,34 @@ class _null:
         return None
 
 
+def _is_user_error(exc: BaseException) -> bool:
+    """Our own exceptions and bad values are reported as one line; anything else is a bug."""
+    module = type(exc).__module__.split(".")[0]
+    return module in {"engine", "store", "models", "tui"} or isinstance(exc, (ValueError, KeyError))
+
+
 def main() -> None:
-    """Entry point: run the typer app, turning known failures into one red line and exit 1."""
-    from engine.data import DataImportError
-    from engine.training import TrainingError
-    from store.artifacts import ArtifactError
-
-    known: tuple[type[BaseException], ...] = (CliError, ValueError, KeyError, DataImportError, TrainingError, ArtifactError)
-    try:
-        from engine.upbit import UpbitError
-
-        known += (UpbitError,)
-    except ImportError:
-        pass
+    """Entry point: run the typer app, turning failures into one red line and a non-zero exit."""
     try:
         app(standalone_mode=False)
-    except known as exc:
-        if _state["debug"]:
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        err.print(f"[red]error:[/] {message}", highlight=False)
-        if getattr(exc, "hint", None):
-            err.print(f"hint: {exc.hint}", highlight=False)
-        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("[red]aborted[/]")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: typer prints them with the usage line
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        if _is_user_error(exc):
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+            if getattr(exc, "hint", None):
+                err.print(f"hint: {exc.hint}", highlight=False)
+        else:
+            err.print(f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)
