@@ -5,142 +5,40 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections import Counter
-from datetime import UTC, datetime
-from pathlib import Path
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from tui.commands.common import (
+    JsonOpt,
+    MarketArg,
+    UnitOpt,
+    check,
+    connect,
+    console,
+    err,
+    state,
+)
+from tui.commands.data import data_app
 
 app = typer.Typer(
     help="upquant: Upbit KRW-market trading workstation (data, models, live engine, TUI).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Candles in the store: import files, fetch from Upbit, status.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 
-# Wide when piped, so tables and paths are not folded into unreadable columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-_state = {"debug": False}
-
-MarketArg = Annotated[str, typer.Argument(help="Upbit market code, e.g. KRW-BTC.")]
-UnitOpt = Annotated[str, typer.Option("--unit", "-u", help="Candle unit: minutes 1,3,5,10,15,30,60,240 or D.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-
-
-class CliError(Exception):
-    """A failure to report as one red line plus a hint."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
-
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
-    _state["debug"] = debug
-
-
-def _connect():
-    from store.db import connect
-
-    return connect()
-
-
-def _parse_time(text: str, option: str) -> datetime:
-    try:
-        stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"{option} {text!r} is not a date/time", "use ISO format, e.g. 2025-09-01 or 2025-09-01T12:00Z") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-def _check(market: str | None, unit: str) -> str:
-    from engine.markets import check_market, check_unit
-
-    if market is not None:
-        check_market(market)
-    return check_unit(unit)
-
-
-# --- data ------------------------------------------------------------------------------------
-@data_app.command("import")
-def data_import(
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet file: timestamp (UTC), open, high, low, close, volume[, value].")],
-    market: Annotated[str, typer.Option("--market", "-m", help="Market code the file holds, e.g. KRW-BTC.")],
-    unit: UnitOpt = "1",
-    as_json: JsonOpt = False,
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
-    """Import candles from a file; bad rows are rejected and reported, good rows upserted."""
-    from engine.data import import_candle_file
-
-    unit = _check(market, unit)
-    with _connect() as con:
-        started = time.perf_counter()
-        report = import_candle_file(con, path, market, unit)
-        seconds = time.perf_counter() - started
-    if as_json:
-        console.print_json(json.dumps({**report.__dict__, "path": str(report.path), "seconds": seconds}))
-        return
-    console.print(
-        f"{path}: read {report.rows_read:,} rows, {report.rows_new:,} new candles stored,"
-        f" {report.rows_rejected:,} rejected ({seconds:.2f}s)"
-    )
-    for problem, count in report.problems.items():
-        console.print(f"  [yellow]{count:,} × {problem}[/]")
-    if report.examples:
-        console.print(f"  first: {', '.join(report.examples[:5])}")
-
-
-@data_app.command("fetch")
-def data_fetch(
-    market: MarketArg,
-    since: Annotated[str, typer.Option("--since", help="Oldest candle to fetch (UTC), e.g. 2025-09-01.")],
-    unit: UnitOpt = "1",
-    until: Annotated[str | None, typer.Option("--until", help="Fetch candles before this time (UTC); default now.")] = None,
-) -> None:
-    """Backfill candles from the Upbit REST API (base URL from UPQUANT_UPBIT_REST_URL)."""
-    from engine.data import fetch_into_store
-
-    unit = _check(market, unit)
-    start = _parse_time(since, "--since")
-    end = _parse_time(until, "--until") if until else None
-    with _connect() as con, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} candles"),
-        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal,
-    ) as progress:
-        task = progress.add_task(f"{market} {unit}", total=None)
-        new = asyncio.run(
-            fetch_into_store(con, market, unit, start, end, on_progress=lambda n: progress.advance(task, n))
-        )
-    console.print(f"{market} unit {unit}: {new:,} new candles stored")
-
-
-@data_app.command("status")
-def data_status(as_json: JsonOpt = False) -> None:
-    """Markets and units in the store with row counts, first and last candle."""
-    from store.candles import candle_status
-
-    with _connect() as con:
-        frame = candle_status(con)
-    if as_json:
-        console.print_json(frame.to_json(orient="records", date_format="iso"))
-        return
-    if frame.empty:
-        console.print("the store has no candles yet: run `upquant data import` or `upquant data fetch`")
-        return
-    table = Table("market", "unit", "rows", "first (UTC)", "last (UTC)")
-    for row in frame.itertuples():
-        table.add_row(row.market, row.unit, f"{row.rows:,}", f"{row.first:%Y-%m-%d %H:%M}", f"{row.last:%Y-%m-%d %H:%M}")
-    console.print(table)
+    state["debug"] = debug
 
 
 # --- training and models ---------------------------------------------------------------------
@@ -150,35 +48,59 @@ def train(
     market: MarketArg,
     unit: UnitOpt = "1",
     horizon: Annotated[int, typer.Option(help="Label horizon in candles.")] = 10,
-    threshold: Annotated[float, typer.Option(help="Forward log-return beyond which a candle is buy/sell.")] = 0.001,
-    n_estimators: Annotated[int, typer.Option(help="XGBoost boosting rounds (early stopping on validation).")] = 300,
+    threshold: Annotated[
+        float, typer.Option(help="Forward log-return beyond which a candle is buy/sell.")
+    ] = 0.001,
+    n_estimators: Annotated[
+        int, typer.Option(help="XGBoost boosting rounds (early stopping on validation).")
+    ] = 300,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    promote: Annotated[bool | None, typer.Option("--promote/--no-promote", help="Make it champion (default: only if none yet).")] = None,
+    promote: Annotated[
+        bool | None,
+        typer.Option(
+            "--promote/--no-promote", help="Make it champion (default: only if none yet)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on stored candles, evaluate it on the test part beside the majority baseline, register it."""
     from engine.labels import LabelSpec
     from engine.training import train_model
 
-    unit = _check(market, unit)
-    with _connect() as con:
-        with err.status(f"training {kind} on {market} {unit}m…", spinner="dots") if err.is_terminal else _null():
-            report = train_model(
-                con, kind, market, unit,
-                label_spec=LabelSpec(horizon=horizon, threshold=threshold),
-                params={"n_estimators": n_estimators, "seed": seed},
-                promote=promote,
-            )
+    unit = check(market, unit)
+    spinner = (
+        err.status(f"training {kind} on {market} {unit}m…") if err.is_terminal else nullcontext()
+    )
+    with connect() as con, spinner:
+        report = train_model(
+            con,
+            kind,
+            market,
+            unit,
+            label_spec=LabelSpec(horizon=horizon, threshold=threshold),
+            params={"n_estimators": n_estimators, "seed": seed},
+            promote=promote,
+        )
     if as_json:
-        console.print_json(json.dumps({
-            "model": report.model.ref, "id": report.model.id, "status": report.model.status,
-            "sha256": report.model.sha256, "rows": report.rows, "metrics": report.metrics,
-            "class_balance": report.class_balance,
-        }))
+        console.print_json(
+            json.dumps(
+                {
+                    "model": report.model.ref,
+                    "id": report.model.id,
+                    "status": report.model.status,
+                    "sha256": report.model.sha256,
+                    "rows": report.rows,
+                    "metrics": report.metrics,
+                    "class_balance": report.class_balance,
+                }
+            )
+        )
         return
     record = report.model
-    console.print(f"[bold]{record.ref}[/] (id {record.id}, {record.status}) · {len(report.features)} features ·"
-                  f" rows train {report.rows['train']:,} / validation {report.rows['validation']:,} / test {report.rows['test']:,}")
+    console.print(
+        f"[bold]{record.ref}[/] (id {record.id}, {record.status}) · {len(report.features)} features ·"
+        f" rows train {report.rows['train']:,} / validation {report.rows['validation']:,} / test {report.rows['test']:,}"
+    )
     balance = report.class_balance["test"]
     console.print("test class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in balance.items()))
     table = Table("test part", "accuracy", "macro F1", "log-loss")
@@ -186,7 +108,9 @@ def train(
         m = report.metrics[key]
         table.add_row(label, f"{m['accuracy']:.4f}", f"{m['f1_macro']:.4f}", f"{m['log_loss']:.4f}")
     console.print(table)
-    console.print(f"artifact {record.artifact} (sha256 {record.sha256[:16]}…, {record.size:,} bytes)")
+    console.print(
+        f"artifact {record.artifact} (sha256 {record.sha256[:16]}…, {record.size:,} bytes)"
+    )
 
 
 @models_app.command("list")
@@ -197,81 +121,113 @@ def models_list(
     """Registered models with status and test metrics."""
     from store.registry import list_models, model_metrics
 
-    with _connect() as con:
+    with connect() as con:
         records = list_models(con, market)
         metrics = {r.id: model_metrics(con, r.id) for r in records}
     if as_json:
-        console.print_json(json.dumps([
-            {"id": r.id, "ref": r.ref, "kind": r.kind, "market": r.market, "unit": r.unit,
-             "status": r.status, "created_at": r.created_at.isoformat(), "metrics": metrics[r.id]}
-            for r in records
-        ]))
+        console.print_json(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "ref": r.ref,
+                        "kind": r.kind,
+                        "market": r.market,
+                        "unit": r.unit,
+                        "status": r.status,
+                        "created_at": r.created_at.isoformat(),
+                        "metrics": metrics[r.id],
+                    }
+                    for r in records
+                ]
+            )
+        )
         return
-    table = Table("id", "model", "kind", "market", "unit", "status", "test acc", "test F1", "created (UTC)")
+    table = Table(
+        "id", "model", "kind", "market", "unit", "status", "test acc", "test F1", "created (UTC)"
+    )
     for r in records:
         test = metrics[r.id].get("test", {})
-        table.add_row(str(r.id), r.ref, r.kind, r.market, r.unit, r.status,
-                      f"{test.get('accuracy', float('nan')):.4f}", f"{test.get('f1_macro', float('nan')):.4f}",
-                      f"{r.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(
+            str(r.id),
+            r.ref,
+            r.kind,
+            r.market,
+            r.unit,
+            r.status,
+            f"{test.get('accuracy', float('nan')):.4f}",
+            f"{test.get('f1_macro', float('nan')):.4f}",
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
     console.print(table)
 
 
 # --- live -------------------------------------------------------------------------------------
 @app.command()
 def tui(
-    market: Annotated[str, typer.Option("--market", "-m", help="Market to watch, e.g. KRW-BTC.")] = "KRW-BTC",
+    market: Annotated[
+        str, typer.Option("--market", "-m", help="Market to watch, e.g. KRW-BTC.")
+    ] = "KRW-BTC",
     unit: UnitOpt = "1",
-    threshold: Annotated[float, typer.Option(help="Confidence threshold for model signals (adjust with +/-).")] = 0.5,
-    offline: Annotated[bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")] = False,
+    threshold: Annotated[
+        float, typer.Option(help="Confidence threshold for model signals (adjust with +/-).")
+    ] = 0.5,
+    offline: Annotated[
+        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
+    ] = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.25,
 ) -> None:
     """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
     from tui.app import UpquantApp
 
-    unit = _check(market, unit)
-    with _connect() as con:
-        UpquantApp(con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay).run()
+    unit = check(market, unit)
+    with connect() as con:
+        UpquantApp(
+            con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay
+        ).run()
 
 
 @app.command()
 def run(
-    market: Annotated[str, typer.Option("--market", "-m", help="Market, e.g. KRW-BTC.")] = "KRW-BTC",
+    market: Annotated[
+        str, typer.Option("--market", "-m", help="Market, e.g. KRW-BTC.")
+    ] = "KRW-BTC",
     unit: UnitOpt = "1",
     threshold: Annotated[float, typer.Option(help="Confidence threshold for model signals.")] = 0.5,
-    offline: Annotated[bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")] = False,
+    offline: Annotated[
+        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
+    ] = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
     from engine.live import SignalEvent, StatusEvent
     from engine.session import open_session
 
-    unit = _check(market, unit)
+    unit = check(market, unit)
 
     def show(event: object) -> None:
         if isinstance(event, StatusEvent):
             err.print(f"[yellow]{event.text}[/]" if event.level != "info" else event.text)
         elif isinstance(event, SignalEvent) and event.signal.action != "hold":
             s = event.signal
-            console.print(f"{s.ts:%Y-%m-%d %H:%M} {s.market} {s.action.upper():4} {s.confidence:.2f} {s.source}: {s.reason}")
+            console.print(
+                f"{s.ts:%Y-%m-%d %H:%M} {s.market} {s.action.upper():4} {s.confidence:.2f} {s.source}: {s.reason}"
+            )
 
     async def main(con) -> Counter:
-        session = await open_session(con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay)
+        session = await open_session(
+            con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay
+        )
         err.print(session.banner)
         session.engine.subscribe(show)
         await session.runner
         return Counter(s.action for s in session.engine.signals)
 
-    with _connect() as con:
+    with connect() as con:
         counts = asyncio.run(main(con))
-    console.print(f"signals: {sum(counts.values()):,} (buy {counts['buy']}, sell {counts['sell']}, hold {counts['hold']})")
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    console.print(
+        f"signals: {sum(counts.values()):,} (buy {counts['buy']}, sell {counts['sell']}, hold {counts['hold']})"
+    )
 
 
 def _is_user_error(exc: BaseException) -> bool:
@@ -295,7 +251,7 @@ def main() -> None:
             show()
         sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:
-        if _state["debug"]:
+        if state["debug"]:
             raise
         if _is_user_error(exc):
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
@@ -303,5 +259,7 @@ def main() -> None:
             if getattr(exc, "hint", None):
                 err.print(f"hint: {exc.hint}", highlight=False)
         else:
-            err.print(f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            err.print(
+                f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            )
         sys.exit(1)

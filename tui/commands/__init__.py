@@ -1,0 +1,1 @@
+"""typer command groups of the `upquant` CLI, one module per area."""

@@ -1,0 +1,57 @@
+"""What every command module shares: consoles, option types, the store connection, parsing."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.console import Console
+
+# Wide when piped, so tables and paths are not folded into unreadable columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+state = {"debug": False}  # set by the --debug flag of the root command
+
+MarketArg = Annotated[str, typer.Argument(help="Upbit market code, e.g. KRW-BTC.")]
+UnitOpt = Annotated[
+    str, typer.Option("--unit", "-u", help="Candle unit: minutes 1,3,5,10,15,30,60,240 or D.")
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+]
+
+
+class CliError(Exception):
+    """A failure to report as one red line plus a hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def connect() -> duckdb.DuckDBPyConnection:
+    from store.db import connect as open_store
+
+    return open_store()
+
+
+def parse_time(text: str, option: str) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"{option} {text!r} is not a date/time",
+            "use ISO format, e.g. 2025-09-01 or 2025-09-01T12:00Z",
+        ) from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def check(market: str | None, unit: str) -> str:
+    from engine.markets import check_market, check_unit
+
+    if market is not None:
+        check_market(market)
+    return check_unit(unit)

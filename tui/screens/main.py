@@ -1,0 +1,130 @@
+"""MainScreen: chart, prediction panel and signal log of one market, fed by engine events."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pandas as pd
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from engine.live import CandleEvent, EngineEvent, LiveEngine, SignalEvent, StatusEvent
+from engine.session import Session
+from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
+
+THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.34, 0.95, 0.05
+
+
+class MainScreen(Screen[None]):
+    """The trading screen. It renders what its messages carry; the app posts them in the
+    order things happen, so the screen never races the engine."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "plus,equals_sign", f"threshold({THRESHOLD_STEP})", "Threshold up", key_display="+"
+        ),
+        Binding("minus", f"threshold({-THRESHOLD_STEP})", "Threshold down", key_display="-"),
+        Binding("h", "toggle_holds", "Toggle holds"),
+    ]
+
+    class SessionOpened(Message, bubble=False):
+        """The session is built; `history` is the engine's window before the first event."""
+
+        def __init__(self, session: Session, history: pd.DataFrame) -> None:
+            super().__init__()
+            self.session, self.history = session, history
+
+    class EngineUpdate(Message, bubble=False):
+        def __init__(self, event: EngineEvent) -> None:
+            super().__init__()
+            self.event = event
+
+    class SessionStatus(Message, bubble=False):
+        """Something about the session itself: it failed to open, its feed ended or broke."""
+
+        def __init__(self, text: str, level: str = "info") -> None:
+            super().__init__()
+            self.text, self.level = text, level
+
+    def __init__(self, market: str, unit: str) -> None:
+        super().__init__()
+        self.market, self.unit = market, unit
+        self.engine: LiveEngine | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield SessionBanner(id="banner")
+        with Horizontal(id="market"):
+            yield CandleChart(id="chart")
+            yield PredictionPanel(id="prediction")
+        yield SignalLog(id="signals")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(SessionBanner).show(
+            f"Starting the {self.market} {self.unit}m session:"
+            " probing Upbit, loading the champion model…",
+            "starting",
+        )
+        chart = self.query_one(CandleChart)
+        chart.border_title = f"{self.market} · {self.unit}m"
+        self.query_one(PredictionPanel).border_title = "prediction"
+        self.query_one(SignalLog).border_title = "signals"
+
+    def on_main_screen_session_opened(self, message: SessionOpened) -> None:
+        session = message.session
+        self.engine = engine = session.engine
+        self.query_one(SessionBanner).show(
+            session.banner, "live" if session.mode == "live" else "warning"
+        )
+        self.query_one(CandleChart).load(message.history)
+        panel = self.query_one(PredictionPanel)
+        if engine.model is not None:
+            panel.model_ref, panel.model_note = engine.model.record.ref, ""
+        else:
+            panel.model_ref, panel.model_note = f"rule: {engine.rule.name}", engine.no_model_reason
+        panel.threshold = engine.threshold
+        self.query_one(StatusLine).show(f"{session.mode}: waiting for the first closed candle")
+        self.refresh_bindings()
+
+    def on_main_screen_engine_update(self, message: EngineUpdate) -> None:
+        event = message.event
+        if isinstance(event, CandleEvent):
+            self.query_one(CandleChart).add_candle(event.candle, event.closed)
+        elif isinstance(event, SignalEvent):
+            self.query_one(PredictionPanel).show_signal(event.signal, event.probs)
+            self.query_one(SignalLog).add_signal(event.signal)
+            self.query_one(CandleChart).mark_signal(event.signal.ts, event.signal.action)
+        elif isinstance(event, StatusEvent):
+            self.query_one(StatusLine).show(event.text, event.level)
+
+    def on_main_screen_session_status(self, message: SessionStatus) -> None:
+        self.query_one(StatusLine).show(message.text, message.level)
+        if message.level == "error":  # the banner must not keep saying LIVE over a dead feed
+            banner = self.query_one(SessionBanner)
+            opened = self.engine is not None
+            banner.show(f"{banner.text} · {message.text}" if opened else message.text, "error")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "threshold":
+            return self.engine is not None or None  # shown, but dimmed until the engine runs
+        return True
+
+    def action_threshold(self, step: float) -> None:
+        if self.engine is None:
+            return
+        value = min(THRESHOLD_MAX, max(THRESHOLD_MIN, round(self.engine.threshold + step, 2)))
+        self.engine.threshold = value  # the engine reads it on the next closed candle
+        self.query_one(PredictionPanel).threshold = value
+
+    def action_toggle_holds(self) -> None:
+        log = self.query_one(SignalLog)
+        log.show_holds = not log.show_holds
+        self.query_one(StatusLine).show(
+            "signal log: " + ("all signals" if log.show_holds else "buy and sell only")
+        )
