@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+
 import duckdb
 import numpy as np
 
@@ -31,11 +32,17 @@ class LoadedModel:
 
 def load_record(record: ModelRecord) -> LoadedModel:
     """Verify the artifact's sha256 and load it; raises ArtifactError if it is bad."""
-    directory = open_artifact(record.artifact, record.sha256, record.size, home() / "cache" / record.sha256)
-    return LoadedModel(record, load_model(record.kind, directory), FeatureSpec.from_dict(record.feature_spec))
+    directory = open_artifact(
+        record.artifact, record.sha256, record.size, home() / "cache" / record.sha256
+    )
+    return LoadedModel(
+        record, load_model(record.kind, directory), FeatureSpec.from_dict(record.feature_spec)
+    )
 
 
-def load_champion(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> tuple[LoadedModel | None, str]:
+def load_champion(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str
+) -> tuple[LoadedModel | None, str]:
     """The champion of market/unit, or None with the reason why not."""
     record = champion(con, market, unit)
     if record is None:
@@ -53,7 +60,9 @@ def validate_probs(probs: np.ndarray) -> np.ndarray:
     if not np.isfinite(probs).all():
         raise InferenceError("model returned NaN or infinite probabilities")
     if abs(probs.sum() - 1.0) > 1e-3 or (probs < 0).any():
-        raise InferenceError(f"model probabilities do not form a distribution (sum {probs.sum():.4f})")
+        raise InferenceError(
+            f"model probabilities do not form a distribution (sum {probs.sum():.4f})"
+        )
     return probs
 
 

@@ -8,6 +8,7 @@ whenever there is no model or it fails. Every signal is stored and published.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,9 @@ class StatusEvent:
 
 
 EngineEvent = CandleEvent | SignalEvent | StatusEvent
+
+# The confidence threshold a user may set, and the step of one key press.
+THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.34, 0.95, 0.05
 
 
 class CandleBuilder:
@@ -79,6 +83,8 @@ class LiveEngine:
     no_model_reason: str = "no model"
     inference_timeout: float = 1.0
     candle_batch: int = 50
+    signal_batch: int = 1  # live: every signal is written at once; replays batch them
+    keep_signals: int = 10_000
 
     def __post_init__(self) -> None:
         self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
@@ -87,10 +93,19 @@ class LiveEngine:
         self.builder = CandleBuilder()
         self.listeners: list[Callable[[EngineEvent], None]] = []
         self._pending: list[dict[str, Any]] = []
-        self.signals: list[Signal] = []
+        self._pending_signals: list[Signal] = []
+        self.signals: deque[Signal] = deque(maxlen=self.keep_signals)
+        self.set_threshold(self.threshold)
 
-    def subscribe(self, listener: Callable[[EngineEvent], None]) -> None:
+    def set_threshold(self, value: float) -> float:
+        """Clamp to [THRESHOLD_MIN, THRESHOLD_MAX]; read on the next closed candle."""
+        self.threshold = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
+        return self.threshold
+
+    def subscribe(self, listener: Callable[[EngineEvent], None]) -> Callable[[], None]:
+        """Add a listener; returns the function that removes it."""
         self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
 
     def publish(self, event: EngineEvent) -> None:
         for listener in self.listeners:
@@ -115,15 +130,18 @@ class LiveEngine:
         signal, probs = await self._decide(candle["ts"])
         self.signals.append(signal)
         if self.persist_signals:
-            self._store_signal(signal)
+            self._pending_signals.append(signal)
+            if len(self._pending_signals) >= self.signal_batch:
+                self._flush_signals()
         self.publish(SignalEvent(signal, probs))
         return signal
 
     def flush(self) -> None:
-        """Write buffered closed candles to the store in one batch."""
+        """Write buffered closed candles and signals to the store, one batch each."""
         if self._pending and self.persist_candles:
             upsert_candles(self.con, pd.DataFrame(self._pending)[CANDLE_COLUMNS])
         self._pending.clear()
+        self._flush_signals()
 
     def _append(self, candle: dict[str, Any]) -> None:
         row = {col: candle.get(col) for col in CANDLE_COLUMNS}
@@ -143,15 +161,28 @@ class LiveEngine:
                 row = self._feature_row()
                 probs = await predict_one(self.model, row, self.inference_timeout)
                 action, confidence, reason = threshold_action(probs, self.threshold)
-                return Signal(ts, self.market, action, confidence, self.model.record.ref, reason,
-                              self.model.record.id), probs
+                return Signal(
+                    ts,
+                    self.market,
+                    action,
+                    confidence,
+                    self.model.record.ref,
+                    reason,
+                    self.model.record.id,
+                ), probs
             except InferenceError as exc:
                 fallback = f"fallback: {exc}"
         else:
             fallback = f"fallback: {self.no_model_reason}"
         action, reason = self.rule.decide(closes)
-        return Signal(ts, self.market, action, 1.0 if action != "hold" else 0.0, self.rule.name,
-                      f"{reason} ({fallback})"), None
+        return Signal(
+            ts,
+            self.market,
+            action,
+            1.0 if action != "hold" else 0.0,
+            self.rule.name,
+            f"{reason} ({fallback})",
+        ), None
 
     def _feature_row(self) -> np.ndarray:
         assert self.model is not None
@@ -172,12 +203,9 @@ class LiveEngine:
             raise InferenceError(f"features not defined for this candle: {bad}")
         return row
 
-    def _store_signal(self, signal: Signal) -> None:
-        insert_signals(
-            self.con,
-            pd.DataFrame(
-                [{"ts": signal.ts, "market": signal.market, "source": signal.source,
-                  "action": signal.action, "confidence": signal.confidence,
-                  "model_id": signal.model_id, "reason": signal.reason, "mode": self.mode}]
-            ),
-        )
+    def _flush_signals(self) -> None:
+        if self._pending_signals:
+            frame = pd.DataFrame([vars(signal) for signal in self._pending_signals])
+            frame["mode"] = self.mode
+            insert_signals(self.con, frame)
+        self._pending_signals.clear()

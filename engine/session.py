@@ -35,7 +35,9 @@ async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | Non
     now = datetime.now(UTC)
     try:
         await asyncio.wait_for(
-            fetch_candles(market, unit, now - timedelta(minutes=unit_timedelta_minutes(unit) * 3), now),
+            fetch_candles(
+                market, unit, now - timedelta(minutes=unit_timedelta_minutes(unit) * 3), now
+            ),
             timeout,
         )
     except TimeoutError:
@@ -57,26 +59,37 @@ async def open_session(
 ) -> Session:
     """Build the engine for `market`/`unit` and the coroutine that feeds it."""
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
-    model, model_reason = load_champion(con, market, unit)
+    # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
+    model, model_reason = await asyncio.to_thread(load_champion, con.cursor(), market, unit)
     reason = "offline mode" if offline else await probe_upbit(market, unit, probe_timeout)
-    engine = LiveEngine(con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason)
+    engine = LiveEngine(
+        con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
+    )
     if reason is None:
         from engine.data import fetch_into_store
 
         since = datetime.now(UTC) - timedelta(minutes=unit_timedelta_minutes(unit) * engine.window)
         await fetch_into_store(con, market, unit, since)
         engine.prime()
-        return Session(engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine))
+        return Session(
+            engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine)
+        )
     stored = load_candles(con, market, unit, last=engine.window + REPLAY_CANDLES)
     if len(stored) > engine.window:
-        engine.mode, engine.persist_candles = "replay", False
+        engine.mode, engine.persist_candles, engine.signal_batch = "replay", False, 50
         engine.prime(stored.iloc[: engine.window])
-        banner = (f"Upbit unreachable ({reason}) · REPLAY of {len(stored) - engine.window} stored"
-                  f" {market} {unit}m candles · {model_reason}")
-        return Session(engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay))
+        banner = (
+            f"Upbit unreachable ({reason}) · REPLAY of {len(stored) - engine.window} stored"
+            f" {market} {unit}m candles · {model_reason}"
+        )
+        return Session(
+            engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay)
+        )
     engine.mode, engine.persist_candles, engine.persist_signals = "demo", False, False
     demo = demo_candles(engine.window + REPLAY_CANDLES, market, unit)
     engine.prime(demo.iloc[: engine.window])
-    banner = (f"Upbit unreachable ({reason}) and no stored {market} {unit}m candles ·"
-              f" DEMO market (synthetic) · {model_reason}")
+    banner = (
+        f"Upbit unreachable ({reason}) and no stored {market} {unit}m candles ·"
+        f" DEMO market (synthetic) · {model_reason}"
+    )
     return Session(engine, "demo", banner, replay(engine, demo.iloc[engine.window :], replay_delay))

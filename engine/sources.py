@@ -17,19 +17,26 @@ from engine.markets import unit_timedelta_minutes
 async def replay(engine: LiveEngine, candles: pd.DataFrame, delay: float = 0.0) -> int:
     """Feed stored candles through the engine as closed candles, `delay` seconds apart."""
     count = 0
-    for row in candles.to_dict("records"):
-        await engine.on_closed(row)
-        count += 1
-        if delay:
-            await asyncio.sleep(delay)
-        elif count % 100 == 0:
-            await asyncio.sleep(0)  # let the UI breathe on fast replays
-    engine.flush()
+    try:
+        for row in candles.to_dict("records"):
+            await engine.on_closed(row)
+            count += 1
+            if delay:
+                await asyncio.sleep(delay)
+            elif count % 10 == 0:
+                await asyncio.sleep(0)  # let the UI breathe on fast replays
+    finally:
+        engine.flush()  # also when cancelled: what was decided is stored
     return count
 
 
 def demo_candles(
-    n: int, market: str = "KRW-BTC", unit: str = "1", *, seed: int = 7, start: datetime | None = None,
+    n: int,
+    market: str = "KRW-BTC",
+    unit: str = "1",
+    *,
+    seed: int = 7,
+    start: datetime | None = None,
     price: float = 1.5e8,
 ) -> pd.DataFrame:
     """A synthetic market (random walk with volatility clusters) for offline demos and tests."""
@@ -49,8 +56,12 @@ def demo_candles(
             "market": market,
             "unit": unit,
             "ts": pd.date_range(start, periods=n, freq=step),
-            "open": open_, "high": high, "low": low, "close": close,
-            "volume": volume, "value": volume * close,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "value": volume * close,
         }
     )
 
@@ -67,24 +78,33 @@ async def upbit_live(
     from engine.upbit import UpbitError, candle_frame_to_row, stream
 
     attempt = 0
-    while True:
-        try:
-            engine.publish(StatusEvent(f"Upbit live: streaming {engine.market} candle.{engine.unit}m"))
-            async for frame in stream([engine.market], types=(f"candle.{engine.unit}m",)):
-                if frame.get("type", "").startswith("candle"):
-                    attempt = 0
-                    await engine.on_frame(candle_frame_to_row(frame))
-        except (UpbitError, OSError, asyncio.TimeoutError) as exc:
-            engine.flush()
-            delay = min(max_backoff, 2.0**attempt) * (0.5 + random.random() / 2)
-            attempt += 1
-            engine.publish(StatusEvent(f"Upbit stream dropped ({exc}); reconnecting in {delay:.1f}s", "warning"))
-            await sleep(delay)
-            last = engine.history["ts"].iloc[-1] if len(engine.history) else None
-            if last is not None:
-                try:
-                    since = pd.Timestamp(last).to_pydatetime()
-                    await fetch_into_store(engine.con, engine.market, engine.unit, since)
-                    engine.prime()  # the window now includes the backfilled candles
-                except (UpbitError, OSError) as gap_exc:
-                    engine.publish(StatusEvent(f"gap backfill failed: {gap_exc}", "warning"))
+    try:
+        while True:
+            try:
+                engine.publish(
+                    StatusEvent(f"Upbit live: streaming {engine.market} candle.{engine.unit}m")
+                )
+                async for frame in stream([engine.market], types=(f"candle.{engine.unit}m",)):
+                    if frame.get("type", "").startswith("candle"):
+                        attempt = 0
+                        await engine.on_frame(candle_frame_to_row(frame))
+            except (TimeoutError, UpbitError, OSError) as exc:
+                engine.flush()
+                delay = min(max_backoff, 2.0**attempt) * (0.5 + random.random() / 2)
+                attempt += 1
+                engine.publish(
+                    StatusEvent(
+                        f"Upbit stream dropped ({exc}); reconnecting in {delay:.1f}s", "warning"
+                    )
+                )
+                await sleep(delay)
+                last = engine.history["ts"].iloc[-1] if len(engine.history) else None
+                if last is not None:
+                    try:
+                        since = pd.Timestamp(last).to_pydatetime()
+                        await fetch_into_store(engine.con, engine.market, engine.unit, since)
+                        engine.prime()  # the window now includes the backfilled candles
+                    except (UpbitError, OSError) as gap_exc:
+                        engine.publish(StatusEvent(f"gap backfill failed: {gap_exc}", "warning"))
+    finally:
+        engine.flush()  # also when cancelled: buffered closed candles are stored

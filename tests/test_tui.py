@@ -169,7 +169,7 @@ async def test_signal_log_keeps_the_newest_500_and_can_hide_holds(con):
     app = UpquantApp(con, session_factory=demo_factory(con, 620))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        signals = app.session.engine.signals
+        signals = list(app.session.engine.signals)
         log = app.screen.query_one(SignalLog)
         assert log.row_count == SignalLog.MAX_ROWS
         assert log.signals[0] == signals[-1] and log.signals[-1] == signals[-SignalLog.MAX_ROWS]

@@ -12,11 +12,16 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from engine.live import CandleEvent, EngineEvent, LiveEngine, SignalEvent, StatusEvent
+from engine.live import (
+    THRESHOLD_STEP,
+    CandleEvent,
+    EngineEvent,
+    LiveEngine,
+    SignalEvent,
+    StatusEvent,
+)
 from engine.session import Session
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
-
-THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.34, 0.95, 0.05
 
 
 class MainScreen(Screen[None]):
@@ -118,8 +123,7 @@ class MainScreen(Screen[None]):
     def action_threshold(self, step: float) -> None:
         if self.engine is None:
             return
-        value = min(THRESHOLD_MAX, max(THRESHOLD_MIN, round(self.engine.threshold + step, 2)))
-        self.engine.threshold = value  # the engine reads it on the next closed candle
+        value = self.engine.set_threshold(self.engine.threshold + step)
         self.query_one(PredictionPanel).threshold = value
 
     def action_toggle_holds(self) -> None:
