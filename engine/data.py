@@ -37,7 +37,9 @@ def _read_candle_file(path: Path) -> pd.DataFrame:
     except Exception as exc:  # the reader's own message is the useful part
         raise DataImportError(f"{path}: cannot be read as a candle file ({exc})") from exc
     columns = {c.lower(): c for c in raw.columns}
-    time_col = next((columns[c] for c in ("timestamp", "ts", "candle_date_time_utc") if c in columns), None)
+    time_col = next(
+        (columns[c] for c in ("timestamp", "ts", "candle_date_time_utc") if c in columns), None
+    )
     needed = ["open", "high", "low", "close", "volume"]
     absent = [c for c in needed if c not in columns]
     if time_col is None or absent:

@@ -55,5 +55,9 @@ def threshold_action(probs: np.ndarray, threshold: float) -> tuple[str, float, s
     if action == "hold":
         return "hold", confidence, f"model: hold is most likely (p={confidence:.2f})"
     if confidence < threshold:
-        return "hold", confidence, f"model: {action} p={confidence:.2f} below threshold {threshold:.2f}"
+        return (
+            "hold",
+            confidence,
+            f"model: {action} p={confidence:.2f} below threshold {threshold:.2f}",
+        )
     return action, confidence, f"model: {action} p={confidence:.2f} >= threshold {threshold:.2f}"

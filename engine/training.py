@@ -120,5 +120,3 @@ def train_model(
         promoted=do_promote,
         features=data.columns,
     )
-
-
