@@ -22,6 +22,7 @@ from tui.commands.common import (
     err,
     state,
 )
+from tui.commands.backtest import backtest
 from tui.commands.data import data_app
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app = typer.Typer(
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.command()(backtest)
 
 
 @app.callback()
