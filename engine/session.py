@@ -17,7 +17,7 @@ from engine.markets import unit_timedelta_minutes
 from engine.sources import demo_candles, replay, upbit_live
 from store.candles import load_candles
 
-REPLAY_CANDLES = 2000
+REPLAY_CANDLES = 2000  # default number of stored candles a replay session plays
 
 
 @dataclass
@@ -56,6 +56,7 @@ async def open_session(
     offline: bool = False,
     replay_delay: float = 0.25,
     probe_timeout: float = 3.0,
+    replay_candles: int = REPLAY_CANDLES,
 ) -> Session:
     """Build the engine for `market`/`unit` and the coroutine that feeds it."""
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
@@ -74,7 +75,7 @@ async def open_session(
         return Session(
             engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine)
         )
-    stored = load_candles(con, market, unit, last=engine.window + REPLAY_CANDLES)
+    stored = load_candles(con, market, unit, last=engine.window + replay_candles)
     if len(stored) > engine.window:
         engine.mode, engine.persist_candles, engine.signal_batch = "replay", False, 50
         engine.prime(stored.iloc[: engine.window])
@@ -86,7 +87,7 @@ async def open_session(
             engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay)
         )
     engine.mode, engine.persist_candles, engine.persist_signals = "demo", False, False
-    demo = demo_candles(engine.window + REPLAY_CANDLES, market, unit)
+    demo = demo_candles(engine.window + replay_candles, market, unit)
     engine.prime(demo.iloc[: engine.window])
     banner = (
         f"Upbit unreachable ({reason}) and no stored {market} {unit}m candles ·"

@@ -71,8 +71,8 @@ async def test_demo_replay_fills_the_screen(con):
         log = app.screen.query_one(SignalLog)
         assert log.row_count == len(engine.signals) == 120
         newest = engine.signals[-1]
-        assert log.get_row_at(0)[0] == newest.ts.strftime("%H:%M")  # newest on top
-        assert str(log.get_row_at(0)[1]) == newest.action
+        assert log.get_row_at(log.row_count - 1)[0] == newest.ts.strftime("%H:%M")  # newest last
+        assert str(log.get_row_at(log.row_count - 1)[1]) == newest.action
         banner = app.screen.query_one(SessionBanner)
         assert banner.text == DEMO_BANNER and banner.has_class("-warning")
         status = app.screen.query_one(StatusLine)
@@ -172,7 +172,7 @@ async def test_signal_log_keeps_the_newest_500_and_can_hide_holds(con):
         signals = list(app.session.engine.signals)
         log = app.screen.query_one(SignalLog)
         assert log.row_count == SignalLog.MAX_ROWS
-        assert log.signals[0] == signals[-1] and log.signals[-1] == signals[-SignalLog.MAX_ROWS]
+        assert log.signals[-1] == signals[-1] and log.signals[0] == signals[-SignalLog.MAX_ROWS]
         await pilot.press("h")
         await pilot.pause()
         acted = [s for s in signals[-SignalLog.MAX_ROWS :] if s.action != "hold"]
@@ -249,7 +249,7 @@ async def test_trained_champion_shows_class_probabilities(con):
         for action, p in zip(("sell", "hold", "buy"), panel.probs, strict=True):
             assert f"{action}" in text and f"{p * 100:5.1f}%" in text
         log = app.screen.query_one(SignalLog)
-        assert log.row_count == 30 and log.get_row_at(0)[3] == report.model.ref
+        assert log.row_count == 30 and log.get_row_at(log.row_count - 1)[3] == report.model.ref
 
 
 async def test_default_factory_opens_an_offline_demo_session(con):

@@ -14,7 +14,7 @@ import duckdb
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from engine.session import Session, open_session
+from engine.session import REPLAY_CANDLES, Session, open_session
 from tui.screens import HelpScreen, MainScreen, binding_rows
 
 SessionFactory = Callable[[], Awaitable[Session]]
@@ -37,6 +37,7 @@ class UpquantApp(App[None]):
         threshold: float = 0.5,
         offline: bool = False,
         replay_delay: float = 0.25,
+        replay_candles: int = REPLAY_CANDLES,
         session_factory: SessionFactory | None = None,
     ) -> None:
         super().__init__()
@@ -49,6 +50,7 @@ class UpquantApp(App[None]):
             threshold=threshold,
             offline=offline,
             replay_delay=replay_delay,
+            replay_candles=replay_candles,
         )
         self.session: Session | None = None
         self.sub_title = f"{market} {unit}m"

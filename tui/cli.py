@@ -178,6 +178,9 @@ def tui(
         bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
     ] = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.25,
+    replay_candles: Annotated[
+        int, typer.Option(help="How many of the newest stored candles a replay plays.")
+    ] = 2000,
 ) -> None:
     """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
     from tui.app import UpquantApp
@@ -185,7 +188,13 @@ def tui(
     unit = check(market, unit)
     with connect() as con:
         UpquantApp(
-            con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay
+            con,
+            market,
+            unit,
+            threshold=threshold,
+            offline=offline,
+            replay_delay=replay_delay,
+            replay_candles=replay_candles,
         ).run()
 
 
@@ -200,6 +209,9 @@ def run(
         bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
     ] = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
+    replay_candles: Annotated[
+        int, typer.Option(help="How many of the newest stored candles a replay plays.")
+    ] = 2000,
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
     from engine.live import SignalEvent, StatusEvent
@@ -218,7 +230,13 @@ def run(
 
     async def main(con) -> Counter:
         session = await open_session(
-            con, market, unit, threshold=threshold, offline=offline, replay_delay=replay_delay
+            con,
+            market,
+            unit,
+            threshold=threshold,
+            offline=offline,
+            replay_delay=replay_delay,
+            replay_candles=replay_candles,
         )
         err.print(session.banner)
         session.engine.subscribe(show)

@@ -1,4 +1,4 @@
-"""SignalLog: a table of the engine's signals, newest on top."""
+"""SignalLog: a table of the engine's signals, following the newest."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from typing import ClassVar
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowKey
 
 from engine.strategy import Signal
 
 
 class SignalLog(DataTable[str | Text]):
-    """The last `MAX_ROWS` signals; hold signals can be hidden with `show_holds`."""
+    """The last `MAX_ROWS` signals, oldest first, following the newest like `tail -f`.
+
+    Rows are appended one at a time (a DataTable cannot insert at the top, and rebuilding
+    500 rows per signal stalls a fast replay); hold signals can be hidden with `show_holds`.
+    """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = DataTable.COMPONENT_CLASSES | {
         "signal-log--buy",
@@ -30,7 +35,7 @@ class SignalLog(DataTable[str | Text]):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self._signals: deque[Signal] = deque(maxlen=self.MAX_ROWS)
-        self._rebuild_pending = False
+        self._keys: deque[RowKey] = deque()
 
     def on_mount(self) -> None:
         self.add_column("time", key="time")
@@ -41,35 +46,33 @@ class SignalLog(DataTable[str | Text]):
 
     def add_signal(self, signal: Signal) -> None:
         self._signals.append(signal)
-        self._schedule_rebuild()
+        if self.show_holds or signal.action != "hold":
+            self._append(signal)
 
     @property
     def signals(self) -> list[Signal]:
-        """The signals the table shows, newest first."""
-        return [s for s in reversed(self._signals) if self.show_holds or s.action != "hold"]
+        """The signals the table shows, oldest first."""
+        return [s for s in self._signals if self.show_holds or s.action != "hold"]
 
     def watch_show_holds(self) -> None:
-        self._schedule_rebuild()
-
-    def _schedule_rebuild(self) -> None:
-        # DataTable cannot insert at the top: rebuild once per burst of signals, not per signal
-        if not self._rebuild_pending:
-            self._rebuild_pending = True
-            self.call_later(self._rebuild)
-
-    def _rebuild(self) -> None:
-        self._rebuild_pending = False
         self.clear()
-        styles = {
-            a: self.get_component_rich_style(f"signal-log--{a}") for a in ("buy", "sell", "hold")
-        }
-        self.add_rows(
-            (
-                s.ts.strftime("%H:%M"),
-                Text(s.action, style=styles[s.action]),
-                f"{s.confidence:.2f}",
-                s.source,
-                s.reason,
+        self._keys.clear()
+        for signal in self.signals:
+            self._append(signal)
+
+    def _append(self, signal: Signal) -> None:
+        following = self.cursor_row >= self.row_count - 1  # the user has not scrolled back
+        style = self.get_component_rich_style(f"signal-log--{signal.action}")
+        self._keys.append(
+            self.add_row(
+                signal.ts.strftime("%H:%M"),
+                Text(signal.action, style=style),
+                f"{signal.confidence:.2f}",
+                signal.source,
+                signal.reason,
             )
-            for s in self.signals
         )
+        while len(self._keys) > self.MAX_ROWS:
+            self.remove_row(self._keys.popleft())
+        if following:
+            self.move_cursor(row=self.row_count - 1, animate=False)
