@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from tui.commands.backtest import backtest
 from tui.commands.common import (
     JsonOpt,
     MarketArg,
@@ -22,7 +23,6 @@ from tui.commands.common import (
     err,
     state,
 )
-from tui.commands.backtest import backtest
 from tui.commands.data import data_app
 
 app = typer.Typer(
