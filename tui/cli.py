@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections import Counter
-from contextlib import nullcontext
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tui.commands.backtest import backtest
 from tui.commands.common import (
-    JsonOpt,
-    MarketArg,
     UnitOpt,
     check,
     connect,
@@ -24,16 +19,18 @@ from tui.commands.common import (
     state,
 )
 from tui.commands.data import data_app
+from tui.commands.models import models_app
+from tui.commands.train import train
 
 app = typer.Typer(
     help="upquant: Upbit KRW-market trading workstation (data, models, live engine, TUI).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.command()(backtest)
+app.command()(train)
 
 
 @app.callback()
@@ -41,127 +38,6 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     state["debug"] = debug
-
-
-# --- training and models ---------------------------------------------------------------------
-@app.command()
-def train(
-    kind: Annotated[str, typer.Argument(help="Model kind: xgboost.")],
-    market: MarketArg,
-    unit: UnitOpt = "1",
-    horizon: Annotated[int, typer.Option(help="Label horizon in candles.")] = 10,
-    threshold: Annotated[
-        float, typer.Option(help="Forward log-return beyond which a candle is buy/sell.")
-    ] = 0.001,
-    n_estimators: Annotated[
-        int, typer.Option(help="XGBoost boosting rounds (early stopping on validation).")
-    ] = 300,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    promote: Annotated[
-        bool | None,
-        typer.Option(
-            "--promote/--no-promote", help="Make it champion (default: only if none yet)."
-        ),
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Train a model on stored candles, evaluate it on the test part beside the majority baseline, register it."""
-    from engine.labels import LabelSpec
-    from engine.training import train_model
-
-    unit = check(market, unit)
-    spinner = (
-        err.status(f"training {kind} on {market} {unit}m…") if err.is_terminal else nullcontext()
-    )
-    with connect() as con, spinner:
-        report = train_model(
-            con,
-            kind,
-            market,
-            unit,
-            label_spec=LabelSpec(horizon=horizon, threshold=threshold),
-            params={"n_estimators": n_estimators, "seed": seed},
-            promote=promote,
-        )
-    if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": report.model.ref,
-                    "id": report.model.id,
-                    "status": report.model.status,
-                    "sha256": report.model.sha256,
-                    "rows": report.rows,
-                    "metrics": report.metrics,
-                    "class_balance": report.class_balance,
-                }
-            )
-        )
-        return
-    record = report.model
-    console.print(
-        f"[bold]{record.ref}[/] (id {record.id}, {record.status}) · {len(report.features)} features ·"
-        f" rows train {report.rows['train']:,} / validation {report.rows['validation']:,} / test {report.rows['test']:,}"
-    )
-    balance = report.class_balance["test"]
-    console.print("test class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in balance.items()))
-    table = Table("test part", "accuracy", "macro F1", "log-loss")
-    for label, key in ((record.ref, "test"), ("majority-class baseline", "baseline_majority_test")):
-        m = report.metrics[key]
-        table.add_row(label, f"{m['accuracy']:.4f}", f"{m['f1_macro']:.4f}", f"{m['log_loss']:.4f}")
-    console.print(table)
-    console.print(
-        f"artifact {record.artifact} (sha256 {record.sha256[:16]}…, {record.size:,} bytes)"
-    )
-
-
-@models_app.command("list")
-def models_list(
-    market: Annotated[str | None, typer.Option(help="Only this market.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Registered models with status and test metrics."""
-    from store.registry import list_models, model_metrics
-
-    with connect() as con:
-        records = list_models(con, market)
-        metrics = {r.id: model_metrics(con, r.id) for r in records}
-    if as_json:
-        console.print_json(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "ref": r.ref,
-                        "kind": r.kind,
-                        "market": r.market,
-                        "unit": r.unit,
-                        "status": r.status,
-                        "created_at": r.created_at.isoformat(),
-                        "metrics": metrics[r.id],
-                    }
-                    for r in records
-                ]
-            )
-        )
-        return
-    table = Table(
-        "id", "model", "kind", "market", "unit", "status", "test acc", "test F1", "created (UTC)"
-    )
-    for r in records:
-        test = metrics[r.id].get("test", {})
-        table.add_row(
-            str(r.id),
-            r.ref,
-            r.kind,
-            r.market,
-            r.unit,
-            r.status,
-            f"{test.get('accuracy', float('nan')):.4f}",
-            f"{test.get('f1_macro', float('nan')):.4f}",
-            f"{r.created_at:%Y-%m-%d %H:%M}",
-        )
-    console.print(table)
 
 
 # --- live -------------------------------------------------------------------------------------
