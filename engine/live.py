@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.features import DEFAULT_SPEC, compute_features
+from engine.features import DEFAULT_SPEC, compute_latest
 from engine.inference import InferenceError, LoadedModel, predict_one
 from engine.strategy import Signal, SmaCross, threshold_action
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
@@ -191,15 +191,15 @@ class LiveEngine:
                 f"{len(self.history)} candles in the window, features need {self.spec.warmup() + 1}"
             )
         try:
-            features = compute_features(self.history, self.spec)
+            latest = compute_latest(self.history, self.spec, unit=self.unit)
         except Exception as exc:
             raise InferenceError(f"feature computation failed: {exc}") from exc
         columns = self.model.columns
-        if columns and list(features.columns) != columns:
+        if columns and list(latest.index) != columns:
             raise InferenceError("feature columns differ from the model's training columns")
-        row = features.iloc[-1].to_numpy(dtype=np.float32)
+        row = latest.to_numpy(dtype=np.float32)
         if not np.isfinite(row).all():
-            bad = list(features.columns[~np.isfinite(row)])
+            bad = list(latest.index[~np.isfinite(row)])
             raise InferenceError(f"features not defined for this candle: {bad}")
         return row
 

@@ -1,18 +1,29 @@
-"""Chronological train/validation/test split with purge and embargo."""
+"""Chronological train/validation/test splits and walk-forward folds, with purge and embargo.
+
+Rows are a dataset's time-ordered rows. **Purge** drops rows of a part whose label window
+reaches into the next part: with label end times (`Dataset.label_end`), a row goes when its
+label end is at or after the first timestamp of the next part; without them, the last
+`horizon` rows go. **Embargo** then drops the first `embargo` rows of the next part, so
+serially correlated neighbours of the boundary stay out of both. Split membership depends
+only on row count, timestamps and label ends (t + horizon), never on prices, so changing
+candles after t cannot move a row at or before t into another part.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """Fractions of the labelled rows, in time order. `purge` drops the last rows of a part
-    whose label window reaches into the next part (set to the label horizon); `embargo`
-    drops further rows at the start of the next part."""
+    """Fractions of the labelled rows, in time order. `purge`: None purges by label end times
+    (or the label horizon in rows when there are none); an int purges that many rows.
+    `embargo` drops further rows at the start of the next part."""
 
     train: float = 0.7
     validation: float = 0.15
@@ -20,35 +31,194 @@ class SplitSpec:
     embargo: int = 0
 
     def __post_init__(self) -> None:
-        if not (0 < self.train < 1 and 0 < self.validation < 1 and self.train + self.validation < 1):
+        if not (
+            0 < self.train < 1 and 0 < self.validation < 1 and self.train + self.validation < 1
+        ):
             raise ValueError(
-                f"split fractions train={self.train}, validation={self.validation} must be in (0, 1)"
-                " and leave room for a test part"
+                f"split fractions train={self.train}, validation={self.validation} must be in"
+                " (0, 1) and leave room for a test part"
             )
+        _check_purge_embargo(self.purge, self.embargo)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SplitSpec:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class WalkForwardSpec:
+    """K folds, each testing on the next block of rows after its training window.
+
+    The rows are cut into `folds + 1` equal blocks unless `test_size` (fraction of rows per
+    test block) is given; fold k tests on block k + 1. `expanding`: training starts at row 0;
+    `sliding`: training keeps the last `train_size` fraction of rows (default: one block).
+    The last `validation` fraction of each training window is its validation part (early
+    stopping), purged and embargoed like the test boundary.
+    """
+
+    folds: int = 5
+    mode: str = "expanding"
+    test_size: float | None = None
+    train_size: float | None = None
+    validation: float = 0.15
+    purge: int | None = None
+    embargo: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 1:
+            raise ValueError(f"walk-forward needs >= 1 fold, got {self.folds}")
+        if self.mode not in ("expanding", "sliding"):
+            raise ValueError(f"walk-forward mode must be expanding or sliding, got {self.mode!r}")
+        for name in ("test_size", "train_size"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"walk-forward {name} must be a fraction in (0, 1), got {value}")
+        if self.test_size is not None and self.test_size * self.folds >= 1:
+            raise ValueError(
+                f"{self.folds} test blocks of {self.test_size} leave no rows to train on"
+            )
+        if not 0 <= self.validation < 1:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.validation}")
+        _check_purge_embargo(self.purge, self.embargo)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _check_purge_embargo(purge: int | None, embargo: int) -> None:
+    if purge is not None and purge < 0:
+        raise ValueError(f"purge must be >= 0 rows or None, got {purge}")
+    if embargo < 0:
+        raise ValueError(f"embargo must be >= 0 rows, got {embargo}")
+
+
 @dataclass(frozen=True)
 class Split:
+    """Row positions of each part, ascending."""
+
     train: np.ndarray
     validation: np.ndarray
     test: np.ndarray
 
+    def part_of(self, n: int) -> np.ndarray:
+        """Per row: 0 train, 1 validation, 2 test, -1 dropped (purge, embargo)."""
+        out = np.full(n, -1, dtype=np.int8)
+        for code, rows in enumerate((self.train, self.validation, self.test)):
+            out[rows] = code
+        return out
 
-def chronological_split(n: int, spec: SplitSpec, horizon: int) -> Split:
-    """Row positions of each part for `n` time-ordered rows."""
-    purge = horizon if spec.purge is None else spec.purge
+
+@dataclass(frozen=True)
+class Fold(Split):
+    """One walk-forward fold: a Split whose test part is the fold's test block."""
+
+    index: int = 0
+
+
+class _Purger:
+    """Decides where a part must stop so no label in it reaches the next part."""
+
+    def __init__(
+        self,
+        n: int,
+        purge: int | None,
+        horizon: int | None,
+        ts: pd.DatetimeIndex | np.ndarray | None,
+        label_end: pd.DatetimeIndex | np.ndarray | None,
+    ) -> None:
+        self.rows: int | None = purge
+        self.ts: np.ndarray | None = None
+        self.end: np.ndarray | None = None
+        if purge is not None:
+            return
+        if ts is not None and label_end is not None:
+            ts_index, end_index = pd.DatetimeIndex(ts), pd.DatetimeIndex(label_end)
+            if len(ts_index) != n or len(end_index) != n:
+                raise ValueError(f"ts and label_end must have one entry per row ({n})")
+            if end_index.isna().any() or (end_index < ts_index).any():
+                raise ValueError("every row needs a label end at or after its own ts")
+            self.ts = ts_index.as_unit("ns").asi8
+            self.end = end_index.as_unit("ns").asi8
+        elif horizon is not None:
+            self.rows = horizon
+        else:
+            raise ValueError("purge needs the label horizon or label end times")
+
+    def stop(self, start: int, boundary: int) -> int:
+        """End (exclusive) of the part [start, boundary) once purged against `boundary`."""
+        if self.rows is not None:
+            return max(boundary - self.rows, start)
+        assert self.ts is not None and self.end is not None
+        if boundary >= len(self.ts):
+            return boundary
+        # label ends (t + horizon) rise with t, so the part stops at the first row that
+        # reaches the next part; with any other order, stopping there only purges more
+        first = self.ts[boundary]
+        reaching = np.flatnonzero(self.end[start:boundary] >= first)
+        return start + int(reaching[0]) if len(reaching) else boundary
+
+
+def chronological_split(
+    n: int,
+    spec: SplitSpec,
+    horizon: int | None = None,
+    *,
+    ts: pd.DatetimeIndex | np.ndarray | None = None,
+    label_end: pd.DatetimeIndex | np.ndarray | None = None,
+) -> Split:
+    """Row positions of train, validation and test for `n` time-ordered rows."""
+    purger = _Purger(n, spec.purge, horizon, ts, label_end)
     train_end = int(n * spec.train)
     val_end = int(n * (spec.train + spec.validation))
-    train = np.arange(0, max(train_end - purge, 0))
-    validation = np.arange(train_end + spec.embargo, max(val_end - purge, 0))
-    test = np.arange(val_end + spec.embargo, n)
+    train = np.arange(0, purger.stop(0, train_end))
+    val_start = min(train_end + spec.embargo, val_end)
+    validation = np.arange(val_start, purger.stop(val_start, val_end))
+    test = np.arange(min(val_end + spec.embargo, n), n)
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         if len(part) == 0:
             raise ValueError(
                 f"the {name} part is empty: {n} labelled rows are too few for this split"
-                f" (purge {purge}, embargo {spec.embargo}); import more candles"
+                f" (purge {spec.purge if spec.purge is not None else 'by label end'},"
+                f" embargo {spec.embargo}); import more candles"
             )
     return Split(train, validation, test)
+
+
+def walk_forward(
+    n: int,
+    spec: WalkForwardSpec,
+    horizon: int | None = None,
+    *,
+    ts: pd.DatetimeIndex | np.ndarray | None = None,
+    label_end: pd.DatetimeIndex | np.ndarray | None = None,
+) -> Iterator[Fold]:
+    """Walk-forward folds over `n` time-ordered rows, oldest test block first."""
+    purger = _Purger(n, spec.purge, horizon, ts, label_end)
+    block = int(n * spec.test_size) if spec.test_size is not None else n // (spec.folds + 1)
+    first_test = n - spec.folds * block
+    train_rows = int(n * spec.train_size) if spec.train_size is not None else first_test
+    if block < 1 or first_test < 1:
+        raise ValueError(f"{n} rows are too few for {spec.folds} walk-forward folds")
+    for k in range(spec.folds):
+        test_start = first_test + k * block
+        test_end = n if k == spec.folds - 1 else test_start + block
+        start = 0 if spec.mode == "expanding" else max(test_start - train_rows, 0)
+        window = test_start - start
+        val_start = test_start - int(window * spec.validation)
+        train = np.arange(start, purger.stop(start, val_start))
+        if val_start < test_start:
+            first_val = min(val_start + spec.embargo, test_start)
+            validation = np.arange(first_val, purger.stop(first_val, test_start))
+        else:
+            train = np.arange(start, purger.stop(start, test_start))
+            validation = np.arange(0)
+        test = np.arange(min(test_start + spec.embargo, test_end), test_end)
+        if len(train) == 0 or len(test) == 0:
+            raise ValueError(
+                f"walk-forward fold {k} has an empty train or test part: {n} rows are too few"
+                f" for {spec.folds} folds with embargo {spec.embargo}"
+            )
+        yield Fold(train, validation, test, index=k)

@@ -56,7 +56,7 @@ def test_threshold_action() -> None:
 @pytest.fixture
 def trained(con, btc_1m: pd.DataFrame) -> LoadedModel:
     upsert_candles(con, btc_1m)
-    train_model(con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 40})
+    train_model(con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 40, "n_jobs": 1})
     loaded, _ = load_champion(con, "KRW-BTC", "1")
     assert loaded is not None
     return loaded

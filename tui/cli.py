@@ -19,6 +19,7 @@ from tui.commands.common import (
     state,
 )
 from tui.commands.data import data_app
+from tui.commands.features import features_build, features_list
 from tui.commands.models import models_app
 from tui.commands.train import train
 
@@ -27,7 +28,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+features_app = typer.Typer(help="Feature specs and feature files.", no_args_is_help=True)
+features_app.command("build")(features_build)
+features_app.command("list")(features_list)
 app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.command()(backtest)
 app.command()(train)

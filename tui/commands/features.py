@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console
+from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console, err
 
 if TYPE_CHECKING:
     from engine.features import FeatureSpec
@@ -24,6 +26,11 @@ SpecOpt = Annotated[
 ]
 
 
+def _busy(text: str) -> AbstractContextManager[object]:
+    """A spinner on stderr while the engine works (nothing when stderr is not a terminal)."""
+    return err.status(text, spinner="dots") if err.is_terminal else nullcontext()
+
+
 def _spec(path: Path | None) -> FeatureSpec:
     from engine.features import DEFAULT_SPEC, load_feature_spec
 
@@ -32,7 +39,9 @@ def _spec(path: Path | None) -> FeatureSpec:
 
 def features_build(
     market: MarketArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write, e.g. btc.parquet.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Parquet file to write, e.g. btc.parquet.")
+    ],
     unit: UnitOpt = "1",
     spec: SpecOpt = None,
     as_json: JsonOpt = False,
@@ -42,19 +51,31 @@ def features_build(
 
     unit = check(market, unit)
     feature_spec = _spec(spec)
-    with connect() as con:
+    with connect() as con, _busy(f"computing features of {market} {unit}…"):
         report = build_feature_file(con, market, unit, feature_spec, out)
     if as_json:
-        console.print_json(json.dumps({
-            "path": str(report.path), "market": market, "unit": unit, "rows": report.rows,
-            "columns": report.columns, "dropped": report.dropped, "spec_hash": report.spec_hash,
-            "first": report.first.isoformat() if report.first is not None else None,
-            "last": report.last.isoformat() if report.last is not None else None,
-            "seconds": report.seconds,
-        }))
+        console.print_json(
+            json.dumps(
+                {
+                    "path": str(report.path),
+                    "market": market,
+                    "unit": unit,
+                    "rows": report.rows,
+                    "columns": report.columns,
+                    "dropped": report.dropped,
+                    "spec_hash": report.spec_hash,
+                    "first": report.first.isoformat() if report.first is not None else None,
+                    "last": report.last.isoformat() if report.last is not None else None,
+                    "seconds": report.seconds,
+                }
+            )
+        )
         return
-    span = (f" from {report.first:%Y-%m-%d %H:%M} to {report.last:%Y-%m-%d %H:%M} UTC"
-            if report.first is not None and report.last is not None else "")
+    span = (
+        f" from {report.first:%Y-%m-%d %H:%M} to {report.last:%Y-%m-%d %H:%M} UTC"
+        if report.first is not None and report.last is not None
+        else ""
+    )
     console.print(
         f"{report.path}: {report.rows:,} rows x {report.columns} features{span}"
         f" ({report.dropped:,} warm-up/gap rows left out) · spec {report.spec_hash}"
@@ -66,8 +87,11 @@ def features_list(
     spec: SpecOpt = None,
     market: Annotated[
         str | None,
-        typer.Option("--market", "-m",
-                     help="Also measure each column's warm-up on this market's stored candles."),
+        typer.Option(
+            "--market",
+            "-m",
+            help="Also measure each column's warm-up on this market's stored candles.",
+        ),
     ] = None,
     unit: UnitOpt = "1",
     as_json: JsonOpt = False,
@@ -80,27 +104,41 @@ def features_list(
     measured: dict[str, int] = {}
     if market is not None:
         unit = check(market, unit)
-        with connect() as con:
+        with connect() as con, _busy(f"measuring warm-up on {market} {unit}…"):
             measured = stored_warmup(con, market, unit, feature_spec)
     rows = describe_spec(feature_spec)
     if as_json:
-        console.print_json(json.dumps({
-            "kinds": [{"kind": k.name, "group": k.group, "params": k.defaults, "doc": k.doc}
-                      for k in FEATURE_KINDS.values()],
-            "spec": {**feature_spec.to_dict(), "hash": feature_spec.hash(),
-                     "warmup": feature_spec.warmup(), "window": feature_spec.window()},
-            "columns": [{**r, **({"measured": measured[r["column"]]} if measured else {})}
-                        for r in rows],
-        }))
+        console.print_json(
+            json.dumps(
+                {
+                    "kinds": [
+                        {"kind": k.name, "group": k.group, "params": k.defaults, "doc": k.doc}
+                        for k in FEATURE_KINDS.values()
+                    ],
+                    "spec": {
+                        **feature_spec.to_dict(),
+                        "hash": feature_spec.hash(),
+                        "warmup": feature_spec.warmup(),
+                        "window": feature_spec.window(),
+                    },
+                    "columns": [
+                        {**r, **({"measured": measured[r["column"]]} if measured else {})}
+                        for r in rows
+                    ],
+                }
+            )
+        )
         return
     kinds = Table("kind", "group", "parameters (defaults)", "what", title="feature kinds")
     for kind in FEATURE_KINDS.values():
         params = ", ".join(f"{k}={v}" for k, v in kind.defaults.items()) or "-"
-        kinds.add_row(kind.name, kind.group, params, kind.doc)
+        kinds.add_row(kind.name, kind.group, escape(params), escape(kind.doc))
     console.print(kinds)
-    title = (f"spec {feature_spec.hash()}: {len(rows)} columns, warm-up {feature_spec.warmup()},"
-             f" live window {feature_spec.window()} candles, max_gap {feature_spec.max_gap},"
-             f" talib {feature_spec.talib}")
+    title = (
+        f"spec {feature_spec.hash()}: {len(rows)} columns, warm-up {feature_spec.warmup()},"
+        f" live window {feature_spec.window()} candles, max_gap {feature_spec.max_gap},"
+        f" talib {feature_spec.talib}"
+    )
     headers = ["column", "kind", "warm-up", "memory"]
     if measured:
         headers.append(f"measured ({market} {unit})")
