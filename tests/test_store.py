@@ -9,21 +9,23 @@ import pytest
 
 from store.artifacts import ArtifactError, open_artifact, store_artifact
 from store.candles import candle_status, last_ts, load_candles, upsert_candles
-from store.db import connect, db_path
+from store.db import _migrations, connect, db_path
 
 
 def test_store_lives_under_upquant_home(home: Path, con) -> None:
     assert db_path() == home / "upquant.duckdb"
     assert db_path().exists()
-    versions = con.execute("SELECT version FROM schema_version").fetchall()
-    assert versions == [(1,)]
+    versions = [v for (v,) in con.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()]
+    assert versions == [version for version, _, _ in _migrations()]
+    assert versions[0] == 1 and versions == sorted(set(versions))
 
 
 def test_migrations_are_applied_once(home: Path) -> None:
     first = connect()
     first.close()
     again = connect()
-    assert again.execute("SELECT count(*) FROM schema_version").fetchall()[0][0] == 1
+    count = again.execute("SELECT count(*) FROM schema_version").fetchall()[0][0]
+    assert count == len(_migrations())
     again.close()
 
 
