@@ -1,18 +1,24 @@
-"""Inference service: the champion model, verified and cached, with validated output."""
+"""Inference service: models loaded from verified artifacts, cached, with validated output.
+
+A LoadedModel predicts from a frame of feature rows: tabular models read its last row,
+sequence models (and ensembles holding one) the last `context + 1` rows.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from engine.features import FeatureSpec
-from models import Model, load_model
+from models import EnsembleModel, Model, load_model
 from store.artifacts import ArtifactError, open_artifact
 from store.db import home
-from store.registry import ModelRecord, champion
+from store.registry import ModelRecord, champion, previous_models
 
 
 class InferenceError(Exception):
@@ -29,28 +35,81 @@ class LoadedModel:
     def columns(self) -> list[str]:
         return list(self.record.params.get("columns", []))
 
+    @property
+    def context(self) -> int:
+        """Feature rows before the newest that one prediction reads (window - 1; 0 for trees)."""
+        return int(self.model.context)
+
+    @property
+    def history_needed(self) -> int:
+        """Candles the live engine must keep so the newest `context + 1` feature rows exist."""
+        return self.feature_spec.window() + self.context
+
+    def latest_rows(self, features: pd.DataFrame) -> np.ndarray:
+        """The last `context + 1` rows of a feature frame, checked; InferenceError if unusable."""
+        if self.columns and list(features.columns) != self.columns:
+            raise InferenceError("feature columns differ from the model's training columns")
+        need = self.context + 1
+        if len(features) < need:
+            raise InferenceError(f"{len(features)} feature rows, the model reads {need}")
+        rows = features.iloc[-need:].to_numpy(dtype=np.float32)
+        if not np.isfinite(rows).all():
+            bad = sorted({str(c) for c in features.columns[~np.isfinite(rows).all(axis=0)]})
+            raise InferenceError(f"features not defined for the model's window: {bad}")
+        return rows
+
+    def predict_latest(self, features: pd.DataFrame) -> np.ndarray:
+        """Validated (3,) probabilities for the newest row of `features`."""
+        return validate_probs(self.model.predict_proba(self.latest_rows(features))[-1])
+
+
+def _open(kind: str, artifact: str, sha256: str, size: int) -> Any:
+    directory = open_artifact(artifact, sha256, size, home() / "cache" / sha256)
+    if kind == "ensemble":
+        return EnsembleModel.load(directory, load_member=_load_member)
+    return load_model(kind, directory)
+
+
+def _load_member(ref: dict[str, Any]) -> Model:
+    try:
+        return _open(ref["kind"], ref["artifact"], ref["sha256"], int(ref["size"]))
+    except ArtifactError as exc:
+        raise ArtifactError(f"ensemble member {ref.get('ref', ref.get('id'))}: {exc}") from exc
+
 
 def load_record(record: ModelRecord) -> LoadedModel:
-    """Verify the artifact's sha256 and load it; raises ArtifactError if it is bad."""
-    directory = open_artifact(
-        record.artifact, record.sha256, record.size, home() / "cache" / record.sha256
-    )
-    return LoadedModel(
-        record, load_model(record.kind, directory), FeatureSpec.from_dict(record.feature_spec)
-    )
+    """Verify the artifact's sha256 (and every ensemble member's) and load it; raises
+    ArtifactError if one is missing, truncated or altered."""
+    model = _open(record.kind, record.artifact, record.sha256, record.size)
+    return LoadedModel(record, model, FeatureSpec.from_dict(record.feature_spec))
+
+
+def load_with_fallback(
+    con: duckdb.DuckDBPyConnection, record: ModelRecord
+) -> tuple[LoadedModel | None, str]:
+    """`record` loaded, or else the newest earlier champion of its market/unit that loads,
+    with the reason saying which and why."""
+    try:
+        return load_record(record), f"{record.status} {record.ref}"
+    except (ArtifactError, OSError, ValueError) as exc:
+        refused = f"{record.status} {record.ref} refused: {exc}"
+    for earlier in previous_models(con, record):
+        try:
+            return load_record(earlier), f"{refused}; using previous {earlier.ref}"
+        except (ArtifactError, OSError, ValueError):
+            continue
+    return None, refused
 
 
 def load_champion(
     con: duckdb.DuckDBPyConnection, market: str, unit: str
 ) -> tuple[LoadedModel | None, str]:
-    """The champion of market/unit, or None with the reason why not."""
+    """The champion of market/unit (or the previous one if its artifact is bad), or None with
+    the reason why not."""
     record = champion(con, market, unit)
     if record is None:
         return None, f"no champion model for {market} unit {unit}"
-    try:
-        return load_record(record), f"champion {record.ref}"
-    except (ArtifactError, OSError, ValueError) as exc:
-        return None, f"champion {record.ref} refused: {exc}"
+    return load_with_fallback(con, record)
 
 
 def validate_probs(probs: np.ndarray) -> np.ndarray:
@@ -67,10 +126,12 @@ def validate_probs(probs: np.ndarray) -> np.ndarray:
 
 
 async def predict_one(loaded: LoadedModel, row: np.ndarray, timeout: float = 1.0) -> np.ndarray:
-    """Probabilities for one feature row, off the event loop, within `timeout` seconds."""
+    """Probabilities for the newest of `row` (one feature row, or the model's trailing window
+    of rows), off the event loop, within `timeout` seconds."""
+    rows = row.reshape(1, -1) if row.ndim == 1 else row
     try:
         probs = await asyncio.wait_for(
-            asyncio.to_thread(loaded.model.predict_proba, row.reshape(1, -1)), timeout
+            asyncio.to_thread(lambda: loaded.model.predict_proba(rows)[-1]), timeout
         )
     except TimeoutError as exc:
         raise InferenceError(f"inference timed out after {timeout:.1f}s") from exc
@@ -79,3 +140,10 @@ async def predict_one(loaded: LoadedModel, row: np.ndarray, timeout: float = 1.0
     except Exception as exc:
         raise InferenceError(f"inference failed: {type(exc).__name__}: {exc}") from exc
     return validate_probs(probs)
+
+
+async def predict_latest(
+    loaded: LoadedModel, features: pd.DataFrame, timeout: float = 1.0
+) -> np.ndarray:
+    """`loaded.predict_latest(features)` off the event loop, within `timeout` seconds."""
+    return await predict_one(loaded, loaded.latest_rows(features), timeout)

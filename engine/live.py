@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.features import DEFAULT_SPEC, compute_latest
+from engine.features import DEFAULT_SPEC, compute_features, compute_latest
 from engine.inference import InferenceError, LoadedModel, predict_one
 from engine.strategy import Signal, SmaCross, threshold_action
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
@@ -88,7 +88,8 @@ class LiveEngine:
 
     def __post_init__(self) -> None:
         self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
-        self.window = max(self.spec.window(), self.rule.slow + 1)
+        needed = self.model.history_needed if self.model else self.spec.window()
+        self.window = max(needed, self.rule.slow + 1)
         self.history = pd.DataFrame(columns=CANDLE_COLUMNS)
         self.builder = CandleBuilder()
         self.listeners: list[Callable[[EngineEvent], None]] = []
@@ -158,8 +159,8 @@ class LiveEngine:
         closes = self.history["close"].to_numpy(dtype=np.float64)
         if self.model is not None:
             try:
-                row = self._feature_row()
-                probs = await predict_one(self.model, row, self.inference_timeout)
+                rows = self._feature_rows()
+                probs = await predict_one(self.model, rows, self.inference_timeout)
                 action, confidence, reason = threshold_action(probs, self.threshold)
                 return Signal(
                     ts,
@@ -184,24 +185,23 @@ class LiveEngine:
             f"{reason} ({fallback})",
         ), None
 
-    def _feature_row(self) -> np.ndarray:
+    def _feature_rows(self) -> np.ndarray:
+        """The feature rows the model reads for the newest candle (one row for tabular
+        models, its trailing window for sequence models), computed by the training code."""
         assert self.model is not None
         if len(self.history) <= self.spec.warmup():
             raise InferenceError(
                 f"{len(self.history)} candles in the window, features need {self.spec.warmup() + 1}"
             )
         try:
-            latest = compute_latest(self.history, self.spec, unit=self.unit)
+            if self.model.context == 0:  # the fast path: only the newest row
+                latest = compute_latest(self.history, self.spec, unit=self.unit)
+                features = latest.to_frame().T
+            else:
+                features = compute_features(self.history, self.spec, unit=self.unit)
         except Exception as exc:
             raise InferenceError(f"feature computation failed: {exc}") from exc
-        columns = self.model.columns
-        if columns and list(latest.index) != columns:
-            raise InferenceError("feature columns differ from the model's training columns")
-        row = latest.to_numpy(dtype=np.float32)
-        if not np.isfinite(row).all():
-            bad = list(latest.index[~np.isfinite(row)])
-            raise InferenceError(f"features not defined for this candle: {bad}")
-        return row
+        return self.model.latest_rows(features)
 
     def _flush_signals(self) -> None:
         if self._pending_signals:

@@ -1,23 +1,58 @@
-"""Headless training: candles -> dataset -> chronological split -> fit -> evaluate -> registry."""
+"""Headless training: candles → dataset → purged chronological split → (tune) → fit → evaluate
+on the test part beside baselines → artifact + registry row + metrics.
+
+Every run is a `training_runs` row whose status and per-epoch metrics are written as they
+happen. Ctrl-C marks it `interrupted` and registers nothing; a torch run keeps a checkpoint
+after every epoch, so `resume=RUN` continues it where it stopped.
+"""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pandas as pd
 
-from engine.dataset import build_dataset
+from engine.backtest import DEFAULT_FEE, backtest, baseline_results, sma_cross_actions
+from engine.dataset import Dataset, build_dataset, split_dataset
+from engine.ensembling import fit_ensemble, model_params, resolve_members
 from engine.features import DEFAULT_SPEC, FeatureSpec
+from engine.inference import load_record
 from engine.labels import LabelSpec
-from engine.metrics import class_balance, classification_metrics, majority_baseline
-from engine.splits import SplitSpec, chronological_split
-from models import CLASSES, create_model
+from engine.metrics import (
+    class_balance,
+    classification_metrics,
+    majority_baseline,
+    regression_metrics,
+)
+from engine.predict import actions_from_probs, candle_actions, predict_rows, predict_values
+from engine.splits import Split, SplitSpec
+from engine.strategy import SmaCross
+from engine.tuning import Trial, TuneResult, tune
+from models import ALL_KINDS, CLASSES, Model, create_model
+from models.torch_base import SequenceModel
 from store.artifacts import store_artifact
 from store.candles import load_candles
-from store.registry import ModelRecord, champion, get_model, register_model, set_champion
+from store.db import home
+from store.registry import (
+    ModelRecord,
+    champion,
+    get_model,
+    get_run,
+    log_epoch,
+    register_model,
+    set_champion,
+    start_run,
+    update_run,
+)
+
+TORCH_KINDS = ("lstm", "transformer")
 
 
 class TrainingError(Exception):
@@ -27,11 +62,34 @@ class TrainingError(Exception):
 @dataclass
 class TrainReport:
     model: ModelRecord
+    run_id: int
     rows: dict[str, int]
     metrics: dict[str, dict[str, float]]
     class_balance: dict[str, dict[str, float]]
     promoted: bool
     features: list[str] = field(default_factory=list)
+    trading: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tuning: TuneResult | None = None
+    epochs: int = 0
+
+
+@dataclass
+class Progress:
+    """What a progress display is told: a phase (`epoch`, `trial`, `fold`, `step`) with done
+    and total counts and the latest metrics."""
+
+    phase: str
+    done: int
+    total: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+
+ProgressHook = Callable[[Progress], None]
+
+
+def _checkpoint_path(run_id: int) -> Path:
+    return home() / "runs" / str(run_id) / "checkpoint.pt"
 
 
 def train_model(
@@ -46,77 +104,350 @@ def train_model(
     params: dict[str, Any] | None = None,
     name: str | None = None,
     promote: bool | None = None,
+    members: list[str] | None = None,
+    method: str = "soft-vote",
+    stack_folds: int = 3,
+    trials: int = 0,
+    timeout: float | None = None,
+    n_jobs: int = 1,
+    tune_folds: int = 0,
+    threshold: float = 0.5,
+    fee: float = DEFAULT_FEE,
+    progress: ProgressHook | None = None,
+    resume: int | None = None,
 ) -> TrainReport:
     """Train one model on the stored candles of `market`/`unit` and register it.
 
-    `promote=None` makes it champion only when its market/unit has none yet.
+    `promote=None` makes it champion only when its market/unit has none yet. `threshold` is
+    the confidence the test-part trading report acts on (as the live engine does).
     """
-    label_spec = label_spec or LabelSpec()
-    split_spec = split_spec or SplitSpec()
+    if resume is not None:
+        run = get_run(con, resume)
+        if run.status not in ("interrupted", "failed"):
+            raise TrainingError(
+                f"run {resume} is {run.status}; only interrupted or failed runs resume"
+            )
+        if run.kind not in TORCH_KINDS or run.config is None:
+            raise TrainingError(f"run {resume} ({run.kind}) has no checkpoint to resume from")
+        config = run.config
+        run_id = resume
+        update_run(con, run_id, status="running", log=f"resumed from {run.checkpoint or 'start'}")
+        return _train(con, run_id, config, progress)
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
+    config = {
+        "kind": kind,
+        "market": market,
+        "unit": unit,
+        "feature_spec": feature_spec.to_dict(),
+        "label_spec": (label_spec or LabelSpec()).to_dict(),
+        "split_spec": (split_spec or SplitSpec()).to_dict(),
+        "params": params or {},
+        "name": name,
+        "promote": promote,
+        "members": members or [],
+        "method": method,
+        "stack_folds": stack_folds,
+        "trials": trials,
+        "timeout": timeout,
+        "n_jobs": n_jobs,
+        "tune_folds": tune_folds,
+        "threshold": threshold,
+        "fee": fee,
+    }
+    run_id = start_run(con, kind, market, unit, config)
+    return _train(con, run_id, config, progress)
+
+
+def load_data(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    feature_spec: FeatureSpec,
+    label_spec: LabelSpec,
+) -> tuple[pd.DataFrame, Dataset]:
     candles = load_candles(con, market, unit)
     if candles.empty:
         raise TrainingError(
             f"no {market} unit {unit} candles in the store;"
             f" run `upquant data import` or `upquant data fetch {market} --unit {unit}` first"
         )
-    data = build_dataset(candles, feature_spec, label_spec)
-    split = chronological_split(len(data.y), split_spec, label_spec.horizon)
-    X_train, y_train = data.X[split.train], data.y[split.train]
-    X_val, y_val = data.X[split.validation], data.y[split.validation]
-    X_test, y_test = data.X[split.test], data.y[split.test]
-    missing = [CLASSES[c] for c in range(len(CLASSES)) if not (y_train == c).any()]
-    if missing:
-        raise TrainingError(
-            f"the training part has no {', '.join(missing)} labels;"
-            f" lower the label threshold ({label_spec.threshold}) or use more candles"
+    return candles, build_dataset(candles, feature_spec, label_spec, unit=unit)
+
+
+def _train(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    config: dict[str, Any],
+    progress: ProgressHook | None,
+) -> TrainReport:
+    try:
+        report = _run(con, run_id, config, progress)
+    except KeyboardInterrupt:
+        update_run(con, run_id, status="interrupted", error="interrupted by the user")
+        raise
+    except Exception as exc:
+        update_run(con, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    update_run(con, run_id, status="finished", progress=1.0)
+    shutil.rmtree(_checkpoint_path(run_id).parent, ignore_errors=True)
+    return report
+
+
+def _run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    config: dict[str, Any],
+    progress: ProgressHook | None,
+) -> TrainReport:
+    kind, market, unit = config["kind"], config["market"], config["unit"]
+    feature_spec = FeatureSpec.from_dict(config["feature_spec"])
+    label_spec = LabelSpec.from_dict(config["label_spec"])
+    split_spec = SplitSpec.from_dict(config["split_spec"])
+    task = "classification" if label_spec.is_classification else "regression"
+    notify = progress or (lambda _: None)
+
+    candles, data = load_data(con, market, unit, feature_spec, label_spec)
+    split = split_dataset(data, split_spec)
+    y_train = data.y[split.train]
+    if task == "classification":
+        missing = [CLASSES[c] for c in range(len(CLASSES)) if not (y_train == c).any()]
+        if missing:
+            raise TrainingError(
+                f"the training part has no {', '.join(missing)} labels;"
+                f" lower the label threshold ({label_spec.threshold}) or use more candles"
+            )
+
+    tuning: TuneResult | None = None
+    epochs_run = 0
+    if kind == "ensemble":
+        if task != "classification":
+            raise TrainingError("ensembles combine classifiers; use a classification label scheme")
+        records = resolve_members(con, config["members"], market, unit)
+        if any(
+            r.feature_spec_hash != feature_spec.hash() or r.label_spec != label_spec.to_dict()
+            for r in records
+        ):
+            # the members decide the data: the ensemble trains on their features and labels
+            feature_spec = FeatureSpec.from_dict(records[0].feature_spec)
+            label_spec = LabelSpec.from_dict(records[0].label_spec)
+            candles, data = load_data(con, market, unit, feature_spec, label_spec)
+            split = split_dataset(data, split_spec)
+        loaded = [(r, load_record(r).model) for r in records]
+        model: Model = fit_ensemble(
+            loaded,
+            config["method"],
+            data,
+            split,
+            stack_folds=int(config["stack_folds"]),
+            on_fold=lambda k, n: notify(Progress("fold", k + 1, n, text="stacking folds")),
         )
+        params = {**model.get_params(), "stack_folds": config["stack_folds"]}
+    else:
+        params = {**config["params"], "task": task}
+        if task == "regression":
+            params.setdefault("threshold", label_spec.threshold)
+        if int(config["trials"]) > 0:
+            total = int(config["trials"])
+            done = [0]
 
-    model = create_model(kind, **(params or {}))
-    model.fit(X_train, y_train, X_val, y_val)
+            def on_trial(trial: Trial) -> None:
+                done[0] += 1
+                score = {"loss": trial.score} if trial.score is not None else {}
+                log_epoch(con, run_id, trial.number, {**score}, split="trial")
+                update_run(con, run_id, progress=0.5 * done[0] / total)
+                notify(Progress("trial", done[0], total, score))
 
-    metrics: dict[str, dict[str, float]] = {}
-    for part, X, y in (("validation", X_val, y_val), ("test", X_test, y_test)):
-        proba = model.predict_proba(X)
-        metrics[part] = classification_metrics(y, proba.argmax(axis=1), proba)
-    metrics["baseline_majority_test"] = majority_baseline(y_train, y_test)
+            tuning = tune(
+                kind,
+                params,
+                data,
+                split,
+                trials=total,
+                timeout=config["timeout"],
+                n_jobs=int(config["n_jobs"]),
+                seed=int(params.get("seed", 0)),
+                folds=int(config["tune_folds"]),
+                on_trial=on_trial,
+            )
+            params = tuning.best
+        model = create_model(kind, **params)
+        checkpoint = None
+        total_epochs = int(model.get_params().get("epochs", 1))
+        if isinstance(model, SequenceModel):
+            checkpoint = _checkpoint_path(run_id)
+            update_run(con, run_id, checkpoint=str(checkpoint))
 
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal epochs_run
+            epochs_run = epoch + 1
+            log_epoch(con, run_id, epoch, metrics)
+            base = 0.5 if tuning is not None else 0.0
+            update_run(con, run_id, progress=base + (1 - base) * 0.9 * epochs_run / total_epochs)
+            notify(Progress("epoch", epochs_run, total_epochs, metrics))
+
+        model.fit(
+            data.X[split.train],
+            y_train,
+            data.X[split.validation],
+            data.y[split.validation],
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+        )
+        params = model.get_params()
+
+    notify(Progress("step", 0, 0, text="evaluating on the test part"))
+    metrics, trading = evaluate_parts(
+        model,
+        data,
+        split,
+        candles,
+        task,
+        threshold=float(config["threshold"]),
+        fee=float(config["fee"]),
+        unit=unit,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp))
         artifact = store_artifact(Path(tmp))
-    has_champion = champion(con, market, unit) is not None
-    do_promote = (not has_champion) if promote is None else promote
+    stored_params = {**params, "split": split_spec.to_dict(), "columns": data.columns}
+    if tuning is not None:
+        stored_params["search"] = tuning.to_dict()
+    do_promote = (
+        champion(con, market, unit) is None
+        if config["promote"] is None
+        else bool(config["promote"])
+    )
     record = register_model(
         con,
-        name=name or f"{kind}-{market}-{unit}",
+        name=config["name"] or f"{kind}-{market}-{unit}",
         kind=kind,
         market=market,
         unit=unit,
         feature_spec=feature_spec.to_dict(),
         feature_spec_hash=feature_spec.hash(),
         label_spec=label_spec.to_dict(),
-        params={**model.get_params(), "split": split_spec.to_dict(), "columns": data.columns},
+        params=stored_params,
         artifact=str(artifact.path),
         sha256=artifact.sha256,
         size=artifact.size,
         status="candidate",
         metrics=metrics,
         tags={
+            "run_id": run_id,
             "train_from": str(data.ts[split.train[0]]),
+            "train_to": str(data.ts[split.train[-1]]),
+            "validation_from": str(data.ts[split.validation[0]]),
+            "validation_to": str(data.ts[split.validation[-1]]),
             "test_from": str(data.ts[split.test[0]]),
             "test_to": str(data.ts[split.test[-1]]),
         },
+        run_id=run_id,
     )
     if do_promote:
         set_champion(con, record.id)
         record = get_model(con, record.id)
+    balance = (
+        {"train": class_balance(y_train), "test": class_balance(data.y[split.test])}
+        if task == "classification"
+        else {}
+    )
     return TrainReport(
         model=record,
-        rows={"train": len(y_train), "validation": len(y_val), "test": len(y_test)},
-        metrics=metrics,
-        class_balance={
-            "train": class_balance(y_train),
-            "test": class_balance(y_test),
+        run_id=run_id,
+        rows={
+            "train": len(split.train),
+            "validation": len(split.validation),
+            "test": len(split.test),
         },
+        metrics=metrics,
+        class_balance=balance,
         promoted=do_promote,
         features=data.columns,
+        trading=trading,
+        tuning=tuning,
+        epochs=epochs_run,
     )
+
+
+def evaluate_parts(
+    model: Model,
+    data: Dataset,
+    split: Split,
+    candles: pd.DataFrame,
+    task: str,
+    *,
+    threshold: float = 0.5,
+    fee: float = DEFAULT_FEE,
+    unit: str,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """Validation and test metrics beside the baselines, and the trading metrics of the
+    model's test-part signals beside sma-cross, buy-and-hold, no-trade and majority class."""
+    metrics: dict[str, dict[str, float]] = {}
+    y_train = data.y[split.train]
+    probs_test = predict_rows(model, data.X, split.test)
+    for part, rows in (("validation", split.validation), ("test", split.test)):
+        y = data.y[rows]
+        if task == "regression":
+            metrics[part] = regression_metrics(y, predict_values(model, data.X, rows))
+        else:
+            proba = probs_test if part == "test" else predict_rows(model, data.X, rows)
+            metrics[part] = classification_metrics(y, proba.argmax(axis=1), proba)
+    y_test = data.y[split.test]
+    if task == "regression":
+        metrics["baseline_zero_test"] = regression_metrics(y_test, np.zeros(len(y_test)))
+    else:
+        metrics["baseline_majority_test"] = majority_baseline(y_train, y_test)
+    trading = trading_report(
+        candles, data, split, probs_test, threshold=threshold, fee=fee, unit=unit
+    )
+    for name, values in trading.items():
+        metrics[f"trading_{name}"] = {
+            k: float(v) for k, v in values.items() if isinstance(v, int | float)
+        }
+    return metrics, trading
+
+
+def trading_report(
+    candles: pd.DataFrame,
+    data: Dataset,
+    split: Split,
+    probs: np.ndarray,
+    *,
+    threshold: float,
+    fee: float,
+    unit: str,
+) -> dict[str, dict[str, Any]]:
+    """Backtest (after fees) of the model's signals on the test part's candles, with baselines."""
+    first, last = data.ts[split.test[0]], data.ts[split.test[-1]]
+    ts = pd.DatetimeIndex(candles["ts"])
+    part = candles[(ts >= first) & (ts <= last)].reset_index(drop=True)
+    actions = candle_actions(part, data.ts[split.test], actions_from_probs(probs, threshold))
+    rule = SmaCross()
+    results = {
+        "model": backtest(part, actions, fee=fee, unit=unit, name="model"),
+        "sma_cross": backtest(
+            part,
+            sma_cross_actions(part["close"].to_numpy(), rule.fast, rule.slow),
+            fee=fee,
+            unit=unit,
+            name=rule.name,
+        ),
+        **{
+            name.replace("-", "_"): result
+            for name, result in baseline_results(
+                part,
+                fee=fee,
+                unit=unit,
+                y_train=data.y[split.train] if data.y.dtype.kind == "i" else None,
+            ).items()
+        },
+    }
+    return {name: dict(result.metrics) for name, result in results.items()}
+
+
+def clone(record: ModelRecord) -> Model:
+    """A fresh, unfitted model of the kind and parameters `record` was trained with."""
+    if record.kind == "ensemble":
+        raise TrainingError("an ensemble is retrained through its members; clone those")
+    return create_model(record.kind, **model_params(record))

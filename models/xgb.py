@@ -1,4 +1,4 @@
-"""XGBoost classifier (hist; CUDA when available) saved as XGBoost JSON."""
+"""XGBoost classifier and regressor (hist; CUDA when available), saved as XGBoost JSON."""
 
 from __future__ import annotations
 
@@ -9,19 +9,31 @@ from typing import Any, Self
 import numpy as np
 import xgboost as xgb
 
-from models.base import CLASSES, Model, check_features
+from models.base import (
+    CLASSES,
+    EpochHook,
+    Model,
+    check_features,
+    check_labels,
+    check_task,
+    return_to_proba,
+)
+from models.devices import resolve_device
 
 DEFAULTS: dict[str, Any] = {
+    "task": "classification",
     "n_estimators": 300,
     "max_depth": 5,
     "learning_rate": 0.05,
     "subsample": 0.8,
     "colsample_bytree": 0.8,
     "min_child_weight": 5.0,
+    "reg_lambda": 1.0,
     "early_stopping_rounds": 30,
     "seed": 0,
-    "device": "cpu",
+    "device": "auto",
     "n_jobs": 0,
+    "threshold": 0.001,  # regression: the label threshold its probabilities are measured against
 }
 
 
@@ -31,61 +43,121 @@ class XGBoostModel(Model):
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown xgboost parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+            raise ValueError(
+                f"unknown xgboost parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}"
+            )
         self.params = {**DEFAULTS, **params}
+        self.task = check_task(self.params["task"])
 
     def get_params(self) -> dict[str, Any]:
         return dict(self.params)
 
     @property
     def device(self) -> str:
-        return str(self.params["device"])
+        return resolve_device(str(self.params["device"]))
 
-    def _estimator(self) -> xgb.XGBClassifier:
+    def _estimator(self) -> xgb.XGBModel:
         p = self.params
+        common: dict[str, Any] = {
+            "n_estimators": p["n_estimators"],
+            "max_depth": p["max_depth"],
+            "learning_rate": p["learning_rate"],
+            "subsample": p["subsample"],
+            "colsample_bytree": p["colsample_bytree"],
+            "min_child_weight": p["min_child_weight"],
+            "reg_lambda": p["reg_lambda"],
+            "early_stopping_rounds": p["early_stopping_rounds"],
+            "random_state": p["seed"],
+            "device": self.device,
+            "n_jobs": p["n_jobs"] or None,
+            "tree_method": "hist",
+        }
+        if self.task == "regression":
+            return xgb.XGBRegressor(objective="reg:squarederror", eval_metric="rmse", **common)
         return xgb.XGBClassifier(
-            n_estimators=p["n_estimators"],
-            max_depth=p["max_depth"],
-            learning_rate=p["learning_rate"],
-            subsample=p["subsample"],
-            colsample_bytree=p["colsample_bytree"],
-            min_child_weight=p["min_child_weight"],
-            early_stopping_rounds=p["early_stopping_rounds"],
-            random_state=p["seed"],
-            device=p["device"],
-            n_jobs=p["n_jobs"] or None,
-            tree_method="hist",
             objective="multi:softprob",
             num_class=len(CLASSES),
             eval_metric="mlogloss",
+            **common,
         )
 
-    def fit(self, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> Self:
+    def fit(
+        self,
+        X_train: np.ndarray,
+        y_train: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        on_epoch: EpochHook | None = None,
+        checkpoint: Path | None = None,
+    ) -> Self:
         X_train = check_features(X_train, where="X_train")
         X_val = check_features(X_val, X_train.shape[1], where="X_val")
-        self.estimator_ = self._estimator()
-        self.estimator_.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
+        y_train = check_labels(y_train, self.task, len(X_train), where="y_train")
+        y_val = check_labels(y_val, self.task, len(X_val), where="y_val")
+        estimator = self._estimator()
+        estimator.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
+        self.booster_ = estimator.get_booster()
+        self.best_iteration_ = int(
+            getattr(estimator, "best_iteration", self.params["n_estimators"] - 1)
+        )
         self.n_features_ = X_train.shape[1]
+        if self.task == "regression":
+            residual = y_val - self._raw(X_val)
+            self.sigma_ = float(np.std(residual)) if len(residual) else float(np.std(y_train))
+        history = estimator.evals_result().get("validation_0", {})
+        if on_epoch is not None and history:
+            name, values = next(iter(history.items()))
+            on_epoch(self.best_iteration_, {f"val_{name}": float(values[self.best_iteration_])})
         return self
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
+        # inplace_predict skips the DMatrix copy: single-row latency is ~10x lower
+        return np.asarray(
+            self.booster_.inplace_predict(X, iteration_range=(0, self.best_iteration_ + 1))
+        )
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = check_features(X, self.n_features_)
+        if self.task == "regression":
+            return self._raw(X).astype(np.float64)
+        return self._raw(X).argmax(axis=1)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         X = check_features(X, self.n_features_)
-        return self.estimator_.predict_proba(X)
+        raw = self._raw(X)
+        if self.task == "regression":
+            return return_to_proba(raw, self.sigma_, float(self.params["threshold"]))
+        probs = raw.reshape(len(X), len(CLASSES)).astype(np.float64)
+        return probs / probs.sum(axis=1, keepdims=True)
 
     def feature_importance(self) -> dict[int, float]:
-        return {i: float(v) for i, v in enumerate(self.estimator_.feature_importances_)}
+        gain = self.booster_.get_score(importance_type="gain")
+        total = sum(gain.values()) or 1.0
+        return {i: float(gain.get(f"f{i}", 0.0)) / total for i in range(self.n_features_)}
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.estimator_.save_model(directory / "model.json")
-        meta = {"params": self.params, "n_features": self.n_features_}
+        self.booster_.save_model(directory / "model.json")
+        meta = {
+            "params": self.params,
+            "n_features": self.n_features_,
+            "best_iteration": self.best_iteration_,
+            "sigma": getattr(self, "sigma_", None),
+        }
         (directory / "meta.json").write_text(json.dumps(meta, sort_keys=True))
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         meta = json.loads((directory / "meta.json").read_text())
-        model = cls(**meta["params"])
-        model.estimator_ = xgb.XGBClassifier()
-        model.estimator_.load_model(directory / "model.json")
+        params = {k: v for k, v in meta["params"].items() if k in DEFAULTS}
+        model = cls(**params)
+        model.booster_ = xgb.Booster(model_file=str(directory / "model.json"))
+        model.booster_.set_param({"device": "cpu"})
         model.n_features_ = int(meta["n_features"])
+        model.best_iteration_ = int(
+            meta.get("best_iteration", model.booster_.num_boosted_rounds() - 1)
+        )
+        if meta.get("sigma") is not None:
+            model.sigma_ = float(meta["sigma"])
         return model

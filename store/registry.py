@@ -65,8 +65,11 @@ def register_model(
     status: str,
     metrics: dict[str, dict[str, float]],
     tags: dict[str, Any] | None = None,
+    parent_id: int | None = None,
+    run_id: int | None = None,
 ) -> ModelRecord:
-    """Insert a model row with the next version of `name` and its metrics, in one transaction."""
+    """Insert a model row with the next version of `name` and its metrics, in one transaction;
+    with `run_id`, the run's per-epoch metrics and the run itself are linked to the model."""
     con.execute("BEGIN TRANSACTION")
     try:
         version = con.execute(
@@ -76,19 +79,40 @@ def register_model(
             f"INSERT INTO models ({_COLUMNS.replace('id, ', '', 1)}) VALUES"
             " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             [
-                name, version, kind, market, unit, json.dumps(feature_spec), feature_spec_hash,
-                json.dumps(label_spec), json.dumps(params), artifact, sha256, size, status,
-                datetime.now(UTC), None, json.dumps(tags) if tags is not None else None,
+                name,
+                version,
+                kind,
+                market,
+                unit,
+                json.dumps(feature_spec),
+                feature_spec_hash,
+                json.dumps(label_spec),
+                json.dumps(params),
+                artifact,
+                sha256,
+                size,
+                status,
+                datetime.now(UTC),
+                parent_id,
+                json.dumps(tags) if tags is not None else None,
             ],
         ).fetchall()
         model_id = row[0][0]
         metric_rows = [
-            (model_id, split, metric, float(value), None)
+            (model_id, split, metric, float(value), None, run_id)
             for split, named in metrics.items()
             for metric, value in named.items()
+            if isinstance(value, int | float)
         ]
         if metric_rows:
-            con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metric_rows)
+            con.executemany(
+                "INSERT INTO metrics (model_id, split, name, value, step, run_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                metric_rows,
+            )
+        if run_id is not None:
+            con.execute("UPDATE metrics SET model_id = ? WHERE run_id = ?", [model_id, run_id])
+            con.execute("UPDATE training_runs SET model_id = ? WHERE id = ?", [model_id, run_id])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -151,9 +175,188 @@ def set_champion(con: duckdb.DuckDBPyConnection, model_id: int) -> None:
 
 
 def model_metrics(con: duckdb.DuckDBPyConnection, model_id: int) -> dict[str, dict[str, float]]:
+    """Final metrics by split (per-epoch rows, which carry a step, are left out)."""
     out: dict[str, dict[str, float]] = {}
     for split, name, value in con.execute(
-        "SELECT split, name, value FROM metrics WHERE model_id = ? ORDER BY split, name", [model_id]
+        "SELECT split, name, value FROM metrics WHERE model_id = ? AND step IS NULL"
+        " ORDER BY split, name",
+        [model_id],
     ).fetchall():
         out.setdefault(split, {})[name] = value
+    return out
+
+
+# --- champions over time ------------------------------------------------------------------------
+def previous_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list[ModelRecord]:
+    """Earlier models of the same market/unit that served as champion (`retired`), newest first:
+    the fallbacks when `record` cannot be loaded."""
+    rows = con.execute(
+        f"SELECT {_COLUMNS} FROM models WHERE market = ? AND unit = ? AND status = 'retired'"
+        " AND id <> ? ORDER BY id DESC",
+        [record.market, record.unit, record.id],
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def rollback(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str
+) -> tuple[ModelRecord, ModelRecord]:
+    """Demote the champion of market/unit (`rolled_back`) and restore the newest retired model
+    before it; returns (demoted, restored). KeyError when there is nothing to roll back to."""
+    current = champion(con, market, unit)
+    if current is None:
+        raise KeyError(f"no champion for {market} unit {unit} to roll back")
+    earlier = [r for r in previous_models(con, current) if r.id < current.id]
+    if not earlier:
+        raise KeyError(
+            f"{current.ref} is the first champion of {market} unit {unit}; nothing to roll back to"
+        )
+    restored = earlier[0]
+    con.execute("BEGIN TRANSACTION")
+    con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [current.id])
+    con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [restored.id])
+    con.execute("COMMIT")
+    return get_model(con, current.id), get_model(con, restored.id)
+
+
+def ensembles_using(con: duckdb.DuckDBPyConnection, model_id: int) -> list[ModelRecord]:
+    return [
+        r
+        for r in list_models(con)
+        if r.kind == "ensemble"
+        and any(int(m.get("id", -1)) == model_id for m in r.params.get("members", []))
+    ]
+
+
+def delete_model(con: duckdb.DuckDBPyConnection, ref: int | str) -> tuple[ModelRecord, bool]:
+    """Delete a model row and its metrics; returns (record, whether its artifact file is no
+    longer referenced by any row). A champion or an ensemble member cannot be deleted."""
+    record = get_model(con, ref)
+    if record.status == "champion":
+        raise ValueError(
+            f"{record.ref} is the champion of {record.market} unit {record.unit};"
+            " promote another model or roll back first"
+        )
+    users = ensembles_using(con, record.id)
+    if users:
+        raise ValueError(
+            f"{record.ref} is a member of {', '.join(u.ref for u in users)}; delete those first"
+        )
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM metrics WHERE model_id = ?", [record.id])
+    con.execute("UPDATE training_runs SET model_id = NULL WHERE model_id = ?", [record.id])
+    con.execute("DELETE FROM models WHERE id = ?", [record.id])
+    con.execute("COMMIT")
+    shared = con.execute("SELECT count(*) FROM models WHERE sha256 = ?", [record.sha256]).fetchall()
+    return record, shared[0][0] == 0
+
+
+# --- training runs ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    model_id: int | None
+    status: str
+    progress: float | None
+    started: datetime | None
+    finished: datetime | None
+    error: str | None
+    log: str | None
+    kind: str | None
+    market: str | None
+    unit: str | None
+    config: dict[str, Any] | None
+    checkpoint: str | None
+
+
+_RUN_COLUMNS = (
+    "id, model_id, status, progress, started, finished, error, log, kind, market, unit, config,"
+    " checkpoint"
+)
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def start_run(
+    con: duckdb.DuckDBPyConnection, kind: str, market: str, unit: str, config: dict[str, Any]
+) -> int:
+    rows = con.execute(
+        "INSERT INTO training_runs (status, progress, started, kind, market, unit, config)"
+        " VALUES ('running', 0, ?, ?, ?, ?, ?) RETURNING id",
+        [datetime.now(UTC), kind, market, unit, json.dumps(config)],
+    ).fetchall()
+    return int(rows[0][0])
+
+
+def get_run(con: duckdb.DuckDBPyConnection, run_id: int) -> RunRecord:
+    rows = con.execute(
+        f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE id = ?", [run_id]
+    ).fetchall()
+    if not rows:
+        raise KeyError(f"no training run {run_id}")
+    values = list(rows[0])
+    values[11] = json.loads(values[11]) if values[11] is not None else None
+    return RunRecord(*values)
+
+
+def list_runs(con: duckdb.DuckDBPyConnection, limit: int = 50) -> list[RunRecord]:
+    ids = con.execute("SELECT id FROM training_runs ORDER BY id DESC LIMIT ?", [limit]).fetchall()
+    return [get_run(con, i) for (i,) in ids]
+
+
+def update_run(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    *,
+    status: str | None = None,
+    progress: float | None = None,
+    log: str | None = None,
+    checkpoint: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Record a run's progress as it happens; a final status also stamps `finished`."""
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"unknown run status {status!r}")
+    sets, params = [], []
+    for column, value in (
+        ("status", status),
+        ("progress", progress),
+        ("checkpoint", checkpoint),
+        ("error", error),
+    ):
+        if value is not None:
+            sets.append(f"{column} = ?")
+            params.append(value)
+    if status is not None:
+        sets.append("finished = ?" if status != "running" else "finished = NULL")
+        if status != "running":
+            params.append(datetime.now(UTC))
+    if log is not None:
+        sets.append("log = coalesce(log || chr(10), '') || ?")
+        params.append(log)
+    if sets:
+        con.execute(f"UPDATE training_runs SET {', '.join(sets)} WHERE id = ?", [*params, run_id])
+
+
+def log_epoch(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    step: int,
+    metrics: dict[str, float],
+    split: str = "epoch",
+) -> None:
+    rows = [(None, split, name, float(value), step, run_id) for name, value in metrics.items()]
+    con.executemany(
+        "INSERT INTO metrics (model_id, split, name, value, step, run_id) VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def run_epochs(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for step, name, value in con.execute(
+        "SELECT step, name, value FROM metrics WHERE run_id = ? AND step IS NOT NULL"
+        " ORDER BY step, name",
+        [run_id],
+    ).fetchall():
+        out.setdefault(int(step), {})[name] = value
     return out

@@ -171,3 +171,24 @@ def test_labels_spec_defaults_cover_the_round_trip_fee() -> None:
 def test_dataset_columns_match_engine_features(btc_1m: pd.DataFrame) -> None:
     data = build_dataset(btc_1m.head(600), DEFAULT_SPEC, LabelSpec())
     assert data.columns == list(compute_features(btc_1m.head(100)).columns)
+
+
+async def test_a_sequence_model_reads_its_window_live_as_in_batch(con, btc_1m: pd.DataFrame) -> None:
+    """An LSTM reads the trailing `window` feature rows; live equals batch on the same candles."""
+    upsert_candles(con, btc_1m)
+    train_model(con, "lstm", "KRW-BTC", "1",
+                params={"epochs": 1, "window": 8, "hidden": 8, "layers": 1, "device": "cpu"})
+    loaded, _ = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None and loaded.context == 7
+    stored = load_candles(con, "KRW-BTC", "1")
+    engine = LiveEngine(con, "KRW-BTC", "1", model=loaded, threshold=0.4, mode="replay")
+    assert engine.window == loaded.history_needed
+    start = len(stored) - 20
+    engine.prime(stored.iloc[:start])
+    probs: list[np.ndarray] = []
+    engine.subscribe(lambda e: probs.append(e.probs) if isinstance(e, SignalEvent) else None)
+    await replay(engine, stored.iloc[start:])
+    assert all(s.source == loaded.record.ref for s in engine.signals)
+    batch = compute_features(stored, loaded.feature_spec, unit="1")
+    expected = loaded.model.predict_proba(batch.to_numpy(np.float32))[-20:]
+    np.testing.assert_allclose(np.vstack(probs), expected, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,8 @@ from store.artifacts import ArtifactError
 from store.candles import upsert_candles
 from store.registry import champion, get_model, list_models, model_metrics
 
-FAST = {"n_estimators": 40}
+FAST = {"n_estimators": 40, "device": "cpu"}
+TINY_TORCH = {"epochs": 3, "window": 8, "hidden": 8, "layers": 1, "device": "cpu"}
 
 
 def test_train_registers_a_versioned_champion_with_metrics(con, btc_1m: pd.DataFrame) -> None:
@@ -29,8 +30,11 @@ def test_train_registers_a_versioned_champion_with_metrics(con, btc_1m: pd.DataF
     assert record.feature_spec_hash and record.label_spec["horizon"] == 10
     stored = model_metrics(con, record.id)
     assert stored["test"]["accuracy"] == pytest.approx(report.metrics["test"]["accuracy"])
-    assert set(stored) == {"validation", "test", "baseline_majority_test"}
-    assert sum(report.rows.values()) < len(btc_1m)  # warm-up, purge and the unlabelled tail are gone
+    assert {"validation", "test", "baseline_majority_test", "trading_model"} <= set(stored)
+    assert {"trading_buy_and_hold", "trading_sma_cross"} <= set(stored)
+    assert sum(report.rows.values()) < len(
+        btc_1m
+    )  # warm-up, purge and the unlabelled tail are gone
 
     second = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST)
     assert second.model.version == 2 and second.model.status == "candidate"
@@ -89,7 +93,9 @@ def test_training_without_candles_says_what_to_do(con) -> None:
         train_model(con, "xgboost", "KRW-ETH", "1")
 
 
-def test_training_with_an_impossible_threshold_names_the_missing_classes(con, btc_1m: pd.DataFrame) -> None:
+def test_training_with_an_impossible_threshold_names_the_missing_classes(
+    con, btc_1m: pd.DataFrame
+) -> None:
     upsert_candles(con, btc_1m)
     with pytest.raises(TrainingError, match="no sell, buy labels"):
         train_model(con, "xgboost", "KRW-BTC", "1", label_spec=LabelSpec(threshold=0.5))
@@ -99,3 +105,80 @@ def test_unknown_model_kind_is_a_clear_error(con, btc_1m: pd.DataFrame) -> None:
     upsert_candles(con, btc_1m)
     with pytest.raises(ValueError, match="unknown model kind 'svm'"):
         train_model(con, "svm", "KRW-BTC", "1")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_torch_kinds_train_and_log_epochs(con, btc_1m: pd.DataFrame, kind: str) -> None:
+    from store.registry import get_run, run_epochs
+
+    upsert_candles(con, btc_1m.iloc[:3000])
+    report = train_model(con, kind, "KRW-BTC", "1", params=TINY_TORCH)
+    run = get_run(con, report.run_id)
+    assert run.status == "finished" and run.model_id == report.model.id and run.progress == 1.0
+    epochs = run_epochs(con, report.run_id)
+    assert sorted(epochs) == list(range(report.epochs)) and "val_loss" in epochs[0]
+    loaded = load_record(report.model)
+    assert loaded.context == 7 and loaded.history_needed == loaded.feature_spec.window() + 7
+
+
+def test_regression_scheme_trains_a_regressor(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m.iloc[:3000])
+    report = train_model(
+        con, "xgboost", "KRW-BTC", "1", params=FAST, label_spec=LabelSpec(scheme="regression")
+    )
+    assert {"rmse", "ic"} <= set(report.metrics["test"]) and "baseline_zero_test" in report.metrics
+
+
+def test_interrupted_run_registers_nothing_and_resumes_bit_for_bit(
+    con, btc_1m: pd.DataFrame
+) -> None:
+    from store.registry import get_run, run_epochs
+
+    upsert_candles(con, btc_1m.iloc[:3000])
+    reference = train_model(con, "lstm", "KRW-BTC", "1", params=TINY_TORCH, name="reference")
+
+    def stop_after_two(progress) -> None:
+        if progress.phase == "epoch" and progress.done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            con, "lstm", "KRW-BTC", "1", params=TINY_TORCH, name="resumed", progress=stop_after_two
+        )
+    run_id = reference.run_id + 1
+    run = get_run(con, run_id)
+    assert run.status == "interrupted" and run.model_id is None and run.checkpoint
+    assert [m.name for m in list_models(con)] == ["reference"]
+    assert sorted(run_epochs(con, run_id)) == [0, 1]
+
+    resumed = train_model(con, "lstm", "KRW-BTC", "1", resume=run_id)
+    assert resumed.model.name == "resumed" and get_run(con, run_id).status == "finished"
+    assert sorted(run_epochs(con, run_id)) == sorted(run_epochs(con, reference.run_id))
+    X = np.random.default_rng(0).normal(0, 1, (20, len(resumed.features))).astype(np.float32)
+    np.testing.assert_array_equal(
+        load_record(resumed.model).model.predict_proba(X),
+        load_record(reference.model).model.predict_proba(X),
+    )
+    with pytest.raises(TrainingError, match="only interrupted or failed"):
+        train_model(con, "lstm", "KRW-BTC", "1", resume=run_id)
+
+
+@pytest.mark.parametrize("method", ["stack", "blend", "weighted"])
+def test_ensemble_of_registered_members(con, btc_1m: pd.DataFrame, method: str) -> None:
+    upsert_candles(con, btc_1m.iloc[:3000])
+    a = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST).model
+    b = train_model(con, "lstm", "KRW-BTC", "1", params=TINY_TORCH).model
+    report = train_model(con, "ensemble", "KRW-BTC", "1", members=[a.ref, str(b.id)], method=method)
+    assert report.model.kind == "ensemble" and report.model.params["method"] == method
+    assert [m["sha256"] for m in report.model.params["members"]] == [a.sha256, b.sha256]
+    loaded = load_record(report.model)
+    assert loaded.context == b.params["window"] - 1
+    assert 0.0 <= report.metrics["test"]["accuracy"] <= 1.0
+
+
+def test_tuning_records_its_search(con, btc_1m: pd.DataFrame) -> None:
+    upsert_candles(con, btc_1m.iloc[:3000])
+    report = train_model(con, "xgboost", "KRW-BTC", "1", params={**FAST}, trials=3)
+    search = report.model.params["search"]
+    assert len(search["trials"]) == 3 and "max_depth" in search["space"]
+    assert search["best_score"] == min(t["score"] for t in search["trials"])

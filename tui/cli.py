@@ -19,8 +19,10 @@ from tui.commands.common import (
     state,
 )
 from tui.commands.data import data_app
+from tui.commands.evaluate import evaluate
 from tui.commands.features import features_build, features_list
 from tui.commands.models import models_app
+from tui.commands.predict import predict
 from tui.commands.train import train
 
 app = typer.Typer(
@@ -36,6 +38,8 @@ app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.command()(backtest)
 app.command()(train)
+app.command()(evaluate)
+app.command()(predict)
 
 
 @app.callback()

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, MarketArg, UnitOpt, connect, console, parse_time
+from tui.commands.common import JsonOpt, MarketArg, UnitOpt, connect, console, err, parse_time
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    import duckdb
     import pandas as pd
 
     from engine.backtest import BacktestReport
@@ -121,6 +124,17 @@ def backtest(
     ] = 0.0,
     fast: Annotated[int, typer.Option(help="sma-cross: fast SMA length in candles.")] = 10,
     slow: Annotated[int, typer.Option(help="sma-cross: slow SMA length in candles.")] = 30,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Backtest this model's signals (name, name@version or id) instead of a rule;"
+            " --from defaults to the start of its test part, so nothing it trained on counts.",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option(help="--model: confidence a buy/sell probability must reach.")
+    ] = 0.5,
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
@@ -131,18 +145,23 @@ def backtest(
     if start is not None and end is not None and start >= end:
         raise ValueError(f"--from {from_} is not before --to {to}; give the earlier time first")
     with connect() as con:
-        report = run_backtest(
-            con,
-            strategy,
-            market=market,
-            unit=unit,
-            start=start,
-            end=end,
-            fee=fee,
-            slippage_bps=slippage,
-            fast=fast,
-            slow=slow,
-        )
+        if model is not None:
+            report = _model_report(
+                con, model, market, start, end, threshold, fee, slippage, fast, slow
+            )
+        else:
+            report = run_backtest(
+                con,
+                strategy,
+                market=market,
+                unit=unit,
+                start=start,
+                end=end,
+                fee=fee,
+                slippage_bps=slippage,
+                fast=fast,
+                slow=slow,
+            )
     if as_json:
         payload = {
             "market": report.market,
@@ -162,3 +181,45 @@ def backtest(
         console.print_json(json.dumps(payload))
         return
     _render(report)
+
+
+def _model_report(
+    con: duckdb.DuckDBPyConnection,
+    ref: str,
+    market: str,
+    start: datetime | None,
+    end: datetime | None,
+    threshold: float,
+    fee: float,
+    slippage: float,
+    fast: int,
+    slow: int,
+) -> BacktestReport:
+    """The model's signals from its test part on (or from --from, warning when that reaches
+    back into what it was trained or tuned on)."""
+    import pandas as pd
+
+    from engine.predict import model_backtest
+    from store.registry import get_model
+
+    record = get_model(con, ref)
+    test_from = pd.Timestamp(record.tags["test_from"]) if record.tags else None
+    if start is None and test_from is not None:
+        start = test_from.to_pydatetime()
+    elif test_from is not None and pd.Timestamp(start) < test_from:
+        err.print(
+            f"[yellow]warning:[/] --from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
+            f" ({test_from:%Y-%m-%d %H:%M}): the result is partly in-sample"
+        )
+    return model_backtest(
+        con,
+        ref,
+        market=market,
+        start=start,
+        end=end,
+        threshold=threshold,
+        fee=fee,
+        slippage_bps=slippage,
+        fast=fast,
+        slow=slow,
+    )

@@ -1,16 +1,22 @@
-"""`upquant models ...`: the model registry."""
+"""`upquant models ...`: the model registry (list, show, promote, rollback, delete, compare)."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, connect, console
+from tui.commands.common import JsonOpt, UnitOpt, check, connect, console, err
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+ModelArg = Annotated[str, typer.Argument(help="Model: name (newest version), name@version or id.")]
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 @models_app.command("list")
@@ -44,10 +50,21 @@ def models_list(
         )
         return
     table = Table(
-        "id", "model", "kind", "market", "unit", "status", "test acc", "test F1", "created (UTC)"
+        "id",
+        "model",
+        "kind",
+        "market",
+        "unit",
+        "status",
+        "test acc",
+        "test F1",
+        "test return",
+        "created (UTC)",
     )
     for r in records:
         test = metrics[r.id].get("test", {})
+        trading = metrics[r.id].get("trading_model", {})
+        ret = trading.get("total_return")
         table.add_row(
             str(r.id),
             r.ref,
@@ -55,8 +72,138 @@ def models_list(
             r.market,
             r.unit,
             r.status,
-            f"{test.get('accuracy', float('nan')):.4f}",
-            f"{test.get('f1_macro', float('nan')):.4f}",
+            _num(test.get("accuracy")),
+            _num(test.get("f1_macro")),
+            "–" if ret is None else f"{ret:+.2%}",
             f"{r.created_at:%Y-%m-%d %H:%M}",
         )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
+    """One model: specs, parameters, artifact (verified), metrics."""
+    from engine.inference import load_record
+    from store.artifacts import ArtifactError
+    from store.registry import get_model, model_metrics
+
+    with connect() as con:
+        record = get_model(con, model)
+        metrics = model_metrics(con, record.id)
+    try:
+        load_record(record)
+        integrity = "verified"
+    except (ArtifactError, OSError, ValueError) as exc:
+        integrity = f"REFUSED: {exc}"
+    data = {
+        "id": record.id,
+        "ref": record.ref,
+        "kind": record.kind,
+        "market": record.market,
+        "unit": record.unit,
+        "status": record.status,
+        "created_at": record.created_at.isoformat(),
+        "artifact": record.artifact,
+        "sha256": record.sha256,
+        "size": record.size,
+        "integrity": integrity,
+        "feature_spec_hash": record.feature_spec_hash,
+        "label_spec": record.label_spec,
+        "params": {k: v for k, v in record.params.items() if k not in ("columns", "search")},
+        "search_space": record.params.get("search", {}).get("space"),
+        "tags": record.tags,
+        "metrics": metrics,
+    }
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+        return
+    for key in (
+        "ref",
+        "id",
+        "kind",
+        "market",
+        "unit",
+        "status",
+        "created_at",
+        "artifact",
+        "sha256",
+        "size",
+        "integrity",
+        "feature_spec_hash",
+        "label_spec",
+        "params",
+        "search_space",
+        "tags",
+    ):
+        if data[key] is not None:
+            console.print(f"[bold]{key}[/]: {data[key]}", highlight=False)
+    table = Table("split", "metric", "value")
+    for split, named in metrics.items():
+        for name, value in named.items():
+            table.add_row(split, name, _num(value))
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(model: ModelArg) -> None:
+    """Make MODEL the champion of its market/unit (after verifying its artifact)."""
+    from engine.inference import load_record
+    from store.registry import get_model, set_champion
+
+    with connect() as con:
+        record = get_model(con, model)
+        load_record(record)  # refuse to promote a model whose artifact is bad
+        set_champion(con, record.id)
+    console.print(f"{record.ref} is now the champion of {record.market} unit {record.unit}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")], unit: UnitOpt = "1"
+) -> None:
+    """Demote the champion of MARKET/UNIT and restore the previous one."""
+    from store.registry import rollback
+
+    unit = check(market, unit)
+    with connect() as con:
+        demoted, restored = rollback(con, market, unit)
+    console.print(f"{demoted.ref} rolled back; {restored.ref} is the champion again")
+
+
+@models_app.command("delete")
+def models_delete(
+    model: ModelArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a model row, its metrics and (if no other row uses it) its artifact file."""
+    from pathlib import Path
+
+    from store.registry import delete_model, get_model
+
+    with connect() as con:
+        record = get_model(con, model)
+        if not yes and not typer.confirm(f"delete {record.ref} (id {record.id})?", err=True):
+            raise typer.Abort()
+        record, orphan = delete_model(con, record.id)
+    if orphan:
+        Path(record.artifact).unlink(missing_ok=True)
+    err.print(f"deleted {record.ref}" + (" and its artifact" if orphan else ""))
+
+
+@models_app.command("compare")
+def models_compare(
+    models: Annotated[list[str], typer.Argument(help="Two or more models.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Test metrics of several models side by side, with their baselines."""
+    from engine.evaluation import compare_models
+
+    with connect() as con:
+        frame = compare_models(con, models)
+    if as_json:
+        console.print_json(frame.to_json())
+        return
+    table = Table("metric", *frame.columns)
+    for name, row in frame.iterrows():
+        table.add_row(str(name), *(_num(v) for v in row))
     console.print(table)

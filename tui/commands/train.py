@@ -1,29 +1,74 @@
-"""`upquant train KIND MARKET`: headless training with a printed report."""
+"""`upquant train KIND MARKET`: headless training with progress bars and a printed report."""
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
-from typing import Annotated
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console, err
 
+if TYPE_CHECKING:
+    from engine.training import Progress, TrainReport
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.2%}" if pct else f"{value:.4f}"
+
 
 def train(
-    kind: Annotated[str, typer.Argument(help="Model kind: xgboost.")],
+    kind: Annotated[str, typer.Argument(help="Model kind: xgboost, lstm, transformer, ensemble.")],
     market: MarketArg,
     unit: UnitOpt = "1",
+    members: Annotated[
+        list[str] | None,
+        typer.Option("--members", help="Ensemble members (name, name@version or id); repeat."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="Ensemble method: vote, soft-vote, weighted, stack, blend.")
+    ] = "soft-vote",
+    feature_spec: Annotated[
+        Path | None, typer.Option(help="Feature spec file (JSON/YAML); default spec if omitted.")
+    ] = None,
     horizon: Annotated[int, typer.Option(help="Label horizon in candles.")] = 10,
     threshold: Annotated[
         float, typer.Option(help="Forward log-return beyond which a candle is buy/sell.")
     ] = 0.001,
-    n_estimators: Annotated[
-        int, typer.Option(help="XGBoost boosting rounds (early stopping on validation).")
-    ] = 300,
+    scheme: Annotated[
+        str, typer.Option(help="Label scheme: fixed_horizon, triple_barrier, regression.")
+    ] = "fixed_horizon",
+    train_fraction: Annotated[float, typer.Option("--train", help="Training fraction.")] = 0.7,
+    validation_fraction: Annotated[
+        float, typer.Option("--validation", help="Validation fraction (early stopping).")
+    ] = 0.15,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    epochs: Annotated[int | None, typer.Option(help="Torch models: maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Torch models: batch size.")] = None,
+    window: Annotated[int | None, typer.Option(help="Torch models: rows per window.")] = None,
+    n_estimators: Annotated[
+        int | None, typer.Option(help="XGBoost boosting rounds (early stopping on validation).")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Hyperparameter search trials (0: none).")] = 0,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting new trials after this many seconds.")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", help="Trials run in parallel (joblib).")] = 1,
+    tune_folds: Annotated[
+        int, typer.Option(help="Score trials on this many walk-forward folds (0: validation).")
+    ] = 0,
+    name: Annotated[
+        str | None, typer.Option(help="Registry name (default KIND-MARKET-UNIT).")
+    ] = None,
+    resume: Annotated[
+        int | None, typer.Option("--resume", help="Continue an interrupted torch run by id.")
+    ] = None,
     promote: Annotated[
         bool | None,
         typer.Option(
@@ -32,51 +77,169 @@ def train(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a model on stored candles, evaluate it on the test part beside the majority baseline, register it."""
+    """Train a model on stored candles, evaluate it on the test part beside the baselines, register it."""
+    from engine.features import DEFAULT_SPEC, load_feature_spec
     from engine.labels import LabelSpec
+    from engine.splits import SplitSpec
     from engine.training import train_model
+    from engine.tuning import SPACES, describe
 
     unit = check(market, unit)
-    spinner = (
-        err.status(f"training {kind} on {market} {unit}m…") if err.is_terminal else nullcontext()
-    )
-    with connect() as con, spinner:
+    params: dict[str, Any] = {"seed": seed, "device": device}
+    for key, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("window", window),
+        ("n_estimators", n_estimators),
+    ):
+        if value is not None:
+            params[key] = value
+    if kind == "xgboost":
+        params = {k: v for k, v in params.items() if k not in ("epochs", "batch_size", "window")}
+    elif kind in ("lstm", "transformer"):
+        params.pop("n_estimators", None)
+    else:
+        params = {}
+    if trials and kind in SPACES and not as_json:
+        err.print(f"[bold]search space[/] ({trials} trials, {jobs} in parallel):")
+        for line in describe(SPACES[kind]):
+            err.print(f"  {line}")
+    spec = load_feature_spec(feature_spec) if feature_spec else DEFAULT_SPEC
+    with connect() as con, _progress_display(not as_json) as show:
         report = train_model(
             con,
             kind,
             market,
             unit,
-            label_spec=LabelSpec(horizon=horizon, threshold=threshold),
-            params={"n_estimators": n_estimators, "seed": seed},
+            feature_spec=spec,
+            label_spec=LabelSpec(horizon=horizon, threshold=threshold, scheme=scheme),
+            split_spec=SplitSpec(train=train_fraction, validation=validation_fraction),
+            params=params,
+            name=name,
             promote=promote,
+            members=members,
+            method=method,
+            trials=trials,
+            timeout=timeout,
+            n_jobs=jobs,
+            tune_folds=tune_folds,
+            progress=show,
+            resume=resume,
         )
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": report.model.ref,
-                    "id": report.model.id,
-                    "status": report.model.status,
-                    "sha256": report.model.sha256,
-                    "rows": report.rows,
-                    "metrics": report.metrics,
-                    "class_balance": report.class_balance,
-                }
-            )
-        )
+        console.print_json(json.dumps(report_json(report), default=str))
         return
+    print_report(report)
+
+
+class _progress_display:
+    """Rich progress bars for epochs, trials and folds on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and err.is_terminal
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=err,
+        )
+        self.bar.start()
+        return self.update
+
+    def update(self, p: Progress) -> None:
+        if p.phase == "step":
+            self.bar.console.print(p.text)
+            return
+        if p.phase not in self.tasks:
+            self.tasks[p.phase] = self.bar.add_task(f"{p.phase}s", total=p.total, info="")
+        info = " ".join(f"{k} {v:.4f}" for k, v in p.metrics.items())
+        self.bar.update(self.tasks[p.phase], completed=p.done, total=p.total, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def report_json(report: TrainReport) -> dict[str, Any]:
+    return {
+        "model": report.model.ref,
+        "id": report.model.id,
+        "run": report.run_id,
+        "status": report.model.status,
+        "sha256": report.model.sha256,
+        "rows": report.rows,
+        "metrics": report.metrics,
+        "class_balance": report.class_balance,
+        "search": report.tuning.to_dict() if report.tuning else None,
+    }
+
+
+def print_report(report: TrainReport) -> None:
     record = report.model
+    r = report.rows
     console.print(
-        f"[bold]{record.ref}[/] (id {record.id}, {record.status}) · {len(report.features)} features ·"
-        f" rows train {report.rows['train']:,} / validation {report.rows['validation']:,} / test {report.rows['test']:,}"
+        f"[bold]{record.ref}[/] (id {record.id}, {record.status}, run {report.run_id}) ·"
+        f" {len(report.features)} features · rows train {r['train']:,} / validation"
+        f" {r['validation']:,} / test {r['test']:,}"
     )
-    balance = report.class_balance["test"]
-    console.print("test class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in balance.items()))
-    table = Table("test part", "accuracy", "macro F1", "log-loss")
-    for label, key in ((record.ref, "test"), ("majority-class baseline", "baseline_majority_test")):
-        m = report.metrics[key]
-        table.add_row(label, f"{m['accuracy']:.4f}", f"{m['f1_macro']:.4f}", f"{m['log_loss']:.4f}")
+    if report.tuning:
+        t = report.tuning
+        done = [x for x in t.trials if x.score is not None]
+        console.print(
+            f"search: {len(done)}/{len(t.trials)} trials, best {t.metric} {t.best_score:.4f}"
+        )
+    if "test" in report.class_balance:
+        balance = report.class_balance["test"]
+        console.print(
+            "test class balance: " + ", ".join(f"{k} {v:.1%}" for k, v in balance.items())
+        )
+    m = report.metrics
+    if "baseline_majority_test" in m:
+        table = Table("test part", "accuracy", "macro F1", "log-loss")
+        for label, key in (
+            (record.ref, "test"),
+            ("majority-class baseline", "baseline_majority_test"),
+        ):
+            table.add_row(
+                label, _fmt(m[key]["accuracy"]), _fmt(m[key]["f1_macro"]), _fmt(m[key]["log_loss"])
+            )
+    else:
+        table = Table("test part", "RMSE", "IC", "rank IC", "R²")
+        for label, key in ((record.ref, "test"), ("zero-return baseline", "baseline_zero_test")):
+            table.add_row(
+                label,
+                _fmt(m[key]["rmse"]),
+                _fmt(m[key]["ic"]),
+                _fmt(m[key]["rank_ic"]),
+                _fmt(m[key]["r2"]),
+            )
     console.print(table)
+    trading = Table("test part, after fees", "total return", "Sharpe", "max drawdown", "trades")
+    for name, values in report.trading.items():
+        label = record.ref + " signals" if name == "model" else name.replace("_", "-")
+        trading.add_row(
+            label,
+            _fmt(values.get("total_return"), pct=True),
+            _fmt(values.get("sharpe")),
+            f"{values.get('max_drawdown', float('nan')):.2%}",
+            f"{values.get('trades', 0):,.0f}",
+        )
+    console.print(trading)
     console.print(
         f"artifact {record.artifact} (sha256 {record.sha256[:16]}…, {record.size:,} bytes)"
     )

@@ -1,0 +1,170 @@
+"""The model zoo on real candles: round trips, reproducibility, windows, safe formats, ensembles
+and stacking without time leakage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine.dataset import Dataset, build_dataset, split_dataset
+from engine.ensembling import time_ordered_oof
+from engine.features import DEFAULT_SPEC
+from engine.labels import LabelSpec
+from engine.splits import SplitSpec
+from models import EnsembleModel, create_model, load_model
+from models.torch_base import windows
+
+TINY = {
+    "xgboost": {"n_estimators": 20, "device": "cpu"},
+    "lstm": {"epochs": 2, "window": 8, "hidden": 8, "layers": 1, "device": "cpu"},
+    "transformer": {
+        "epochs": 2,
+        "window": 8,
+        "hidden": 8,
+        "layers": 1,
+        "heads": 2,
+        "device": "cpu",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def data(btc_1m: pd.DataFrame) -> Dataset:
+    return build_dataset(btc_1m.iloc[:3000], DEFAULT_SPEC, LabelSpec(), unit="1")
+
+
+@pytest.fixture(scope="module")
+def regression(btc_1m: pd.DataFrame) -> Dataset:
+    return build_dataset(btc_1m.iloc[:3000], DEFAULT_SPEC, LabelSpec(scheme="regression"), unit="1")
+
+
+def _parts(data: Dataset) -> tuple[np.ndarray, ...]:
+    s = split_dataset(data, SplitSpec())
+    return (
+        data.X[s.train],
+        data.y[s.train],
+        data.X[s.validation],
+        data.y[s.validation],
+        data.X[s.test],
+    )
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_save_load_round_trip_predicts_the_same(
+    kind: str, task: str, data: Dataset, regression: Dataset, tmp_path: Path
+) -> None:
+    X_tr, y_tr, X_va, y_va, X_te = _parts(data if task == "classification" else regression)
+    model = create_model(kind, task=task, **TINY[kind]).fit(X_tr, y_tr, X_va, y_va)
+    probs = model.predict_proba(X_te)
+    assert probs.shape == (len(X_te), 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    model.save(tmp_path)
+    assert {p.suffix for p in tmp_path.iterdir()} <= {".json", ".pt"}  # no pickles
+    again = load_model(kind, tmp_path)
+    np.testing.assert_array_equal(again.predict_proba(X_te), probs)
+    if task == "regression":
+        np.testing.assert_array_equal(again.predict(X_te), model.predict(X_te))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_cpu_training_repeats_bit_for_bit(kind: str, data: Dataset) -> None:
+    X_tr, y_tr, X_va, y_va, X_te = _parts(data)
+    first = create_model(kind, seed=3, **TINY[kind]).fit(X_tr, y_tr, X_va, y_va)
+    second = create_model(kind, seed=3, **TINY[kind]).fit(X_tr, y_tr, X_va, y_va)
+    np.testing.assert_array_equal(first.predict_proba(X_te), second.predict_proba(X_te))
+    other = create_model(kind, seed=4, **TINY[kind]).fit(X_tr, y_tr, X_va, y_va)
+    assert not np.array_equal(first.predict_proba(X_te), other.predict_proba(X_te))
+
+
+def test_windows_are_strided_views_padded_at_the_start() -> None:
+    X = np.arange(20, dtype=np.float32).reshape(10, 2)
+    w = windows(X, 4, pad=False)
+    assert w.shape == (7, 4, 2) and np.shares_memory(w, X)
+    np.testing.assert_array_equal(w[0], X[:4])
+    np.testing.assert_array_equal(w[-1], X[-4:])
+    padded = windows(X, 4, pad=True)
+    assert padded.shape == (10, 4, 2)
+    np.testing.assert_array_equal(padded[0], np.repeat(X[:1], 4, axis=0))
+
+
+def test_sequence_prediction_reads_only_its_window(data: Dataset) -> None:
+    """Row t's prediction depends on rows t-window+1..t only: later rows change nothing."""
+    X_tr, y_tr, X_va, y_va, X_te = _parts(data)
+    model = create_model("lstm", **TINY["lstm"]).fit(X_tr, y_tr, X_va, y_va)
+    base = model.predict_proba(X_te[:50])
+    changed = X_te[:60].copy()
+    changed[50:] += 5.0
+    np.testing.assert_allclose(model.predict_proba(changed)[:50], base, atol=1e-6)
+    latest = model.predict_proba(X_te[50 - model.context - 1 : 50])[-1]
+    np.testing.assert_allclose(latest, base[-1], atol=1e-6)
+
+
+def test_state_dict_loads_with_weights_only(data: Dataset, tmp_path: Path) -> None:
+    X_tr, y_tr, X_va, y_va, _ = _parts(data)
+    create_model("transformer", **TINY["transformer"]).fit(X_tr, y_tr, X_va, y_va).save(tmp_path)
+    state = torch.load(tmp_path / "state_dict.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_unknown_parameters_and_tasks_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown lstm parameters"):
+        create_model("lstm", hiden=3)
+    with pytest.raises(ValueError, match="unknown task"):
+        create_model("xgboost", task="ranking")
+
+
+@pytest.mark.parametrize("method", ["vote", "soft-vote", "weighted", "blend"])
+def test_ensembles_give_distributions_and_round_trip(
+    method: str, data: Dataset, tmp_path: Path
+) -> None:
+    X_tr, y_tr, X_va, y_va, X_te = _parts(data)
+    members = [
+        create_model("xgboost", **TINY["xgboost"]).fit(X_tr, y_tr, X_va, y_va),
+        create_model("xgboost", **{**TINY["xgboost"], "max_depth": 2}).fit(X_tr, y_tr, X_va, y_va),
+    ]
+    ensemble = EnsembleModel(method, members, [{"id": 1}, {"id": 2}]).fit(X_tr, y_tr, X_va, y_va)
+    probs = ensemble.predict_proba(X_te)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    ensemble.save(tmp_path)
+    again = EnsembleModel.load(tmp_path, load_member=lambda ref: members[ref["id"] - 1])
+    np.testing.assert_allclose(again.predict_proba(X_te), probs, atol=1e-12)
+    if method == "weighted":
+        assert ensemble.weights_.sum() == pytest.approx(1.0)
+
+
+def test_stacking_without_oof_is_refused(data: Dataset) -> None:
+    X_tr, y_tr, X_va, y_va, _ = _parts(data)
+    member = create_model("xgboost", **TINY["xgboost"]).fit(X_tr, y_tr, X_va, y_va)
+    with pytest.raises(ValueError, match="out-of-fold"):
+        EnsembleModel("stack", [member, member]).fit(X_tr, y_tr, X_va, y_va)
+
+
+def test_stacking_oof_is_made_in_time_order_without_leakage(data: Dataset) -> None:
+    """Each out-of-fold block is predicted by members trained only on rows whose labels end
+    before the block starts; changing labels after a block cannot change its predictions."""
+    rows = split_dataset(data, SplitSpec()).train
+
+    def factory() -> object:
+        return create_model("xgboost", **TINY["xgboost"])
+
+    oof = time_ordered_oof([factory], data, rows, folds=3)
+    assert len(oof.folds) == 3 and np.all(np.diff(oof.rows) > 0)
+    assert oof.rows[0] > rows[0]  # the first block is never predicted
+    for fitted, predicted in oof.folds:
+        assert data.label_end[fitted].max() < data.ts[predicted[0]]
+        assert fitted.max() < predicted.min()
+
+    _, first_block = oof.folds[0]
+    future = first_block[-1] + 1
+    y = data.y.copy()
+    y[future:] = np.random.default_rng(0).integers(0, 3, len(y) - future)
+    shuffled = Dataset(data.X, y, data.ts, data.columns, data.label_end)
+    again = time_ordered_oof([factory], shuffled, rows, folds=3)
+    n = len(first_block)
+    np.testing.assert_array_equal(again.probs[:n], oof.probs[:n])
+    assert not np.array_equal(again.probs[n:], oof.probs[n:])

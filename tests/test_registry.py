@@ -1,0 +1,80 @@
+"""Registry: references, promote, rollback, delete, and refusing bad artifacts with fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from engine.inference import load_champion, load_record
+from engine.training import train_model
+from store.artifacts import ArtifactError
+from store.candles import upsert_candles
+from store.registry import champion, delete_model, get_model, rollback, set_champion
+
+FAST = {"n_estimators": 15, "device": "cpu"}
+
+
+@pytest.fixture
+def three(con, btc_1m: pd.DataFrame) -> list:
+    upsert_candles(con, btc_1m.iloc[:3000])
+    records = [
+        train_model(con, "xgboost", "KRW-BTC", "1", params={**FAST, "seed": i}).model
+        for i in range(3)
+    ]
+    assert len({r.sha256 for r in records}) == 3  # distinct artifacts, damaged one at a time
+    for r in records:
+        set_champion(con, r.id)
+    return [get_model(con, r.id) for r in records]
+
+
+def test_refs_promote_and_rollback(con, three) -> None:
+    assert [r.version for r in three] == [1, 2, 3]
+    assert get_model(con, str(three[0].id)).ref == "xgboost-KRW-BTC-1@1"
+    assert champion(con, "KRW-BTC", "1").id == three[2].id
+    demoted, restored = rollback(con, "KRW-BTC", "1")
+    assert demoted.status == "rolled_back" and restored.id == three[1].id
+    assert champion(con, "KRW-BTC", "1").id == three[1].id
+    rollback(con, "KRW-BTC", "1")
+    with pytest.raises(KeyError, match="nothing to roll back"):
+        rollback(con, "KRW-BTC", "1")
+
+
+def test_delete_refuses_the_champion(con, three) -> None:
+    with pytest.raises(ValueError, match="champion"):
+        delete_model(con, three[2].id)
+    _, orphan = delete_model(con, three[0].id)
+    assert orphan  # no other row uses its artifact: the CLI removes the file
+    with pytest.raises(KeyError):
+        get_model(con, three[0].id)
+
+
+@pytest.mark.parametrize("damage", ["alter", "truncate", "missing"])
+def test_bad_champion_artifact_falls_back_to_the_previous_version(con, three, damage) -> None:
+    bad = three[2]
+    path = Path(bad.artifact)
+    if damage == "alter":
+        data = bytearray(path.read_bytes())
+        data[600] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        path.unlink()
+    with pytest.raises(ArtifactError):
+        load_record(bad)
+    loaded, reason = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None and loaded.record.id == three[1].id
+    assert "refused" in reason and "using previous xgboost-KRW-BTC-1@2" in reason
+
+
+def test_tampered_ensemble_member_refuses_the_ensemble(con, three) -> None:
+    refs = [three[0].ref, three[1].ref]
+    ensemble = train_model(con, "ensemble", "KRW-BTC", "1", members=refs, method="soft-vote").model
+    assert load_record(ensemble).model.predict_proba is not None
+    with pytest.raises(ValueError, match="member of"):
+        delete_model(con, three[0].id)
+    Path(three[0].artifact).write_bytes(b"not a tar")
+    with pytest.raises(ArtifactError, match="ensemble member"):
+        load_record(ensemble)
