@@ -1,93 +1,588 @@
-"""Candles into the store: file import (validated) and REST backfill through the Upbit client."""
+"""Candles into and out of the store: validated file import (three formats), resumable REST
+backfill of many markets, resampling, export and per-series status."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.markets import check_market, check_unit
-from store.candles import CANDLE_COLUMNS, upsert_candles
+from engine.markets import check_market, check_unit, unit_timedelta_minutes
+from store.candles import (
+    CANDLE_COLUMNS,
+    candle_status,
+    coverage,
+    export_candles,
+    missing_ranges,
+    resample,
+    store_fetched,
+    transaction,
+    upsert_candles,
+)
+
+if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
+    from upbit import AsyncUpbit
+
+    from engine.upbit import RateLimiter
+
+FORMATS = ("auto", "shared", "pyupbit", "upbit")
+FORMAT_HELP = {
+    "shared": "timestamp (UTC open time), open, high, low, close, volume[, value]",
+    "pyupbit": "pyupbit export: index = open time in KST, open, high, low, close, volume, value",
+    "upbit": "Upbit REST candles: market, candle_date_time_utc, opening_price, ... (JSON array)",
+}
+_TIME_COLUMNS = ("timestamp", "ts", "time", "datetime", "date", "candle_date_time")
+_INDEX_COLUMNS = ("", "index", "unnamed: 0", "__index_level_0__")
+_UPBIT_FIELDS = {
+    "open": "opening_price",
+    "high": "high_price",
+    "low": "low_price",
+    "close": "trade_price",
+    "volume": "candle_acc_trade_volume",
+    "value": "candle_acc_trade_price",
+}
+_DAY_FIELDS = ("prev_closing_price", "change_price", "change_rate")
+MAX_EXAMPLES = 10
 
 
 class DataImportError(Exception):
-    """A file cannot be imported; the message names the file and the problem."""
+    """A file cannot be imported; the message names the file, the problem and the fix."""
+
+
+class ValidationFailed(DataImportError):
+    """`--strict` import of a file with bad rows: nothing was written; `report` says why."""
+
+    def __init__(self, message: str, report: ImportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class DataError(Exception):
+    """A data command cannot run with these arguments (no candles, units that do not fit)."""
+
+
+# --------------------------------------------------------------------------- file import
 
 
 @dataclass
 class ImportReport:
     path: Path
+    format: str
+    series: list[str]  # "KRW-BTC 1" for every market/unit written
     rows_read: int
     rows_new: int
     rows_rejected: int
     problems: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)  # "row 2 (high < low)", by row
+    written: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "path": str(self.path)}
 
 
-def _read_candle_file(path: Path) -> pd.DataFrame:
+def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
+    """The file as a raw frame, and the number of the first data row as a report shows it
+    (CSV: the line number, the header being line 1; Parquet and JSON: the record number)."""
     if not path.exists():
         raise DataImportError(f"{path}: no such file")
+    suffix = path.suffix.lower()
     try:
-        raw = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+        if suffix in (".csv", ".txt"):
+            try:
+                raw = pd.read_csv(path, engine="pyarrow")
+            except (ValueError, TypeError):  # odd CSV: the slower reader says what is wrong
+                raw = pd.read_csv(path)
+            return raw, 2
+        if suffix in (".parquet", ".pq"):
+            raw = pd.read_parquet(path)
+            if not isinstance(raw.index, pd.RangeIndex):  # pyupbit's time index, kept
+                raw = raw.reset_index(names=raw.index.name or "index")
+            return raw, 1
+        if suffix in (".json", ".jsonl", ".ndjson"):
+            return _read_json(path), 1
+    except DataImportError:
+        raise
     except Exception as exc:  # the reader's own message is the useful part
         raise DataImportError(f"{path}: cannot be read as a candle file ({exc})") from exc
-    columns = {c.lower(): c for c in raw.columns}
-    time_col = next(
-        (columns[c] for c in ("timestamp", "ts", "candle_date_time_utc") if c in columns), None
+    raise DataImportError(
+        f"{path}: unknown file type {suffix or '(no suffix)'!r}; import reads .csv, .parquet"
+        " and .json (an Upbit REST response: a JSON array of candles)"
     )
-    needed = ["open", "high", "low", "close", "volume"]
-    absent = [c for c in needed if c not in columns]
-    if time_col is None or absent:
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:  # JSON lines: one candle object per line
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise DataImportError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and "error" in data:
+        raise DataImportError(f"{path}: holds an Upbit error response, not candles: {data}")
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise DataImportError(
-            f"{path}: expected columns timestamp,open,high,low,close,volume[,value];"
-            f" found {list(raw.columns)}"
+            f"{path}: expected a JSON array of candle objects (an Upbit REST response),"
+            f" found {type(data).__name__}"
         )
-    frame = pd.DataFrame({"ts": pd.to_datetime(raw[time_col], utc=True, errors="coerce")})
-    for col in needed + ["value"]:
-        frame[col] = pd.to_numeric(raw[columns[col]], errors="coerce") if col in columns else np.nan
-    return frame
+    return pd.DataFrame(data)
 
 
-def _validate(frame: pd.DataFrame) -> tuple[pd.Series, dict[str, pd.Series]]:
-    """Boolean mask of good rows, and one mask per problem."""
-    prices = frame[["open", "high", "low", "close"]]
-    problems = {
-        "bad timestamp": frame["ts"].isna(),
-        "NaN or non-positive price": prices.isna().any(axis=1) | (prices <= 0).any(axis=1),
-        "high < low": frame["high"] < frame["low"],
-        "open/close outside [low, high]": (
-            (frame[["open", "close"]].max(axis=1) > frame["high"])
-            | (frame[["open", "close"]].min(axis=1) < frame["low"])
-        ),
-        "negative or NaN volume": frame["volume"].isna() | (frame["volume"] < 0),
-        "duplicate timestamp": frame["ts"].duplicated(keep="first"),
-    }
-    bad = pd.concat(problems, axis=1).any(axis=1)
-    return ~bad, problems
+def detect_format(columns: Sequence[str]) -> str | None:
+    """Which import format a file's columns are in, or None."""
+    names = {str(c).strip().lower() for c in columns}
+    if "candle_date_time_utc" in names or "opening_price" in names:
+        return "upbit"
+    if names & set(_TIME_COLUMNS):
+        return "shared"
+    if names & set(_INDEX_COLUMNS) and {"open", "close"} <= names:
+        return "pyupbit"
+    return None
+
+
+def _column(raw: pd.DataFrame, *names: str) -> pd.Series | None:
+    lookup = {str(c).strip().lower(): c for c in raw.columns}
+    for name in names:
+        if name in lookup:
+            return raw[lookup[name]]
+    return None
+
+
+def _times(values: pd.Series, naive_zone: str) -> pd.Series:
+    """Timestamps as UTC; values without a zone are read in `naive_zone` (UTC or KST)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.dt.tz_localize(naive_zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert(
+            "UTC"
+        )
+    text = values.astype("string").str.strip()
+    has_zone = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False)
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if has_zone.any():
+        out[has_zone] = pd.to_datetime(text[has_zone], utc=True, errors="coerce", format="ISO8601")
+    if (~has_zone).any():
+        naive = pd.to_datetime(text[~has_zone], errors="coerce", format="ISO8601")
+        out[~has_zone] = naive.dt.tz_localize(naive_zone).dt.tz_convert("UTC")
+    return out
+
+
+def _normalize(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Canonical columns ts, open, ..., value (market/unit not yet), and the file's own market
+    and unit columns where the format carries them."""
+    out = pd.DataFrame(index=raw.index)
+    if fmt == "upbit":
+        utc_time = _column(raw, "candle_date_time_utc")
+        kst_time = _column(raw, "candle_date_time_kst")
+        if utc_time is not None:
+            out["ts"] = _times(utc_time, "UTC")
+        elif kst_time is not None:
+            out["ts"] = _times(kst_time, "Asia/Seoul")
+        fields = _UPBIT_FIELDS
+    else:
+        stamp = (
+            _column(raw, *_TIME_COLUMNS)
+            if fmt == "shared"
+            else _column(raw, *_INDEX_COLUMNS, *_TIME_COLUMNS)
+        )
+        if stamp is not None:
+            out["ts"] = _times(stamp, "UTC" if fmt == "shared" else "Asia/Seoul")
+        fields = {c: c for c in _UPBIT_FIELDS}
+    absent = [name for col, name in fields.items() if col != "value" and _column(raw, name) is None]
+    if "ts" not in out or absent:
+        wanted = FORMAT_HELP[fmt]
+        raise DataImportError(
+            f"{path}: the {fmt} format needs {wanted}; missing"
+            f" {(['time column'] if 'ts' not in out else []) + absent}, found {list(raw.columns)}"
+        )
+    for col, name in fields.items():
+        values = _column(raw, name)
+        if values is None:
+            out[col] = np.nan
+        elif values.dtype == np.float64:
+            out[col] = values
+        else:
+            out[col] = pd.to_numeric(values, errors="coerce").astype("float64")
+    return out, _column(raw, "market")
+
+
+def _file_unit(raw: pd.DataFrame) -> str | None:
+    unit = _column(raw, "unit")
+    if unit is not None:
+        values = {str(v).split(".")[0] for v in unit.dropna().unique()}
+        return values.pop() if len(values) == 1 else None
+    if any(_column(raw, name) is not None for name in _DAY_FIELDS):
+        return "D"
+    return None
+
+
+def _resolve_series(
+    raw: pd.DataFrame,
+    fmt: str,
+    markets: pd.Series | None,
+    market: str | None,
+    unit: str | None,
+    path: Path,
+) -> tuple[pd.Series, str]:
+    """The market of every row and the file's unit, from the file and/or the options."""
+    file_unit = _file_unit(raw) if fmt == "upbit" else None
+    if file_unit is not None:
+        file_unit = check_unit(file_unit)
+        if unit is not None and check_unit(unit) != file_unit:
+            raise DataImportError(
+                f"{path}: the file holds unit {file_unit} candles but --unit says {unit};"
+                " drop --unit or import the right file"
+            )
+        unit = file_unit
+    if unit is None:
+        raise DataImportError(
+            f"{path}: the {fmt} format does not say which candle unit it holds; pass --unit"
+            " (minutes 1,3,5,10,15,30,60,240 or D)"
+        )
+    if markets is not None and markets.notna().any():
+        found = sorted({str(m) for m in markets.dropna().unique()})
+        for name in found:
+            check_market(name)
+        if market is not None and found != [market]:
+            raise DataImportError(
+                f"{path}: the file holds {', '.join(found)} but --market says {market};"
+                " drop --market or import the right file"
+            )
+        return markets.astype("str"), unit
+    if market is None:
+        raise DataImportError(
+            f"{path}: the {fmt} format does not say which market it holds; pass --market,"
+            " e.g. --market KRW-BTC"
+        )
+    return pd.Series(market, index=raw.index, dtype="str"), unit
+
+
+def validate_candles(frame: pd.DataFrame, unit: str) -> dict[str, np.ndarray]:
+    """One boolean mask per problem (True = bad row) for canonical candles of one unit.
+
+    Rows are checked in file order, per market: NaN or non-positive prices, high < low, open
+    or close outside [low, high], negative or NaN volume, negative value, timestamps missing,
+    off the unit's grid (UTC-aligned buckets), duplicated (later copies) or out of order
+    (files may run oldest first or, like Upbit's responses, newest first).
+    """
+    o, h, low, c, v, val = (
+        frame[col].to_numpy(np.float64)
+        for col in ("open", "high", "low", "close", "volume", "value")
+    )
+    ns = frame["ts"].dt.as_unit("ns").array.asi8
+    valid = frame["ts"].notna().to_numpy()
+    width = unit_timedelta_minutes(unit) * 60 * 10**9
+    duplicate = np.zeros(len(frame), dtype=bool)
+    unsorted = np.zeros(len(frame), dtype=bool)
+    markets = frame["market"]
+    groups = (
+        [np.arange(len(frame))]
+        if len(frame) == 0 or (markets == markets.iloc[0]).all()
+        else list(markets.groupby(markets, sort=False).indices.values())
+    )
+    for rows in groups:
+        rows = rows[valid[rows]]
+        stamps = ns[rows]
+        dup = pd.Series(stamps).duplicated(keep="first").to_numpy()
+        duplicate[rows[dup]] = True
+        rest, kept = stamps[~dup], rows[~dup]
+        if len(rest) > 1:
+            if rest[-1] >= rest[0]:
+                late = rest[1:] < np.maximum.accumulate(rest)[:-1]
+            else:
+                late = rest[1:] > np.minimum.accumulate(rest)[:-1]
+            unsorted[kept[1:][late]] = True
+    with np.errstate(invalid="ignore"):
+        return {
+            "bad timestamp": ~valid,
+            "NaN or non-positive price": np.isnan(o)
+            | np.isnan(h)
+            | np.isnan(low)
+            | np.isnan(c)
+            | (o <= 0)
+            | (h <= 0)
+            | (low <= 0)
+            | (c <= 0),
+            "high < low": h < low,
+            "open/close outside [low, high]": (np.fmax(o, c) > h) | (np.fmin(o, c) < low),
+            "negative or NaN volume": np.isnan(v) | (v < 0),
+            "negative value": val < 0,
+            "off the unit's grid": valid & (ns % width != 0),
+            "duplicate timestamp": duplicate,
+            "unsorted timestamp": unsorted,
+        }
+
+
+def import_candles(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    market: str | None = None,
+    unit: str | None = None,
+    *,
+    fmt: str = "auto",
+    strict: bool = False,
+) -> ImportReport:
+    """Validate a CSV, Parquet or JSON candle file and upsert its good rows in one transaction.
+
+    `fmt` is one of FORMATS ("auto" detects it from the columns). Market and unit come from
+    the file when it carries them (Upbit REST dumps), else from the arguments. Bad rows are
+    rejected and reported; with `strict` any bad row rejects the file (ValidationFailed,
+    nothing written). Re-importing the same file changes nothing.
+    """
+    if fmt not in FORMATS:
+        raise DataImportError(f"format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
+    if market is not None:
+        check_market(market)
+    if unit is not None:
+        unit = check_unit(unit)
+    raw, first_row = _read_raw(path)
+    chosen = detect_format(list(raw.columns)) if fmt == "auto" else fmt
+    if chosen is None:
+        raise DataImportError(
+            f"{path}: cannot tell the file's format from its columns {list(raw.columns)};"
+            " expected one of: "
+            + "; ".join(f"{name}: {text}" for name, text in FORMAT_HELP.items())
+            + " (or pass --format)"
+        )
+    frame, markets = _normalize(raw, chosen, path)
+    markets, unit = _resolve_series(raw, chosen, markets, market, unit, path)
+    frame.insert(0, "unit", unit)
+    frame.insert(0, "market", markets)
+    problems = validate_candles(frame, unit)
+    bad = np.logical_or.reduce(list(problems.values()))
+    report = ImportReport(
+        path, chosen, [], len(frame), 0, int(bad.sum()), written=not (strict and bad.any())
+    )
+    examples: list[tuple[int, str]] = []
+    for name, mask in problems.items():
+        if mask.any():
+            report.problems[name] = int(mask.sum())
+            rows = np.flatnonzero(mask)[:MAX_EXAMPLES]
+            examples += [(int(r) + first_row, name) for r in rows]
+    report.examples = [f"row {r} ({name})" for r, name in sorted(examples)[:MAX_EXAMPLES]]
+    if not report.written:
+        summary = ", ".join(f"{n:,} × {name}" for name, n in report.problems.items())
+        raise ValidationFailed(
+            f"{path}: {report.rows_rejected:,} of {report.rows_read:,} rows fail validation"
+            f" ({summary}); --strict: nothing was written",
+            report,
+        )
+    clean = frame[~bad] if bad.any() else frame
+    names = [str(n) for n in clean["market"].unique()]
+    parts = [clean] if len(names) == 1 else [clean[clean["market"] == n] for n in sorted(names)]
+    with transaction(con):
+        for part in parts:
+            if not part["ts"].is_monotonic_increasing:
+                part = part.sort_values("ts")
+            report.rows_new += upsert_candles(con, part[CANDLE_COLUMNS].reset_index(drop=True))
+            report.series.append(f"{part['market'].iloc[0]} {unit}")
+    return report
 
 
 def import_candle_file(
     con: duckdb.DuckDBPyConnection, path: Path, market: str, unit: str
 ) -> ImportReport:
-    """Validate a CSV/Parquet candle file and upsert its good rows; bad rows are reported."""
-    market, unit = check_market(market), check_unit(unit)
-    frame = _read_candle_file(path)
-    good, problems = _validate(frame)
-    report = ImportReport(path, len(frame), 0, int((~good).sum()))
-    for name, mask in problems.items():
-        if mask.any():
-            report.problems[name] = int(mask.sum())
-            rows = np.flatnonzero(mask.to_numpy())[:3]
-            report.examples += [f"row {r + 2} ({name})" for r in rows]  # +2: header, 1-based
-    clean = frame[good].sort_values("ts")
-    clean.insert(0, "unit", unit)
-    clean.insert(0, "market", market)
-    report.rows_new = upsert_candles(con, clean[CANDLE_COLUMNS])
+    """Import a file of one market and unit (format detected); bad rows are reported."""
+    return import_candles(con, path, market, unit)
+
+
+# --------------------------------------------------------------------------- REST backfill
+
+
+@dataclass
+class SeriesFetch:
+    """Backfill progress of one market/unit."""
+
+    market: str
+    unit: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    chunks_total: int = 0
+    chunks_done: int = 0
+    candles: int = 0
+    new: int = 0
+    error: Exception | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or self.chunks_done >= self.chunks_total
+
+
+@dataclass
+class FetchReport:
+    """What a backfill did; `stopped` is the error that ended it early (418, unreachable)."""
+
+    unit: str
+    series: list[SeriesFetch]
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+    requests: int = 0
+    rate_limited: int = 0
+    stopped: Exception | None = None
+
+    @property
+    def chunks_total(self) -> int:
+        return sum(s.chunks_total for s in self.series)
+
+    @property
+    def chunks_done(self) -> int:
+        return sum(s.chunks_done for s in self.series)
+
+    @property
+    def candles(self) -> int:
+        return sum(s.candles for s in self.series)
+
+    @property
+    def new(self) -> int:
+        return sum(s.new for s in self.series)
+
+    @property
+    def markets_done(self) -> int:
+        return sum(s.done for s in self.series)
+
+    @property
+    def failed(self) -> list[SeriesFetch]:
+        return [s for s in self.series if s.error is not None]
+
+    @property
+    def request_rate(self) -> float:
+        elapsed = self.seconds or (time.monotonic() - self.started)
+        return self.requests / elapsed if elapsed > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "markets": [
+                {
+                    "market": s.market,
+                    "since": s.start.isoformat(),
+                    "until": s.end.isoformat(),
+                    "requests_planned": s.chunks_total,
+                    "requests_done": s.chunks_done,
+                    "candles": s.candles,
+                    "new": s.new,
+                    "error": None if s.error is None else str(s.error),
+                }
+                for s in self.series
+            ],
+            "candles": self.candles,
+            "new": self.new,
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "seconds": round(self.seconds, 3),
+            "requests_per_second": round(self.request_rate, 2),
+            "stopped": None if self.stopped is None else str(self.stopped),
+        }
+
+
+async def fetch_markets(
+    con: duckdb.DuckDBPyConnection,
+    markets: Sequence[str],
+    unit: str,
+    since: datetime | Mapping[str, datetime],
+    until: datetime | None = None,
+    *,
+    limiter: RateLimiter | None = None,
+    client: AsyncUpbit | None = None,
+    concurrency: int | None = None,
+    refetch: bool = False,
+    on_progress: Callable[[FetchReport], object] | None = None,
+) -> FetchReport:
+    """Backfill `markets`/`unit` from Upbit REST into the store; resumable and idempotent.
+
+    Each page is stored together with the time range it covers for good (the
+    candle_coverage table), in one transaction; a later run with the same arguments asks
+    only for the ranges not covered yet (all of them with `refetch`), so a run killed at any
+    point continues where it stopped, without duplicates and without holes. All markets share
+    one rate limiter. `since` may differ per market (a mapping). A market Upbit does not
+    know fails alone (its SeriesFetch.error); a 418 block or an unreachable Upbit stops the
+    run (`stopped`). Naive datetimes are read as UTC.
+    """
+    from engine.upbit import (
+        DEFAULT_CONCURRENCY,
+        PAGE_SIZE,
+        Chunk,
+        RateLimiter,
+        UpbitBlocked,
+        UpbitUnreachable,
+        ceil_bucket,
+        fetch_chunks,
+        plan_chunks,
+    )
+
+    unit = check_unit(unit)
+    now = pd.Timestamp.now(tz="UTC")
+    end = ceil_bucket(until if until is not None else now, unit)
+    pacer = limiter or RateLimiter()
+    report = FetchReport(unit, [])
+    pages = PAGE_SIZE * unit_timedelta_minutes(unit) * 60 * 10**9  # ns one request spans
+    plans: list[tuple[SeriesFetch, list[tuple[pd.Timestamp, pd.Timestamp]]]] = []
+    for market in dict.fromkeys(markets):
+        check_market(market)
+        first = since[market] if isinstance(since, Mapping) else since
+        start = ceil_bucket(first, unit)
+        series = SeriesFetch(market, unit, start, end)
+        todo = (
+            [(start, end)] if refetch else missing_ranges(coverage(con, market, unit), start, end)
+        )
+        series.chunks_total = sum(-(-(hi - lo).value // pages) for lo, hi in todo)
+        report.series.append(series)
+        plans.append((series, todo[::-1]))  # newest first
+    by_market = {s.market: s for s, _ in plans}
+
+    def pending() -> Iterator[Chunk]:  # lazily: a long backfill is many thousand pages
+        for series, todo in plans:
+            for lo, hi in todo:
+                for chunk in plan_chunks(series.market, unit, lo, hi):
+                    if series.error is not None:
+                        break
+                    yield chunk
+
+    def progress() -> None:
+        report.requests = pacer.requests - base_requests
+        report.rate_limited = pacer.rate_limited - base_limited
+        if on_progress is not None:
+            result = on_progress(report)
+            if inspect.isawaitable(result):
+                raise TypeError("on_progress must be synchronous")
+
+    def store(chunk: Chunk, page: pd.DataFrame, covered: Any) -> None:
+        series = by_market[chunk.market]
+        series.new += store_fetched(con, page, chunk.market, unit, covered)
+        series.candles += len(page)
+        series.chunks_done += 1
+        progress()
+
+    def failed(chunk: Chunk, exc: Exception) -> None:
+        by_market[chunk.market].error = exc
+        progress()
+
+    base_requests, base_limited = pacer.requests, pacer.rate_limited
+    progress()
+    try:
+        await fetch_chunks(
+            pending(),
+            store,
+            client=client,
+            limiter=pacer,
+            concurrency=concurrency or DEFAULT_CONCURRENCY,
+            on_failed=failed,
+        )
+    except (UpbitBlocked, UpbitUnreachable) as exc:
+        report.stopped = exc
+    finally:
+        report.seconds = time.monotonic() - report.started
+        progress()
     return report
 
 
@@ -99,20 +594,104 @@ async def fetch_into_store(
     until: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Backfill `market`/`unit` from Upbit REST into the store, page by page; returns new rows.
+    """Backfill one market/unit (see fetch_markets); returns new rows; raises its UpbitError.
 
     Each page is stored as it arrives, so an interrupted fetch keeps what it got.
     """
-    from engine.upbit import fetch_candles
+    seen = 0
 
+    def advance(report: FetchReport) -> None:
+        nonlocal seen
+        if on_progress is not None and report.candles > seen:
+            on_progress(report.candles - seen)
+        seen = report.candles
+
+    report = await fetch_markets(con, [market], unit, since, until, on_progress=advance)
+    if report.stopped is not None:
+        raise report.stopped
+    for series in report.failed:
+        raise series.error  # type: ignore[misc]
+    return report.new
+
+
+async def krw_markets() -> list[str]:
+    """Every KRW market Upbit lists (`market/all`), sorted."""
+    from engine.upbit import list_markets
+
+    return sorted(m["market"] for m in await list_markets() if m["market"].startswith("KRW-"))
+
+
+# --------------------------------------------------------------------------- derived data
+
+
+@dataclass
+class ResampleReport:
+    market: str
+    from_unit: str
+    to_unit: str
+    source_rows: int
+    written: int
+    new: int
+
+
+def resample_series(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    from_unit: str,
+    to_unit: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> ResampleReport:
+    """Build `to_unit` candles of `market` from stored `from_unit` candles, in SQL.
+
+    The result is what Upbit returns for `to_unit` (same UTC-aligned buckets, first open,
+    last close, extremes, sums), wherever the stored `from_unit` series is complete.
+    """
+    market, from_unit, to_unit = check_market(market), check_unit(from_unit), check_unit(to_unit)
+    small, large = unit_timedelta_minutes(from_unit), unit_timedelta_minutes(to_unit)
+    if large <= small or large % small:
+        raise DataError(
+            f"cannot resample unit {from_unit} into unit {to_unit}: a {to_unit} candle must be"
+            f" a whole number (> 1) of {from_unit} candles; pick a larger --to-unit that is a"
+            f" multiple of {from_unit} (e.g. 1 → 15, 15 → 60, 60 → 240, 240 → D)"
+        )
+    rows = con.execute(
+        "SELECT count(*) FROM candles WHERE market = ? AND unit = ?", [market, from_unit]
+    ).fetchall()[0][0]
+    if rows == 0:
+        raise DataError(
+            f"no {market} unit {from_unit} candles in the store to resample;"
+            f" run `upquant data fetch {market} --unit {from_unit} --since ...` first"
+        )
+    written, new = resample(con, market, from_unit, to_unit, since, until)
+    return ResampleReport(market, from_unit, to_unit, int(rows), written, new)
+
+
+def export_series(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    path: Path,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """Write one stored series to `path` (.csv or .parquet, shared format plus value); rows."""
     market, unit = check_market(market), check_unit(unit)
-    new = 0
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise DataError(f"{path}: export writes .csv or .parquet; give --out a name ending so")
+    if not path.parent.exists():
+        raise DataError(f"{path}: directory {path.parent} does not exist")
+    rows = export_candles(con, market, unit, path, since, until)
+    if rows == 0:
+        path.unlink(missing_ok=True)
+        raise DataError(
+            f"no {market} unit {unit} candles in the store for that range; nothing exported"
+        )
+    return rows
 
-    def store_page(page: pd.DataFrame) -> None:
-        nonlocal new
-        new += upsert_candles(con, page[CANDLE_COLUMNS])
-        if on_progress:
-            on_progress(len(page))
 
-    await fetch_candles(market, unit, since, until, on_page=store_page)
-    return new
+def series_status(con: duckdb.DuckDBPyConnection, min_gap: int = 2) -> pd.DataFrame:
+    """Per market and unit: rows, first/last candle, gaps (see store.candles.candle_status)."""
+    if min_gap < 1:
+        raise DataError(f"--min-gap {min_gap}: a gap is at least 1 missing candle")
+    return candle_status(con, min_gap=min_gap)

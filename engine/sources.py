@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from engine.live import LiveEngine, StatusEvent
+from engine.live import CandleEvent, LiveEngine, StatusEvent
 from engine.markets import unit_timedelta_minutes
 
 
@@ -70,41 +69,47 @@ async def upbit_live(
     engine: LiveEngine,
     *,
     max_backoff: float = 30.0,
-    sleep: Callable[[float], object] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    grace: float | None = None,
 ) -> None:
-    """Stream `candle.<unit>m` frames into the engine forever, reconnecting with exponential
-    backoff and jitter; after each reconnect the missed interval is backfilled over REST."""
-    from engine.data import fetch_into_store
-    from engine.upbit import UpbitError, candle_frame_to_row, stream
+    """Stream the engine's market into it forever through engine.feed.LiveFeed: one WebSocket,
+    reconnect with exponential backoff and jitter, REST backfill of what a drop missed.
 
-    attempt = 0
+    The feed decides when a candle is closed (a frame of the next bucket, or the clock
+    `grace` seconds after the bucket ends) and stores every candle in batches, so the engine
+    only decides signals (its own candle writes are turned off); after a backfill the engine's
+    window is reloaded from the store.
+    """
+    from engine.feed import CLOSE_GRACE_S, LiveFeed
+    from engine.upbit import floor_bucket
+    from store.candles import load_candles
+
+    engine.persist_candles = False  # the feed stores every candle, forming ones included
+
+    def reprime(market: str | None = None, new: int = 0) -> None:
+        """Reload the engine's window from the store: closed candles only, backfill included."""
+        if feed.store:
+            feed.writer.flush()
+        forming = feed.forming.get(engine.market)
+        end = forming["ts"] if forming else floor_bucket(pd.Timestamp.now(tz="UTC"), engine.unit)
+        engine.prime(
+            load_candles(engine.con, engine.market, engine.unit, end=end, last=engine.window)
+        )
+
+    feed = LiveFeed(
+        engine.con,
+        [engine.market],
+        engine.unit,
+        grace=CLOSE_GRACE_S if grace is None else grace,
+        on_update=lambda candle: engine.publish(CandleEvent(candle, closed=False)),
+        on_closed=engine.on_closed,
+        on_backfill=reprime,
+        on_status=lambda text, level: engine.publish(StatusEvent(text, level)),
+        max_backoff=max_backoff,
+        sleep=sleep,
+    )
+    reprime()  # the session's REST fetch may have stored the forming candle: not history yet
     try:
-        while True:
-            try:
-                engine.publish(
-                    StatusEvent(f"Upbit live: streaming {engine.market} candle.{engine.unit}m")
-                )
-                async for frame in stream([engine.market], types=(f"candle.{engine.unit}m",)):
-                    if frame.get("type", "").startswith("candle"):
-                        attempt = 0
-                        await engine.on_frame(candle_frame_to_row(frame))
-            except (TimeoutError, UpbitError, OSError) as exc:
-                engine.flush()
-                delay = min(max_backoff, 2.0**attempt) * (0.5 + random.random() / 2)
-                attempt += 1
-                engine.publish(
-                    StatusEvent(
-                        f"Upbit stream dropped ({exc}); reconnecting in {delay:.1f}s", "warning"
-                    )
-                )
-                await sleep(delay)
-                last = engine.history["ts"].iloc[-1] if len(engine.history) else None
-                if last is not None:
-                    try:
-                        since = pd.Timestamp(last).to_pydatetime()
-                        await fetch_into_store(engine.con, engine.market, engine.unit, since)
-                        engine.prime()  # the window now includes the backfilled candles
-                    except (UpbitError, OSError) as gap_exc:
-                        engine.publish(StatusEvent(f"gap backfill failed: {gap_exc}", "warning"))
+        await feed.run()
     finally:
-        engine.flush()  # also when cancelled: buffered closed candles are stored
+        engine.flush()  # also when cancelled: decided signals are stored

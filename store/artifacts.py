@@ -73,7 +73,9 @@ def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
         raise ArtifactError(f"artifact {path} has {len(data)} bytes, registry says {size}")
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
-        raise ArtifactError(f"artifact {path} sha256 is {actual[:12]}…, registry says {sha256[:12]}…")
+        raise ArtifactError(
+            f"artifact {path} sha256 is {actual[:12]}…, registry says {sha256[:12]}…"
+        )
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
         tar.extractall(into, filter="data")

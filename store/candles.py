@@ -1,26 +1,64 @@
-"""The `candles` table: bulk upsert from DataFrames, range reads, per-series status."""
+"""The `candles` table: bulk upsert, range reads, fetch coverage, resampling, export, status."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 
 CANDLE_COLUMNS = ["market", "unit", "ts", "open", "high", "low", "close", "volume", "value"]
+_VALUES = ["ts", "open", "high", "low", "close", "volume", "value"]
+_SET_VALUES = (
+    "open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,"
+    " volume = excluded.volume, value = excluded.value"
+)
+_EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"  # Upbit's buckets are aligned on UTC
+
+Range = tuple[pd.Timestamp, pd.Timestamp]
+
+
+def unit_minutes(unit: str) -> int:
+    """Width of one bucket in minutes (a day is 1440: Upbit days start at 00:00 UTC)."""
+    return 1440 if unit == "D" else int(unit)
+
+
+def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All statements inside commit together or not at all (a killed process keeps neither)."""
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
 
 
 def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     """Insert or update candles keyed by (market, unit, ts); returns how many keys were new.
 
-    `frame` is in the canonical candle format (CANDLE_COLUMNS, `ts` timezone-aware UTC).
-    Re-upserting identical rows leaves the table unchanged.
+    `frame` is in the canonical candle format (CANDLE_COLUMNS, `ts` timezone-aware UTC) with
+    unique keys. Re-upserting identical rows leaves the table unchanged. A batch of one series
+    whose time range holds no stored candle (a first import or fetch) takes a plain bulk
+    insert, the fastest path into the keyed table.
     """
     missing = [c for c in CANDLE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"candle frame lacks columns {missing}; expected {CANDLE_COLUMNS}")
     if frame.empty:
         return 0
+    market, unit = frame["market"].iloc[0], frame["unit"].iloc[0]
+    if (frame["market"] == market).all() and (frame["unit"] == unit).all():
+        return _upsert_series(con, str(market), str(unit), frame)
     batch = frame[CANDLE_COLUMNS]
     con.register("_candle_batch", batch)
     try:
@@ -30,13 +68,51 @@ def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
         ).fetchall()[0][0]
         con.execute(
             "INSERT INTO candles SELECT market, unit, ts, open, high, low, close, volume, value"
-            " FROM _candle_batch ON CONFLICT (market, unit, ts) DO UPDATE SET"
-            " open = excluded.open, high = excluded.high, low = excluded.low,"
-            " close = excluded.close, volume = excluded.volume, value = excluded.value"
+            f" FROM _candle_batch ON CONFLICT (market, unit, ts) DO UPDATE SET {_SET_VALUES}"
+        )
+        con.execute(
+            "INSERT INTO candle_series SELECT DISTINCT market, unit, now() FROM _candle_batch"
+            " ON CONFLICT (market, unit) DO UPDATE SET updated_at = excluded.updated_at"
         )
     finally:
         con.unregister("_candle_batch")
     return int(new)
+
+
+def _upsert_series(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str, frame: pd.DataFrame
+) -> int:
+    ts = frame["ts"]
+    bounds = [market, unit, ts.min(), ts.max()]
+    in_range = "SELECT count(*) FROM candles WHERE market = ? AND unit = ? AND ts BETWEEN ? AND ?"
+    before = con.execute(in_range, bounds).fetchall()[0][0]
+    insert = (
+        "INSERT INTO candles SELECT ?, ?, ts, open, high, low, close, volume, value"
+        " FROM _candle_batch"
+    )
+    con.register("_candle_batch", frame[_VALUES])
+    try:
+        if before == 0:
+            con.execute(insert, [market, unit])
+            new = len(frame)
+        else:
+            con.execute(
+                f"{insert} ON CONFLICT (market, unit, ts) DO UPDATE SET {_SET_VALUES}",
+                [market, unit],
+            )
+            new = con.execute(in_range, bounds).fetchall()[0][0] - before
+    finally:
+        con.unregister("_candle_batch")
+    _touch_series(con, market, unit)
+    return int(new)
+
+
+def _touch_series(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> None:
+    con.execute(
+        "INSERT INTO candle_series VALUES (?, ?, now())"
+        " ON CONFLICT (market, unit) DO UPDATE SET updated_at = excluded.updated_at",
+        [market, unit],
+    )
 
 
 def load_candles(
@@ -73,12 +149,225 @@ def last_ts(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> pd.Timest
     return None if value is None else pd.Timestamp(value).tz_convert("UTC")
 
 
-def candle_status(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """One row per (market, unit): rows, first and last candle."""
+def last_ts_by_market(
+    con: duckdb.DuckDBPyConnection, markets: list[str], unit: str
+) -> dict[str, pd.Timestamp]:
+    """The newest stored candle of each of `markets` (those with any), in one query."""
+    rows = con.execute(
+        "SELECT market, max(ts) FROM candles WHERE unit = ? AND list_contains(?, market)"
+        " GROUP BY market",
+        [unit, markets],
+    ).fetchall()
+    return {str(m): pd.Timestamp(t).tz_convert("UTC") for m, t in rows}
+
+
+# --------------------------------------------------------------------------- fetch coverage
+
+
+def coverage(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> list[Range]:
+    """Time ranges [start, end) of `market`/`unit` fetched completely from Upbit, ascending."""
+    rows = con.execute(
+        "SELECT start_ts, end_ts FROM candle_coverage WHERE market = ? AND unit = ?"
+        " ORDER BY start_ts",
+        [market, unit],
+    ).fetchall()
+    return [(_utc(s), _utc(e)) for s, e in rows]
+
+
+def add_coverage(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    start: datetime | pd.Timestamp,
+    end: datetime | pd.Timestamp,
+) -> None:
+    """Record [start, end) as fetched completely, merged with ranges it overlaps or touches."""
+    start, end = _utc(start), _utc(end)
+    if start >= end:
+        return
+    key = [market, unit]
+    touching = "market = ? AND unit = ? AND start_ts <= ? AND end_ts >= ?"
+    rows = con.execute(
+        f"SELECT min(start_ts), max(end_ts) FROM candle_coverage WHERE {touching}",
+        [*key, end, start],
+    ).fetchall()
+    lo, hi = rows[0]
+    if lo is not None:
+        start, end = min(start, _utc(lo)), max(end, _utc(hi))
+        con.execute(f"DELETE FROM candle_coverage WHERE {touching}", [*key, end, start])
+    con.execute("INSERT INTO candle_coverage VALUES (?, ?, ?, ?, now())", [*key, start, end])
+
+
+def missing_ranges(covered: list[Range], start: pd.Timestamp, end: pd.Timestamp) -> list[Range]:
+    """The parts of [start, end) outside the ascending, disjoint `covered` ranges, ascending."""
+    out: list[Range] = []
+    cursor = start
+    for lo, hi in covered:
+        if hi <= cursor:
+            continue
+        if lo >= end:
+            break
+        if lo > cursor:
+            out.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if cursor < end:
+        out.append((cursor, end))
+    return out
+
+
+def store_fetched(
+    con: duckdb.DuckDBPyConnection,
+    frame: pd.DataFrame,
+    market: str,
+    unit: str,
+    covered: Range | None,
+) -> int:
+    """Upsert one fetched page and record the range it covers completely, in one transaction.
+
+    Returns how many candles were new. Either both land or neither, so a fetch killed at any
+    moment resumes exactly after the last page it stored.
+    """
+    with transaction(con):
+        new = upsert_candles(con, frame) if len(frame) else 0
+        if covered is not None:
+            add_coverage(con, market, unit, *covered)
+    return new
+
+
+# --------------------------------------------------------------------------- derived series
+
+
+def resample(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    from_unit: str,
+    to_unit: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> tuple[int, int]:
+    """Aggregate stored `from_unit` candles into `to_unit` buckets in SQL; (written, new).
+
+    Buckets are aligned on UTC like Upbit's (a day starts 00:00 UTC = 09:00 KST, 240 minutes
+    at 00:00, 04:00, ... UTC); only buckets with candles exist, as at Upbit. open is the
+    first open, close the last close, high/low the extremes, volume and value the sums
+    (value NULL when any part lacks it). `start`/`end` widen to whole `to_unit` buckets.
+    """
+    width = unit_minutes(to_unit)
+    bucket = f"time_bucket(to_minutes(CAST({width} AS BIGINT)), ts, {_EPOCH})"
+    where = ["market = ?", "unit = ?"]
+    params: list[object] = [market, from_unit]
+    step = pd.Timedelta(minutes=width)
+    if start is not None:
+        where.append("ts >= ?")
+        params.append(_floor(_utc(start), step))
+    if end is not None:
+        where.append("ts < ?")
+        params.append(_ceil(_utc(end), step))
+    select = (
+        f"SELECT market, '{to_unit}' AS unit, {bucket} AS ts, arg_min(open, ts) AS open,"
+        " max(high) AS high, min(low) AS low, arg_max(close, ts) AS close,"
+        " sum(volume) AS volume,"
+        " CASE WHEN count(value) = count(*) THEN sum(value) END AS value"
+        f" FROM candles WHERE {' AND '.join(where)} GROUP BY market, {bucket}"
+    )
+    with transaction(con):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _resampled AS {select}", params)
+        written, new = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE c.ts IS NULL) FROM _resampled r"
+            " LEFT JOIN candles c USING (market, unit, ts)"
+        ).fetchall()[0]
+        con.execute(
+            f"INSERT INTO candles SELECT * FROM _resampled"
+            f" ON CONFLICT (market, unit, ts) DO UPDATE SET {_SET_VALUES}"
+        )
+        con.execute("DROP TABLE _resampled")
+        if written:
+            _touch_series(con, market, to_unit)
+    return int(written), int(new)
+
+
+def _floor(stamp: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
+    epoch = pd.Timestamp(0, tz="UTC")
+    return epoch + (stamp - epoch) // step * step
+
+
+def _ceil(stamp: pd.Timestamp, step: pd.Timedelta) -> pd.Timestamp:
+    floor = _floor(stamp, step)
+    return floor if floor == stamp else floor + step
+
+
+def export_candles(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    path: Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> int:
+    """Write one series to CSV or Parquet (by suffix) as `timestamp,open,...,value`; rows.
+
+    The columns are those of ../shared/data plus `value`; CSV timestamps are UTC without a
+    zone suffix, Parquet holds them as UTC-adjusted timestamps. `upquant data import` reads
+    both back unchanged.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: export writes .csv or .parquet, not {suffix or 'no suffix'!r}")
+    where = ["market = ?", "unit = ?"]
+    params: list[object] = [market, unit]
+    if start is not None:
+        where.append("ts >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("ts < ?")
+        params.append(end)
+    stamp = "strftime(timezone('UTC', ts), '%Y-%m-%d %H:%M:%S')" if suffix == ".csv" else "ts"
+    select = (
+        f"SELECT {stamp} AS timestamp, open, high, low, close, volume, value FROM candles"
+        f" WHERE {' AND '.join(where)} ORDER BY ts"
+    )
+    options = "FORMAT csv, HEADER" if suffix == ".csv" else "FORMAT parquet"
+    target = str(path).replace("'", "''")
+    rows = con.execute(f"COPY ({select}) TO '{target}' ({options})", params).fetchall()
+    return int(rows[0][0]) if rows else 0
+
+
+# --------------------------------------------------------------------------- status
+
+
+def candle_status(con: duckdb.DuckDBPyConnection, *, min_gap: int = 2) -> pd.DataFrame:
+    """One row per (market, unit): rows, first and last candle, gaps, last update.
+
+    A gap is a run of consecutive missing buckets between two stored candles. Upbit has no
+    candle for a bucket without trades, so short runs are normal on quiet markets: `gaps`
+    counts runs of at least `min_gap` buckets, `missing` counts every missing bucket,
+    `longest_gap` is the longest run (buckets) and `longest_gap_start` its first bucket.
+    `last_update` is when a candle of the series was last written (NULL before migration 2).
+    """
     frame = con.execute(
-        "SELECT market, unit, count(*) AS rows, min(ts) AS first, max(ts) AS last"
-        " FROM candles GROUP BY market, unit ORDER BY market, unit"
+        """
+        WITH w AS (
+            SELECT market, unit, ts,
+                CASE WHEN unit = 'D' THEN 1440 ELSE TRY_CAST(unit AS BIGINT) END AS width,
+                lag(ts) OVER (PARTITION BY market, unit ORDER BY ts) AS prev
+            FROM candles
+        ), r AS (
+            SELECT *, CASE WHEN prev IS NULL THEN 0
+                ELSE (epoch_us(ts) - epoch_us(prev)) // (width * 60000000) - 1 END AS run
+            FROM w
+        )
+        SELECT r.market, r.unit, count(*) AS rows, min(ts) AS first, max(ts) AS last,
+            CAST(sum(run) AS BIGINT) AS missing,
+            count(*) FILTER (WHERE run >= ?) AS gaps,
+            CAST(max(run) AS BIGINT) AS longest_gap,
+            CASE WHEN max(run) > 0 THEN arg_max(prev, run) + to_minutes(any_value(width))
+            END AS longest_gap_start,
+            any_value(s.updated_at) AS last_update
+        FROM r LEFT JOIN candle_series s USING (market, unit)
+        GROUP BY r.market, r.unit ORDER BY r.market, r.unit
+        """,
+        [max(1, int(min_gap))],
     ).df()
-    for col in ("first", "last"):
+    for col in ("first", "last", "longest_gap_start", "last_update"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
     return frame

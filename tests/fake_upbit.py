@@ -4,9 +4,11 @@ It follows UPBIT.md in ../shared (beside the repository): candles newest first, 
 exclusive, `count` 1..200 read as a window of `count` buckets (so no-trade gaps give short or
 empty pages), Upbit's error JSON, `Remaining-Req` headers, 429 over 10 requests a second per
 group and 418 on continued abuse, binary WebSocket frames with SNAPSHOT then REALTIME. Tests
-drive it through plain attributes and methods (`fail_next`, `malformed_next`, `latency`,
-`block`, `push_candle`, `push_trade`, `play`, `drop_connections`) and read back what it
-served from `requests`, `statuses` and `log`.
+drive it through plain attributes and methods (`fail_next` for 429/418/5xx,
+`malformed_next`, `slow_next`, `latency`, `block`, `push_candle`, `push_trade`,
+`push_ticker`, `push_raw` for malformed frames, `play`, `drop_connections`, `drop_after` to
+drop sockets mid-stream) and read back what it served from `requests`, `statuses`, `log`,
+`candles_served` and `frames_sent`.
 """
 
 from __future__ import annotations
@@ -242,6 +244,24 @@ def trade_frame(
     return frame
 
 
+def ticker_frame(market: str, price: float, **fields: Any) -> dict[str, Any]:
+    """A WebSocket `ticker` frame (the fields upquant reads, plus any given)."""
+    ms = int(time.time() * 1000)
+    frame: dict[str, Any] = {
+        "type": "ticker",
+        "code": market,
+        "trade_price": float(price),
+        "change": "EVEN",
+        "signed_change_rate": 0.0,
+        "acc_trade_price_24h": 0.0,
+        "acc_trade_volume_24h": 0.0,
+        "timestamp": ms,
+        "trade_timestamp": ms,
+    }
+    frame.update(fields)
+    return frame
+
+
 # --------------------------------------------------------------------------- server state
 
 # One candle as stored: open, high, low, close, volume, value, timestamp (ms of the last trade).
@@ -319,6 +339,9 @@ class FakeUpbit:
         self.ws_snapshots = True  # send the stored latest candle as SNAPSHOT on subscribe
 
         self.requests: Counter[str] = Counter()  # path -> requests received
+        self.candles_served: Counter[tuple[str, str]] = Counter()  # (market, unit) -> rows
+        self.frames_sent: Counter[str] = Counter()  # WebSocket frame type -> frames sent
+        self.ws_drops = 0  # connections dropped by drop_connections / drop_after
         self.statuses: Counter[int] = Counter()  # status -> responses served
         self.log: list[tuple[str, dict[str, str], int]] = []  # (path, query, status)
         self.ws_connects = 0
@@ -330,6 +353,8 @@ class FakeUpbit:
         self._last_trade: dict[str, dict[str, Any]] = {}
         self._sequence = itertools.count(1)
         self._faults: deque[_Fault] = deque()
+        self._delays: deque[float] = deque()
+        self._drop_after: tuple[int, bool] | None = None
         self._hits: dict[str, deque[float]] = {}
         self._rejections: deque[float] = deque()
         self._blocked_until = 0.0
@@ -384,9 +409,17 @@ class FakeUpbit:
         """The next `n` REST requests get `status` with Upbit's error JSON."""
         text = message or {
             429: "Too many API requests.",
-            418: "Blocked for abusing the rate limit.",
+            418: f"Blocked for {self.block_seconds:.0f} s for exceeding the rate limit.",
         }.get(status, "Internal server error")
         self._faults.extend(_Fault(status, text) for _ in range(n))
+
+    def slow_next(self, n: int = 1, seconds: float = 1.0) -> None:
+        """The next `n` REST requests are answered `seconds` late (on top of `latency`)."""
+        self._delays.extend(seconds for _ in range(n))
+
+    def drop_after(self, frames: int, *, abrupt: bool = True) -> None:
+        """Drop every WebSocket once `frames` more frames have been delivered (mid-stream)."""
+        self._drop_after = (frames, abrupt)
 
     def malformed_next(self, n: int = 1) -> None:
         """The next `n` REST requests get 200 with a truncated JSON body."""
@@ -398,6 +431,8 @@ class FakeUpbit:
 
     def reset_counters(self) -> None:
         self.requests.clear()
+        self.candles_served.clear()
+        self.frames_sent.clear()
         self.statuses.clear()
         self.log.clear()
 
@@ -489,8 +524,9 @@ class FakeUpbit:
             else "default"
         )
         self.requests[request.path] += 1
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        delay = self.latency + (self._delays.popleft() if self._delays else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         now = time.monotonic()
         response: web.StreamResponse
         if self._faults:
@@ -616,6 +652,7 @@ class FakeUpbit:
             else:
                 row["unit"] = int(unit)
             out.append(row)
+        self.candles_served[(market, unit)] += len(out)
         return web.json_response(out)
 
     def _lookup(self, market: str, unit: str) -> _Series | None:
@@ -778,6 +815,7 @@ class FakeUpbit:
         out = dict(frame)
         out.setdefault("stream_type", "SNAPSHOT" if first and not only_realtime else "REALTIME")
         await self._send(conn, out)
+        self.frames_sent[kind] += 1
         return True
 
     async def push_frame(self, frame: Mapping[str, Any]) -> int:
@@ -810,7 +848,26 @@ class FakeUpbit:
         delivered = 0
         for conn in list(self._conns):
             delivered += await self._deliver(conn, frame)
+        if self._drop_after is not None and delivered:
+            left, abrupt = self._drop_after
+            self._drop_after = (left - delivered, abrupt) if left > delivered else None
+            if left <= delivered:
+                await self.drop_connections(abrupt=abrupt)
         return delivered
+
+    async def push_raw(self, data: bytes) -> int:
+        """Send `data` as a binary frame to every subscribed connection (e.g. malformed JSON)."""
+        conns = [conn for conn in self._conns if conn.subs]
+        for conn in conns:
+            try:
+                await conn.ws.send_bytes(data)
+            except (ConnectionError, RuntimeError):
+                self._conns.discard(conn)
+        return len(conns)
+
+    async def push_ticker(self, market: str, price: float, **fields: Any) -> int:
+        """Push a `ticker` frame for `market` at `price` (extra Upbit ticker fields allowed)."""
+        return await self.push_frame(ticker_frame(market, price, **fields))
 
     async def push_candle(
         self, market: str, candle: Mapping[str, Any] | pd.Series, *, unit: str = "1"
@@ -857,6 +914,7 @@ class FakeUpbit:
     async def drop_connections(self, *, abrupt: bool = True) -> int:
         """Drop every WebSocket: abruptly (TCP reset, no close frame) or with close code 1001."""
         conns = list(self._conns)
+        self.ws_drops += len(conns)
         for conn in conns:
             if abrupt and conn.request.transport is not None:
                 conn.request.transport.abort()

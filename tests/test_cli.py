@@ -18,7 +18,7 @@ UPQUANT = str(Path(sys.executable).with_name("upquant"))
 
 def upquant(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [UPQUANT, *args], capture_output=True, text=True, timeout=120,
+        [UPQUANT, *args], check=False, capture_output=True, text=True, timeout=120,
         env={**os.environ, "UPQUANT_HOME": str(home), **(env or {})},
     )
 
@@ -45,8 +45,9 @@ def test_import_status_and_idempotent_reimport(tmp_path: Path, csv_2000: Path) -
     again = upquant(tmp_path, "data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1")
     assert "0 new candles stored" in again.stdout
     status = json.loads(upquant(tmp_path, "data", "status", "--json").stdout)
-    assert status == [{"market": "KRW-BTC", "unit": "1", "rows": 2000,
-                       "first": "2025-09-01T00:00:00.000Z", "last": status[0]["last"]}]
+    assert [{k: s[k] for k in ("market", "unit", "rows", "first", "gaps")} for s in status] == [
+        {"market": "KRW-BTC", "unit": "1", "rows": 2000, "first": "2025-09-01T00:00:00.000Z", "gaps": 0}
+    ]
 
 
 def test_bad_rows_are_reported_and_good_rows_imported(tmp_path: Path, csv_2000: Path) -> None:
@@ -75,7 +76,7 @@ def test_bad_rows_are_reported_and_good_rows_imported(tmp_path: Path, csv_2000: 
         (["data", "import", "x.csv", "--market", "KRW-BTC", "--unit", "7"], "unit '7' is not supported"),
         (["data", "fetch", "KRW-BTC", "--since", "yesterday"], "is not a date/time"),
         (["train", "xgboost", "KRW-ETH"], "no KRW-ETH unit 1 candles"),
-        (["train", "svm", "KRW-BTC", "--unit", "60"], "no KRW-BTC unit 60 candles"),
+        (["train", "xgboost", "KRW-BTC", "--unit", "60"], "no KRW-BTC unit 60 candles"),
     ],
 )
 def test_bad_arguments_give_one_red_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
@@ -91,7 +92,10 @@ def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"] == "xgboost-KRW-BTC-1@1" and report["status"] == "champion"
-    assert set(report["metrics"]) == {"validation", "test", "baseline_majority_test"}
+    assert set(report["metrics"]) == {
+        "validation", "test", "baseline_majority_test", "trading_model", "trading_buy_and_hold",
+        "trading_sma_cross", "trading_majority_class", "trading_no_trade",
+    }
     listed = json.loads(upquant(tmp_path, "models", "list", "--json").stdout)
     assert [m["ref"] for m in listed] == ["xgboost-KRW-BTC-1@1"]
     unknown = upquant(tmp_path, "train", "svm", "KRW-BTC", "--unit", "1")

@@ -6,6 +6,7 @@ Real HTTP and WebSocket on 127.0.0.1, the real SDK, real BTC candles from ../sha
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -24,12 +25,17 @@ from upbit import AsyncUpbit
 from engine.upbit import (
     DEFAULT_REST_URL,
     DEFAULT_WS_URL,
+    RateLimiter,
+    UpbitBlocked,
     UpbitError,
     UpbitUnreachable,
+    block_seconds,
     candle_frame_to_row,
+    ceil_bucket,
     fetch_candles,
     list_markets,
     make_client,
+    plan_chunks,
     rest_url,
     stream,
     ws_url,
@@ -245,6 +251,58 @@ async def test_fake_websocket_sends_binary_frames_and_rejects_missing_ticket(
             assert snapshot["candle_date_time_utc"] == "2025-09-01T23:59:00"
 
 
+async def test_fake_counts_what_it_served_and_injects_faults(btc: pd.DataFrame) -> None:
+    async with (
+        FakeUpbit(cut(btc, "2025-09-01", "2025-09-02"), block_seconds=45) as fake,
+        aiohttp.ClientSession() as s,
+    ):
+        url = fake.rest_url + MINUTES
+        status, rows = await get_json(
+            s, url, market="KRW-BTC", count="5", to="2025-09-01T10:00:00Z"
+        )
+        assert (status, len(rows)) == (200, 5)
+        assert fake.candles_served[("KRW-BTC", "1")] == 5
+        fake.fail_next(1, status=418)
+        status, body = await get_json(s, url, market="KRW-BTC")
+        assert (status, body["error"]["message"]) == (
+            418,
+            "Blocked for 45 s for exceeding the rate limit.",
+        )
+        fake.slow_next(1, 0.3)
+        started = time.monotonic()
+        assert (await get_json(s, url, market="KRW-BTC"))[0] == 200
+        assert time.monotonic() - started >= 0.3
+        assert fake.statuses == {200: 2, 418: 1}
+
+
+async def test_fake_drops_websockets_mid_stream_and_sends_tickers(btc: pd.DataFrame) -> None:
+    source = cut(btc, "2025-09-01", "2025-09-01 01:00")
+    async with FakeUpbit(source) as fake:
+        fake.ws_snapshots = False
+        got: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            async with aclosing(
+                stream(
+                    ["KRW-BTC"], ("candle.1m",), extra={"ticker": ["KRW-ETH"]}, ws_url=fake.ws_url
+                )
+            ) as frames:
+                async for frame in frames:
+                    got.append(frame)
+
+        reader = asyncio.create_task(read())
+        await fake.wait_subscribed()
+        fake.drop_after(3)
+        await fake.push_ticker("KRW-ETH", 4_000_000.0)
+        for _, row in source.head(5).iterrows():
+            await fake.push_candle("KRW-BTC", row)
+        with pytest.raises(UpbitUnreachable, match="closed"):
+            await asyncio.wait_for(reader, 5)
+    assert [f["type"] for f in got] == ["ticker", "candle.1m", "candle.1m"]
+    assert got[0]["trade_price"] == 4_000_000.0 and got[0]["stream_type"] == "SNAPSHOT"
+    assert fake.ws_drops == 1 and fake.frames_sent == {"ticker": 1, "candle.1m": 2}
+
+
 # --------------------------------------------------------------------------- fetch_candles
 
 
@@ -364,7 +422,7 @@ async def test_fetch_418_raises_and_keeps_stored_pages(
             if len(stored) == 2:
                 fake.block(60)  # the exchange blocks us mid-fetch
 
-        with pytest.raises(UpbitError) as caught:
+        with pytest.raises(UpbitBlocked) as caught:
             await fetch_candles(
                 "KRW-BTC",
                 "1",
@@ -373,9 +431,98 @@ async def test_fetch_418_raises_and_keeps_stored_pages(
                 client=sdk(fake),
                 on_page=store,
             )
-    assert caught.value.status == 418 and "blocked" in str(caught.value)
+    assert caught.value.status == 418 and "blocked this IP for 60 s, until" in str(caught.value)
+    assert caught.value.seconds == 60 and caught.value.until is not None
     assert not isinstance(caught.value, UpbitUnreachable)
-    assert sum(len(p) for p in stored) == 400
+    # Pages answered before the block are kept; after the first 418 nothing more is asked
+    # (at most the requests already in flight meet the block too).
+    assert len(stored) >= 2 and all(len(p) == 200 for p in stored)
+    assert 1 <= fake.statuses[418] <= 4
+    assert fake.statuses[200] == len(stored)
+
+
+def test_block_seconds_reads_the_duration_from_upbit_messages() -> None:
+    assert block_seconds("Blocked for 60 s for exceeding the rate limit.") == 60
+    assert block_seconds("Too many requests. Retry after 2 minutes") == 120
+    assert block_seconds("요청 수 제한을 초과하여 30초 동안 차단되었습니다") == 30
+    assert block_seconds("IP 차단 10분") == 600
+    assert block_seconds("blocked") is None
+
+
+@pytest.mark.parametrize("unit", ["1", "3", "5", "10", "15", "30", "60", "240", "D"])
+def test_plan_chunks_tile_the_range_on_the_bucket_grid(unit: str) -> None:
+    start, end = utc("2025-08-30 05:07:30"), utc("2025-09-30 17:00:00.5")
+    chunks = plan_chunks("KRW-BTC", unit, start, end)
+    width = pd.Timedelta(days=1) if unit == "D" else pd.Timedelta(minutes=int(unit))
+    assert chunks[0].end == ceil_bucket(end, unit) and chunks[-1].start == ceil_bucket(start, unit)
+    assert all(a.start == b.end for a, b in itertools.pairwise(chunks))  # newest first
+    assert all(0 < c.count <= 200 and c.end - c.start == c.count * width for c in chunks)
+    epoch = pd.Timestamp(0, tz="UTC")
+    assert all((c.start - epoch) % width == pd.Timedelta(0) for c in chunks)
+
+
+async def test_concurrent_fetches_share_one_limiter_without_429(
+    btc: pd.DataFrame, sdk: Callable[[FakeUpbit], AsyncUpbit]
+) -> None:
+    eth = cut(btc, "2025-09-01", "2025-09-01 12:00").assign(market="KRW-ETH")
+    async with FakeUpbit([cut(btc, "2025-09-01", "2025-09-01 12:00"), eth], rate_limit=5) as fake:
+        client, limiter = sdk(fake), RateLimiter()
+        started = time.monotonic()
+        both = await asyncio.gather(
+            *(
+                fetch_candles(
+                    m,
+                    "1",
+                    utc("2025-09-01"),
+                    utc("2025-09-01 12:00"),
+                    client=client,
+                    limiter=limiter,
+                )
+                for m in ("KRW-BTC", "KRW-ETH")
+            )
+        )
+        elapsed = time.monotonic() - started
+    assert [len(frame) for frame in both] == [720, 720]
+    assert limiter.per_second == 5  # learned from Remaining-Req
+    assert fake.requests[MINUTES] == 8 and fake.rate_limited == 0
+    assert elapsed >= 1.0  # 8 requests at 5 a second
+
+
+async def test_limiter_yields_to_another_program_on_the_same_ip(
+    btc: pd.DataFrame, sdk: Callable[[FakeUpbit], AsyncUpbit]
+) -> None:
+    async with (
+        FakeUpbit(cut(btc, "2025-09-01", "2025-09-03"), penalty_after=1000) as fake,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def other_program() -> None:  # 8 requests a second of the same budget
+            for _ in range(10):
+                await get_json(session, fake.rest_url + MINUTES, market="KRW-BTC")
+                await asyncio.sleep(0.125)
+
+        rival = asyncio.create_task(other_program())
+        limiter = RateLimiter()
+        out = await fetch_candles(
+            "KRW-BTC", "1", utc("2025-09-01"), utc("2025-09-02"), client=sdk(fake), limiter=limiter
+        )
+        await rival
+    assert len(out) == 1440
+    # Phantom slots from Remaining-Req keep our share down; a rare 429 backs off and retries.
+    assert limiter.rate_limited <= 1
+
+
+async def test_fetch_retries_slow_responses_that_time_out(
+    btc: pd.DataFrame,
+) -> None:
+    source = cut(btc, "2025-09-01", "2025-09-01 10:00")
+    async with FakeUpbit(source) as fake, make_client(rest=fake.rest_url, timeout=0.3) as client:
+        fake.slow_next(1, 1.0)
+        out = await fetch_candles(
+            "KRW-BTC", "1", utc("2025-09-01"), utc("2025-09-01 10:00"), client=client
+        )
+    pd.testing.assert_frame_equal(out, source)
+    assert fake.requests[MINUTES] == 4  # 3 pages and the one that timed out
 
 
 async def test_fetch_unknown_market_names_it(

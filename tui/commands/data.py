@@ -56,11 +56,12 @@ def _print_import(report: ImportReport, seconds: float, out: Any) -> None:
         f" {report.rows_new:,} new candles stored, {report.rows_rejected:,} rejected"
         f" ({seconds:.2f}s)",
         highlight=False,
+        soft_wrap=True,
     )
     for problem, count in report.problems.items():
-        out.print(f"  [yellow]{count:,} × {problem}[/]", highlight=False)
+        out.print(f"  [yellow]{count:,} × {problem}[/]", highlight=False, soft_wrap=True)
     if report.examples:
-        out.print(f"  first: {', '.join(report.examples)}", highlight=False)
+        out.print(f"  first: {', '.join(report.examples)}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("import")
@@ -128,7 +129,7 @@ def _fetch_progress(total_markets: int) -> tuple[Progress, Callable[[FetchReport
         transient=True,
         disable=not err.is_terminal,
     )
-    task = progress.add_task("markets", total=None, candles=0, rate=0.0)
+    task = progress.add_task("markets", total=1, candles=0, rate=0.0)
 
     def update(report: FetchReport) -> None:
         progress.update(
@@ -178,6 +179,8 @@ def data_fetch(
     unit = check(None, unit)
     start = parse_time(since, "--since")
     end = parse_time(until, "--until") if until else None
+    if end is not None and end <= start:
+        raise CliError(f"--until {until} is not after --since {since}", "swap them")
     chosen = list(dict.fromkeys(markets or []))
     for market in chosen:
         check(market, unit)
@@ -234,6 +237,7 @@ def _print_fetch(report: FetchReport) -> None:
         f" {report.new:,} new candles stored; {report.requests:,} requests in"
         f" {report.seconds:.1f}s ({report.request_rate:.1f} req/s, {report.rate_limited} × 429)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -272,7 +276,9 @@ def data_stream(
         raise CliError("no market to stream", "name markets (KRW-BTC KRW-ETH) or pass --all-krw")
 
     def status(text: str, level: str) -> None:
-        err.print(f"[yellow]{text}[/]" if level != "info" else text, highlight=False)
+        err.print(
+            f"[yellow]{text}[/]" if level != "info" else text, highlight=False, soft_wrap=True
+        )
 
     with connect() as con:
         feed = LiveFeed(con, chosen, unit, watch=watch or (), on_status=status)
@@ -325,7 +331,9 @@ def data_export(
     end = parse_time(until, "--until") if until else None
     with connect() as con:
         rows = export_series(con, market, unit, out, start, end)
-    console.print(f"{market} unit {unit}: {rows:,} candles written to {out}", highlight=False)
+    console.print(
+        f"{market} unit {unit}: {rows:,} candles written to {out}", highlight=False, soft_wrap=True
+    )
 
 
 @data_app.command("resample")
@@ -356,6 +364,7 @@ def data_resample(
         f"{market}: {report.source_rows:,} unit {report.from_unit} candles →"
         f" {report.written:,} unit {report.to_unit} candles ({report.new:,} new)",
         highlight=False,
+        soft_wrap=True,
     )
 
 

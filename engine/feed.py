@@ -1,0 +1,468 @@
+"""Live candles of many markets over one Upbit WebSocket, kept continuous in the store.
+
+One connection carries `candle.<unit>m` for every market (plus trade and ticker for a
+watchlist). Repeated frames of a forming candle replace it; a candle closes when a frame of a
+later bucket arrives or, on a quiet market, by the clock once its bucket has ended `grace`
+seconds ago. Every candle update is written to DuckDB in batches (latest state per candle,
+one upsert per flush). After any drop the feed reconnects with exponential backoff and
+jitter, and backfills the buckets it missed over REST, so the stored series has no holes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from engine.data import fetch_markets
+from engine.markets import check_unit, unit_timedelta_minutes
+from engine.upbit import (
+    CANDLE_FIELDS,
+    PING_INTERVAL_S,
+    RateLimiter,
+    UpbitError,
+    UpbitRefused,
+    floor_bucket,
+    make_client,
+    stream,
+)
+from store.candles import CANDLE_COLUMNS, last_ts_by_market, upsert_candles
+
+CLOSE_GRACE_S = 3.0  # a quiet market's candle closes this long after its bucket ends
+FLUSH_INTERVAL_S = 0.25
+WATCH_TYPES = ("trade", "ticker")
+# Error frames that a new connection would only repeat: the subscription itself is wrong.
+FATAL_REFUSALS = {"NO_TICKET", "NO_TYPE", "NO_CODES", "INVALID_PARAM", "WRONG_FORMAT"}
+
+Callback = Callable[..., Awaitable[object] | object]
+
+
+@dataclass
+class FeedStats:
+    """Counters of a running feed; `latencies` are seconds from frame to stored (recent)."""
+
+    frames: int = 0
+    candle_frames: int = 0
+    trades: int = 0
+    tickers: int = 0
+    malformed: int = 0
+    closed_by_next: int = 0
+    closed_by_clock: int = 0
+    late: int = 0  # frames of a bucket that had already ended: stored, not announced
+    flushes: int = 0
+    rows_written: int = 0
+    connects: int = 0
+    drops: int = 0
+    backfills: int = 0
+    backfilled: int = 0  # new candles stored by REST backfill
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200_000))
+
+    def latency(self, q: float) -> float:
+        """The q-quantile (0..1) of recent frame-to-stored latencies, NaN before any."""
+        return (
+            float(np.quantile(np.fromiter(self.latencies, float), q)) if self.latencies else np.nan
+        )
+
+
+class CandleWriter:
+    """Coalesces candle updates (the latest per market/unit/ts) and upserts them in one batch
+    every `interval` seconds, or at once when `max_rows` candles are waiting."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        stats: FeedStats,
+        *,
+        interval: float = FLUSH_INTERVAL_S,
+        max_rows: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.con = con
+        self.stats = stats
+        self.interval = interval
+        self.max_rows = max_rows
+        self._clock = clock
+        self._rows: dict[tuple[str, str, pd.Timestamp], dict[str, Any]] = {}
+        self._origins: list[float] = []
+
+    def put(self, row: dict[str, Any], origin: float) -> None:
+        """Queue one candle state; `origin` is when its frame was made or received (clock)."""
+        self._rows[(row["market"], row["unit"], row["ts"])] = row
+        self._origins.append(origin)
+        if len(self._rows) >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is queued in one upsert; returns how many candles were written.
+
+        When the write fails the candles stay queued (newer updates still win) and the error
+        is raised; the next flush tries again.
+        """
+        if not self._rows:
+            return 0
+        rows, origins = self._rows, self._origins
+        self._rows, self._origins = {}, []
+        frame = pd.DataFrame(list(rows.values()), columns=CANDLE_COLUMNS)
+        try:
+            upsert_candles(self.con, frame)
+        except Exception:
+            self._rows = {**rows, **self._rows}
+            self._origins = origins + self._origins
+            raise
+        self.stats.latencies.extend((self._clock() - np.asarray(origins, dtype=float)).tolist())
+        self.stats.flushes += 1
+        self.stats.rows_written += len(frame)
+        return len(frame)
+
+    async def run(self, on_error: Callable[[Exception], object] | None = None) -> None:
+        """Flush every `interval` seconds until cancelled; failures go to `on_error`."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.flush()
+                failing = False
+            except duckdb.Error as exc:
+                if on_error is not None and not failing:
+                    on_error(exc)
+                failing = True
+
+
+class LiveFeed:
+    """Streams candles of `markets` (and trades/tickers of `watch`) into the store and to
+    callbacks, forever, through drops; see the module docstring.
+
+    Callbacks (sync or async, called in order from one task so a slow one never stalls the
+    socket): `on_update(candle)` for every update of a forming candle, `on_closed(candle)`
+    once per closed candle, `on_trade(frame)`, `on_ticker(frame)`, `on_backfill(market, n)`
+    after REST stored `n` new candles of `market`, `on_status(text, level)`. Candles are
+    canonical dicts (market, unit, ts, open, high, low, close, volume, value).
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        markets: Sequence[str],
+        unit: str = "1",
+        *,
+        watch: Sequence[str] = (),
+        watch_types: Sequence[str] = WATCH_TYPES,
+        grace: float = CLOSE_GRACE_S,
+        on_update: Callback | None = None,
+        on_closed: Callback | None = None,
+        on_trade: Callback | None = None,
+        on_ticker: Callback | None = None,
+        on_backfill: Callback | None = None,
+        on_status: Callback | None = None,
+        store: bool = True,
+        flush_interval: float = FLUSH_INTERVAL_S,
+        backfill: bool = True,
+        backfill_limit: timedelta = timedelta(days=1),
+        max_backoff: float = 30.0,
+        ping_interval: float | None = None,
+        ws_url: str | None = None,
+        rest_url: str | None = None,
+        limiter: RateLimiter | None = None,
+        origin: Callable[[Mapping[str, Any]], float] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        unit = check_unit(unit)
+        if unit == "D":
+            raise ValueError("Upbit streams minute candles only; use a unit in minutes")
+        if not markets and not watch:
+            raise ValueError("a live feed needs at least one market or watched market")
+        self.con = con
+        self.markets = list(dict.fromkeys(markets))
+        self.unit = unit
+        self.watch = list(dict.fromkeys(watch))
+        self.watch_types = tuple(watch_types)
+        self.grace = grace
+        self.width = unit_timedelta_minutes(unit) * 60.0
+        self.store = store
+        self.backfill = backfill
+        self.backfill_limit = pd.Timedelta(backfill_limit)
+        self.max_backoff = max_backoff
+        self.ping_interval = ping_interval
+        self.ws_url = ws_url
+        self.rest_url = rest_url
+        self.limiter = limiter
+        self.stats = FeedStats()
+        self.writer = CandleWriter(con, self.stats, interval=flush_interval, clock=clock)
+        self.forming: dict[str, dict[str, Any]] = {}
+        self.last_closed: dict[str, pd.Timestamp] = {}
+        self.last_seen: dict[str, pd.Timestamp] = {}  # newest candle ts seen per market
+        self.tickers: dict[str, dict[str, Any]] = {}
+        self.trades: dict[str, dict[str, Any]] = {}
+        self.connected = False
+        self._callbacks = {
+            "update": on_update,
+            "closed": on_closed,
+            "trade": on_trade,
+            "ticker": on_ticker,
+            "backfill": on_backfill,
+            "status": on_status,
+        }
+        self._origin = origin
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
+        self._stamps: dict[str, pd.Timestamp] = {}
+        self._resume_from: dict[str, pd.Timestamp] = {}
+        self._backfill_until: pd.Timestamp | None = None
+        self._backfill_task: asyncio.Task[None] | None = None
+        self._malformed_this_connection = 0
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Stream until cancelled (or a subscription Upbit refuses for good: UpbitRefused)."""
+        if self.backfill:
+            stored = last_ts_by_market(self.con, self.markets, self.unit)
+            floor = pd.Timestamp(self._clock(), unit="s", tz="UTC") - self.backfill_limit
+            self._resume_from = {m: ts for m, ts in stored.items() if ts >= floor}
+        helpers = [
+            asyncio.create_task(self._deliver_events()),
+            asyncio.create_task(self._close_by_clock()),
+        ]
+        if self.store:
+            helpers.append(asyncio.create_task(self.writer.run(self._write_failed)))
+        attempt = 0
+        candle_type = f"candle.{self.unit}m"
+        extra = {kind: self.watch for kind in self.watch_types} if self.watch else None
+        try:
+            while True:
+                try:
+                    async with aclosing(
+                        stream(
+                            self.markets,
+                            (candle_type,) if self.markets else (),
+                            extra=extra,
+                            ws_url=self.ws_url,
+                            ping_interval=self.ping_interval or PING_INTERVAL_S,
+                            on_open=self._opened,
+                            on_malformed=self._malformed,
+                        )
+                    ) as frames:
+                        async for frame in frames:
+                            attempt = 0
+                            self.on_frame(frame)
+                    raise UpbitError("the Upbit WebSocket ended the stream")
+                except UpbitRefused as exc:
+                    if exc.name in FATAL_REFUSALS:
+                        raise
+                    delay = self._dropped(exc, attempt)
+                except (UpbitError, OSError, TimeoutError) as exc:
+                    delay = self._dropped(exc, attempt)
+                attempt += 1
+                await self._sleep(delay)
+        finally:
+            self.connected = False
+            tasks = [*helpers, *([self._backfill_task] if self._backfill_task else [])]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.store:
+                self.writer.flush()  # also when cancelled: every candle seen is stored
+
+    def _opened(self) -> None:
+        self.connected = True
+        self.stats.connects += 1
+        self._malformed_this_connection = 0
+        bucket = floor_bucket(pd.Timestamp(self._clock(), unit="s", tz="UTC"), self.unit)
+        # Candles of buckets that ended while the socket was down come from REST, complete.
+        for market, candle in list(self.forming.items()):
+            if candle["ts"] < bucket:
+                del self.forming[market]
+        parts = [f"{len(self.markets)} markets {self.unit}m"] if self.markets else []
+        if self.watch:
+            parts.append(f"{'/'.join(self.watch_types)} of {len(self.watch)} watched")
+        self._emit("status", f"Upbit live: streaming {', '.join(parts)}", "info")
+        if self.backfill and self.markets:
+            self._backfill_until = bucket
+            if self._backfill_task is None or self._backfill_task.done():
+                self._backfill_task = asyncio.create_task(self._backfill())
+
+    def _dropped(self, exc: Exception, attempt: int) -> float:
+        self.connected = False
+        self.stats.drops += 1
+        if self.store:
+            try:
+                self.writer.flush()
+            except duckdb.Error as write_error:
+                self._write_failed(write_error)
+        for market, ts in self.last_seen.items():
+            self._resume_from[market] = max(ts, self._resume_from.get(market, ts))
+        delay = min(self.max_backoff, 2.0**attempt) * (0.5 + self._jitter() / 2)
+        self._emit(
+            "status", f"Upbit stream dropped ({exc}); reconnecting in {delay:.1f}s", "warning"
+        )
+        return delay
+
+    def _write_failed(self, exc: Exception) -> None:
+        self._emit("status", f"storing live candles failed, retrying: {exc}", "error")
+
+    def _malformed(self, exc: Exception) -> None:
+        self.stats.malformed += 1
+        self._malformed_this_connection += 1
+        if self._malformed_this_connection == 1:
+            self._emit("status", f"skipped a malformed frame: {exc}", "warning")
+
+    # ------------------------------------------------------------------ frames
+
+    def on_frame(self, frame: Mapping[str, Any]) -> None:
+        """Take one decoded frame (candle, trade or ticker)."""
+        self.stats.frames += 1
+        kind = frame.get("type")
+        if kind == "trade":
+            self.stats.trades += 1
+            self.trades[str(frame.get("code"))] = dict(frame)
+            self._emit("trade", frame)
+        elif kind == "ticker":
+            self.stats.tickers += 1
+            self.tickers[str(frame.get("code"))] = dict(frame)
+            self._emit("ticker", frame)
+        elif isinstance(kind, str) and kind.startswith("candle."):
+            self._on_candle(frame)
+
+    def _on_candle(self, frame: Mapping[str, Any]) -> None:
+        received = self._clock()
+        try:
+            stamp = frame["candle_date_time_utc"]
+            ts = self._stamps.get(stamp)
+            if ts is None:
+                if len(self._stamps) > 10_000:
+                    self._stamps.clear()
+                ts = self._stamps[stamp] = pd.Timestamp(stamp, tz="UTC").as_unit("ns")
+            market = str(frame["code"])
+            row: dict[str, Any] = {"market": market, "unit": self.unit, "ts": ts}
+            for column, name in CANDLE_FIELDS.items():
+                row[column] = float(frame[name])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._malformed(UpbitError(f"candle frame without {exc}: {dict(frame)}"))
+            return
+        self.stats.candle_frames += 1
+        if self.store:
+            self.writer.put(row, self._origin(frame) if self._origin else received)
+        seen = self.last_seen.get(market)
+        if seen is None or ts > seen:
+            self.last_seen[market] = ts
+        forming = self.forming.get(market)
+        if forming is not None and ts == forming["ts"]:
+            self.forming[market] = row  # the latest frame of a forming candle wins
+            self._emit("update", row)
+            return
+        closed = self.last_closed.get(market)
+        ended = ts.value / 1e9 + self.width + self.grace <= received
+        if ended or (forming is not None and ts < forming["ts"]) or (closed and ts <= closed):
+            self.stats.late += 1  # stored above; its bucket was already settled
+            return
+        if forming is not None:
+            self.stats.closed_by_next += 1
+            self._close(market, forming)
+        self.forming[market] = row
+        self._emit("update", row)
+
+    def _close(self, market: str, candle: dict[str, Any]) -> None:
+        self.last_closed[market] = candle["ts"]
+        self._emit("closed", candle)
+
+    async def _close_by_clock(self) -> None:
+        """Close candles of quiet markets once their bucket ended `grace` seconds ago."""
+        while True:
+            await asyncio.sleep(min(0.25, self.grace / 2) if self.grace > 0 else 0.05)
+            if not self.connected:
+                continue  # while the socket is down the last state may be stale: REST decides
+            now = self._clock()
+            for market, candle in list(self.forming.items()):
+                if candle["ts"].value / 1e9 + self.width + self.grace <= now:
+                    del self.forming[market]
+                    self.stats.closed_by_clock += 1
+                    self._close(market, candle)
+
+    # ------------------------------------------------------------------ backfill
+
+    async def _backfill(self) -> None:
+        """Fetch over REST what the socket missed: from the newest candle seen (or stored)
+        per market to the bucket that was forming when the connection opened."""
+        if self.limiter is None:
+            self.limiter = RateLimiter()
+        while self._backfill_until is not None:
+            until, self._backfill_until = self._backfill_until, None
+            since = {
+                m: max(ts, until - self.backfill_limit)
+                for m, ts in self._resume_from.items()
+                if m in self.markets and ts < until
+            }
+            if not since:
+                continue
+            self.stats.backfills += 1
+            client = make_client(rest=self.rest_url) if self.rest_url else None
+            try:
+                report = await fetch_markets(
+                    self.con,
+                    list(since),
+                    self.unit,
+                    since,
+                    until,
+                    limiter=self.limiter,
+                    client=client,
+                )
+            finally:
+                if client is not None:
+                    await client.close()
+            self.stats.backfilled += report.new
+            for series in report.series:
+                if series.done and series.error is None:
+                    self._resume_from[series.market] = max(self._resume_from[series.market], until)
+                    if series.candles:
+                        self._emit("backfill", series.market, series.new)
+            problem = report.stopped or next((s.error for s in report.failed), None)
+            if problem is not None:
+                self._emit("status", f"gap backfill failed: {problem}", "warning")
+            else:
+                self._emit(
+                    "status",
+                    f"backfilled {report.new:,} missed candles of {len(since)} markets",
+                    "info",
+                )
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _emit(self, kind: str, *args: Any) -> None:
+        if self._callbacks.get(kind) is not None:
+            self._events.put_nowait((kind, args))
+
+    async def _deliver_events(self) -> None:
+        while True:
+            kind, args = await self._events.get()
+            callback = self._callbacks[kind]
+            assert callback is not None
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a consumer's bug must not stop the feed
+                if kind != "status":
+                    self._emit(
+                        "status", f"{kind} callback failed: {type(exc).__name__}: {exc}", "error"
+                    )
+            finally:
+                self._events.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every callback queued so far has run."""
+        await self._events.join()

@@ -1,0 +1,336 @@
+"""The live feed (engine/feed.py) against the fake Upbit: many markets on one WebSocket,
+forming and closed candles (next bucket or clock + grace), batched store writes, drops with
+backoff and jitter, REST backfill of what a drop missed, and upbit_live driving the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import engine.feed as feed_module
+from engine.feed import LiveFeed
+from engine.live import LiveEngine
+from engine.sources import upbit_live
+from engine.upbit import UpbitRefused
+from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
+from tests.fake_upbit import FakeUpbit, candle_frame, forming_frames, generate_candles
+
+T0 = pd.Timestamp("2025-09-01 12:00", tz="UTC")
+VALUES = ["open", "high", "low", "close", "volume", "value"]
+
+
+class Clock:
+    """A wall clock the test moves by hand (seconds since the epoch)."""
+
+    def __init__(self, moment: pd.Timestamp) -> None:
+        self.now = moment.value / 1e9
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, moment: pd.Timestamp) -> None:
+        self.now = moment.value / 1e9
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def candles_of(market: str, start: pd.Timestamp, n: int, seed: int = 0) -> pd.DataFrame:
+    return generate_candles(market, "1", start, n, seed=seed)
+
+
+def stored(con: Any, market: str) -> pd.DataFrame:
+    frame = load_candles(con, market, "1")
+    frame["ts"] = frame["ts"].dt.as_unit("ns")
+    return frame[CANDLE_COLUMNS]
+
+
+async def test_many_markets_one_connection_forming_closed_and_batched_writes(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    markets = [f"KRW-C{i:02d}" for i in range(30)]
+    writes: list[int] = []
+    real_upsert = feed_module.upsert_candles
+
+    def counting_upsert(connection: Any, frame: pd.DataFrame) -> int:
+        writes.append(len(frame))
+        return real_upsert(connection, frame)
+
+    monkeypatch.setattr(feed_module, "upsert_candles", counting_upsert)
+    clock = Clock(T0 + pd.Timedelta(seconds=5))
+    closed: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    trades: list[dict[str, Any]] = []
+    tickers: list[dict[str, Any]] = []
+    data = {m: candles_of(m, T0, 2, seed=i) for i, m in enumerate(markets)}
+    async with FakeUpbit() as fake:
+        feed = LiveFeed(
+            con,
+            markets,
+            "1",
+            watch=["KRW-C00", "KRW-C01"],
+            on_closed=closed.append,
+            on_update=updates.append,
+            on_trade=trades.append,
+            on_ticker=tickers.append,
+            clock=clock,
+            ws_url=fake.ws_url,
+            ping_interval=0.05,
+            backfill=False,
+        )
+        task = asyncio.create_task(feed.run())
+        await fake.wait_subscribed()
+        for market in markets:
+            await fake.play(forming_frames(market, data[market].iloc[0], steps=3))
+        clock.set(T0 + pd.Timedelta(seconds=61))
+        for market in markets:
+            await fake.push_candle(market, data[market].iloc[1])
+        await fake.push_trade("KRW-C00", 1000.0, 0.5)
+        await fake.push_ticker("KRW-C01", 2000.0)
+        await fake.push_trade("KRW-C29", 1000.0, 0.5)  # not on the watchlist: not sent
+        await until(lambda: len(closed) == len(markets) and len(trades) == 1 and len(tickers) == 1)
+        await asyncio.sleep(0.3)  # one flush interval
+        await until(lambda: feed.stats.rows_written >= 2 * len(markets))
+        assert fake.pings_received >= 1
+        await stop(task)
+    assert fake.ws_connects == 1
+    subscription = {part.get("type"): part.get("codes") for part in fake.subscriptions[-1]}
+    assert subscription["candle.1m"] == markets
+    assert subscription["trade"] == subscription["ticker"] == ["KRW-C00", "KRW-C01"]
+    assert feed.stats.closed_by_next == len(markets) and feed.stats.closed_by_clock == 0
+    assert len(updates) == 4 * len(markets)  # three forming frames and the next candle
+    for candle in closed:  # the latest frame of the forming candle won
+        want = data[candle["market"]].iloc[0]
+        assert candle["ts"] == T0 and [candle[c] for c in VALUES] == [want[c] for c in VALUES]
+    for market in markets:
+        got = stored(con, market)
+        pd.testing.assert_frame_equal(got[VALUES], data[market][VALUES], check_dtype=False)
+    assert feed.tickers["KRW-C01"]["trade_price"] == 2000.0
+    # 120 candle frames went into a handful of batched upserts, not one per frame.
+    assert sum(writes) == feed.stats.rows_written and len(writes) <= 6
+
+
+async def test_quiet_market_closes_by_the_clock_and_late_frames_only_update_the_store(
+    con,
+) -> None:
+    clock = Clock(T0 + pd.Timedelta(seconds=10))
+    closed: list[dict[str, Any]] = []
+    first, second = candles_of("KRW-BTC", T0, 2).to_dict("records")
+    async with FakeUpbit() as fake:
+        feed = LiveFeed(
+            con,
+            ["KRW-BTC"],
+            on_closed=closed.append,
+            clock=clock,
+            ws_url=fake.ws_url,
+            grace=3.0,
+            backfill=False,
+        )
+        task = asyncio.create_task(feed.run())
+        await fake.wait_subscribed()
+        await fake.push_candle("KRW-BTC", first)
+        await until(lambda: "KRW-BTC" in feed.forming)
+        clock.set(T0 + pd.Timedelta(seconds=62.9))  # bucket ended, grace not yet over
+        await asyncio.sleep(0.4)
+        assert closed == []
+        clock.set(T0 + pd.Timedelta(seconds=63.1))
+        await until(lambda: len(closed) == 1)
+        assert closed[0]["ts"] == T0 and feed.stats.closed_by_clock == 1
+        late = {**first, "close": first["close"] * 1.001, "high": first["high"] * 1.001}
+        await fake.push_candle("KRW-BTC", late)
+        await until(lambda: feed.stats.late == 1)
+        await asyncio.sleep(0.3)
+        assert len(closed) == 1  # not announced twice
+        await fake.push_candle("KRW-BTC", second)  # a quiet market: the next candle much later
+        await until(lambda: feed.forming.get("KRW-BTC", {}).get("ts") == second["ts"])
+        await stop(task)
+    got = stored(con, "KRW-BTC")
+    assert got["close"].tolist() == [late["close"], second["close"]]
+
+
+async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
+    markets = ["KRW-BTC", "KRW-ETH"]
+    history = pd.concat(
+        candles_of(m, T0 - pd.Timedelta(minutes=30), 36, seed=i) for i, m in enumerate(markets)
+    )
+    before = history[history["ts"] < T0]
+    upsert_candles(con, before[before["ts"] < T0 - pd.Timedelta(minutes=10)])  # stored earlier
+    live = history[history["ts"] >= T0]
+    clock = Clock(T0 + pd.Timedelta(seconds=5))
+    backfilled: list[tuple[str, int]] = []
+    statuses: list[str] = []
+    gate = asyncio.Event()
+
+    async def reconnect_when_told(delay: float) -> None:
+        await gate.wait()
+
+    async with FakeUpbit(before) as fake:
+        feed = LiveFeed(
+            con,
+            markets,
+            clock=clock,
+            ws_url=fake.ws_url,
+            rest_url=fake.rest_url,
+            on_backfill=lambda market, n: backfilled.append((market, n)),
+            on_status=lambda text, level: statuses.append(text),
+            sleep=reconnect_when_told,
+        )
+        task = asyncio.create_task(feed.run())
+        # On start: the 10 minutes between the stored series and now come over REST.
+        await until(lambda: sorted(backfilled) == [("KRW-BTC", 10), ("KRW-ETH", 10)])
+        for minute in range(2):  # T0 forms, T0 + 1 min closes it and forms
+            clock.set(T0 + pd.Timedelta(minutes=minute, seconds=1))  # within the grace
+            for market in markets:
+                rows = live[(live["market"] == market)].iloc[minute]
+                await fake.play(forming_frames(market, rows, steps=2))
+        await until(lambda: feed.stats.closed_by_next == 2)
+        assert await fake.drop_connections() == 1
+        await until(lambda: feed.stats.drops == 1)
+        # While the socket is down T0+1 .. T0+5 close at Upbit; REST has them, final.
+        fake.add_candles(live[live["ts"] < T0 + pd.Timedelta(minutes=6)])
+        clock.set(T0 + pd.Timedelta(minutes=6, seconds=10))
+        backfilled.clear()
+        gate.set()
+        await until(lambda: feed.stats.connects == 2)
+        await until(lambda: sorted(backfilled) == [("KRW-BTC", 4), ("KRW-ETH", 4)])
+        await stop(task)
+    assert feed.stats.drops == 1 and fake.ws_connects == 2
+    assert any("Upbit stream dropped" in text for text in statuses)
+    end = T0 + pd.Timedelta(minutes=6)
+    for market in markets:
+        want = fake.candles(market)
+        want = want[want["ts"] < end].reset_index(drop=True)
+        got = stored(con, market)
+        assert len(want) == 36 and (got["ts"].diff().dropna() == pd.Timedelta(minutes=1)).all()
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+
+
+async def test_reconnect_backoff_grows_exponentially_with_jitter_and_resets(con) -> None:
+    delays: list[float] = []
+
+    async def record(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 7:
+            raise asyncio.CancelledError
+        await asyncio.sleep(0)
+
+    async with FakeUpbit(ws_connect_limit=None) as fake:
+        fake.refuse_ws = True  # an outage: every upgrade gets 503
+        feed = LiveFeed(
+            con,
+            ["KRW-BTC"],
+            ws_url=fake.ws_url,
+            max_backoff=20.0,
+            sleep=record,
+            jitter=lambda: 0.5,
+            backfill=False,
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await feed.run()
+    assert delays == [0.75, 1.5, 3.0, 6.0, 12.0, 15.0, 15.0]
+    assert feed.stats.drops == 7 and feed.stats.connects == 0
+
+    # A connection that delivers frames resets the backoff.
+    delays.clear()
+
+    async def serve_then_drop(fake: FakeUpbit) -> None:
+        await fake.wait_subscribed()
+        await fake.push_candle("KRW-BTC", candles_of("KRW-BTC", T0, 1).iloc[0])
+        await until(lambda: feed.stats.candle_frames == 1)
+        fake.refuse_ws = True
+        await fake.drop_connections()
+
+    async def recover(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 3:
+            fake.refuse_ws = False
+            asyncio.get_running_loop().create_task(serve_then_drop(fake))
+        if len(delays) == 5:
+            raise asyncio.CancelledError
+
+    async with FakeUpbit(ws_connect_limit=None) as fake:
+        fake.refuse_ws = True
+        feed = LiveFeed(
+            con, ["KRW-BTC"], ws_url=fake.ws_url, sleep=recover, jitter=lambda: 0.5, backfill=False
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await feed.run()
+    assert delays == [0.75, 1.5, 3.0, 0.75, 1.5]
+    assert feed.stats.connects == 1
+
+    jittered: list[float] = []
+
+    async def collect(delay: float) -> None:
+        jittered.append(delay)
+        if len(jittered) == 40:
+            raise asyncio.CancelledError
+
+    async with FakeUpbit(ws_connect_limit=None) as fake:
+        fake.refuse_ws = True
+        feed = LiveFeed(con, ["KRW-BTC"], ws_url=fake.ws_url, max_backoff=1.0, sleep=collect)
+        with pytest.raises(asyncio.CancelledError):
+            await feed.run()
+    assert all(0.5 <= d <= 1.0 for d in jittered) and len(set(jittered)) > 30
+
+
+async def test_malformed_frames_are_skipped_and_refused_subscriptions_stop(con) -> None:
+    statuses: list[str] = []
+    async with FakeUpbit() as fake:
+        feed = LiveFeed(
+            con,
+            ["KRW-BTC"],
+            ws_url=fake.ws_url,
+            on_status=lambda text, level: statuses.append(text),
+            backfill=False,
+        )
+        task = asyncio.create_task(feed.run())
+        await fake.wait_subscribed()
+        assert await fake.push_raw(b'{"type": "candle.1m", "code": "KRW-') == 1
+        await fake.push_frame(candle_frame("KRW-BTC", candles_of("KRW-BTC", T0, 1).iloc[0]))
+        await until(lambda: feed.stats.candle_frames == 1)
+        await stop(task)
+    assert feed.stats.malformed == 1 and feed.stats.drops == 0
+    assert any("malformed" in text for text in statuses)
+
+    async with FakeUpbit() as fake:
+        feed = LiveFeed(
+            con, [], watch=["KRW-BTC"], watch_types=("bogus",), ws_url=fake.ws_url, backfill=False
+        )
+        with pytest.raises(UpbitRefused, match="INVALID_PARAM"):
+            await asyncio.wait_for(feed.run(), 10)
+
+
+async def test_upbit_live_drives_the_engine_from_the_feed(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    data = candles_of("KRW-BTC", bucket, 3).to_dict("records")
+    async with FakeUpbit() as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        engine = LiveEngine(con, "KRW-BTC", "1", no_model_reason="no champion")
+        task = asyncio.create_task(upbit_live(engine))
+        await fake.wait_subscribed()
+        for row in data:
+            await fake.play(forming_frames("KRW-BTC", row, steps=2))
+        await until(lambda: len(engine.signals) == 2)
+        await stop(task)
+    assert [s.ts for s in engine.signals] == [data[0]["ts"], data[1]["ts"]]
+    assert "no champion" in engine.signals[0].reason
+    assert list(engine.history["ts"]) == [data[0]["ts"], data[1]["ts"]]
+    assert len(load_candles(con, "KRW-BTC", "1")) == 3  # the forming candle too
