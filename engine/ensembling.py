@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -120,16 +121,11 @@ def fit_ensemble(
     if method in ("weighted", "blend"):
         # members see their context rows before the validation part, as when serving
         P_val = np.stack([predict_rows(m, data.X, split.validation) for _, m in members], axis=1)
-        ensemble.member_probs = lambda X, _P=P_val: _P  # type: ignore[method-assign]
-        try:
-            ensemble.fit(X_val, y_val, X_val, y_val)
-        finally:
-            del ensemble.member_probs
-        return ensemble
+        return ensemble.fit(X_val, y_val, X_val, y_val, val_probs=P_val)
     oof = None
     if method == "stack":
         factories: list[Callable[[], Model]] = [
-            (lambda r=r: create_model(r.kind, **model_params(r))) for r, _ in members
+            partial(create_model, r.kind, **model_params(r)) for r, _ in members
         ]
         result = time_ordered_oof(factories, data, split.train, stack_folds, on_fold)
         oof = (result.probs, data.y[result.rows])

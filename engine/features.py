@@ -350,7 +350,9 @@ def _slide(x: np.ndarray, n: int) -> np.ndarray:
     without its ~30 us of argument checking, which matters on the live path)."""
     x = np.ascontiguousarray(x)
     step = x.strides[0]
-    view = np.ndarray((len(x) - n + 1, n), dtype=x.dtype, buffer=x, strides=(step, step))
+    view: np.ndarray = np.ndarray(
+        (len(x) - n + 1, n), dtype=x.dtype, buffer=x, strides=(step, step)
+    )
     view.flags.writeable = False
     return view
 
@@ -1244,7 +1246,7 @@ def _since_break(ts: np.ndarray, step_ns: int, max_gap: int | None) -> np.ndarra
     if len(breaks) == 0:
         return None
     rows = np.arange(len(ts))
-    start = np.zeros(len(ts), dtype=np.int64)
+    start: np.ndarray = np.zeros(len(ts), dtype=np.int64)
     start[breaks] = breaks
     start = np.maximum.accumulate(start)
     since = rows - start

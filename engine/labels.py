@@ -153,8 +153,8 @@ def make_label_frame(
     valid = np.zeros(n, dtype=bool)
     if n > h:  # the window t..t+h exists and crosses no break
         valid[: n - h] = breaks[h:] == breaks[: n - h]
-    threshold = np.full(n, spec.threshold)  # fixed_horizon: thr_t
-    width = np.full(n, spec.threshold)  # triple_barrier: w_t
+    threshold: np.ndarray = np.full(n, spec.threshold)  # fixed_horizon: thr_t
+    width: np.ndarray = np.full(n, spec.threshold)  # triple_barrier: w_t
     if spec.vol_window is not None and spec.is_classification:
         sigma_h = trailing_volatility(candles, spec.vol_window, spec.max_gap, unit) * np.sqrt(h)
         threshold = np.where(
@@ -181,7 +181,8 @@ def make_label_frame(
         rows = np.flatnonzero(valid)
         touch_ts.iloc[rows] = ts[rows + touch[rows]]
         frame["touch"] = touch_ts
-        frame["barrier"] = pd.Series(np.where(valid, barrier, None), index=ts, dtype="object")
+        barriers = np.where(valid, barrier, None)  # type: ignore[call-overload]
+        frame["barrier"] = pd.Series(barriers, index=ts, dtype="object")
     return frame
 
 

@@ -8,6 +8,7 @@ whenever there is no model or it fails. Every signal is stored and published.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class SignalEvent:
 class StatusEvent:
     text: str
     level: str = "info"  # info, warning, error
+    connected: bool | None = None  # the live connection's state, when the status is about it
 
 
 EngineEvent = CandleEvent | SignalEvent | StatusEvent
@@ -159,7 +161,8 @@ class LiveEngine:
         closes = self.history["close"].to_numpy(dtype=np.float64)
         if self.model is not None:
             try:
-                rows = self._feature_rows()
+                # features of a sequence model's whole window take milliseconds: off the loop
+                rows = await asyncio.to_thread(self._feature_rows)
                 probs = await predict_one(self.model, rows, self.inference_timeout)
                 action, confidence, reason = threshold_action(probs, self.threshold)
                 return Signal(
@@ -173,6 +176,8 @@ class LiveEngine:
                 ), probs
             except InferenceError as exc:
                 fallback = f"fallback: {exc}"
+            except Exception as exc:  # noqa: BLE001 - any model-side failure: the rule decides
+                fallback = f"fallback: model failed: {type(exc).__name__}: {exc}"
         else:
             fallback = f"fallback: {self.no_model_reason}"
         action, reason = self.rule.decide(closes)

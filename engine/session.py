@@ -29,8 +29,9 @@ class Session:
 
 
 async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | None:
-    """None when Upbit answers for `market`, else the reason it does not."""
-    from engine.upbit import UpbitError, fetch_candles
+    """None when Upbit answers for `market`, else why not, as the banner says it: unreachable
+    (network, timeout) or answering with an error (e.g. a market it does not list)."""
+    from engine.upbit import UpbitError, UpbitUnreachable, fetch_candles
 
     now = datetime.now(UTC)
     try:
@@ -41,9 +42,11 @@ async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | Non
             timeout,
         )
     except TimeoutError:
-        return f"no answer within {timeout:.0f}s"
-    except (UpbitError, OSError) as exc:
-        return str(exc)
+        return f"Upbit unreachable (no answer within {timeout:.0f}s)"
+    except (UpbitUnreachable, OSError) as exc:
+        return f"Upbit unreachable ({exc})"
+    except UpbitError as exc:
+        return f"Upbit answered with an error ({exc})"
     return None
 
 
@@ -62,14 +65,20 @@ async def open_session(
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
     model, model_reason = await asyncio.to_thread(load_champion, con.cursor(), market, unit)
-    reason = "offline mode" if offline else await probe_upbit(market, unit, probe_timeout)
+    reason = (
+        "OFFLINE (--offline): Upbit not contacted"
+        if offline
+        else await probe_upbit(market, unit, probe_timeout)
+    )
     engine = LiveEngine(
         con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
     )
     if reason is None:
         from engine.data import fetch_into_store
 
-        since = datetime.now(UTC) - timedelta(minutes=unit_timedelta_minutes(unit) * engine.window)
+        # window + 1 buckets back: the newest is the forming candle, the window is all closed
+        width = unit_timedelta_minutes(unit)
+        since = datetime.now(UTC) - timedelta(minutes=width * (engine.window + 1))
         await fetch_into_store(con, market, unit, since)
         engine.prime()
         return Session(
@@ -80,7 +89,7 @@ async def open_session(
         engine.mode, engine.persist_candles, engine.signal_batch = "replay", False, 50
         engine.prime(stored.iloc[: engine.window])
         banner = (
-            f"Upbit unreachable ({reason}) · REPLAY of {len(stored) - engine.window} stored"
+            f"{reason} · REPLAY of {len(stored) - engine.window} stored"
             f" {market} {unit}m candles · {model_reason}"
         )
         return Session(
@@ -90,7 +99,6 @@ async def open_session(
     demo = demo_candles(engine.window + replay_candles, market, unit)
     engine.prime(demo.iloc[: engine.window])
     banner = (
-        f"Upbit unreachable ({reason}) and no stored {market} {unit}m candles ·"
-        f" DEMO market (synthetic) · {model_reason}"
+        f"{reason} · no stored {market} {unit}m candles · DEMO market (synthetic) · {model_reason}"
     )
     return Session(engine, "demo", banner, replay(engine, demo.iloc[engine.window :], replay_delay))

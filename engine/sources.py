@@ -104,7 +104,9 @@ async def upbit_live(
         on_update=lambda candle: engine.publish(CandleEvent(candle, closed=False)),
         on_closed=engine.on_closed,
         on_backfill=reprime,
-        on_status=lambda text, level: engine.publish(StatusEvent(text, level)),
+        on_status=lambda text, level: engine.publish(
+            StatusEvent(text, level, connected=feed.connected)
+        ),
         max_backoff=max_backoff,
         sleep=sleep,
     )

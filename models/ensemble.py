@@ -77,14 +77,17 @@ class EnsembleModel(Model):
         on_epoch: EpochHook | None = None,
         checkpoint: Path | None = None,
         oof: tuple[np.ndarray, np.ndarray] | None = None,
+        val_probs: np.ndarray | None = None,
     ) -> Self:
         """Members are already fitted; this fits the combiner. `oof`: (member probabilities,
-        labels) made out of fold in time order, which `stack` needs."""
+        labels) made out of fold in time order, which `stack` needs. `val_probs`: the
+        members' (n, members, 3) probabilities for the rows of X_val when the caller made them
+        with context X_val lacks (sequence members read the rows before the part)."""
         m = len(self.members)
-        self.weights_ = np.full(m, 1.0 / max(m, 1))
+        self.weights_: np.ndarray = np.full(m, 1.0 / max(m, 1))
         if self.method in ("weighted", "blend"):
             y_val = check_labels(y_val, "classification", len(X_val), where="y_val")
-            P_val = self.member_probs(X_val)
+            P_val = self.member_probs(X_val) if val_probs is None else val_probs
         if self.method == "weighted":
             # weight by validation skill over chance: accuracy minus the majority share
             prior = np.bincount(y_val, minlength=len(CLASSES)).max() / max(len(y_val), 1)
@@ -110,8 +113,10 @@ class EnsembleModel(Model):
             raise ValueError("the meta-learner needs at least two classes among its rows")
         meta = LogisticRegression(C=self.C, max_iter=1000)
         meta.fit(meta_features(P), y)
-        coef = np.zeros((len(CLASSES), P.shape[1] * len(CLASSES)))
-        intercept = np.full(len(CLASSES), -30.0)  # classes never seen get ~0 probability
+        coef: np.ndarray = np.zeros((len(CLASSES), P.shape[1] * len(CLASSES)))
+        intercept: np.ndarray = np.full(
+            len(CLASSES), -30.0
+        )  # classes never seen get ~0 probability
         classes = meta.classes_.astype(int)
         if len(classes) == 2:  # sklearn's binary form: one row for the second class
             coef[classes[1]], intercept[classes[1]] = meta.coef_[0], meta.intercept_[0]
@@ -158,5 +163,5 @@ class EnsembleModel(Model):
         model.weights_ = np.asarray(manifest["weights"], dtype=np.float64)
         if "meta" in manifest:
             model.coef_ = np.asarray(manifest["meta"]["coef"], dtype=np.float64)
-            model.intercept_ = np.asarray(manifest["meta"]["intercept"], dtype=np.float64)
+            model.intercept_ = np.asarray(manifest["meta"]["intercept"], dtype=np.float64).ravel()
         return model

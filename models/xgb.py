@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import numpy as np
 import xgboost as xgb
@@ -132,7 +132,10 @@ class XGBoostModel(Model):
         return probs / probs.sum(axis=1, keepdims=True)
 
     def feature_importance(self) -> dict[int, float]:
-        gain = self.booster_.get_score(importance_type="gain")
+        gain = {
+            name: float(cast(float, value))
+            for name, value in self.booster_.get_score(importance_type="gain").items()
+        }
         total = sum(gain.values()) or 1.0
         return {i: float(gain.get(f"f{i}", 0.0)) / total for i in range(self.n_features_)}
 

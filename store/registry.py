@@ -316,7 +316,8 @@ def update_run(
     """Record a run's progress as it happens; a final status also stamps `finished`."""
     if status is not None and status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}")
-    sets, params = [], []
+    sets: list[str] = []
+    params: list[object] = []
     for column, value in (
         ("status", status),
         ("progress", progress),

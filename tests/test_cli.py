@@ -30,12 +30,48 @@ def csv_2000(tmp_path: Path) -> Path:
     return path
 
 
+def _command_paths() -> list[list[str]]:
+    """Every command and group of the CLI, walked from the typer app itself."""
+    import typer.main
+
+    from tui.cli import app
+
+    paths: list[list[str]] = []
+
+    def walk(command, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
 def test_every_command_has_help(tmp_path: Path) -> None:
-    for args in ([], ["data"], ["data", "import"], ["data", "fetch"], ["data", "status"], ["train"],
-                 ["models", "list"], ["tui"], ["run"]):
+    paths = _command_paths()
+    assert len(paths) > 20 and ["data", "stream"] in paths and ["models", "compare"] in paths
+    for args in paths:
         result = upquant(tmp_path, *args, "--help")
         assert result.returncode == 0, (args, result.stderr)
-        assert "Usage" in result.stdout
+        assert "Usage" in result.stdout and len(result.stdout.split("\n")) > 4, args
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "xgboost"], "Missing argument 'market'"),
+        (["tui", "--threshold", "abc"], "Invalid value for '--threshold'"),
+        (["data", "status", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_a_malformed_command_line_is_one_error_line_and_a_hint(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = upquant(tmp_path, *args)
+    assert result.returncode == 2
+    first, hint = result.stderr.strip().split("\n")
+    assert first.startswith("error:") and message in first
+    assert hint == f"hint: see `upquant {' '.join(args[: 2 if args[0] == 'data' else 1])} --help`"
 
 
 def test_import_status_and_idempotent_reimport(tmp_path: Path, csv_2000: Path) -> None:
@@ -98,6 +134,16 @@ def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: 
     }
     listed = json.loads(upquant(tmp_path, "models", "list", "--json").stdout)
     assert [m["ref"] for m in listed] == ["xgboost-KRW-BTC-1@1"]
+    table = upquant(tmp_path, "train", "xgboost", "KRW-BTC", "--n-estimators", "10", "--no-promote")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("xgboost-KRW-BTC-1@2 (id 2, candidate")
+    header = next(line for line in lines if "test part" in line and "accuracy" in line)
+    assert "macro F1" in header
+    model_row = next(line for line in lines if line.startswith("│ xgboost-KRW-BTC-1@2 "))
+    baseline = next(line for line in lines if "majority-class baseline" in line)
+    for row in (model_row, baseline):  # accuracy, macro F1 and log-loss figures in each row
+        assert len([c for c in row.split("│") if c.strip().replace(".", "").isdigit()]) == 3
     unknown = upquant(tmp_path, "train", "svm", "KRW-BTC", "--unit", "1")
     assert unknown.returncode == 1 and "unknown model kind 'svm'" in unknown.stderr
 

@@ -192,3 +192,19 @@ async def test_a_sequence_model_reads_its_window_live_as_in_batch(con, btc_1m: p
     batch = compute_features(stored, loaded.feature_spec, unit="1")
     expected = loaded.model.predict_proba(batch.to_numpy(np.float32))[-20:]
     np.testing.assert_allclose(np.vstack(probs), expected, rtol=1e-4, atol=1e-5)
+
+
+async def test_an_unexpected_error_before_inference_still_falls_back_to_the_rule(
+    con, trained: LoadedModel
+) -> None:
+    class Unready(LoadedModel):
+        def latest_rows(self, features: pd.DataFrame) -> np.ndarray:
+            raise KeyError("rsi_14")
+
+    engine = LiveEngine(con, "KRW-BTC", "1", mode="replay",
+                        model=Unready(trained.record, trained.model, trained.feature_spec))
+    stored = load_candles(con, "KRW-BTC", "1")
+    engine.prime(stored.iloc[:-2])
+    await replay(engine, stored.iloc[-2:])
+    assert [s.source for s in engine.signals] == ["sma-cross(10,30)"] * 2
+    assert all("fallback: model failed: KeyError: 'rsi_14'" in s.reason for s in engine.signals)

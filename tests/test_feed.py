@@ -334,3 +334,74 @@ async def test_upbit_live_drives_the_engine_from_the_feed(
     assert "no champion" in engine.signals[0].reason
     assert list(engine.history["ts"]) == [data[0]["ts"], data[1]["ts"]]
     assert len(load_candles(con, "KRW-BTC", "1")) == 3  # the forming candle too
+
+
+async def test_a_session_goes_live_when_upbit_answers_and_the_banner_follows_the_socket(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.live import StatusEvent
+    from engine.session import open_session
+
+    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    history = candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=600), 600)
+    async with FakeUpbit(history) as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        session = await open_session(con, "KRW-BTC", "1", probe_timeout=5)
+        assert session.mode == "live" and session.banner.startswith("LIVE · Upbit · KRW-BTC 1m")
+        engine = session.engine
+        # the trailing window came from REST: the stored closed candles up to now
+        assert len(engine.history) == engine.window
+        assert engine.history["ts"].iloc[-1] == history["ts"].iloc[-1]
+        states: list[bool] = []
+        engine.subscribe(
+            lambda e: states.append(e.connected)
+            if isinstance(e, StatusEvent) and e.connected is not None
+            else None
+        )
+        task = asyncio.create_task(session.runner)
+        await fake.wait_subscribed()
+        await until(lambda: states[-1:] == [True])
+        for row in candles_of("KRW-BTC", bucket, 2, seed=5).to_dict("records"):
+            await fake.play(forming_frames("KRW-BTC", row, steps=2))
+        await until(lambda: len(engine.signals) == 1)
+        await fake.drop_connections()
+        await until(lambda: False in states)  # the drop is announced as disconnected
+        await until(lambda: states[-1] is True, timeout=15)  # and the reconnect as connected
+        await stop(task)
+    assert engine.signals[0].ts == bucket and engine.signals[0].market == "KRW-BTC"
+
+
+async def test_a_session_replays_stored_candles_when_upbit_is_unreachable(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from engine.session import open_session
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("UPQUANT_UPBIT_REST_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("UPQUANT_UPBIT_WS_URL", f"ws://127.0.0.1:{port}/websocket/v1")
+    upsert_candles(con, candles_of("KRW-BTC", T0, 700))
+    session = await open_session(con, "KRW-BTC", "1", replay_delay=0, probe_timeout=5)
+    assert session.mode == "replay"
+    assert session.banner.startswith("Upbit unreachable (") and "REPLAY of" in session.banner
+    played = await session.runner
+    assert played == 700 - session.engine.window == len(session.engine.signals)
+
+
+async def test_a_market_upbit_does_not_list_is_not_called_unreachable(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.session import open_session
+
+    async with FakeUpbit(candles_of("KRW-BTC", T0, 10)) as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        session = await open_session(con, "KRW-NOPE", "1", replay_delay=0, probe_timeout=5)
+        session.runner.close()
+    assert session.mode == "demo"
+    assert session.banner.startswith("Upbit answered with an error (")
+    assert "does not know market 'KRW-NOPE'" in session.banner

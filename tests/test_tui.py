@@ -276,3 +276,25 @@ def test_help_screen_snapshot(con, snap_compare):
         await pilot.press("?")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=open_help)
+
+
+async def test_a_live_banner_says_disconnected_while_the_socket_is_down(con):
+    from engine.live import StatusEvent
+
+    live_banner = "LIVE · Upbit · KRW-BTC 1m · no champion model for KRW-BTC unit 1"
+    app = UpquantApp(con, session_factory=demo_factory(con, 5, banner=live_banner, mode="live"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        banner = app.screen.query_one(SessionBanner)
+        assert banner.text == live_banner and banner.has_class("-live")
+        engine = app.session.engine
+        engine.publish(StatusEvent("Upbit stream dropped (reset); reconnecting in 1.2s", "warning",
+                                   connected=False))
+        await pilot.pause()
+        assert banner.has_class("-warning") and banner.text.startswith("DISCONNECTED · Upbit stream dropped")
+        engine.publish(StatusEvent("a status that is not about the socket", "info"))
+        await pilot.pause()
+        assert banner.text.startswith("DISCONNECTED")
+        engine.publish(StatusEvent("Upbit live: streaming 1 markets 1m", "info", connected=True))
+        await pilot.pause()
+        assert banner.text == live_banner and banner.has_class("-live")

@@ -150,10 +150,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("[red]aborted[/]")
         sys.exit(130)
-    except typer.TyperException as exc:  # usage errors: typer prints them with the usage line
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
+    except typer.TyperException as exc:  # a malformed command line: one line, a hint, exit 2
+        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False)
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            err.print(f"hint: see `{ctx.command_path} --help`", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:
         if state["debug"]:

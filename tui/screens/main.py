@@ -59,6 +59,7 @@ class MainScreen(Screen[None]):
         super().__init__()
         self.market, self.unit = market, unit
         self.engine: LiveEngine | None = None
+        self.live_banner: str | None = None  # a live session's banner while connected
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -84,6 +85,7 @@ class MainScreen(Screen[None]):
     def on_main_screen_session_opened(self, message: SessionOpened) -> None:
         session = message.session
         self.engine = engine = session.engine
+        self.live_banner = session.banner if session.mode == "live" else None
         self.query_one(SessionBanner).show(
             session.banner, "live" if session.mode == "live" else "warning"
         )
@@ -107,6 +109,14 @@ class MainScreen(Screen[None]):
             self.query_one(CandleChart).mark_signal(event.signal.ts, event.signal.action)
         elif isinstance(event, StatusEvent):
             self.query_one(StatusLine).show(event.text, event.level)
+            if event.connected is not None and self.live_banner is not None:
+                # the banner must not say LIVE while the socket is down and reconnecting
+                self.query_one(SessionBanner).show(
+                    self.live_banner
+                    if event.connected
+                    else f"DISCONNECTED · {event.text} · {self.live_banner}",
+                    "live" if event.connected else "warning",
+                )
 
     def on_main_screen_session_status(self, message: SessionStatus) -> None:
         self.query_one(StatusLine).show(message.text, message.level)
