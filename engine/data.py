@@ -25,9 +25,9 @@ from store.candles import (
     missing_ranges,
     resample,
     store_fetched,
-    transaction,
     upsert_candles,
 )
+from store.db import transaction
 
 if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
     from upbit import AsyncUpbit

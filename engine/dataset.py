@@ -2,8 +2,8 @@
 
 Rows are dropped, never filled: the feature warm-up (and rows whose window crosses a long
 gap), candles without a label (the last `horizon`, or a label window crossing a gap), and
-optionally flagged outlier candles. Anything learned from data (`FittedScaler`) is fitted on
-the training part only and records the period it was fitted on.
+optionally flagged outlier candles. Anything learned from data (the models' Standardizer,
+thresholds) is fitted on the training part only.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
 
 import duckdb
 import numpy as np
@@ -37,7 +36,9 @@ from store.candles import load_candles
 class Dataset:
     """Aligned rows: features X, labels y (class index, or forward log return for
     regression), their candle ts, and `label_end` (ts of the last candle each label may look
-    at, for purging). `dropped` counts the rows left out, by reason."""
+    at, for purging). `dropped` counts the rows left out, by reason. `candle_ts`: every
+    candle the rows were built from, so splits cut candles and no later candle's values can
+    move a cut (engine.splits)."""
 
     X: np.ndarray
     y: np.ndarray
@@ -45,6 +46,7 @@ class Dataset:
     columns: list[str]
     label_end: pd.DatetimeIndex | None = None
     dropped: dict[str, int] = field(default_factory=dict)
+    candle_ts: pd.DatetimeIndex | None = None
 
 
 def build_dataset(
@@ -78,71 +80,23 @@ def build_dataset(
         columns=list(features.columns),
         label_end=pd.DatetimeIndex(labels["end"].to_numpy()[keep]),
         dropped=dropped,
+        candle_ts=features.index,
     )
 
 
 def split_dataset(data: Dataset, spec: SplitSpec) -> Split:
-    """Chronological train/validation/test, purged by the rows' label end times."""
-    return chronological_split(len(data.y), spec, ts=data.ts, label_end=data.label_end)
+    """Chronological train/validation/test of the dataset's candles, purged by the rows'
+    label end times."""
+    return chronological_split(
+        len(data.y), spec, ts=data.ts, label_end=data.label_end, candle_ts=data.candle_ts
+    )
 
 
 def walk_forward_dataset(data: Dataset, spec: WalkForwardSpec) -> Iterator[Fold]:
-    """Walk-forward folds, purged by the rows' label end times."""
-    return walk_forward(len(data.y), spec, ts=data.ts, label_end=data.label_end)
-
-
-class FittedScaler:
-    """Standardises features with the mean and std of the training rows only.
-
-    Follows scikit-learn's conventions (learned state ends with `_`, `fit` returns self) and
-    Qlib's: the fit period is recorded (`fit_from_`, `fit_to_`) and stored with the scaler.
-    Constant columns keep scale 1, so they stay constant rather than turning into NaN.
-    """
-
-    def fit(self, X: np.ndarray, ts: pd.DatetimeIndex | None = None) -> Self:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or len(X) == 0:
-            raise ValueError(f"scaler needs a non-empty 2-D array of rows, got shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("scaler input has NaN or inf: drop undefined rows before fitting")
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
-        self.n_rows_ = len(X)
-        self.fit_from_ = None if ts is None or len(ts) == 0 else pd.Timestamp(ts[0]).isoformat()
-        self.fit_to_ = None if ts is None or len(ts) == 0 else pd.Timestamp(ts[-1]).isoformat()
-        return self
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "mean_"):
-            raise ValueError("scaler is not fitted: call fit on the training rows first")
-        X = np.asarray(X, dtype=np.float64)
-        if X.shape[-1] != len(self.mean_):
-            raise ValueError(f"scaler was fitted on {len(self.mean_)} columns, got {X.shape[-1]}")
-        return ((X - self.mean_) / self.scale_).astype(np.float32)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean_.tolist(),
-            "scale": self.scale_.tolist(),
-            "rows": self.n_rows_,
-            "fit_from": self.fit_from_,
-            "fit_to": self.fit_to_,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FittedScaler:
-        scaler = cls()
-        scaler.mean_ = np.asarray(data["mean"], dtype=np.float64)
-        scaler.scale_ = np.asarray(data["scale"], dtype=np.float64)
-        scaler.n_rows_ = int(data["rows"])
-        scaler.fit_from_, scaler.fit_to_ = data.get("fit_from"), data.get("fit_to")
-        return scaler
-
-
-def fit_scaler(data: Dataset, split: Split) -> FittedScaler:
-    """A scaler fitted on the training part of `split` only."""
-    return FittedScaler().fit(data.X[split.train], data.ts[split.train])
+    """Walk-forward folds over the dataset's candles, purged by the rows' label end times."""
+    return walk_forward(
+        len(data.y), spec, ts=data.ts, label_end=data.label_end, candle_ts=data.candle_ts
+    )
 
 
 # --- feature files and stored-candle reports (for `upquant features`) -------------------------

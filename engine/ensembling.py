@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 from engine.dataset import Dataset
 from engine.predict import predict_rows
@@ -59,6 +60,33 @@ def resolve_members(
         if r.params.get("task", "classification") != "classification":
             raise ValueError(f"member {r.ref} is a regressor; ensembles combine classifiers")
     return records
+
+
+def check_member_periods(
+    records: list[ModelRecord], data: Dataset, split: Split, method: str
+) -> None:
+    """Members must not have learned from the rows the ensemble is judged on: their training
+    and early-stopping rows end before its test part, and for the combiners fitted on the
+    validation part (weighted, blend) their training rows end before that part."""
+    test_from = data.ts[split.test[0]]
+    validation_from = data.ts[split.validation[0]]
+    for r in records:
+        tags = r.tags or {}
+        if "train_to" not in tags:
+            continue  # registered before training periods were recorded
+        seen_to = pd.Timestamp(tags.get("validation_to") or tags["train_to"])
+        if seen_to >= test_from:
+            raise ValueError(
+                f"member {r.ref} was trained or early-stopped on candles up to {seen_to}, inside"
+                f" the ensemble's test part (from {test_from}); train the members with the"
+                " ensemble's split (--train/--validation) or give the ensemble a later one"
+            )
+        train_to = pd.Timestamp(tags["train_to"])
+        if method in ("weighted", "blend") and train_to >= validation_from:
+            raise ValueError(
+                f"member {r.ref} was trained on candles up to {train_to}, inside the"
+                f" validation part (from {validation_from}) that {method} fits its combiner on"
+            )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ Two numbers describe each column (`FeatureSpec.column_info`):
   warm-up + 1; recursive indicators (EMA, Wilder's RMA, MACD, RSI, ATR, ADX) have infinite
   memory in theory, so theirs is the length after which the start of history no longer moves
   the value (`recursive_warmup` measures it on real data; tests hold it under `memory`).
+  compute_features leaves a column NaN for its first max(warm-up, memory - 1) rows, at the
+  start of a series as after a break: every kept value equals what any longer history
+  gives, so training rows are the rows the live engine can reproduce.
   The live engine keeps `FeatureSpec.window()` >= every memory, so its trailing-window
   features equal the full-history (training) features.
 
@@ -21,8 +24,8 @@ rather than compute per segment: same values, one vectorised pass, no per-segmen
 
 Indicators come from pandas-ta with `talib=spec.talib` passed explicitly, except where
 pandas-ta 0.4.71b0 is wrong or leaks: its `non_zero_range` adds epsilon to *every* row when
-*any* row (future ones included) has a zero range (Stochastic, Bollinger %B; visible on coins
-priced near 1 KRW), its rolling variance drifts with history length (Bollinger width off by
+*any* row (future ones included) has a zero range (Stochastic, Bollinger %B, and the true
+range under ATR and ADX; visible on coins priced near 1 KRW), its rolling variance drifts with history length (Bollinger width off by
 ~6e-6 relative after 1M candles), its CCI has an operator-precedence bug, and its ADX spends
 95 % of its time in a per-element `apply`. Those are computed here from pandas-ta's building
 blocks or exact window kernels; tests compare each with pandas-ta.
@@ -135,8 +138,9 @@ class FeatureSpec:
         return list(self._plan.info)
 
     def warmup(self) -> int:
-        """Candles before the first row where every feature is defined."""
-        return max(w for w, _ in self.column_info().values())
+        """Candles before the first row that compute_features keeps: every feature defined
+        and no longer moved by where the history starts (to 1e-9 relative)."""
+        return max(max(w, m - 1) for w, m in self.column_info().values())
 
     def memory(self) -> int:
         """Trailing candles the newest row depends on (to 1e-9 relative)."""
@@ -732,9 +736,32 @@ def _true_range(c: _Candles) -> np.ndarray:
     return np.fmax(c.high - c.low, np.fmax(np.abs(c.high - prev), np.abs(prev - c.low)))
 
 
+def _atr_series(c: _Candles, talib: bool, length: int, prenan: bool = False) -> np.ndarray:
+    """pandas-ta's ATR (its true range, SMA seed and `ta.rma`; TA-Lib's ATR when pinned)
+    without `non_zero_range`'s epsilon, which a flat candle anywhere, later ones included,
+    adds to every true range."""
+    if talib:
+        atr = ta.atr(
+            c.series("high"),
+            c.series("low"),
+            c.series("close"),
+            length=length,
+            talib=True,
+            prenan=prenan,
+        )
+        return _np(atr, len(c))
+    tr = _true_range(c)
+    if prenan:
+        tr[0] = np.nan
+    seeded = np.full(len(c), np.nan)
+    if len(c) > length:
+        seeded[length - 1] = np.nanmean(tr[:length]) if np.isfinite(tr[:length]).any() else np.nan
+        seeded[length:] = tr[length:]
+    return _np(ta.rma(pd.Series(seeded), length=length, talib=False), len(c))
+
+
 def _atr(c: _Candles, talib: bool, length: int) -> Arrays:
-    atr = ta.atr(c.series("high"), c.series("low"), c.series("close"), length=length, talib=talib)
-    return {f"atr_{length}": _np(atr, len(c)) / c.close}
+    return {f"atr_{length}": _atr_series(c, talib, length) / c.close}
 
 
 def _atr_latest(c: _Candles, m: int, length: int) -> Arrays:
@@ -800,20 +827,13 @@ def _adx_from(atr: np.ndarray, c: _Candles, length: int, rma: Callable[..., np.n
 
 
 def _adx(c: _Candles, talib: bool, length: int) -> Arrays:
-    atr = ta.atr(
-        c.series("high"),
-        c.series("low"),
-        c.series("close"),
-        length=length,
-        talib=talib,
-        prenan=True,
-    )
+    atr = _atr_series(c, talib, length, prenan=True)
 
     def rma(x: np.ndarray, n: int) -> np.ndarray:
         return _np(ta.rma(pd.Series(x), length=n), len(x))
 
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _adx_from(_np(atr, len(c)), c, length, rma)
+        return _adx_from(atr, c, length, rma)
 
 
 def _adx_latest(c: _Candles, m: int, length: int) -> Arrays:
@@ -1256,6 +1276,12 @@ def _since_break(ts: np.ndarray, step_ns: int, max_gap: int | None) -> np.ndarra
 
 def _raw(spec: FeatureSpec, data: _Candles, m: int | None) -> Arrays:
     """Every column before masking: full columns (m None, batch) or the last m values."""
+    if spec.talib and not _talib_importable():
+        # pandas-ta would quietly compute natively: other values than the spec was made with
+        raise ValueError(
+            "the feature spec pins talib=true but TA-Lib is not importable here; install"
+            " TA-Lib (pip install TA-Lib) or use a spec with talib=false"
+        )
     raw: Arrays = {}
     for kind, params in spec._plan.steps:
         if kind.name == "lag":
@@ -1290,7 +1316,8 @@ def compute_features(
     for j, (col, (warmup, memory)) in enumerate(plan.info.items()):
         column = out[:, j]
         column[:] = raw[col]
-        column[:warmup] = np.nan
+        # warm-up rows, and rows whose value still depends on where the history starts
+        column[: max(warmup, memory - 1)] = np.nan
         infinite = np.isinf(column)  # a ratio over a zero: undefined, not huge
         if infinite.any():
             column[infinite] = np.nan
@@ -1324,7 +1351,7 @@ def compute_latest(
     values = np.empty(len(plan.info))
     for i, (col, (warmup, memory)) in enumerate(plan.info.items()):
         value = raw[col][-1]
-        if newest < warmup or since_break < memory - 1 or math.isinf(value):
+        if newest < max(warmup, memory - 1) or since_break < memory - 1 or math.isinf(value):
             value = np.nan
         values[i] = value
     return pd.Series(values, index=plan.index, name=stamps[-1], copy=False)

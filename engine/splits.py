@@ -5,8 +5,13 @@ reaches into the next part: with label end times (`Dataset.label_end`), a row go
 label end is at or after the first timestamp of the next part; without them, the last
 `horizon` rows go. **Embargo** then drops the first `embargo` rows of the next part, so
 serially correlated neighbours of the boundary stay out of both. Split membership depends
-only on row count, timestamps and label ends (t + horizon), never on prices, so changing
-candles after t cannot move a row at or before t into another part.
+only on timestamps and label ends (t + horizon), never on prices or volumes.
+
+Given `candle_ts` (the timestamps of every candle the rows were built from), the fractions
+cut the candles, not the surviving rows, and purge against the cut's own timestamp: whether
+a later candle's values leave its row defined (a zero volume, a flagged outlier) then moves
+no cut, so changing candles after t cannot move a row at or before t into another part.
+Without it the fractions count rows.
 """
 
 from __future__ import annotations
@@ -147,18 +152,51 @@ class _Purger:
         else:
             raise ValueError("purge needs the label horizon or label end times")
 
-    def stop(self, start: int, boundary: int) -> int:
-        """End (exclusive) of the part [start, boundary) once purged against `boundary`."""
+    def stop(self, start: int, boundary: int, cut: int | None = None) -> int:
+        """End (exclusive) of the part [start, boundary) once purged against the next part,
+        which starts at row `boundary`, or at time `cut` (ns) when the cut is a candle's."""
         if self.rows is not None:
             return max(boundary - self.rows, start)
         assert self.ts is not None and self.end is not None
-        if boundary >= len(self.ts):
+        if cut is None and boundary >= len(self.ts):
             return boundary
         # label ends (t + horizon) rise with t, so the part stops at the first row that
         # reaches the next part; with any other order, stopping there only purges more
-        first = self.ts[boundary]
+        first = self.ts[boundary] if cut is None else cut
         reaching = np.flatnonzero(self.end[start:boundary] >= first)
         return start + int(reaching[0]) if len(reaching) else boundary
+
+
+class _Cuts:
+    """Turns a position among the cut units (rows, or candles when `candle_ts` is given) into
+    the first row at or after it, and the cut's timestamp (ns) for purging."""
+
+    def __init__(
+        self,
+        n: int,
+        ts: pd.DatetimeIndex | np.ndarray | None,
+        candle_ts: pd.DatetimeIndex | np.ndarray | None,
+    ) -> None:
+        self.n = n
+        self.grid: np.ndarray | None = None
+        if candle_ts is not None:
+            if ts is None:
+                raise ValueError("cutting by candles needs the rows' ts")
+            self.grid = pd.DatetimeIndex(candle_ts).as_unit("ns").asi8
+            self.rows_ts = pd.DatetimeIndex(ts).as_unit("ns").asi8
+        self.units = n if self.grid is None else len(self.grid)
+
+    def row(self, position: int) -> int:
+        if self.grid is None:
+            return position
+        if position >= self.units:
+            return self.n
+        return int(np.searchsorted(self.rows_ts, self.grid[position]))
+
+    def time(self, position: int) -> int | None:
+        if self.grid is None or position >= self.units:
+            return None
+        return int(self.grid[position])
 
 
 def chronological_split(
@@ -168,14 +206,18 @@ def chronological_split(
     *,
     ts: pd.DatetimeIndex | np.ndarray | None = None,
     label_end: pd.DatetimeIndex | np.ndarray | None = None,
+    candle_ts: pd.DatetimeIndex | np.ndarray | None = None,
 ) -> Split:
-    """Row positions of train, validation and test for `n` time-ordered rows."""
+    """Row positions of train, validation and test for `n` time-ordered rows; the fractions
+    cut `candle_ts` when given (see the module docstring), else the rows."""
     purger = _Purger(n, spec.purge, horizon, ts, label_end)
-    train_end = int(n * spec.train)
-    val_end = int(n * (spec.train + spec.validation))
-    train = np.arange(0, purger.stop(0, train_end))
+    cuts = _Cuts(n, ts, candle_ts)
+    train_cut = int(cuts.units * spec.train)
+    val_cut = int(cuts.units * (spec.train + spec.validation))
+    train_end, val_end = cuts.row(train_cut), cuts.row(val_cut)
+    train = np.arange(0, purger.stop(0, train_end, cuts.time(train_cut)))
     val_start = min(train_end + spec.embargo, val_end)
-    validation = np.arange(val_start, purger.stop(val_start, val_end))
+    validation = np.arange(val_start, purger.stop(val_start, val_end, cuts.time(val_cut)))
     test = np.arange(min(val_end + spec.embargo, n), n)
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         if len(part) == 0:
@@ -194,26 +236,34 @@ def walk_forward(
     *,
     ts: pd.DatetimeIndex | np.ndarray | None = None,
     label_end: pd.DatetimeIndex | np.ndarray | None = None,
+    candle_ts: pd.DatetimeIndex | np.ndarray | None = None,
 ) -> Iterator[Fold]:
-    """Walk-forward folds over `n` time-ordered rows, oldest test block first."""
+    """Walk-forward folds over `n` time-ordered rows, oldest test block first; blocks cut
+    `candle_ts` when given (see the module docstring), else the rows."""
     purger = _Purger(n, spec.purge, horizon, ts, label_end)
-    block = int(n * spec.test_size) if spec.test_size is not None else n // (spec.folds + 1)
-    first_test = n - spec.folds * block
-    train_rows = int(n * spec.train_size) if spec.train_size is not None else first_test
+    cuts = _Cuts(n, ts, candle_ts)
+    units = cuts.units
+    block = int(units * spec.test_size) if spec.test_size is not None else units // (spec.folds + 1)
+    first_test = units - spec.folds * block
+    train_units = int(units * spec.train_size) if spec.train_size is not None else first_test
     if block < 1 or first_test < 1:
         raise ValueError(f"{n} rows are too few for {spec.folds} walk-forward folds")
     for k in range(spec.folds):
-        test_start = first_test + k * block
-        test_end = n if k == spec.folds - 1 else test_start + block
-        start = 0 if spec.mode == "expanding" else max(test_start - train_rows, 0)
-        window = test_start - start
-        val_start = test_start - int(window * spec.validation)
-        train = np.arange(start, purger.stop(start, val_start))
+        test_cut = first_test + k * block
+        test_start = cuts.row(test_cut)
+        test_end = n if k == spec.folds - 1 else cuts.row(test_cut + block)
+        start_cut = 0 if spec.mode == "expanding" else max(test_cut - train_units, 0)
+        start = cuts.row(start_cut)
+        val_cut = test_cut - int((test_cut - start_cut) * spec.validation)
+        val_start = cuts.row(val_cut)
+        train = np.arange(start, purger.stop(start, val_start, cuts.time(val_cut)))
         if val_start < test_start:
             first_val = min(val_start + spec.embargo, test_start)
-            validation = np.arange(first_val, purger.stop(first_val, test_start))
+            validation = np.arange(
+                first_val, purger.stop(first_val, test_start, cuts.time(test_cut))
+            )
         else:
-            train = np.arange(start, purger.stop(start, test_start))
+            train = np.arange(start, purger.stop(start, test_start, cuts.time(test_cut)))
             validation = np.arange(0)
         test = np.arange(min(test_start + spec.embargo, test_end), test_end)
         if len(train) == 0 or len(test) == 0:

@@ -21,7 +21,12 @@ import pandas as pd
 
 from engine.backtest import DEFAULT_FEE, backtest, baseline_results, sma_cross_actions
 from engine.dataset import Dataset, build_dataset, split_dataset
-from engine.ensembling import fit_ensemble, model_params, resolve_members
+from engine.ensembling import (
+    check_member_periods,
+    fit_ensemble,
+    model_params,
+    resolve_members,
+)
 from engine.features import DEFAULT_SPEC, FeatureSpec
 from engine.inference import load_record
 from engine.labels import LabelSpec
@@ -43,11 +48,9 @@ from store.db import home
 from store.registry import (
     ModelRecord,
     champion,
-    get_model,
     get_run,
     log_epoch,
     register_model,
-    set_champion,
     start_run,
     update_run,
 )
@@ -184,7 +187,9 @@ def _train(
     try:
         report = _run(con, run_id, config, progress)
     except KeyboardInterrupt:
-        update_run(con, run_id, status="interrupted", error="interrupted by the user")
+        # registering finishes the run in the same transaction: only an unfinished one was cut
+        if get_run(con, run_id).status != "finished":
+            update_run(con, run_id, status="interrupted", error="interrupted by the user")
         raise
     except Exception as exc:
         update_run(con, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -233,6 +238,7 @@ def _run(
             label_spec = LabelSpec.from_dict(records[0].label_spec)
             candles, data = load_data(con, market, unit, feature_spec, label_spec)
             split = split_dataset(data, split_spec)
+        check_member_periods(records, data, split, config["method"])
         loaded = [(r, load_record(r).model) for r in records]
         model: Model = fit_ensemble(
             loaded,
@@ -333,6 +339,7 @@ def _run(
         size=artifact.size,
         status="candidate",
         metrics=metrics,
+        promote=do_promote,
         tags={
             "run_id": run_id,
             "train_from": str(data.ts[split.train[0]]),
@@ -344,9 +351,6 @@ def _run(
         },
         run_id=run_id,
     )
-    if do_promote:
-        set_champion(con, record.id)
-        record = get_model(con, record.id)
     balance = (
         {"train": class_balance(y_train), "test": class_balance(data.y[split.test])}
         if task == "classification"

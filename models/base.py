@@ -104,13 +104,23 @@ class Standardizer:
 
     def fit(self, X: np.ndarray) -> Self:
         X64 = np.asarray(X, dtype=np.float64)
+        if X64.ndim != 2 or len(X64) == 0:
+            raise ValueError(f"scaler needs a non-empty 2-D array of rows, got shape {X64.shape}")
+        if not np.isfinite(X64).all():
+            raise ValueError("scaler input has NaN or inf: drop undefined rows before fitting")
         self.mean_ = X64.mean(axis=0)
         std = X64.std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+        X64 = np.asarray(X, dtype=np.float64)
+        if X64.shape[-1] != len(self.mean_):
+            raise ValueError(
+                f"scaler was fitted on {len(self.mean_)} columns, got {X64.shape[-1]}: the"
+                " features differ from the model's training features"
+            )
+        return ((X64 - self.mean_) / self.scale_).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"mean": self.mean_.tolist(), "scale": self.scale_.tolist()}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+
+from store.db import transaction
 
 CANDLE_COLUMNS = ["market", "unit", "ts", "open", "high", "low", "close", "volume", "value"]
 _VALUES = ["ts", "open", "high", "low", "close", "volume", "value"]
@@ -29,18 +29,6 @@ def unit_minutes(unit: str) -> int:
 def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     stamp = pd.Timestamp(moment)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """All statements inside commit together or not at all (a killed process keeps neither)."""
-    con.begin()
-    try:
-        yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
 
 
 def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +18,19 @@ def home() -> Path:
     root = Path(os.environ.get("UPQUANT_HOME") or Path.home() / ".local" / "share" / "upquant")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All statements inside commit together or not at all: an exception, Ctrl-C included,
+    rolls back, and a killed process keeps neither."""
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
 
 
 def db_path() -> Path:

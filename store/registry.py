@@ -9,6 +9,8 @@ from typing import Any
 
 import duckdb
 
+from store.db import transaction
+
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -67,11 +69,13 @@ def register_model(
     tags: dict[str, Any] | None = None,
     parent_id: int | None = None,
     run_id: int | None = None,
+    promote: bool = False,
 ) -> ModelRecord:
     """Insert a model row with the next version of `name` and its metrics, in one transaction;
-    with `run_id`, the run's per-epoch metrics and the run itself are linked to the model."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with `run_id`, the run's per-epoch metrics and the run are linked to the model and the run
+    is marked finished; with `promote`, the model becomes champion of its market/unit (the old
+    champion `retired`). All of it lands together or not at all, Ctrl-C included."""
+    with transaction(con):
         version = con.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?", [name]
         ).fetchall()[0][0]
@@ -112,11 +116,13 @@ def register_model(
             )
         if run_id is not None:
             con.execute("UPDATE metrics SET model_id = ? WHERE run_id = ?", [model_id, run_id])
-            con.execute("UPDATE training_runs SET model_id = ? WHERE id = ?", [model_id, run_id])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+            con.execute(
+                "UPDATE training_runs SET model_id = ?, status = 'finished', progress = 1.0,"
+                " finished = ? WHERE id = ?",
+                [model_id, datetime.now(UTC), run_id],
+            )
+        if promote:
+            _make_champion(con, model_id, market, unit)
     return get_model(con, model_id)
 
 
@@ -165,13 +171,17 @@ def champion(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> ModelRec
 def set_champion(con: duckdb.DuckDBPyConnection, model_id: int) -> None:
     """Make `model_id` the champion of its market/unit; the previous champion becomes `retired`."""
     record = get_model(con, model_id)
-    con.execute("BEGIN TRANSACTION")
+    with transaction(con):
+        _make_champion(con, model_id, record.market, record.unit)
+
+
+def _make_champion(con: duckdb.DuckDBPyConnection, model_id: int, market: str, unit: str) -> None:
     con.execute(
-        "UPDATE models SET status = 'retired' WHERE market = ? AND unit = ? AND status = 'champion'",
-        [record.market, record.unit],
+        "UPDATE models SET status = 'retired' WHERE market = ? AND unit = ? AND status = 'champion'"
+        " AND id <> ?",
+        [market, unit, model_id],
     )
     con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [model_id])
-    con.execute("COMMIT")
 
 
 def model_metrics(con: duckdb.DuckDBPyConnection, model_id: int) -> dict[str, dict[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,9 +73,38 @@ def test_bad_champion_artifact_falls_back_to_the_previous_version(con, three, da
 def test_tampered_ensemble_member_refuses_the_ensemble(con, three) -> None:
     refs = [three[0].ref, three[1].ref]
     ensemble = train_model(con, "ensemble", "KRW-BTC", "1", members=refs, method="soft-vote").model
-    assert load_record(ensemble).model.predict_proba is not None
+    X = np.random.default_rng(0).normal(0, 1, (5, len(three[0].params["columns"])))
+    members = [load_record(r).model.predict_proba(X) for r in three[:2]]
+    np.testing.assert_allclose(load_record(ensemble).model.predict_proba(X), np.mean(members, axis=0))
     with pytest.raises(ValueError, match="member of"):
         delete_model(con, three[0].id)
     Path(three[0].artifact).write_bytes(b"not a tar")
     with pytest.raises(ArtifactError, match="ensemble member"):
         load_record(ensemble)
+
+
+def test_ctrl_c_while_registering_keeps_neither_the_model_nor_a_finished_run(con) -> None:
+    from store.registry import get_run, list_models, register_model, start_run
+
+    class Boom(float):  # a metric value that is interrupted while its row is being written
+        def __float__(self) -> float:
+            raise KeyboardInterrupt
+
+    def register(run_id: int, metrics: dict, promote: bool):
+        return register_model(
+            con, name="m", kind="xgboost", market="KRW-BTC", unit="1", feature_spec={},
+            feature_spec_hash="h", label_spec={}, params={}, artifact="a", sha256="s", size=1,
+            status="candidate", metrics=metrics, run_id=run_id, promote=promote,
+        )
+
+    first = register(start_run(con, "xgboost", "KRW-BTC", "1", {}), {"test": {"acc": 0.5}}, True)
+    assert first.status == "champion"
+    run_id = start_run(con, "xgboost", "KRW-BTC", "1", {})
+    with pytest.raises(KeyboardInterrupt):
+        register(run_id, {"test": {"acc": Boom(0.6)}}, True)
+    assert [m.id for m in list_models(con)] == [first.id]  # the half-written row rolled back
+    assert get_model(con, first.id).status == "champion"  # and so did the promotion
+    assert get_run(con, run_id).status == "running" and get_run(con, run_id).model_id is None
+    second = register(run_id, {"test": {"acc": 0.6}}, True)
+    assert get_run(con, run_id).status == "finished" and get_run(con, run_id).model_id == second.id
+    assert get_model(con, first.id).status == "retired" and second.status == "champion"

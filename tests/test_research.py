@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 
-from engine.dataset import FittedScaler, build_dataset, fit_scaler, split_dataset
+from engine.dataset import build_dataset, split_dataset
 from engine.features import (
     DEFAULT_SPEC,
     FEATURE_KINDS,
@@ -50,6 +50,17 @@ def test_feature_spec_round_trips_and_hash_is_stable() -> None:
     assert changed.hash() != DEFAULT_SPEC.hash()
     with pytest.raises(ValueError, match="unknown kind 'nope'"):
         FeatureSpec.from_dict({"features": [{"kind": "nope"}]})
+
+
+def test_a_spec_pinned_to_talib_refuses_to_run_without_it(btc_1m: pd.DataFrame) -> None:
+    from pandas_ta.maps import Imports
+
+    if Imports.get("talib"):
+        pytest.skip("TA-Lib is importable here")
+    pinned = FeatureSpec.from_dict({**DEFAULT_SPEC.to_dict(), "talib": True})
+    for compute in (compute_features, compute_latest):
+        with pytest.raises(ValueError, match="pins talib=true but TA-Lib is not importable"):
+            compute(btc_1m.head(800), pinned)
 
 
 def test_features_are_scale_free_and_defined_after_warmup(btc_1m: pd.DataFrame) -> None:
@@ -176,12 +187,16 @@ def test_feature_spec_files_load_with_clear_errors(tmp_path: Path) -> None:
         load_feature_spec(path)
 
 
-def test_every_column_is_defined_exactly_from_its_declared_warmup(btc_valued: pd.DataFrame) -> None:
+def test_every_column_is_kept_exactly_from_its_warmup_and_memory(btc_valued: pd.DataFrame) -> None:
+    """A column is NaN until it is defined (warm-up) and no longer moved by where the history
+    starts (memory - 1 rows): recursive indicators keep only their converged rows."""
     features = compute_features(btc_valued, EVERY_KIND)
     for col, (warmup, memory) in EVERY_KIND.column_info().items():
+        first = max(warmup, memory - 1)
         defined = features[col].notna().to_numpy()
-        assert not defined[:warmup].any() and defined[warmup:].all(), col
+        assert not defined[:first].any() and defined[first:].all(), col
         assert memory > warmup, col
+    assert EVERY_KIND.warmup() == max(max(w, m - 1) for w, m in EVERY_KIND.column_info().values())
     assert {f["kind"] for f in EVERY_KIND.features} == set(FEATURE_KINDS)
 
 
@@ -237,9 +252,10 @@ def test_indicators_match_pandas_ta_where_we_compute_them_ourselves(
     for col, theirs, scale in (
         ("rsi_14", ta.rsi(close, length=14, talib=False), 100),
         ("mfi_14", ta.mfi(high, low, close, candles["volume"], length=14, talib=False), 100),
+        # ours: pandas-ta's true range without its epsilon, then its SMA seed and ta.rma
         ("atr_14", ta.atr(high, low, close, length=14, talib=False) / close, 1),
         ("sma_ratio_30", close / ta.sma(close, length=30, talib=False) - 1, 1),
-    ):  # straight from pandas-ta: only the scaling and the warm-up mask are ours
+    ):  # else straight from pandas-ta: only the scaling and the warm-up mask are ours
         np.testing.assert_allclose(ours[col] * scale, where_ours(col, theirs), rtol=1e-12)
 
 
@@ -475,26 +491,27 @@ def test_walk_forward_folds_are_purged_embargoed_and_move_forward(mode: str) -> 
         WalkForwardSpec(mode="rolling")
 
 
-def test_scaler_is_fitted_on_the_training_part_only_and_says_when(btc_1m: pd.DataFrame) -> None:
+def test_the_models_scaler_is_fitted_on_the_training_part_only(btc_1m: pd.DataFrame) -> None:
+    from models import create_model
+    from models.base import Standardizer
+
     data = build_dataset(btc_1m, DEFAULT_SPEC, LabelSpec())
     split = split_dataset(data, SplitSpec())
-    scaler = fit_scaler(data, split)
+    model = create_model("lstm", window=4, hidden=4, layers=1, epochs=1, device="cpu")
+    model.fit(data.X[split.train], data.y[split.train], data.X[split.validation], data.y[split.validation])
+    scaler = model.scaler_
     np.testing.assert_allclose(scaler.mean_, data.X[split.train].astype(np.float64).mean(axis=0))
-    assert scaler.fit_from_ == data.ts[split.train[0]].isoformat()
-    assert scaler.fit_to_ == data.ts[split.train[-1]].isoformat()
-    assert scaler.n_rows_ == len(split.train)
+    np.testing.assert_allclose(scaler.scale_, data.X[split.train].astype(np.float64).std(axis=0))
     train = scaler.transform(data.X[split.train])
     np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-4)
     test = scaler.transform(data.X[split.test])
     assert not np.allclose(test.mean(axis=0), 0, atol=1e-4)  # the test part was not looked at
-    again = FittedScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
+    again = Standardizer.from_dict(json.loads(json.dumps(scaler.to_dict())))
     np.testing.assert_array_equal(again.transform(data.X[:5]), scaler.transform(data.X[:5]))
-    constant = FittedScaler().fit(np.ones((4, 2)))
+    constant = Standardizer().fit(np.ones((4, 2)))
     np.testing.assert_array_equal(constant.transform(np.ones((1, 2))), [[0, 0]])
-    with pytest.raises(ValueError, match="not fitted"):
-        FittedScaler().transform(data.X)
     with pytest.raises(ValueError, match="NaN"):
-        FittedScaler().fit(np.array([[np.nan]]))
+        Standardizer().fit(np.array([[np.nan]]))
     with pytest.raises(ValueError, match="fitted on 39 columns"):
         scaler.transform(np.ones((2, 3)))
 

@@ -8,12 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.dataset import build_dataset, split_dataset
+from engine.features import FeatureSpec
 from engine.inference import load_champion, load_record
 from engine.labels import LabelSpec
+from engine.predict import predict_rows
+from engine.splits import SplitSpec
 from engine.training import TrainingError, train_model
 from models import create_model
 from store.artifacts import ArtifactError
-from store.candles import upsert_candles
+from store.candles import load_candles, upsert_candles
 from store.registry import champion, get_model, list_models, model_metrics
 
 FAST = {"n_estimators": 40, "device": "cpu"}
@@ -173,7 +177,33 @@ def test_ensemble_of_registered_members(con, btc_1m: pd.DataFrame, method: str) 
     assert [m["sha256"] for m in report.model.params["members"]] == [a.sha256, b.sha256]
     loaded = load_record(report.model)
     assert loaded.context == b.params["window"] - 1
-    assert 0.0 <= report.metrics["test"]["accuracy"] <= 1.0
+    # the stored test metrics are the loaded ensemble's own, on the purged test rows
+    data = build_dataset(load_candles(con, "KRW-BTC", "1"),
+                         FeatureSpec.from_dict(report.model.feature_spec),
+                         LabelSpec.from_dict(report.model.label_spec))
+    split = split_dataset(data, SplitSpec.from_dict(report.model.params["split"]))
+    probs = predict_rows(loaded.model, data.X, split.test)
+    accuracy = float((probs.argmax(axis=1) == data.y[split.test]).mean())
+    assert report.metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("member_split", "method", "message"),
+    [
+        (SplitSpec(train=0.8, validation=0.1), "soft-vote", "inside the ensemble's test part"),
+        (SplitSpec(train=0.78, validation=0.05), "blend", "inside the validation part"),
+    ],
+)
+def test_an_ensemble_refuses_members_that_learned_from_its_held_out_rows(
+    con, btc_1m: pd.DataFrame, member_split: SplitSpec, method: str, message: str
+) -> None:
+    upsert_candles(con, btc_1m.iloc[:3000])
+    a = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST).model
+    b = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST, split_spec=member_split,
+                    name="late").model
+    with pytest.raises(ValueError, match=message):
+        train_model(con, "ensemble", "KRW-BTC", "1", members=[a.ref, b.ref], method=method)
+    assert [m.name for m in list_models(con)] == ["xgboost-KRW-BTC-1", "late"]
 
 
 def test_tuning_records_its_search(con, btc_1m: pd.DataFrame) -> None:

@@ -34,7 +34,7 @@ def train(
         str, typer.Option(help="Ensemble method: vote, soft-vote, weighted, stack, blend.")
     ] = "soft-vote",
     feature_spec: Annotated[
-        Path | None, typer.Option(help="Feature spec file (JSON/YAML); default spec if omitted.")
+        Path | None, typer.Option(help="Feature spec file (JSON); default spec if omitted.")
     ] = None,
     horizon: Annotated[int, typer.Option(help="Label horizon in candles.")] = 10,
     threshold: Annotated[
@@ -43,10 +43,16 @@ def train(
     scheme: Annotated[
         str, typer.Option(help="Label scheme: fixed_horizon, triple_barrier, regression.")
     ] = "fixed_horizon",
-    train_fraction: Annotated[float, typer.Option("--train", help="Training fraction.")] = 0.7,
+    train_fraction: Annotated[
+        float, typer.Option("--train", help="Training fraction of the candles, oldest first.")
+    ] = 0.7,
     validation_fraction: Annotated[
         float, typer.Option("--validation", help="Validation fraction (early stopping).")
     ] = 0.15,
+    embargo: Annotated[
+        int,
+        typer.Option(help="Rows dropped after each cut, beyond the purge of labels that cross it."),
+    ] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     epochs: Annotated[int | None, typer.Option(help="Torch models: maximum epochs.")] = None,
@@ -113,7 +119,9 @@ def train(
             unit,
             feature_spec=spec,
             label_spec=LabelSpec(horizon=horizon, threshold=threshold, scheme=scheme),
-            split_spec=SplitSpec(train=train_fraction, validation=validation_fraction),
+            split_spec=SplitSpec(
+                train=train_fraction, validation=validation_fraction, embargo=embargo
+            ),
             params=params,
             name=name,
             promote=promote,
