@@ -757,7 +757,7 @@ def _atr_series(c: _Candles, talib: bool, length: int, prenan: bool = False) -> 
     if len(c) > length:
         seeded[length - 1] = np.nanmean(tr[:length]) if np.isfinite(tr[:length]).any() else np.nan
         seeded[length:] = tr[length:]
-    return _np(ta.rma(pd.Series(seeded), length=length, talib=False), len(c))
+    return _np(ta.rma(pd.Series(seeded), length=length), len(c))
 
 
 def _atr(c: _Candles, talib: bool, length: int) -> Arrays:
