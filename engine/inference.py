@@ -60,7 +60,7 @@ class LoadedModel:
 
     def predict_latest(self, features: pd.DataFrame) -> np.ndarray:
         """Validated (3,) probabilities for the newest row of `features`."""
-        return validate_probs(self.model.predict_proba(self.latest_rows(features))[-1])
+        return validate_probs(self.model.predict_last(self.latest_rows(features)))
 
 
 def _open(kind: str, artifact: str, sha256: str, size: int) -> Any:
@@ -130,9 +130,7 @@ async def predict_one(loaded: LoadedModel, row: np.ndarray, timeout: float = 1.0
     of rows), off the event loop, within `timeout` seconds."""
     rows = row.reshape(1, -1) if row.ndim == 1 else row
     try:
-        probs = await asyncio.wait_for(
-            asyncio.to_thread(lambda: loaded.model.predict_proba(rows)[-1]), timeout
-        )
+        probs = await asyncio.wait_for(asyncio.to_thread(loaded.model.predict_last, rows), timeout)
     except TimeoutError as exc:
         raise InferenceError(f"inference timed out after {timeout:.1f}s") from exc
     except InferenceError:

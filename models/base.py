@@ -51,6 +51,11 @@ class Model(ABC):
         """Class indices for classifiers, predicted forward log returns for regressors."""
         return self.predict_proba(X).argmax(axis=1)
 
+    def predict_last(self, X: np.ndarray) -> np.ndarray:
+        """(3,) probabilities for the newest row of X, which holds at least `context + 1` rows:
+        the live path. Equal to predict_proba(X)[-1]; kinds override it to skip the rest."""
+        return self.predict_proba(X)[-1]
+
     @abstractmethod
     def save(self, directory: Path) -> None: ...
 

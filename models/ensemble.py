@@ -137,6 +137,11 @@ class EnsembleModel(Model):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.combine(self.member_probs(X))
 
+    def predict_last(self, X: np.ndarray) -> np.ndarray:
+        X = check_features(X)
+        latest = np.stack([m.predict_last(X) for m in self.members])[None]  # (1, members, 3)
+        return self.combine(latest)[0]
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         manifest: dict[str, Any] = {

@@ -281,6 +281,23 @@ class SequenceModel(Model):
         probs = torch.softmax(self._outputs(X).double(), dim=1).numpy()
         return probs / probs.sum(axis=1, keepdims=True)
 
+    def predict_last(self, X: np.ndarray) -> np.ndarray:
+        """The newest row's probabilities from its own window only: one sample, not one per
+        row of X (the live engine passes exactly the window)."""
+        window = int(self.params["window"])
+        X = check_features(X, self.n_features_)
+        if len(X) < window:
+            return self.predict_proba(X)[-1]
+        if self.task == "regression":
+            return self.predict_proba(X[-window:])[-1]
+        self.net_.eval()
+        sample = self.scaler_.transform(X[-window:])[None]
+        device = next(self.net_.parameters()).device
+        with torch.inference_mode():
+            out = self.net_(torch.from_numpy(np.ascontiguousarray(sample)).to(device))
+        probs = torch.softmax(out.double().cpu(), dim=1).numpy()[0]
+        return probs / probs.sum()
+
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,13 @@ def test_save_load_round_trip_predicts_the_same(
     np.testing.assert_array_equal(again.predict_proba(X_te), probs)
     if task == "regression":
         np.testing.assert_array_equal(again.predict(X_te), model.predict(X_te))
+    # the live path reads only the newest row's window and gives the batch path's answer
+    for end in (model.context + 1, 40, len(X_te)):
+        np.testing.assert_allclose(
+            again.predict_last(X_te[end - model.context - 1 : end]),
+            probs[end - 1],
+            rtol=1e-5, atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
@@ -125,7 +132,7 @@ def test_ensembles_give_distributions_and_round_trip(
     X_tr, y_tr, X_va, y_va, X_te = _parts(data)
     members = [
         create_model("xgboost", **TINY["xgboost"]).fit(X_tr, y_tr, X_va, y_va),
-        create_model("xgboost", **{**TINY["xgboost"], "max_depth": 2}).fit(X_tr, y_tr, X_va, y_va),
+        create_model("lstm", **TINY["lstm"]).fit(X_tr, y_tr, X_va, y_va),
     ]
     ensemble = EnsembleModel(method, members, [{"id": 1}, {"id": 2}]).fit(X_tr, y_tr, X_va, y_va)
     probs = ensemble.predict_proba(X_te)
@@ -133,6 +140,8 @@ def test_ensembles_give_distributions_and_round_trip(
     ensemble.save(tmp_path)
     again = EnsembleModel.load(tmp_path, load_member=lambda ref: members[ref["id"] - 1])
     np.testing.assert_allclose(again.predict_proba(X_te), probs, atol=1e-12)
+    window = TINY["lstm"]["window"]
+    np.testing.assert_allclose(again.predict_last(X_te[-window:]), probs[-1], atol=1e-6)
     if method == "weighted":
         assert ensemble.weights_.sum() == pytest.approx(1.0)
 
