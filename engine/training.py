@@ -279,7 +279,8 @@ def _run(
             params = tuning.best
         model = create_model(kind, **params)
         checkpoint = None
-        total_epochs = int(model.get_params().get("epochs", 1))
+        fitted = model.get_params()  # torch: epochs; xgboost reports boosting rounds
+        total_epochs = int(fitted.get("epochs") or fitted.get("n_estimators") or 1)
         if isinstance(model, SequenceModel):
             checkpoint = _checkpoint_path(run_id)
             update_run(con, run_id, checkpoint=str(checkpoint))
@@ -289,7 +290,8 @@ def _run(
             epochs_run = epoch + 1
             log_epoch(con, run_id, epoch, metrics)
             base = 0.5 if tuning is not None else 0.0
-            update_run(con, run_id, progress=base + (1 - base) * 0.9 * epochs_run / total_epochs)
+            done = min(1.0, epochs_run / total_epochs)
+            update_run(con, run_id, progress=base + (1 - base) * 0.9 * done)
             notify(Progress("epoch", epochs_run, total_epochs, metrics))
 
         model.fit(

@@ -265,7 +265,7 @@ class SequenceModel(Model):
         X = check_features(X, self.n_features_)
         self.net_.eval()
         w = windows(self.scaler_.transform(X), int(self.params["window"]), pad=True)
-        return self._forward_all(w, next(self.net_.parameters()).device)
+        return self._forward_all(w, self._net_device())
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         out = self._outputs(X)
@@ -281,6 +281,10 @@ class SequenceModel(Model):
         probs = torch.softmax(self._outputs(X).double(), dim=1).numpy()
         return probs / probs.sum(axis=1, keepdims=True)
 
+    def _net_device(self) -> torch.device:
+        # a dynamically quantised network keeps its weights as packed params, not parameters
+        return next(self.net_.parameters(), torch.empty(0)).device
+
     def predict_last(self, X: np.ndarray) -> np.ndarray:
         """The newest row's probabilities from its own window only: one sample, not one per
         row of X (the live engine passes exactly the window)."""
@@ -292,7 +296,7 @@ class SequenceModel(Model):
             return self.predict_proba(X[-window:])[-1]
         self.net_.eval()
         sample = self.scaler_.transform(X[-window:])[None]
-        device = next(self.net_.parameters()).device
+        device = self._net_device()
         with torch.inference_mode():
             out = self.net_(torch.from_numpy(np.ascontiguousarray(sample)).to(device))
         probs = torch.softmax(out.double().cpu(), dim=1).numpy()[0]

@@ -56,7 +56,7 @@ class XGBoostModel(Model):
     def device(self) -> str:
         return resolve_device(str(self.params["device"]))
 
-    def _estimator(self) -> xgb.XGBModel:
+    def _estimator(self, on_epoch: EpochHook | None = None) -> xgb.XGBModel:
         p = self.params
         common: dict[str, Any] = {
             "n_estimators": p["n_estimators"],
@@ -72,6 +72,8 @@ class XGBoostModel(Model):
             "n_jobs": p["n_jobs"] or None,
             "tree_method": "hist",
         }
+        if on_epoch is not None:
+            common["callbacks"] = [_RoundReporter(on_epoch, int(p["n_estimators"]))]
         if self.task == "regression":
             return xgb.XGBRegressor(objective="reg:squarederror", eval_metric="rmse", **common)
         return xgb.XGBClassifier(
@@ -95,7 +97,7 @@ class XGBoostModel(Model):
         X_val = check_features(X_val, X_train.shape[1], where="X_val")
         y_train = check_labels(y_train, self.task, len(X_train), where="y_train")
         y_val = check_labels(y_val, self.task, len(X_val), where="y_val")
-        estimator = self._estimator()
+        estimator = self._estimator(on_epoch)
         estimator.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
         self.booster_ = estimator.get_booster()
         self.best_iteration_ = int(
@@ -105,10 +107,6 @@ class XGBoostModel(Model):
         if self.task == "regression":
             residual = y_val - self._raw(X_val)
             self.sigma_ = float(np.std(residual)) if len(residual) else float(np.std(y_train))
-        history = estimator.evals_result().get("validation_0", {})
-        if on_epoch is not None and history:
-            name, values = next(iter(history.items()))
-            on_epoch(self.best_iteration_, {f"val_{name}": float(values[self.best_iteration_])})
         return self
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
@@ -164,3 +162,24 @@ class XGBoostModel(Model):
         if meta.get("sigma") is not None:
             model.sigma_ = float(meta["sigma"])
         return model
+
+
+class _RoundReporter(xgb.callback.TrainingCallback):
+    """Hands the validation metric to `on_epoch` as boosting goes (about 100 reports a run,
+    and the last round), so the run's progress reaches the store while it trains; a
+    KeyboardInterrupt raised there stops training."""
+
+    def __init__(self, on_epoch: EpochHook, rounds: int) -> None:
+        super().__init__()
+        self.on_epoch = on_epoch
+        self.every = max(1, rounds // 100)
+        self.rounds = rounds
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+        if (epoch + 1) % self.every == 0 or epoch + 1 == self.rounds:
+            metrics = {
+                f"val_{name}": float(values[-1])
+                for name, values in evals_log.get("validation_0", {}).items()
+            }
+            self.on_epoch(epoch, metrics)
+        return False

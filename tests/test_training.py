@@ -36,6 +36,12 @@ def test_train_registers_a_versioned_champion_with_metrics(con, btc_1m: pd.DataF
     assert stored["test"]["accuracy"] == pytest.approx(report.metrics["test"]["accuracy"])
     assert {"validation", "test", "baseline_majority_test", "trading_model"} <= set(stored)
     assert {"trading_buy_and_hold", "trading_sma_cross"} <= set(stored)
+    from store.registry import get_run, run_epochs
+
+    rounds = run_epochs(con, report.run_id)  # boosting progress reached the store as it ran
+    assert len(rounds) >= 10 and sorted(rounds) == list(range(len(rounds)))
+    assert all(m["val_mlogloss"] > 0 for m in rounds.values())
+    assert get_run(con, report.run_id).status == "finished"
     assert sum(report.rows.values()) < len(
         btc_1m
     )  # warm-up, purge and the unlabelled tail are gone
