@@ -223,8 +223,10 @@ def trading_metrics(
 ) -> dict[str, MetricValue]:
     """Trading metrics of an equity curve marked to close, one value per candle.
 
-    - `total_return`, `cagr` (annualised by the candle unit, 24/7), `sharpe`, `sortino`
-      (annualised, per-candle returns, risk-free 0), `calmar` (CAGR / max drawdown).
+    - `total_return`, `cagr`, `sharpe`, `sortino` (per-candle returns, risk-free 0),
+      `calmar` (CAGR / max drawdown), annualised by wall time when `ts` is given (candles
+      per year as observed: Upbit has no candle for a bucket without trades, so a quiet
+      market has fewer than the unit's 24/7 count), else by the unit's 24/7 count.
     - `max_drawdown` (positive fraction), `max_drawdown_candles`, `max_drawdown_time`
       (pd.Timedelta, NaT without timestamps).
     - From `positions` (fraction of equity held at each close, 0 = flat, 1 = long):
@@ -244,6 +246,10 @@ def trading_metrics(
         values = np.asarray(equity, dtype="float64")
     n = len(values)
     per_year = periods_per_year(unit)
+    if ts is not None and n:
+        stamps = pd.DatetimeIndex(ts)
+        years = (stamps[-1] - stamps[0]).total_seconds() / 86400 / 365 + 1 / per_year
+        per_year = n / years  # the last candle's bucket counts: n gapless candles give 24/7
     nan = float("nan")
     total = float(values[-1] / initial - 1.0) if n else nan
     returns = candle_returns(values, initial) if n else values

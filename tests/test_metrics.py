@@ -165,3 +165,18 @@ def test_trading_metrics_of_an_equity_curve() -> None:
     unknown = trading_metrics(np.ones(3), "1")
     assert math.isnan(unknown["exposure"]) and math.isnan(unknown["trades"])
     assert unknown["max_drawdown_time"] is pd.NaT
+
+
+def test_a_quiet_market_is_annualised_by_wall_time_not_by_its_candle_count() -> None:
+    """Half the minutes of a year have a candle (Upbit has none for a minute without a trade);
+    doubling the equity over that year is +100 % a year, not the +300 % the count implies."""
+    n = 262_800
+    equity = np.exp(np.linspace(0.0, np.log(2.0), n))
+    every_other_minute = pd.date_range("2025-01-01", periods=n, freq="2min", tz="UTC")
+    timed = trading_metrics(equity, "1", ts=every_other_minute)
+    assert timed["cagr"] == pytest.approx(1.0, rel=1e-5)
+    assert trading_metrics(equity, "1")["cagr"] == pytest.approx(3.0, rel=1e-5)
+    gapless = pd.date_range("2025-01-01", periods=n, freq="1min", tz="UTC")
+    assert trading_metrics(equity, "1", ts=gapless)["sharpe"] == pytest.approx(
+        trading_metrics(equity, "1")["sharpe"], rel=1e-12
+    )
