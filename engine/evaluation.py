@@ -4,6 +4,7 @@ retraining with mean ± std over folds."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -149,6 +150,9 @@ def evaluate_model(
     )
 
 
+FOLD_TRADING_METRICS = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate")
+
+
 @dataclass
 class WalkForwardEvaluation:
     model: str
@@ -199,13 +203,17 @@ def walk_forward_evaluate(
         trading = trading_report(
             candles, data, fold, probs, threshold=threshold, fee=fee, unit=record.unit
         )
-        for name in ("model", "buy_and_hold", "sma_cross"):
-            row[f"{name}_return"] = float(trading[name]["total_return"])
-            row[f"{name}_sharpe"] = float(trading[name]["sharpe"])
+        for name, metrics in trading.items():  # the model and every baseline, same metrics
+            for metric in FOLD_TRADING_METRICS:
+                row[f"{name}_{metric}"] = float(metrics[metric])
         out.append(row)
     keys = [k for k in out[0] if k not in ("fold", "test_rows")]
-    mean = {k: float(np.nanmean([r[k] for r in out])) for k in keys}
-    std = {k: float(np.nanstd([r[k] for r in out], ddof=1)) if len(out) > 1 else 0.0 for k in keys}
+    with warnings.catch_warnings():  # a metric undefined in every fold (no trade) stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = {k: float(np.nanmean([r[k] for r in out])) for k in keys}
+        std = {
+            k: float(np.nanstd([r[k] for r in out], ddof=1)) if len(out) > 1 else 0.0 for k in keys
+        }
     return WalkForwardEvaluation(record.ref, out, mean, std)
 
 

@@ -22,7 +22,7 @@ from engine.backtest import (
 from engine.features import compute_features
 from engine.inference import LoadedModel, load_record
 from engine.labels import CLASS_NAMES, LabelSpec, make_label_frame
-from engine.markets import check_market
+from engine.markets import check_market, unit_timedelta_minutes
 from engine.strategy import SmaCross
 from models import Model
 from store.candles import load_candles
@@ -113,8 +113,12 @@ def predict_range(
     loaded = load_record(record)
     market = check_market(market or record.market)
     unit = record.unit
+    label_spec = LabelSpec.from_dict(record.label_spec)
+    # the candles after `end` that resolve the last labels; features never read them
+    width = pd.Timedelta(minutes=unit_timedelta_minutes(unit))
+    beyond = None if end is None else pd.Timestamp(end) + width * label_spec.horizon
     candles = load_candles(
-        con, market, unit, _lookback_start(loaded, con, market, unit, start), end
+        con, market, unit, _lookback_start(loaded, con, market, unit, start), beyond
     )
     if candles.empty:
         raise ValueError(
@@ -129,16 +133,17 @@ def predict_range(
     in_range = np.ones(len(features), dtype=bool)
     if start is not None:
         in_range &= features.index >= pd.Timestamp(start)
+    if end is not None:
+        in_range &= features.index < pd.Timestamp(end)
     rows = np.flatnonzero(defined & in_range)
     # a sequence model's window must not reach back into undefined warm-up rows
     rows = rows[rows >= np.flatnonzero(defined)[0] + loaded.context] if defined.any() else rows
     if len(rows) == 0:
         raise ValueError(f"no candle in that range has every feature defined for {record.ref}")
     probs = predict_rows(loaded.model, X, rows)
-    labels = make_label_frame(candles, LabelSpec.from_dict(record.label_spec), unit=unit)
+    labels = make_label_frame(candles, label_spec, unit=unit)
     label_values = labels["label"].to_numpy()[rows]
-    spec = LabelSpec.from_dict(record.label_spec)
-    if spec.is_classification:
+    if label_spec.is_classification:
         resolved = [
             CLASS_NAMES[int(v)] if np.isfinite(v) else None for v in label_values.astype(float)
         ]

@@ -154,3 +154,49 @@ def test_headless_run_replays_offline_and_stores_signals(tmp_path: Path, csv_200
     assert result.returncode == 0, result.stderr
     assert "REPLAY" in result.stderr and "no champion" in result.stderr
     assert "signals:" in result.stdout
+
+
+def test_registry_evaluation_and_batch_commands(tmp_path: Path, csv_2000: Path) -> None:
+    """models show/promote/compare/rollback/delete, evaluate, predict and backtest --model."""
+    upquant(tmp_path, "data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1")
+    for seed in ("1", "2"):
+        trained = upquant(tmp_path, "train", "xgboost", "KRW-BTC", "--n-estimators", "15",
+                          "--seed", seed, "--json")
+        assert trained.returncode == 0, trained.stderr
+    shown = json.loads(upquant(tmp_path, "models", "show", "xgboost-KRW-BTC-1@2", "--json").stdout)
+    assert shown["ref"] == "xgboost-KRW-BTC-1@2" and shown["status"] == "candidate"
+    assert upquant(tmp_path, "models", "promote", "xgboost-KRW-BTC-1@2").returncode == 0
+    listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
+    assert listed == {"xgboost-KRW-BTC-1@1": "retired", "xgboost-KRW-BTC-1@2": "champion"}
+    compared = json.loads(upquant(tmp_path, "models", "compare", "1", "2", "--json").stdout)
+    assert len(compared) == 2 and all("accuracy" in str(c) for c in compared.values())
+
+    evaluated = upquant(tmp_path, "evaluate", "xgboost-KRW-BTC-1@2", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["rows"] > 0 and "accuracy" in report["metrics"]["held_out"]
+    assert set(report["trading"]) == {"model", "sma_cross", "buy_and_hold", "no_trade", "majority_class"}
+    assert report["reliability"] and report["importance"]
+
+    out = tmp_path / "predictions.parquet"
+    predicted = upquant(tmp_path, "predict", "xgboost-KRW-BTC-1@2", "KRW-BTC", "--from",
+                        "2025-09-01 12:00", "--to", "2025-09-01 18:00", "--out", str(out))
+    assert predicted.returncode == 0, predicted.stderr
+    frame = pd.read_parquet(out)
+    assert len(frame) == 360 and {"p_sell", "p_hold", "p_buy", "action"} <= set(frame.columns)
+    assert frame["ts"].min() == pd.Timestamp("2025-09-01 12:00", tz="UTC")
+    assert frame["ts"].max() == pd.Timestamp("2025-09-01 17:59", tz="UTC")
+    assert frame["label"].notna().all()  # the stored candles after --to resolve the last labels
+    backtested = upquant(tmp_path, "backtest", "--model", "xgboost-KRW-BTC-1@2", "KRW-BTC",
+                         "--from", "2025-09-01 12:00", "--to", "2025-09-01 18:00", "--json")
+    assert backtested.returncode == 0, backtested.stderr
+    assert "xgboost-KRW-BTC-1@2" in backtested.stdout
+
+    assert upquant(tmp_path, "models", "rollback", "KRW-BTC").returncode == 0
+    listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
+    assert listed["xgboost-KRW-BTC-1@1"] == "champion"
+    refused = upquant(tmp_path, "models", "delete", "xgboost-KRW-BTC-1@1", "--yes")
+    assert refused.returncode == 1 and refused.stderr.startswith("error:")  # the champion stays
+    assert upquant(tmp_path, "models", "delete", "xgboost-KRW-BTC-1@2", "--yes").returncode == 0
+    listed = [m["ref"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)]
+    assert listed == ["xgboost-KRW-BTC-1@1"]

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from engine.evaluation import evaluate_model, reliability_table, walk_forward_evaluate
+from engine.evaluation import (
+    FOLD_TRADING_METRICS,
+    evaluate_model,
+    reliability_table,
+    walk_forward_evaluate,
+)
 from engine.predict import model_backtest, predict_range
 from engine.training import train_model
 from store.candles import upsert_candles
@@ -56,4 +62,11 @@ def test_walk_forward_retrains_per_fold(con, btc_1m: pd.DataFrame) -> None:
     upsert_candles(con, btc_1m.iloc[:4000])
     ref = train_model(con, "xgboost", "KRW-BTC", "1", params=FAST).model.ref
     wf = walk_forward_evaluate(con, ref, folds=2)
-    assert len(wf.folds) == 2 and {"accuracy", "majority_accuracy", "model_return"} <= set(wf.mean)
+    assert len(wf.folds) == 2 and {"accuracy", "majority_accuracy"} <= set(wf.mean)
+    for name in ("model", "buy_and_hold", "sma_cross", "majority_class", "no_trade"):
+        assert {f"{name}_{m}" for m in FOLD_TRADING_METRICS} <= set(wf.mean), name
+    for key, mean in wf.mean.items():  # mean ± std are over the folds' own figures
+        values = [f[key] for f in wf.folds]
+        if not np.isnan(values).all():
+            assert mean == pytest.approx(np.nanmean(values))
+    assert wf.folds[0]["accuracy"] != wf.folds[1]["accuracy"]  # two models, two test blocks

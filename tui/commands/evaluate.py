@@ -47,7 +47,14 @@ def evaluate(
     if walk_forward:
         if as_json:
             console.print_json(
-                json.dumps({"model": wf.model, "folds": wf.folds, "mean": wf.mean, "std": wf.std})
+                json.dumps(
+                    {
+                        "model": wf.model,
+                        "folds": [{k: _json(v) for k, v in f.items()} for f in wf.folds],
+                        "mean": {k: _json(v) for k, v in wf.mean.items()},
+                        "std": {k: _json(v) for k, v in wf.std.items()},
+                    }
+                )
             )
             return
         table = Table(
