@@ -218,3 +218,25 @@ def test_tuning_records_its_search(con, btc_1m: pd.DataFrame) -> None:
     search = report.model.params["search"]
     assert len(search["trials"]) == 3 and "max_depth" in search["space"]
     assert search["best_score"] == min(t["score"] for t in search["trials"])
+
+
+def test_tuning_in_parallel_on_walk_forward_folds_and_its_timeout(con, btc_1m: pd.DataFrame) -> None:
+    from engine.dataset import build_dataset, split_dataset
+    from engine.features import DEFAULT_SPEC
+    from engine.tuning import tune
+
+    data = build_dataset(btc_1m.iloc[:3000], DEFAULT_SPEC, LabelSpec())
+    split = split_dataset(data, SplitSpec())
+    alone = tune("xgboost", FAST, data, split, trials=3, folds=2, n_jobs=1)
+    side_by_side = tune("xgboost", FAST, data, split, trials=3, folds=2, n_jobs=2)
+    # the same candidates, scored on the same folds, whatever order the workers finish in
+    assert [(t.number, t.params["max_depth"]) for t in alone.trials] == [
+        (t.number, t.params["max_depth"]) for t in side_by_side.trials
+    ]
+    np.testing.assert_allclose([t.score for t in alone.trials],
+                               [t.score for t in side_by_side.trials], rtol=1e-6)
+    fold_scores = [t.score for t in alone.trials]
+    plain = tune("xgboost", FAST, data, split, trials=3)
+    assert [t.score for t in plain.trials] != fold_scores  # validation part, not the folds
+    with pytest.raises(ValueError, match="no trial finished within"):
+        tune("xgboost", FAST, data, split, trials=2, timeout=1e-9)
