@@ -152,5 +152,6 @@ def features_list(
     console.print(
         "warm-up: rows before a column is defined · memory: trailing candles its value depends"
         " on to 1e-9 relative (recursive indicators: until the start of history stops"
-        " mattering)" + (" · measured: the same, measured by cutting history" if measured else "")
+        " mattering) · a column is kept from row max(warm-up, memory - 1), the spec's warm-up"
+        + (" · measured: the same, measured by cutting history" if measured else "")
     )
