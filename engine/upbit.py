@@ -257,7 +257,7 @@ def _blocked_error(what: str, message: str, market: str | None) -> UpbitBlocked:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 60:
+    if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds:.0f} s ({seconds / 60:.0f} min)"
