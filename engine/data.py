@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.markets import check_market, check_unit, unit_timedelta_minutes
+from engine.markets import CANDLE_FIELDS, check_market, check_unit, unit_timedelta_minutes
 from store.candles import (
     CANDLE_COLUMNS,
     candle_status,
@@ -42,14 +42,6 @@ FORMAT_HELP = {
 }
 _TIME_COLUMNS = ("timestamp", "ts", "time", "datetime", "date", "candle_date_time")
 _INDEX_COLUMNS = ("", "index", "unnamed: 0", "__index_level_0__")
-_UPBIT_FIELDS = {
-    "open": "opening_price",
-    "high": "high_price",
-    "low": "low_price",
-    "close": "trade_price",
-    "volume": "candle_acc_trade_volume",
-    "value": "candle_acc_trade_price",
-}
 _DAY_FIELDS = ("prev_closing_price", "change_price", "change_rate")
 MAX_EXAMPLES = 10
 
@@ -188,7 +180,7 @@ def _normalize(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[pd.DataFrame, p
             out["ts"] = _times(utc_time, "UTC")
         elif kst_time is not None:
             out["ts"] = _times(kst_time, "Asia/Seoul")
-        fields = _UPBIT_FIELDS
+        fields = CANDLE_FIELDS
     else:
         stamp = (
             _column(raw, *_TIME_COLUMNS)
@@ -197,7 +189,7 @@ def _normalize(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[pd.DataFrame, p
         )
         if stamp is not None:
             out["ts"] = _times(stamp, "UTC" if fmt == "shared" else "Asia/Seoul")
-        fields = {c: c for c in _UPBIT_FIELDS}
+        fields = {c: c for c in CANDLE_FIELDS}
     absent = [name for col, name in fields.items() if col != "value" and _column(raw, name) is None]
     if "ts" not in out or absent:
         wanted = FORMAT_HELP[fmt]

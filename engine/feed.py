@@ -26,9 +26,8 @@ import numpy as np
 import pandas as pd
 
 from engine.data import fetch_markets
-from engine.markets import check_unit, unit_timedelta_minutes
+from engine.markets import CANDLE_FIELDS, check_unit, unit_timedelta_minutes
 from engine.upbit import (
-    CANDLE_FIELDS,
     PING_INTERVAL_S,
     RateLimiter,
     UpbitError,

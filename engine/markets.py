@@ -5,6 +5,15 @@ from __future__ import annotations
 import re
 
 UNITS = ("1", "3", "5", "10", "15", "30", "60", "240", "D")
+# Upbit's candle field (REST and WebSocket) for each canonical candle column.
+CANDLE_FIELDS = {
+    "open": "opening_price",
+    "high": "high_price",
+    "low": "low_price",
+    "close": "trade_price",
+    "volume": "candle_acc_trade_volume",
+    "value": "candle_acc_trade_price",
+}
 _MARKET = re.compile(r"^(KRW|BTC|USDT)-[A-Z0-9]{1,15}$")
 
 

@@ -26,7 +26,7 @@ import upbit
 import websockets
 from upbit import AsyncUpbit
 
-from engine.markets import check_unit
+from engine.markets import CANDLE_FIELDS, check_unit
 from store.candles import CANDLE_COLUMNS
 
 DEFAULT_REST_URL = "https://api.upbit.com"
@@ -41,14 +41,6 @@ _REMAINING_SEC = re.compile(r"\bsec=(\d+)")
 _MAX_RATE_LIMITED = 6  # 429s in a row before giving up (backoff 1+2+4+8+8+8 s)
 _MAX_TRANSIENT = 3  # retries for network errors, 5xx and malformed bodies
 _EPOCH = pd.Timestamp(0, tz="UTC").as_unit("ns")
-CANDLE_FIELDS = {
-    "open": "opening_price",
-    "high": "high_price",
-    "low": "low_price",
-    "close": "trade_price",
-    "volume": "candle_acc_trade_volume",
-    "value": "candle_acc_trade_price",
-}
 
 PageCallback = Callable[[pd.DataFrame], Awaitable[object] | object]
 

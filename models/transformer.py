@@ -40,8 +40,22 @@ class _EncoderNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) + self.position[:, -x.shape[1] :]
-        h = self.encoder(h)
-        return self.head(self.norm(h[:, -1]))
+        *inner, last = self.encoder.layers
+        for layer in inner:
+            h = layer(h)
+        return self.head(self.norm(_last_position(last, h)))
+
+
+def _last_position(layer: nn.TransformerEncoderLayer, h: torch.Tensor) -> torch.Tensor:
+    """The pre-norm layer's output at the last position only: it attends over every position
+    but only that query is computed, since the head reads nothing else. Equal to
+    `layer(h)[:, -1]`, at a fraction of the last layer's cost (training and serving)."""
+    normed = layer.norm1(h)
+    query = normed[:, -1:]
+    attended = layer.self_attn(query, normed, normed, need_weights=False)[0]
+    out = h[:, -1:] + layer.dropout1(attended)
+    feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(out)))))
+    return (out + layer.dropout2(feed))[:, 0]
 
 
 class TransformerModel(SequenceModel):

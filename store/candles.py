@@ -103,6 +103,21 @@ def _touch_series(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> Non
     )
 
 
+def _series_where(
+    market: str, unit: str, start: datetime | None, end: datetime | None
+) -> tuple[list[str], list[object]]:
+    """WHERE terms and parameters for one series with start <= ts < end."""
+    where = ["market = ?", "unit = ?"]
+    params: list[object] = [market, unit]
+    if start is not None:
+        where.append("ts >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("ts < ?")
+        params.append(end)
+    return where, params
+
+
 def load_candles(
     con: duckdb.DuckDBPyConnection,
     market: str,
@@ -113,14 +128,7 @@ def load_candles(
     last: int | None = None,
 ) -> pd.DataFrame:
     """Candles of one series with start <= ts < end, ascending; `last` keeps the newest N."""
-    where = ["market = ?", "unit = ?"]
-    params: list[object] = [market, unit]
-    if start is not None:
-        where.append("ts >= ?")
-        params.append(start)
-    if end is not None:
-        where.append("ts < ?")
-        params.append(end)
+    where, params = _series_where(market, unit, start, end)
     sql = f"SELECT * FROM candles WHERE {' AND '.join(where)} ORDER BY ts"
     if last is not None:
         sql = f"SELECT * FROM ({sql} DESC LIMIT {int(last)}) ORDER BY ts"
@@ -301,14 +309,7 @@ def export_candles(
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise ValueError(f"{path}: export writes .csv or .parquet, not {suffix or 'no suffix'!r}")
-    where = ["market = ?", "unit = ?"]
-    params: list[object] = [market, unit]
-    if start is not None:
-        where.append("ts >= ?")
-        params.append(start)
-    if end is not None:
-        where.append("ts < ?")
-        params.append(end)
+    where, params = _series_where(market, unit, start, end)
     stamp = "strftime(timezone('UTC', ts), '%Y-%m-%d %H:%M:%S')" if suffix == ".csv" else "ts"
     select = (
         f"SELECT {stamp} AS timestamp, open, high, low, close, volume, value FROM candles"

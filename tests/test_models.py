@@ -177,3 +177,15 @@ def test_stacking_oof_is_made_in_time_order_without_leakage(data: Dataset) -> No
     n = len(first_block)
     np.testing.assert_array_equal(again.probs[:n], oof.probs[:n])
     assert not np.array_equal(again.probs[n:], oof.probs[n:])
+
+
+def test_the_transformer_computes_only_the_last_position_of_its_last_layer() -> None:
+    from models.transformer import _EncoderNet
+
+    torch.manual_seed(0)
+    net = _EncoderNet(5, 12, 16, 3, 4, 0.1, 3).eval()
+    x = torch.randn(7, 12, 5)
+    with torch.inference_mode():
+        h = net.embed(x) + net.position
+        full = net.head(net.norm(net.encoder(h)[:, -1]))  # every position, every layer
+        np.testing.assert_allclose(net(x).numpy(), full.numpy(), rtol=1e-5, atol=1e-6)
