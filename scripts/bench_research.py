@@ -61,7 +61,8 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
 
 
 def synthetic_candles(n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """`n` one-minute candles: the real KRW-BTC 1m candle shapes tiled, returns perturbed.
+    """`n` one-minute candles: the real KRW-BTC 1m candle shapes and volumes tiled, returns
+    perturbed.
 
     Falls back to a random walk when the shared data is absent.
     """
@@ -77,10 +78,12 @@ def synthetic_candles(n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
         pick = np.resize(np.arange(len(log_ret)), n)
         log_ret = log_ret[pick] + rng.normal(0.0, 1e-4, n)
         gap, up, down = gap[pick], up[pick], down[pick]
+        volume = raw["volume"].to_numpy(dtype="float64")[1:][pick]
         source = f"{SOURCE.name} tiled {reps}× with N(0, 1e-4) log-return noise"
     else:
         log_ret = rng.normal(0.0, 1e-3, n)
         gap, up, down = np.ones(n), np.full(n, 1.0005), np.full(n, 0.9995)
+        volume = rng.gamma(2.0, 0.5, n)
         source = "random walk (shared data absent)"
     close = 1.4e8 * np.exp(np.cumsum(log_ret))
     open_ = np.concatenate(([1.4e8], close[:-1])) * gap
@@ -93,7 +96,7 @@ def synthetic_candles(n: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
             "high": np.maximum(open_, close) * up,
             "low": np.minimum(open_, close) * down,
             "close": close,
-            "volume": 1.0,
+            "volume": volume,  # real volumes: constant ones would flatter the volume kinds
         }
     )
     return frame, source
