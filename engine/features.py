@@ -1296,12 +1296,18 @@ def _raw(spec: FeatureSpec, data: _Candles, m: int | None) -> Arrays:
 
 
 def compute_features(
-    candles: pd.DataFrame, spec: FeatureSpec = DEFAULT_SPEC, *, unit: str | None = None
+    candles: pd.DataFrame,
+    spec: FeatureSpec = DEFAULT_SPEC,
+    *,
+    unit: str | None = None,
+    converged: bool = True,
 ) -> pd.DataFrame:
     """Features for every candle, indexed by `ts`; warm-up rows hold NaN (drop them, never fill).
 
     `candles` is one series (one market and unit) in the canonical candle format, ascending.
     `unit` defaults to the candles' `unit` column; it sizes the gaps that break windows.
+    `converged=False` keeps the first rows after the warm-up whose recursive values still
+    depend on where the history starts (only `recursive_warmup` wants them, to measure that).
     """
     if candles.empty:
         raise ValueError("no candles to compute features from")
@@ -1317,7 +1323,7 @@ def compute_features(
         column = out[:, j]
         column[:] = raw[col]
         # warm-up rows, and rows whose value still depends on where the history starts
-        column[: max(warmup, memory - 1)] = np.nan
+        column[: max(warmup, memory - 1) if converged else warmup] = np.nan
         infinite = np.isinf(column)  # a ratio over a zero: undefined, not huge
         if infinite.any():
             column[infinite] = np.nan
@@ -1423,13 +1429,14 @@ def recursive_warmup(
     later row computed from the cut history is compared with the full-history value. A
     column's need is 1 + the longest cut-history length that still disagreed.
     """
-    full = compute_features(candles, spec, unit=unit)
+    # unmasked by memory, or the measurement would only find the mask it is meant to check
+    full = compute_features(candles, spec, unit=unit, converged=False)
     floors = column_floors(full)
     values = full.to_numpy()
     n = len(candles)
     need = np.ones(len(full.columns), dtype=np.int64)
     for s in np.linspace(0, n, starts + 2, dtype=int)[1:-1]:
-        cut = compute_features(candles.iloc[s:], spec, unit=unit).to_numpy()
+        cut = compute_features(candles.iloc[s:], spec, unit=unit, converged=False).to_numpy()
         ok = agree(cut, values[s:], floors, tol)
         for j in range(ok.shape[1]):
             bad = np.flatnonzero(~ok[:, j])
