@@ -292,13 +292,14 @@ class SequenceModel(Model):
         X = check_features(X, self.n_features_)
         if len(X) < window:
             return self.predict_proba(X)[-1]
-        if self.task == "regression":
-            return self.predict_proba(X[-window:])[-1]
         # the net is in eval mode from fit and load; .eval() per call costs 60 us
         sample = self.scaler_.transform(X[-window:])[None]
         device = self._net_device()
         with torch.inference_mode():
-            out = self.net_(torch.from_numpy(np.ascontiguousarray(sample)).to(device))
+            out = self.net_(torch.from_numpy(np.ascontiguousarray(sample)).to(device)).float()
+        if self.task == "regression":
+            value = out[:, 0].cpu().numpy().astype(np.float64) * self.y_scale_ + self.y_mean_
+            return return_to_proba(value, self.sigma_, float(self.params["threshold"]))[0]
         probs = torch.softmax(out.double().cpu(), dim=1).numpy()[0]
         return probs / probs.sum()
 
