@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.data import fetch_markets, import_candles
 from engine.feed import LiveFeed
 from engine.upbit import RateLimiter
+from scripts.benchtable import Row, print_table
 from store.candles import upsert_candles
 from store.db import connect
 from tests.fake_upbit import FakeUpbit, candle_frame, generate_candles
@@ -70,7 +71,7 @@ def tiled_candles(rows: int) -> pd.DataFrame:
     return frame
 
 
-def bench_import(rows: int, runs: int) -> list[tuple[str, str, str, bool | None]]:
+def bench_import(rows: int, runs: int) -> list[Row]:
     frame = tiled_candles(rows)
     frame_rates, file_rates, again_rates = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +205,7 @@ class FakeProcess:
 # --------------------------------------------------------------------------- backfill
 
 
-async def bench_backfill(seconds: float) -> list[tuple[str, str, str, bool | None]]:
+async def bench_backfill(seconds: float) -> list[Row]:
     markets = [f"KRW-B{i:02d}" for i in range(20)]
     fake = FakeProcess("backfill", markets, days=4)
     os.environ["UPQUANT_UPBIT_REST_URL"] = f"http://127.0.0.1:{fake.port}"
@@ -260,12 +261,10 @@ async def bench_backfill(seconds: float) -> list[tuple[str, str, str, bool | Non
 # --------------------------------------------------------------------------- live
 
 
-async def bench_live(
-    markets_n: int, seconds: float, rates: list[float]
-) -> list[tuple[str, str, str, bool | None]]:
+async def bench_live(markets_n: int, seconds: float, rates: list[float]) -> list[Row]:
     markets = [f"KRW-M{i:03d}" for i in range(markets_n)]
     fake = FakeProcess("live", markets)
-    rows: list[tuple[str, str, str, bool | None]] = []
+    rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             con = connect(Path(tmp) / "live.duckdb")
@@ -329,7 +328,7 @@ def main() -> None:
     parser.add_argument("--only", default="import,backfill,live")
     args = parser.parse_args()
     parts = set(args.only.split(","))
-    table: list[tuple[str, str, str, bool | None]] = []
+    table: list[Row] = []
     if "import" in parts:
         table += bench_import(args.rows, args.runs)
     if "backfill" in parts:
@@ -337,13 +336,7 @@ def main() -> None:
     if "live" in parts:
         rates = [float(r) for r in args.rates.split(",")]
         table += asyncio.run(bench_live(args.markets, args.live_seconds, rates))
-    width = max(len(r[0]) for r in table)
-    value_width = max(len(r[1]) for r in table)
-    print(f"{'measure':<{width}}  {'measured':<{value_width}}  {'target':<24}  ok")
-    for name, value, target, ok in table:
-        mark = "-" if ok is None else "yes" if ok else "NO"
-        print(f"{name:<{width}}  {value:<{value_width}}  {target:<24}  {mark}")
-    print(f"({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    print_table(table, f"({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
 
 
 if __name__ == "__main__":

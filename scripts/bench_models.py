@@ -44,11 +44,11 @@ from engine.predict import predict_rows
 from engine.splits import SplitSpec
 from models import create_model
 from models.torch_base import SequenceModel, windows
+from scripts.benchtable import Row, print_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit" / "KRW-BTC_1m.csv"
 XGB_P99_MS = 0.5
 TORCH_P99_MS = 1.0
-Row = tuple[str, str, str, bool | None]
 
 
 def latency(fn: Callable[[], object], n: int = 2000) -> tuple[float, float]:
@@ -287,13 +287,9 @@ def main() -> None:
         table += bench_speed(args.quick)
     if "serving" in parts:
         table += bench_serving(args.epochs, args.quick)
-    width = max(len(r[0]) for r in table)
-    value_width = max(len(r[1]) for r in table)
-    print(f"{'measure':<{width}}  {'measured':<{value_width}}  {'target':<16}  ok")
-    for name, value, target, ok in table:
-        mark = "-" if ok is None else "yes" if ok else "NO"
-        print(f"{name:<{width}}  {value:<{value_width}}  {target:<16}  {mark}")
-    print(f"(torch {torch.__version__}, CPU, {torch.get_num_threads()} threads by default)")
+    print_table(
+        table, f"(torch {torch.__version__}, CPU, {torch.get_num_threads()} threads by default)"
+    )
 
 
 if __name__ == "__main__":
