@@ -114,9 +114,8 @@ class EnsembleModel(Model):
         meta = LogisticRegression(C=self.C, max_iter=1000)
         meta.fit(meta_features(P), y)
         coef: np.ndarray = np.zeros((len(CLASSES), P.shape[1] * len(CLASSES)))
-        intercept: np.ndarray = np.full(
-            len(CLASSES), -30.0
-        )  # classes never seen get ~0 probability
+        # classes never seen get ~0 probability
+        intercept: np.ndarray = np.full(len(CLASSES), -30.0)
         classes = meta.classes_.astype(int)
         if len(classes) == 2:  # sklearn's binary form: one row for the second class
             coef[classes[1]], intercept[classes[1]] = meta.coef_[0], meta.intercept_[0]
