@@ -25,9 +25,9 @@ rather than compute per segment: same values, one vectorised pass, no per-segmen
 Indicators come from pandas-ta with `talib=spec.talib` passed explicitly, except where
 pandas-ta 0.4.71b0 is wrong or leaks: its `non_zero_range` adds epsilon to *every* row when
 *any* row (future ones included) has a zero range (Stochastic, Bollinger %B, and the true
-range under ATR and ADX; visible on coins priced near 1 KRW), its rolling variance drifts with history length (Bollinger width off by
-~6e-6 relative after 1M candles), its CCI has an operator-precedence bug, and its ADX spends
-95 % of its time in a per-element `apply`. Those are computed here from pandas-ta's building
+range under ATR and ADX; visible on coins priced near 1 KRW), its rolling variance drifts
+with history length (Bollinger width off by ~6e-6 relative after 1M candles), its CCI has an
+operator-precedence bug, and its ADX spends 95 % of its time in a per-element `apply`. Those are computed here from pandas-ta's building
 blocks or exact window kernels; tests compare each with pandas-ta.
 
 `outlier_mask` flags candles whose return is extreme for their recent past (a mask the
