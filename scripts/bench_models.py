@@ -147,7 +147,8 @@ def bench_speed(quick: bool) -> list[Row]:
 
 
 def served_latency(label: str, model: SequenceModel, rows: np.ndarray) -> list[Row]:
-    sample = torch.from_numpy(np.array(windows(model.scaler_.transform(rows), 60, pad=False)))
+    window = int(model.params["window"])
+    sample = torch.from_numpy(np.array(windows(model.scaler_.transform(rows), window, pad=False)))
     net = model.net_.eval()
     with torch.inference_mode():
         n50, n99 = latency(lambda: net(sample), 1000)
@@ -228,7 +229,7 @@ def bench_serving(epochs: int, quick: bool) -> list[Row]:
         trained = time.perf_counter() - start
         torch.set_num_threads(1)
         reference = predict_rows(base, data.X, split.test)
-        rows = data.X[split.test[-1] - 59 : split.test[-1] + 1]
+        rows = data.X[split.test[-1] - base.context : split.test[-1] + 1]
         variants = [
             ("fp32 (as trained)", base),
             ("int8 dynamic", quantised(base)),
