@@ -126,8 +126,13 @@ class LiveEngine:
         closed = self.builder.update(candle)
         return await self.on_closed(closed) if closed is not None else None
 
-    async def on_closed(self, candle: dict[str, Any]) -> Signal:
-        """One closed candle: store it, compute features, predict, decide, log."""
+    async def on_closed(self, candle: dict[str, Any]) -> Signal | None:
+        """One closed candle: store it, compute features, predict, decide, log.
+
+        A candle older than the window's newest is too late to decide on: None.
+        """
+        if len(self.history) and candle["ts"] < self.history["ts"].iloc[-1]:
+            return None
         self._append(candle)
         self.publish(CandleEvent(candle, closed=True))
         signal, probs = await self._decide(candle["ts"])
@@ -149,8 +154,13 @@ class LiveEngine:
     def _append(self, candle: dict[str, Any]) -> None:
         row = {col: candle.get(col) for col in CANDLE_COLUMNS}
         row["market"], row["unit"] = self.market, self.unit
+        history = self.history
+        if len(history) and candle["ts"] == history["ts"].iloc[-1]:
+            # the window already holds this bucket (REST stored it before the socket closed
+            # it): the socket's final values replace it, never a second row of the same ts
+            history = history.iloc[:-1]
         self.history = pd.concat(
-            [self.history, pd.DataFrame([row])] if len(self.history) else [pd.DataFrame([row])],
+            [history, pd.DataFrame([row])] if len(history) else [pd.DataFrame([row])],
             ignore_index=True,
         ).tail(self.window)
         self._pending.append(row)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pandas as pd
 
 from engine.features import warm_up
 from engine.inference import load_champion
@@ -50,6 +51,30 @@ async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | Non
     return None
 
 
+async def backfill_window(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str, window: int
+) -> pd.DataFrame:
+    """The newest `window` closed candles (the forming bucket excluded), fetched into the store.
+
+    A candle exists only where something traded, so `window` buckets may hold fewer candles:
+    the fetch reaches back 1, 2, 4 then 8 windows until the window is full (the store's
+    coverage makes each wider fetch ask only for what it does not hold yet). A market that
+    thin leaves the window short, and the engine says so on its first candle.
+    """
+    from engine.data import fetch_into_store
+    from engine.upbit import floor_bucket
+
+    forming = floor_bucket(datetime.now(UTC), unit)
+    width = timedelta(minutes=unit_timedelta_minutes(unit))
+    closed = pd.DataFrame()
+    for span in (1, 2, 4, 8):
+        await fetch_into_store(con, market, unit, (forming - width * window * span).to_pydatetime())
+        closed = load_candles(con, market, unit, end=forming.to_pydatetime(), last=window)
+        if len(closed) >= window:
+            break
+    return closed
+
+
 async def open_session(
     con: duckdb.DuckDBPyConnection,
     market: str,
@@ -74,13 +99,7 @@ async def open_session(
         con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
     )
     if reason is None:
-        from engine.data import fetch_into_store
-
-        # window + 1 buckets back: the newest is the forming candle, the window is all closed
-        width = unit_timedelta_minutes(unit)
-        since = datetime.now(UTC) - timedelta(minutes=width * (engine.window + 1))
-        await fetch_into_store(con, market, unit, since)
-        engine.prime()
+        engine.prime(await backfill_window(con, market, unit, engine.window))
         return Session(
             engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine)
         )

@@ -152,6 +152,22 @@ async def test_closed_live_candles_are_stored_in_batches(con) -> None:
     assert len(load_candles(con, "KRW-BTC", "1")) == 89  # the last frame's candle is still forming
 
 
+async def test_a_bucket_the_window_already_holds_is_replaced_and_an_older_one_ignored(con) -> None:
+    """REST may store a bucket before the socket closes it: one row per ts, never two."""
+    candles = demo_candles(60)
+    engine = LiveEngine(con, "KRW-BTC", "1", persist_candles=False, persist_signals=False)
+    engine.prime(candles.iloc[:40])
+    newest = candles.iloc[39].to_dict()
+    final = {**newest, "close": newest["close"] * 1.01, "high": newest["high"] * 1.01}
+    signal = await engine.on_closed(final)
+    assert signal is not None and signal.ts == newest["ts"]
+    assert len(engine.history) == 40 and engine.history["ts"].is_unique
+    assert engine.history["close"].iloc[-1] == pytest.approx(final["close"])
+    late = await engine.on_closed(candles.iloc[30].to_dict())  # older than the window's newest
+    assert late is None and len(engine.signals) == 1
+    assert list(engine.history["ts"]) == list(candles["ts"].iloc[:40])
+
+
 async def test_offline_session_replays_stored_candles_else_runs_a_demo(con, btc_1m: pd.DataFrame) -> None:
     demo = await open_session(con, "KRW-BTC", "1", offline=True, replay_delay=0)
     assert demo.mode == "demo" and "DEMO" in demo.banner

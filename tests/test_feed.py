@@ -372,6 +372,34 @@ async def test_a_session_goes_live_when_upbit_answers_and_the_banner_follows_the
     assert engine.signals[0].ts == bucket and engine.signals[0].market == "KRW-BTC"
 
 
+async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No-trade minutes leave window + 1 buckets short of candles: the session reaches
+    further back; the forming candle REST also serves is not part of the window."""
+    from engine.features import warm_up
+    from engine.session import open_session
+
+    warm_up()
+    now = pd.Timestamp.now(tz="UTC")
+    if now.second >= 45:  # the session must see the same forming bucket as this test
+        await asyncio.sleep(60.5 - now.second - now.microsecond / 1e6)
+    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    history = candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=700), 701)  # the last forms
+    quiet = history["ts"].between(bucket - pd.Timedelta(minutes=200), bucket - pd.Timedelta(minutes=141))
+    history = history[~quiet].reset_index(drop=True)  # 60 minutes nothing traded
+    async with FakeUpbit(history) as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        session = await open_session(con, "KRW-BTC", "1", probe_timeout=5)
+        session.runner.close()
+    engine = session.engine
+    closed = history[history["ts"] < bucket].tail(engine.window)
+    assert closed["ts"].iloc[0] < bucket - pd.Timedelta(minutes=engine.window)  # beyond one span
+    assert list(engine.history["ts"]) == list(closed["ts"])
+    assert engine.history["ts"].is_unique and engine.history["ts"].iloc[-1] == bucket - pd.Timedelta(minutes=1)
+
+
 async def test_a_session_replays_stored_candles_when_upbit_is_unreachable(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
