@@ -81,6 +81,7 @@ class BacktestReport:
     fee: float
     slippage_bps: float
     results: dict[str, BacktestResult] = field(default_factory=dict)
+    note: str | None = None  # e.g. a bad artifact made it load the model's previous version
 
     def metrics(self) -> dict[str, dict[str, MetricValue]]:
         """Metrics by result name: the strategy first, then the baselines."""

@@ -16,7 +16,7 @@ import pandas as pd
 from engine.backtest import DEFAULT_FEE
 from engine.dataset import walk_forward_dataset
 from engine.features import FeatureSpec
-from engine.inference import load_record
+from engine.inference import load_ref
 from engine.labels import LabelSpec
 from engine.metrics import (
     classification_metrics,
@@ -44,6 +44,7 @@ class Evaluation:
     confusion: pd.DataFrame | None = None
     reliability: pd.DataFrame | None = None
     importance: list[tuple[str, float]] = field(default_factory=list)
+    note: str | None = None  # set when a bad artifact made it load the previous version
 
 
 def reliability_table(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> pd.DataFrame:
@@ -92,8 +93,8 @@ def evaluate_model(
 ) -> Evaluation:
     """Evaluate `ref` on its own test part, or on start <= ts < end when given (flagged if
     that reaches into the rows it was trained on)."""
-    record = get_model(con, ref)
-    loaded = load_record(record)
+    loaded, note = load_ref(con, ref)
+    record = loaded.record
     spec, labels = (
         FeatureSpec.from_dict(record.feature_spec),
         LabelSpec.from_dict(record.label_spec),
@@ -147,6 +148,7 @@ def evaluate_model(
         confusion=confusion,
         reliability=reliability,
         importance=ranked[:15],
+        note=note,
     )
 
 

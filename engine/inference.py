@@ -18,7 +18,7 @@ from engine.features import FeatureSpec
 from models import EnsembleModel, Model, load_model
 from store.artifacts import ArtifactError, open_artifact
 from store.db import home
-from store.registry import ModelRecord, champion, previous_models
+from store.registry import ModelRecord, champion, fallback_models, get_model
 
 
 class InferenceError(Exception):
@@ -87,18 +87,43 @@ def load_record(record: ModelRecord) -> LoadedModel:
 def load_with_fallback(
     con: duckdb.DuckDBPyConnection, record: ModelRecord
 ) -> tuple[LoadedModel | None, str]:
-    """`record` loaded, or else the newest earlier champion of its market/unit that loads,
-    with the reason saying which and why."""
+    """`record` loaded, or else the first of its fallbacks that loads (its earlier versions,
+    then the earlier champions of its market/unit), with the reason saying which and why."""
     try:
         return load_record(record), f"{record.status} {record.ref}"
     except (ArtifactError, OSError, ValueError) as exc:
         refused = f"{record.status} {record.ref} refused: {exc}"
-    for earlier in previous_models(con, record):
+    for earlier in fallback_models(con, record):
         try:
             return load_record(earlier), f"{refused}; using previous {earlier.ref}"
         except (ArtifactError, OSError, ValueError):
             continue
     return None, refused
+
+
+def load_ref(con: duckdb.DuckDBPyConnection, ref: str) -> tuple[LoadedModel, str | None]:
+    """The model `ref` names (id, `name@version` or `name`), loaded, and a note when it is not
+    the one asked for. A bare name means its newest version that passes the integrity check:
+    a bad newest artifact falls back to the previous version (the note says so). An exact
+    reference is loaded as asked or refused with ArtifactError, naming an intact earlier
+    version to use instead."""
+    record = get_model(con, ref)
+    try:
+        return load_record(record), None
+    except (ArtifactError, OSError, ValueError) as exc:
+        refused = f"{record.ref} refused: {exc}"
+    exact = ref.isdigit() or "@" in ref
+    for earlier in fallback_models(con, record):
+        if earlier.name != record.name:
+            break
+        try:
+            loaded = load_record(earlier)
+        except (ArtifactError, OSError, ValueError):
+            continue
+        if exact:
+            raise ArtifactError(f"{refused}; the previous version {earlier.ref} is intact: use it")
+        return loaded, f"{refused}; using previous version {earlier.ref}"
+    raise ArtifactError(f"{refused}; no earlier version of {record.name} is intact: retrain it")
 
 
 def load_champion(

@@ -20,13 +20,12 @@ from engine.backtest import (
     sma_cross_actions,
 )
 from engine.features import compute_features
-from engine.inference import LoadedModel, load_record
+from engine.inference import LoadedModel, load_ref
 from engine.labels import CLASS_NAMES, LabelSpec, make_label_frame
 from engine.markets import check_market, unit_timedelta_minutes
 from engine.strategy import SmaCross
 from models import Model
 from store.candles import load_candles
-from store.registry import get_model
 
 
 def predict_rows(model: Model, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -74,6 +73,7 @@ class Predictions:
     frame: pd.DataFrame  # ts, p_sell, p_hold, p_buy, action, label
     stored: int
     out: Path | None
+    note: str | None = None  # set when a bad artifact made it load the previous version
 
 
 def _lookback_start(
@@ -109,8 +109,8 @@ def predict_range(
     whose features are defined (warm-up read from earlier candles). Stored in `predictions`
     (replacing earlier rows of the same model, market and range) and, with `out`, written to
     Parquet or CSV. `label` is the resolved label where the candles after it are stored."""
-    record = get_model(con, ref)
-    loaded = load_record(record)
+    loaded, note = load_ref(con, ref)
+    record = loaded.record
     market = check_market(market or record.market)
     unit = record.unit
     label_spec = LabelSpec.from_dict(record.label_spec)
@@ -170,7 +170,7 @@ def predict_range(
             frame.to_csv(out, index=False)
         else:
             raise ValueError(f"--out {out} must end in .parquet or .csv")
-    return Predictions(record.ref, record.id, market, unit, frame, stored, out)
+    return Predictions(record.ref, record.id, market, unit, frame, stored, out, note)
 
 
 def _store(
@@ -263,4 +263,5 @@ def model_backtest(
         fee=fee,
         slippage_bps=slippage_bps,
         results=results,
+        note=predictions.note,
     )

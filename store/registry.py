@@ -208,6 +208,19 @@ def previous_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list
     return [_record(r) for r in rows]
 
 
+def fallback_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list[ModelRecord]:
+    """What to load when `record`'s artifact is bad, in order: its earlier versions (newest
+    first; not ones a user rolled back), then the earlier champions of its market/unit."""
+    versions = con.execute(
+        f"SELECT {_COLUMNS} FROM models WHERE name = ? AND version < ? AND status <> 'rolled_back'"
+        " ORDER BY version DESC",
+        [record.name, record.version],
+    ).fetchall()
+    earlier = [_record(r) for r in versions]
+    seen = {r.id for r in earlier}
+    return earlier + [r for r in previous_models(con, record) if r.id not in seen]
+
+
 def rollback(
     con: duckdb.DuckDBPyConnection, market: str, unit: str
 ) -> tuple[ModelRecord, ModelRecord]:

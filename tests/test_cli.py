@@ -192,6 +192,18 @@ def test_registry_evaluation_and_batch_commands(tmp_path: Path, csv_2000: Path) 
     assert backtested.returncode == 0, backtested.stderr
     assert "xgboost-KRW-BTC-1@2" in backtested.stdout
 
+    # a damaged artifact: the bare name serves the previous version and says so; the exact
+    # reference is refused with the way out; nothing is changed in the registry
+    Path(shown["artifact"]).write_bytes(b"damaged")
+    fell_back = upquant(tmp_path, "evaluate", "xgboost-KRW-BTC-1", "--json")
+    assert fell_back.returncode == 0, fell_back.stderr
+    assert json.loads(fell_back.stdout)["model"] == "xgboost-KRW-BTC-1@1"
+    assert "warning: xgboost-KRW-BTC-1@2 refused" in fell_back.stderr
+    assert "using previous version xgboost-KRW-BTC-1@1" in fell_back.stderr
+    exact = upquant(tmp_path, "predict", "xgboost-KRW-BTC-1@2", "KRW-BTC")
+    assert exact.returncode == 1 and exact.stderr.startswith("error: xgboost-KRW-BTC-1@2 refused")
+    assert "the previous version xgboost-KRW-BTC-1@1 is intact: use it" in exact.stderr
+
     assert upquant(tmp_path, "models", "rollback", "KRW-BTC").returncode == 0
     listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
     assert listed["xgboost-KRW-BTC-1@1"] == "champion"

@@ -70,6 +70,41 @@ def test_bad_champion_artifact_falls_back_to_the_previous_version(con, three, da
     assert "refused" in reason and "using previous xgboost-KRW-BTC-1@2" in reason
 
 
+def test_a_bad_artifact_falls_back_to_its_previous_version_first(con, btc_1m: pd.DataFrame) -> None:
+    """v1 champion, v2 a candidate never promoted, v3 champion: v3 broken serves v2 (the
+    previous version), not v1; a version the user rolled back is never a fallback."""
+    from engine.inference import load_ref
+
+    upsert_candles(con, btc_1m.iloc[:3000])
+    v1, v2, v3 = (
+        train_model(con, "xgboost", "KRW-BTC", "1", params={**FAST, "seed": i}).model
+        for i in range(3)
+    )
+    set_champion(con, v1.id)
+    set_champion(con, v3.id)
+    assert get_model(con, v2.id).status == "candidate"
+    Path(v3.artifact).write_bytes(b"damaged")
+    loaded, reason = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None and loaded.record.id == v2.id
+    assert reason.startswith("champion xgboost-KRW-BTC-1@3 refused:") and "using previous xgboost-KRW-BTC-1@2" in reason
+
+    by_name, note = load_ref(con, "xgboost-KRW-BTC-1")  # a bare name: its newest intact version
+    assert by_name.record.id == v2.id and note is not None and "using previous version xgboost-KRW-BTC-1@2" in note
+    for exact in ("xgboost-KRW-BTC-1@3", str(v3.id)):  # exactly this one: refused, with the way out
+        with pytest.raises(ArtifactError, match="the previous version xgboost-KRW-BTC-1@2 is intact: use it"):
+            load_ref(con, exact)
+    intact, none = load_ref(con, "xgboost-KRW-BTC-1@2")
+    assert intact.record.id == v2.id and none is None
+
+    con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [v2.id])
+    loaded, reason = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None and loaded.record.id == v1.id and "using previous xgboost-KRW-BTC-1@1" in reason
+    Path(v1.artifact).unlink()
+    with pytest.raises(ArtifactError, match="no earlier version of xgboost-KRW-BTC-1 is intact"):
+        load_ref(con, "xgboost-KRW-BTC-1")
+    assert load_champion(con, "KRW-BTC", "1")[0] is None
+
+
 def test_tampered_ensemble_member_refuses_the_ensemble(con, three) -> None:
     refs = [three[0].ref, three[1].ref]
     ensemble = train_model(con, "ensemble", "KRW-BTC", "1", members=refs, method="soft-vote").model

@@ -162,6 +162,8 @@ def backtest(
                 fast=fast,
                 slow=slow,
             )
+    if report.note:
+        err.print(f"[yellow]warning:[/] {report.note}")
     if as_json:
         payload = {
             "market": report.market,
@@ -172,6 +174,7 @@ def backtest(
             "candles": report.candles,
             "fee": report.fee,
             "slippage_bps": report.slippage_bps,
+            "note": report.note,
             "fills": "next candle's open; an open position is sold at the last close",
             "results": {
                 name: {key: _json_value(value) for key, value in metrics.items()}

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, connect, console, parse_time
+from tui.commands.common import JsonOpt, connect, console, err, parse_time
 
 
 def _num(value: object) -> str:
@@ -68,11 +68,14 @@ def evaluate(
             )
         console.print(table)
         return
+    if ev.note:
+        err.print(f"[yellow]warning:[/] {ev.note}")
     if as_json:
         console.print_json(
             json.dumps(
                 {
                     "model": ev.model,
+                    "note": ev.note,
                     "rows": ev.rows,
                     "first": str(ev.first),
                     "last": str(ev.last),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tui.commands.common import MarketArg, connect, console, parse_time
+from tui.commands.common import MarketArg, connect, console, err, parse_time
 
 
 def predict(
@@ -33,6 +33,8 @@ def predict(
             out=out,
             threshold=threshold,
         )
+    if result.note:
+        err.print(f"[yellow]warning:[/] {result.note}")
     frame = result.frame
     counts = frame["action"].value_counts()
     console.print(
