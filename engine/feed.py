@@ -124,6 +124,10 @@ class CandleWriter:
         self.stats.rows_written += len(frame)
         return len(frame)
 
+    def discard_before(self, until: pd.Timestamp) -> None:
+        """Forget the queued states of candles before `until` (REST has their final values)."""
+        self._rows = {key: row for key, row in self._rows.items() if key[2] >= until}
+
     async def run(self, on_error: Callable[[Exception], object] | None = None) -> None:
         """Flush every `interval` seconds until cancelled; failures go to `on_error`."""
         failing = False
@@ -408,6 +412,7 @@ class LiveFeed:
             }
             if not since:
                 continue
+            self._settle_queued(until)
             self.stats.backfills += 1
             client = make_client(rest=self.rest_url) if self.rest_url else None
             try:
@@ -438,6 +443,18 @@ class LiveFeed:
                     f"backfilled {report.new:,} missed candles of {len(since)} markets",
                     "info",
                 )
+
+    def _settle_queued(self, until: pd.Timestamp) -> None:
+        """Write the queued candle states before REST writes the final candles, so a stale
+        forming state never lands on top of them; if that write fails, drop the queued states
+        of buckets before `until` instead (REST brings those, final)."""
+        if not self.store:
+            return
+        try:
+            self.writer.flush()
+        except duckdb.Error as exc:
+            self._write_failed(exc)
+            self.writer.discard_before(until)
 
     # ------------------------------------------------------------------ callbacks
 

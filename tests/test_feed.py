@@ -203,6 +203,9 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
         await until(lambda: feed.stats.drops == 1)
         # While the socket is down T0+1 .. T0+5 close at Upbit; REST has them, final.
         fake.add_candles(live[live["ts"] < T0 + pd.Timedelta(minutes=6)])
+        # the subscribe snapshot would be T0+5, final: stored before or after the backfill's
+        # fetch (a race that changes only how many candles count as new), so none this time
+        fake.ws_snapshots = False
         clock.set(T0 + pd.Timedelta(minutes=6, seconds=10))
         backfilled.clear()
         gate.set()
@@ -218,6 +221,27 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
         got = stored(con, market)
         assert len(want) == 36 and (got["ts"].diff().dropna() == pd.Timedelta(minutes=1)).all()
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+
+
+def test_a_failed_write_keeps_the_queue_and_a_backfill_drops_its_stale_states(con, tmp_path) -> None:
+    """Live states stay queued through a failing write (newer ones win); before a backfill
+    writes final candles the stale states of the buckets it covers are dropped instead."""
+    import duckdb
+
+    from engine.feed import CandleWriter, FeedStats
+
+    rows = candles_of("KRW-BTC", T0, 3)[CANDLE_COLUMNS].to_dict("records")
+    broken = duckdb.connect(str(tmp_path / "gone.duckdb"))
+    broken.close()
+    writer = CandleWriter(broken, FeedStats())
+    for row in rows:
+        writer.put(row, 0.0)
+    with pytest.raises(duckdb.Error):
+        writer.flush()
+    writer.discard_before(rows[2]["ts"])  # REST brings T0 and T0+1, final
+    writer.con = con
+    assert writer.flush() == 1
+    assert list(stored(con, "KRW-BTC")["ts"]) == [rows[2]["ts"]]
 
 
 async def test_reconnect_backoff_grows_exponentially_with_jitter_and_resets(con) -> None:
