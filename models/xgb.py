@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Self, cast
 
+import numba
 import numpy as np
 import xgboost as xgb
 
@@ -98,6 +99,7 @@ class XGBoostModel(Model):
         y_train = check_labels(y_train, self.task, len(X_train), where="y_train")
         y_val = check_labels(y_val, self.task, len(X_val), where="y_val")
         estimator = self._estimator(on_epoch)
+        self.__dict__.pop("_table", None)  # the compiled walk of the previous fit's trees
         estimator.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
         self.booster_ = estimator.get_booster()
         self.best_iteration_ = int(
@@ -114,6 +116,24 @@ class XGBoostModel(Model):
         return np.asarray(
             self.booster_.inplace_predict(X, iteration_range=(0, self.best_iteration_ + 1))
         )
+
+    def predict_last(self, X: np.ndarray) -> np.ndarray:
+        """(3,) probabilities of the newest row, through the compiled tree walk (`TreeTable`):
+        equal to predict_proba(X)[-1] to float32 rounding, about 10x faster for one row."""
+        X = check_features(X, self.n_features_)
+        table = self.__dict__.get("_table")
+        if table is None or table.trees != self._tree_count():
+            table = self._table = TreeTable(self.booster_, self._tree_count())
+        margin = table.margins(X[-1]).astype(np.float64)
+        if self.task == "regression":
+            return return_to_proba(margin, self.sigma_, float(self.params["threshold"]))[0]
+        probs = np.exp(margin - margin.max())
+        return probs / probs.sum()
+
+    def _tree_count(self) -> int:
+        """Trees of rounds 0 ... best_iteration_ (one per class and round when classifying)."""
+        per_round = 1 if self.task == "regression" else len(CLASSES)
+        return (self.best_iteration_ + 1) * per_round
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = check_features(X, self.n_features_)
@@ -162,6 +182,78 @@ class XGBoostModel(Model):
         if meta.get("sigma") is not None:
             model.sigma_ = float(meta["sigma"])
         return model
+
+
+class TreeTable:
+    """A booster's first `trees` trees as flat arrays, walked by one compiled loop.
+
+    XGBoost's `inplace_predict` spends ~0.2 ms of set-up on every call, whatever the batch;
+    the live path predicts one row per candle, and this walk takes ~20 µs for 600 trees.
+    Splits compare float32 values with `<` and send NaN the default way, as XGBoost does; the
+    intercept is read back from the booster (its margin on a zero row minus the walk's), so
+    the margins equal the booster's to float32 rounding (tests pin it, early stopping and
+    missing values included). Numerical splits only: a booster with categorical splits is
+    refused (ValueError).
+    """
+
+    def __init__(self, booster: xgb.Booster, trees: int) -> None:
+        model = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]
+        chosen = model["trees"][:trees]
+        if any(any(tree.get("split_type", [])) for tree in chosen):
+            raise ValueError("the booster has categorical splits; TreeTable walks numerical ones")
+        self.trees = len(chosen)
+        self.offsets = np.cumsum([0, *(len(t["left_children"]) for t in chosen)]).astype(np.int64)
+        self.left = np.concatenate([t["left_children"] for t in chosen]).astype(np.int32)
+        self.right = np.concatenate([t["right_children"] for t in chosen]).astype(np.int32)
+        self.feature = np.concatenate([t["split_indices"] for t in chosen]).astype(np.int32)
+        # a split node's threshold, or a leaf's value
+        self.value = np.concatenate([t["split_conditions"] for t in chosen]).astype(np.float32)
+        self.default_left = np.concatenate([t["default_left"] for t in chosen]).astype(np.bool_)
+        self.group = np.asarray(model["tree_info"][:trees], dtype=np.int32)
+        self.outputs = int(self.group.max()) + 1 if len(self.group) else 1
+        self.bias = np.zeros(self.outputs, dtype=np.float32)
+        zero = np.zeros((1, int(booster.num_features())), dtype=np.float32)
+        booster_margin = np.asarray(
+            booster.inplace_predict(
+                zero, iteration_range=(0, trees // self.outputs), predict_type="margin"
+            ),
+            dtype=np.float32,
+        ).reshape(-1)
+        self.bias = booster_margin - self.margins(zero[0])
+
+    def margins(self, row: np.ndarray) -> np.ndarray:
+        """(outputs,) float32 margins of one float32 row."""
+        out = self.bias.copy()
+        _walk(row, self.offsets, self.left, self.right, self.feature, self.value,
+              self.default_left, self.group, out)  # fmt: skip
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk(
+    row: np.ndarray,
+    offsets: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    feature: np.ndarray,
+    value: np.ndarray,
+    default_left: np.ndarray,
+    group: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    for tree in range(len(offsets) - 1):
+        base = offsets[tree]
+        node = 0
+        while left[base + node] != -1:
+            at = base + node
+            x = row[feature[at]]
+            if np.isnan(x):
+                node = left[at] if default_left[at] else right[at]
+            elif x < value[at]:
+                node = left[at]
+            else:
+                node = right[at]
+        out[group[tree]] += value[base + node]
 
 
 class _RoundReporter(xgb.callback.TrainingCallback):

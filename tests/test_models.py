@@ -78,6 +78,38 @@ def test_save_load_round_trip_predicts_the_same(
         )
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_compiled_tree_walk_gives_the_boosters_margins(
+    task: str, data: Dataset, regression: Dataset
+) -> None:
+    """XGBoost's predict_last walks the trees itself: every test row, rows with missing
+    values, only the rounds up to early stopping, and a refit's new trees."""
+    from models.xgb import TreeTable
+
+    X_tr, y_tr, X_va, y_va, X_te = _parts(data if task == "classification" else regression)
+    params = {"n_estimators": 300, "max_depth": 6, "early_stopping_rounds": 5, "device": "cpu"}
+    model = create_model("xgboost", task=task, **params).fit(X_tr, y_tr, X_va, y_va)
+    assert model.best_iteration_ < 299  # early stopping: later rounds exist and must not count
+    rounds = model.best_iteration_ + 1
+    rows = X_te.astype(np.float32).copy()
+    rows[::7, ::3] = np.nan  # XGBoost sends a missing value down each split's default branch
+    booster_margins = np.asarray(
+        model.booster_.inplace_predict(rows, iteration_range=(0, rounds), predict_type="margin")
+    ).reshape(len(rows), -1)
+    table = TreeTable(model.booster_, model._tree_count())
+    walked = np.stack([table.margins(row) for row in rows])
+    np.testing.assert_allclose(walked, booster_margins, rtol=1e-5, atol=1e-5)
+    whole = TreeTable(model.booster_, model.booster_.num_boosted_rounds() * table.outputs)
+    assert not np.allclose(np.stack([whole.margins(r) for r in rows]), booster_margins, atol=1e-5)
+    probs = model.predict_proba(rows)
+    last = np.stack([model.predict_last(rows[: i + 1]) for i in range(len(rows))])
+    np.testing.assert_allclose(last, probs, rtol=1e-5, atol=1e-6)
+    before = model.predict_last(rows)
+    model.fit(X_tr, -y_tr if task == "regression" else (2 - y_tr), X_va, y_va)  # other trees
+    np.testing.assert_allclose(model.predict_last(rows), model.predict_proba(rows)[-1], atol=1e-6)
+    assert not np.allclose(model.predict_last(rows), before, atol=1e-3)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
 def test_cpu_training_repeats_bit_for_bit(kind: str, data: Dataset) -> None:
     X_tr, y_tr, X_va, y_va, X_te = _parts(data)
