@@ -99,10 +99,19 @@ async def open_session(
         con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
     )
     if reason is None:
-        engine.prime(await backfill_window(con, market, unit, engine.window))
-        return Session(
-            engine, "live", f"LIVE · Upbit · {market} {unit}m · {model_reason}", upbit_live(engine)
-        )
+        from engine.upbit import UpbitError
+
+        try:
+            engine.prime(await backfill_window(con, market, unit, engine.window))
+        except (UpbitError, OSError) as exc:  # what it stored stays: the replay plays it
+            reason = f"Upbit backfill failed ({exc})"
+        else:
+            return Session(
+                engine,
+                "live",
+                f"LIVE · Upbit · {market} {unit}m · {model_reason}",
+                upbit_live(engine),
+            )
     stored = load_candles(con, market, unit, last=engine.window + replay_candles)
     if len(stored) > engine.window:
         engine.mode, engine.persist_candles, engine.signal_batch = "replay", False, 50

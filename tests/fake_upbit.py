@@ -352,7 +352,7 @@ class FakeUpbit:
         self._derived: dict[tuple[str, str], _Series] = {}
         self._last_trade: dict[str, dict[str, Any]] = {}
         self._sequence = itertools.count(1)
-        self._faults: deque[_Fault] = deque()
+        self._faults: deque[_Fault | None] = deque()  # None: serve that request normally
         self._delays: deque[float] = deque()
         self._drop_after: tuple[int, bool] | None = None
         self._hits: dict[str, deque[float]] = {}
@@ -405,12 +405,16 @@ class FakeUpbit:
         frame.insert(0, "market", market)
         return frame[CANDLE_COLUMNS]
 
-    def fail_next(self, n: int = 1, status: int = 500, message: str | None = None) -> None:
-        """The next `n` REST requests get `status` with Upbit's error JSON."""
+    def fail_next(
+        self, n: int = 1, status: int = 500, message: str | None = None, *, after: int = 0
+    ) -> None:
+        """The next `n` REST requests (after `after` served normally) get `status` with
+        Upbit's error JSON."""
         text = message or {
             429: "Too many API requests.",
             418: f"Blocked for {self.block_seconds:.0f} s for exceeding the rate limit.",
         }.get(status, "Internal server error")
+        self._faults.extend(None for _ in range(after))
         self._faults.extend(_Fault(status, text) for _ in range(n))
 
     def slow_next(self, n: int = 1, seconds: float = 1.0) -> None:
@@ -529,8 +533,8 @@ class FakeUpbit:
             await asyncio.sleep(delay)
         now = time.monotonic()
         response: web.StreamResponse
-        if self._faults:
-            fault = self._faults.popleft()
+        fault = self._faults.popleft() if self._faults else None
+        if fault is not None:
             if fault.malformed:
                 response = web.Response(
                     text='[{"market": "KRW-BTC", "candle_date_ti', content_type="application/json"

@@ -424,6 +424,26 @@ async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
     assert engine.history["ts"].is_unique and engine.history["ts"].iloc[-1] == bucket - pd.Timedelta(minutes=1)
 
 
+async def test_a_session_whose_backfill_is_refused_replays_instead_of_failing(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upbit answers the probe, then blocks the backfill (418): replay what is stored."""
+    from engine.session import open_session
+
+    upsert_candles(con, candles_of("KRW-BTC", T0, 700))
+    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    async with FakeUpbit(candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=600), 600)) as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        fake.fail_next(1, 418, after=1)  # the probe passes, the first backfill page is refused
+        session = await open_session(con, "KRW-BTC", "1", replay_delay=0, probe_timeout=5)
+        session.runner.close()
+    assert session.mode == "replay"
+    assert session.banner.startswith("Upbit backfill failed (") and "REPLAY of" in session.banner
+    assert "418" in session.banner or "Blocked" in session.banner
+    assert len(load_candles(con, "KRW-BTC", "1")) == 700  # nothing stored was lost
+
+
 async def test_a_session_replays_stored_candles_when_upbit_is_unreachable(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
