@@ -45,6 +45,13 @@ class LoadedModel:
         """Candles the live engine must keep so the newest `context + 1` feature rows exist."""
         return self.feature_spec.window() + self.context
 
+    def warm(self) -> None:
+        """One throwaway prediction on zero rows: compiles and caches what the first live
+        candle would otherwise pay for (XGBoost's tree walk compiles in ~1 s on a machine
+        without numba's cache, longer than the live inference timeout)."""
+        if self.columns:
+            self.model.predict_last(np.zeros((self.context + 1, len(self.columns)), np.float32))
+
     def latest_rows(self, features: pd.DataFrame) -> np.ndarray:
         """The last `context + 1` rows of a feature frame, checked; InferenceError if unusable."""
         if self.columns and list(features.columns) != self.columns:
@@ -129,12 +136,18 @@ def load_ref(con: duckdb.DuckDBPyConnection, ref: str) -> tuple[LoadedModel, str
 def load_champion(
     con: duckdb.DuckDBPyConnection, market: str, unit: str
 ) -> tuple[LoadedModel | None, str]:
-    """The champion of market/unit (or the previous one if its artifact is bad), or None with
-    the reason why not."""
+    """The champion of market/unit (or the previous one if its artifact is bad), warmed for
+    its first live prediction, or None with the reason why not."""
     record = champion(con, market, unit)
     if record is None:
         return None, f"no champion model for {market} unit {unit}"
-    return load_with_fallback(con, record)
+    loaded, reason = load_with_fallback(con, record)
+    if loaded is not None:
+        try:
+            loaded.warm()
+        except Exception:  # noqa: BLE001, S110 - the engine meets it again and falls back, saying why
+            pass
+    return loaded, reason
 
 
 def validate_probs(probs: np.ndarray) -> np.ndarray:

@@ -86,6 +86,7 @@ def test_a_bad_artifact_falls_back_to_its_previous_version_first(con, btc_1m: pd
     Path(v3.artifact).write_bytes(b"damaged")
     loaded, reason = load_champion(con, "KRW-BTC", "1")
     assert loaded is not None and loaded.record.id == v2.id
+    assert "_table" in loaded.model.__dict__  # warmed: the first live candle compiles nothing
     assert reason.startswith("champion xgboost-KRW-BTC-1@3 refused:") and "using previous xgboost-KRW-BTC-1@2" in reason
 
     by_name, note = load_ref(con, "xgboost-KRW-BTC-1")  # a bare name: its newest intact version
