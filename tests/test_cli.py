@@ -200,6 +200,10 @@ def test_registry_evaluation_and_batch_commands(tmp_path: Path, csv_2000: Path) 
     assert json.loads(fell_back.stdout)["model"] == "xgboost-KRW-BTC-1@1"
     assert "warning: xgboost-KRW-BTC-1@2 refused" in fell_back.stderr
     assert "using previous version xgboost-KRW-BTC-1@1" in fell_back.stderr
+    tested = upquant(tmp_path, "backtest", "--model", "xgboost-KRW-BTC-1", "KRW-BTC", "--json")
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads(tested.stdout)["strategy"] == "xgboost-KRW-BTC-1@1"
+    assert "using previous version xgboost-KRW-BTC-1@1" in json.loads(tested.stdout)["note"]
     exact = upquant(tmp_path, "predict", "xgboost-KRW-BTC-1@2", "KRW-BTC")
     assert exact.returncode == 1 and exact.stderr.startswith("error: xgboost-KRW-BTC-1@2 refused")
     assert "the previous version xgboost-KRW-BTC-1@1 is intact: use it" in exact.stderr

@@ -202,10 +202,13 @@ def _model_report(
     back into what it was trained or tuned on)."""
     import pandas as pd
 
+    from engine.inference import load_ref
     from engine.predict import model_backtest
-    from store.registry import get_model
 
-    record = get_model(con, ref)
+    # the version that will run (a bare name whose newest artifact is bad runs the previous
+    # one): its own test part decides what is in-sample
+    loaded, note = load_ref(con, ref)
+    record = loaded.record
     test_from = pd.Timestamp(record.tags["test_from"]) if record.tags else None
     if start is None and test_from is not None:
         start = test_from.to_pydatetime()
@@ -214,9 +217,9 @@ def _model_report(
             f"[yellow]warning:[/] --from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
             f" ({test_from:%Y-%m-%d %H:%M}): the result is partly in-sample"
         )
-    return model_backtest(
+    report = model_backtest(
         con,
-        ref,
+        record.ref,
         market=market,
         start=start,
         end=end,
@@ -226,3 +229,5 @@ def _model_report(
         fast=fast,
         slow=slow,
     )
+    report.note = note
+    return report
