@@ -224,8 +224,8 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
 
 
 def test_a_failed_write_keeps_the_queue_and_a_backfill_drops_its_stale_states(con, tmp_path) -> None:
-    """Live states stay queued through a failing write (newer ones win); before a backfill
-    writes final candles the stale states of the buckets it covers are dropped instead."""
+    """Live states stay queued through a failing write; when the write before a backfill
+    fails, the queued states of the buckets REST brings final are dropped, the rest kept."""
     import duckdb
 
     from engine.feed import CandleWriter, FeedStats
