@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,20 @@ import pytest
 from store.db import connect
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit"
+
+
+def current_minute(margin: float = 15.0, settled: float = 5.0) -> pd.Timestamp:
+    """The current UTC minute, at least `settled` seconds into it and with at least `margin`
+    seconds of it left (sleeping until both hold). A test that plays live frames for "now"
+    must not see the clock pass a minute boundary (the feed closes an ended bucket by the
+    clock, a session backfills up to the forming one), nor start within the close grace of
+    the previous minute (whose candle may then still be updated, and closes again)."""
+    into = time.time() % 60.0
+    if 60.0 - into < margin:
+        time.sleep(60.0 - into + settled)
+    elif into < settled:
+        time.sleep(settled - into)
+    return pd.Timestamp.now(tz="UTC").floor("min")
 
 
 def shared_candles(name: str, rows: int | None = None, market: str = "KRW-BTC", unit: str = "1") -> pd.DataFrame:

@@ -40,7 +40,7 @@ from store.candles import (
     upsert_candles,
 )
 from store.db import connect
-from tests.conftest import DATA
+from tests.conftest import DATA, current_minute
 from tests.fake_upbit import FakeUpbit, generate_candles, load_csv_candles, resample_candles
 
 UPQUANT = str(Path(sys.executable).with_name("upquant"))
@@ -615,7 +615,7 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
 
 @pytest.mark.slow
 def test_cli_stream_records_live_candles(tmp_path: Path) -> None:
-    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    bucket = current_minute(margin=25)  # the CLI takes seconds to start; frames come after
     rows = generate_candles("KRW-BTC", "1", bucket, 3).to_dict("records")
     with FakeUpbit().run_in_thread() as fake:
         env = {**os.environ, "UPQUANT_HOME": str(tmp_path), **fake.env()}

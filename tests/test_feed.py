@@ -18,6 +18,7 @@ from engine.live import LiveEngine
 from engine.sources import upbit_live
 from engine.upbit import UpbitRefused
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
+from tests.conftest import current_minute
 from tests.fake_upbit import FakeUpbit, candle_frame, forming_frames, generate_candles
 
 T0 = pd.Timestamp("2025-09-01 12:00", tz="UTC")
@@ -342,7 +343,7 @@ async def test_malformed_frames_are_skipped_and_refused_subscriptions_stop(con) 
 async def test_upbit_live_drives_the_engine_from_the_feed(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    bucket = current_minute()
     data = candles_of("KRW-BTC", bucket, 3).to_dict("records")
     async with FakeUpbit() as fake:
         for name, value in fake.env().items():
@@ -363,10 +364,12 @@ async def test_upbit_live_drives_the_engine_from_the_feed(
 async def test_a_session_goes_live_when_upbit_answers_and_the_banner_follows_the_socket(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from engine.features import warm_up
     from engine.live import StatusEvent
     from engine.session import open_session
 
-    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    warm_up()  # compiled before the clock is read: the session opens within the minute
+    bucket = current_minute(margin=20)
     history = candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=600), 600)
     async with FakeUpbit(history) as fake:
         for name, value in fake.env().items():
@@ -405,10 +408,7 @@ async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
     from engine.session import open_session
 
     warm_up()
-    now = pd.Timestamp.now(tz="UTC")
-    if now.second >= 45:  # the session must see the same forming bucket as this test
-        await asyncio.sleep(60.5 - now.second - now.microsecond / 1e6)
-    bucket = pd.Timestamp.now(tz="UTC").floor("min")
+    bucket = current_minute(margin=20)  # the session must see the same forming bucket
     history = candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=700), 701)  # the last forms
     quiet = history["ts"].between(bucket - pd.Timedelta(minutes=200), bucket - pd.Timedelta(minutes=141))
     history = history[~quiet].reset_index(drop=True)  # 60 minutes nothing traded
