@@ -104,12 +104,14 @@ def predict_range(
     out: Path | None = None,
     store: bool = True,
     threshold: float = 0.5,
+    preloaded: tuple[LoadedModel, str | None] | None = None,
 ) -> Predictions:
     """Probabilities of model `ref` for every stored candle of `market` with start <= ts < end
     whose features are defined (warm-up read from earlier candles). Stored in `predictions`
     (replacing earlier rows of the same model, market and range) and, with `out`, written to
-    Parquet or CSV. `label` is the resolved label where the candles after it are stored."""
-    loaded, note = load_ref(con, ref)
+    Parquet or CSV. `label` is the resolved label where the candles after it are stored.
+    `preloaded`: what `load_ref(con, ref)` gave a caller already (the artifact is read once)."""
+    loaded, note = preloaded or load_ref(con, ref)
     record = loaded.record
     market = check_market(market or record.market)
     unit = record.unit
@@ -223,10 +225,14 @@ def model_backtest(
     slippage_bps: float = 0.0,
     fast: int = 10,
     slow: int = 30,
+    preloaded: tuple[LoadedModel, str | None] | None = None,
 ) -> BacktestReport:
     """Backtest model `ref`'s signals (confidence `threshold`) on stored candles, beside
-    sma-cross, buy-and-hold and no-trade; the predictions are stored as by `predict_range`."""
-    predictions = predict_range(con, ref, market, start, end, threshold=threshold)
+    sma-cross, buy-and-hold and no-trade; the predictions are stored as by `predict_range`
+    (`preloaded` as there)."""
+    predictions = predict_range(
+        con, ref, market, start, end, threshold=threshold, preloaded=preloaded
+    )
     unit = predictions.unit
     candles = load_candles(con, predictions.market, unit, predictions.frame["ts"].iloc[0], end)
     probs = predictions.frame[["p_sell", "p_hold", "p_buy"]].to_numpy()

@@ -62,10 +62,10 @@ async def backfill_window(
     thin leaves the window short, and the engine says so on its first candle.
     """
     from engine.data import fetch_into_store
-    from engine.upbit import floor_bucket
+    from engine.upbit import floor_bucket, unit_width
 
     forming = floor_bucket(datetime.now(UTC), unit)
-    width = timedelta(minutes=unit_timedelta_minutes(unit))
+    width = unit_width(unit)
     closed = pd.DataFrame()
     for span in (1, 2, 4, 8):
         await fetch_into_store(con, market, unit, (forming - width * window * span).to_pydatetime())

@@ -110,7 +110,7 @@ async def upbit_live(
         max_backoff=max_backoff,
         sleep=sleep,
     )
-    reprime()  # the session's REST fetch may have stored the forming candle: not history yet
+    reprime()  # closed candles only, whoever primed the engine before (or nobody did)
     try:
         await feed.run()
     finally:

@@ -121,8 +121,8 @@ class XGBoostModel(Model):
         """(3,) probabilities of the newest row, through the compiled tree walk (`TreeTable`):
         equal to predict_proba(X)[-1] to float32 rounding, about 10x faster for one row."""
         X = check_features(X, self.n_features_)
-        table = self.__dict__.get("_table")
-        if table is None or table.trees != self._tree_count():
+        table = self.__dict__.get("_table")  # built once per fit or load
+        if table is None:
             table = self._table = TreeTable(self.booster_, self._tree_count())
         margin = table.margins(X[-1]).astype(np.float64)
         if self.task == "regression":

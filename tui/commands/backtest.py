@@ -217,9 +217,9 @@ def _model_report(
             f"[yellow]warning:[/] --from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
             f" ({test_from:%Y-%m-%d %H:%M}): the result is partly in-sample"
         )
-    report = model_backtest(
+    return model_backtest(
         con,
-        record.ref,
+        ref,
         market=market,
         start=start,
         end=end,
@@ -228,6 +228,5 @@ def _model_report(
         slippage_bps=slippage,
         fast=fast,
         slow=slow,
+        preloaded=(loaded, note),
     )
-    report.note = note
-    return report
