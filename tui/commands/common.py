@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import duckdb
 import typer
@@ -30,6 +32,37 @@ class CliError(Exception):
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf, numpy's too) turned into None, and
+    timestamps, paths and numpy scalars into plain JSON types, so that the output parses
+    under strict JSON parsers (Python's `json.dumps` writes bare `NaN`, which they reject)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item) and getattr(value, "shape", None) == ():
+        return strict_json(item())
+    tolist = getattr(value, "tolist", None)  # numpy arrays
+    if callable(tolist):
+        return strict_json(tolist())
+    isoformat = getattr(value, "isoformat", None)  # datetime, pandas Timestamp
+    if callable(isoformat):
+        return None if value != value else isoformat()  # NaT is not equal to itself
+    return str(value)
+
+
+def emit_json(payload: Any) -> None:
+    """Print `payload` as strict JSON on stdout: the one way a `--json` output is written."""
+    text = json.dumps(strict_json(payload), indent=2, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def connect() -> duckdb.DuckDBPyConnection:
