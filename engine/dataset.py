@@ -78,7 +78,9 @@ def build_dataset(
         y=y.astype(np.int64) if label_spec.is_classification else y.astype(np.float64),
         ts=features.index[keep],
         columns=list(features.columns),
-        label_end=pd.DatetimeIndex(labels["end"].to_numpy()[keep]),
+        # the index keeps the UTC zone; .to_numpy() makes an object array, which loses it
+        # when no row is kept (and the purger then compared naive with aware times)
+        label_end=pd.DatetimeIndex(labels["end"])[keep],
         dropped=dropped,
         candle_ts=features.index,
     )

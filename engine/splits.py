@@ -24,6 +24,10 @@ import numpy as np
 import pandas as pd
 
 
+class TooFewRowsError(ValueError):
+    """A part of a split (or a walk-forward fold) would be empty: the data are too short."""
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """Fractions of the labelled rows, in time order. `purge`: None purges by label end times
@@ -221,12 +225,33 @@ def chronological_split(
     test = np.arange(min(val_end + spec.embargo, n), n)
     for name, part in (("train", train), ("validation", validation), ("test", test)):
         if len(part) == 0:
-            raise ValueError(
+            raise TooFewRowsError(
                 f"the {name} part is empty: {n} labelled rows are too few for this split"
                 f" (purge {spec.purge if spec.purge is not None else 'by label end'},"
                 f" embargo {spec.embargo}); import more candles"
             )
     return Split(train, validation, test)
+
+
+def min_candles(spec: SplitSpec, *, warmup: int, horizon: int, min_train: int = 1) -> int:
+    """The fewest gap-free candles whose chronological split keeps `min_train` training rows
+    and a validation and test row, when the first `warmup` candles have no row (feature
+    warm-up) and the last `horizon` none either (no label yet).
+
+    The fractions cut the candles (as `chronological_split` does with `candle_ts`); each cut
+    purges the `horizon` rows before it (or `spec.purge`) and embargoes `spec.embargo` after.
+    """
+    purge = horizon if spec.purge is None else spec.purge
+    n = warmup + horizon + max(min_train, 1) + 2
+    while True:
+        train_cut = int(n * spec.train)
+        val_cut = int(n * (spec.train + spec.validation))
+        train_rows = train_cut - purge - warmup
+        val_rows = val_cut - purge - max(train_cut + spec.embargo, warmup)
+        test_rows = n - horizon - max(val_cut + spec.embargo, warmup)
+        if train_rows >= min_train and val_rows >= 1 and test_rows >= 1:
+            return n
+        n += 1
 
 
 def walk_forward(
@@ -247,7 +272,7 @@ def walk_forward(
     first_test = units - spec.folds * block
     train_units = int(units * spec.train_size) if spec.train_size is not None else first_test
     if block < 1 or first_test < 1:
-        raise ValueError(f"{n} rows are too few for {spec.folds} walk-forward folds")
+        raise TooFewRowsError(f"{n} rows are too few for {spec.folds} walk-forward folds")
     for k in range(spec.folds):
         test_cut = first_test + k * block
         test_start = cuts.row(test_cut)
@@ -267,7 +292,7 @@ def walk_forward(
             validation = np.arange(0)
         test = np.arange(min(test_start + spec.embargo, test_end), test_end)
         if len(train) == 0 or len(test) == 0:
-            raise ValueError(
+            raise TooFewRowsError(
                 f"walk-forward fold {k} has an empty train or test part: {n} rows are too few"
                 f" for {spec.folds} folds with embargo {spec.embargo}"
             )

@@ -37,7 +37,7 @@ from engine.metrics import (
     regression_metrics,
 )
 from engine.predict import actions_from_probs, candle_actions, predict_rows, predict_values
-from engine.splits import Split, SplitSpec
+from engine.splits import Split, SplitSpec, TooFewRowsError, min_candles
 from engine.strategy import SmaCross
 from engine.tuning import Trial, TuneResult, tune
 from models import ALL_KINDS, CLASSES, Model, create_model
@@ -178,6 +178,55 @@ def load_data(
     return candles, build_dataset(candles, feature_spec, label_spec, unit=unit)
 
 
+def _min_train_rows(kind: str, params: dict[str, Any]) -> int:
+    """Training rows the model needs: a sequence model one more than its window."""
+    if kind not in TORCH_KINDS:
+        return 1
+    return int(create_model(kind, **{**params, "device": "cpu"}).get_params()["window"]) + 1
+
+
+def split_enough(
+    candles: pd.DataFrame,
+    data: Dataset,
+    spec: SplitSpec,
+    feature_spec: FeatureSpec,
+    label_spec: LabelSpec,
+    market: str,
+    unit: str,
+    min_train: int = 1,
+) -> Split:
+    """The chronological split of `data`, or a TrainingError saying how many candles training
+    needs and how many there are, when a part would be empty or the training part too short."""
+    warmup = max(feature_spec.warmup(), label_spec.lookback())
+    purge = label_spec.horizon if spec.purge is None else spec.purge
+    needed = min_candles(spec, warmup=warmup, horizon=label_spec.horizon, min_train=min_train)
+    try:
+        split = split_dataset(data, spec)
+        short = len(split.train) < min_train
+    except TooFewRowsError:
+        short = True
+    if not short:
+        return split
+    have = f"{len(candles):,} {market} unit {unit} candles"
+    why = (
+        f"{warmup:,} go to the feature warm-up, {label_spec.horizon} at the end have no label"
+        f" yet, and the {spec.train:.0%}/{spec.validation:.0%}/"
+        f"{1 - spec.train - spec.validation:.0%} split purges {purge} rows before"
+        f" each cut" + (f" and embargoes {spec.embargo} after it" if spec.embargo else "")
+        + (f"; the model's window needs {min_train:,} training rows" if min_train > 1 else "")
+    )
+    if len(candles) < needed:
+        message = f"{have} are too few to train: it needs at least {needed:,} ({why})"
+    else:  # gaps or flagged candles dropped rows the count above assumes
+        message = (
+            f"{have} leave only {len(data.y):,} usable rows, too few to train: it needs at"
+            f" least {needed:,} candles without gaps ({why})"
+        )
+    raise TrainingError(
+        f"{message}; fetch more with `upquant data fetch {market} --unit {unit} --since DATE`"
+    )
+
+
 def _train(
     con: duckdb.DuckDBPyConnection,
     run_id: int,
@@ -213,7 +262,8 @@ def _run(
     notify = progress or (lambda _: None)
 
     candles, data = load_data(con, market, unit, feature_spec, label_spec)
-    split = split_dataset(data, split_spec)
+    min_train = _min_train_rows(kind, config["params"])
+    split = split_enough(candles, data, split_spec, feature_spec, label_spec, market, unit, min_train)
     y_train = data.y[split.train]
     if task == "classification":
         missing = [CLASSES[c] for c in range(len(CLASSES)) if not (y_train == c).any()]
@@ -237,7 +287,9 @@ def _run(
             feature_spec = FeatureSpec.from_dict(records[0].feature_spec)
             label_spec = LabelSpec.from_dict(records[0].label_spec)
             candles, data = load_data(con, market, unit, feature_spec, label_spec)
-            split = split_dataset(data, split_spec)
+            split = split_enough(
+                candles, data, split_spec, feature_spec, label_spec, market, unit, min_train
+            )
         check_member_periods(records, data, split, config["method"])
         loaded = [(r, load_record(r).model) for r in records]
         model: Model = fit_ensemble(

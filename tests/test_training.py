@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from engine.dataset import build_dataset, split_dataset
-from engine.features import FeatureSpec
+from engine.features import DEFAULT_SPEC, FeatureSpec
 from engine.inference import load_champion, load_record
 from engine.labels import LabelSpec
 from engine.predict import predict_rows
@@ -240,3 +240,41 @@ def test_tuning_in_parallel_on_walk_forward_folds_and_its_timeout(con, btc_1m: p
     assert [t.score for t in plain.trials] != fold_scores  # validation part, not the folds
     with pytest.raises(ValueError, match="no trial finished within"):
         tune("xgboost", FAST, data, split, trials=2, timeout=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "candles"),
+    [
+        ("xgboost", FAST, 50),
+        ("xgboost", FAST, 300),
+        ("lstm", {**TINY_TORCH, "window": 200}, 700),  # enough to split, not for the window
+    ],
+)
+def test_too_few_candles_say_how_many_are_needed_and_how_many_there_are(
+    con, btc_1m: pd.DataFrame, kind: str, params: dict, candles: int
+) -> None:
+    upsert_candles(con, btc_1m.iloc[:candles])
+    with pytest.raises(TrainingError) as caught:
+        train_model(con, kind, "KRW-BTC", "1", params=params)
+    message = str(caught.value)
+    assert f"{candles:,} KRW-BTC unit 1 candles" in message and "upquant data fetch" in message
+    needed = int(message.split("at least ")[1].split()[0].replace(",", ""))
+    assert needed > candles
+    # the stated minimum is exact: one candle fewer is still too few; that many split (a
+    # single training row may then lack a class, which is another error)
+    upsert_candles(con, btc_1m.iloc[: needed - 1])
+    with pytest.raises(TrainingError, match=f"{needed - 1:,} KRW-BTC unit 1 candles are too few"):
+        train_model(con, kind, "KRW-BTC", "1", params=params)
+    upsert_candles(con, btc_1m.iloc[:needed])
+    try:
+        train_model(con, kind, "KRW-BTC", "1", params=params)
+    except TrainingError as exc:
+        assert "candles are too few" not in str(exc)
+
+
+def test_a_dataset_without_rows_keeps_its_label_end_times_aware(btc_1m: pd.DataFrame) -> None:
+    """The purger compares row and label-end times: an empty dataset must not lose their UTC
+    zone (it did, through an object array, and the purger raised a TypeError)."""
+    data = build_dataset(btc_1m.iloc[:50], DEFAULT_SPEC, LabelSpec(), unit="1")
+    assert len(data.y) == 0
+    assert str(data.label_end.tz) == "UTC" and str(data.ts.tz) == "UTC"
