@@ -16,8 +16,7 @@ import pandas as pd
 
 from engine.features import FeatureSpec
 from models import EnsembleModel, Model, load_model
-from store.artifacts import ArtifactError, open_artifact
-from store.db import home
+from store.artifacts import ArtifactError, cache_dir, open_artifact
 from store.registry import ModelRecord, champion, fallback_models, get_model
 
 
@@ -71,10 +70,21 @@ class LoadedModel:
 
 
 def _open(kind: str, artifact: str, sha256: str, size: int) -> Any:
-    directory = open_artifact(artifact, sha256, size, home() / "cache" / sha256)
-    if kind == "ensemble":
-        return EnsembleModel.load(directory, load_member=_load_member)
-    return load_model(kind, directory)
+    """The model in the artifact at `artifact`. Whatever keeps a verified artifact from loading
+    refuses it (ArtifactError), so that callers fall back to an earlier version instead of
+    failing: a tar whose sha256 is registered can still have been crafted."""
+    path = artifact
+    directory = open_artifact(path, sha256, size, cache_dir() / sha256)
+    try:
+        if kind == "ensemble":
+            return EnsembleModel.load(directory, load_member=_load_member)
+        return load_model(kind, directory)
+    except ArtifactError:
+        raise
+    except Exception as exc:
+        raise ArtifactError(
+            f"artifact {path} does not load as a {kind} model: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _load_member(ref: dict[str, Any]) -> Model:

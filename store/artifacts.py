@@ -1,8 +1,13 @@
-"""Content-addressed artifact files under `$UPQUANT_HOME/artifacts/`, verified before every load.
+"""Content-addressed artifact files under `$UPQUANT_HOME/artifacts/`, verified before every load,
+and their unpacked copies under `$UPQUANT_HOME/cache/`.
 
 A model saves itself into a directory; the directory is packed into one deterministic tar
 (sorted names, zero mtimes) named by its sha256. Loading re-hashes the file and refuses it
-if it is missing, truncated or altered.
+if it is missing, truncated or altered, then unpacks it itself: only the regular files with
+plain relative names that our packer writes are accepted, all checked before anything is
+written, into a fresh directory that replaces the cache entry atomically (a tar that is
+hashed right can still be crafted; `tarfile`'s own filters have been bypassed). The registry
+names an artifact relative to the store, so a moved or restored `$UPQUANT_HOME` keeps working.
 """
 
 from __future__ import annotations
@@ -10,16 +15,24 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from store.db import home
 
+ARTIFACTS = "artifacts"
+CACHE = "cache"
+PART = ".part"  # suffix of everything written under a temporary name, then renamed
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 
 class ArtifactError(Exception):
-    """An artifact is missing, truncated or does not match its recorded sha256."""
+    """An artifact is missing, truncated, does not match its recorded sha256, or cannot be
+    unpacked and loaded as the model it claims to be."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,13 @@ class Artifact:
 
 
 def artifacts_dir() -> Path:
-    path = home() / "artifacts"
+    path = home() / ARTIFACTS
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    path = home() / CACHE
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -48,27 +67,42 @@ def _pack(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _write_new(path: Path, data: bytes) -> None:
+    """Write `path` under a temporary name beside it, synced, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PART)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def store_artifact(directory: Path) -> Artifact:
     """Pack `directory` and write it as `<sha256>.tar` atomically (temp file + rename)."""
     data = _pack(directory)
     digest = hashlib.sha256(data).hexdigest()
     target = artifacts_dir() / f"{digest}.tar"
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        _write_new(target, data)
     return Artifact(target, digest, len(data))
 
 
-def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
-    """Verify the artifact at `path` and unpack it into `into`; raises ArtifactError if bad."""
+def read_artifact(path: Path | str, sha256: str, size: int) -> bytes:
+    """The bytes of the artifact at `path`, checked against the registry's size and sha256;
+    ArtifactError if it is missing, unreadable, truncated or altered."""
     path = Path(path)
+    if not _SHA256.fullmatch(sha256):
+        raise ArtifactError(f"artifact {path}: the registry's sha256 {sha256!r} is not a sha256")
     if not path.exists():
         raise ArtifactError(f"artifact {path} is missing")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path} cannot be read: {exc}") from exc
     if len(data) != size:
         raise ArtifactError(f"artifact {path} has {len(data)} bytes, registry says {size}")
     actual = hashlib.sha256(data).hexdigest()
@@ -76,7 +110,135 @@ def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
         raise ArtifactError(
             f"artifact {path} sha256 is {actual[:12]}…, registry says {sha256[:12]}…"
         )
-    into.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(into, filter="data")
+    return data
+
+
+def artifact_files(data: bytes, where: Path | str) -> dict[str, bytes]:
+    """The files of an artifact tar, by relative name, refusing (ArtifactError) anything our
+    packer does not write: links, directories, devices, fifos, sparse or odd members, absolute
+    names, `..`, names that are not plain, duplicates, and a name that is also a directory."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                    raise ArtifactError(
+                        f"artifact {where} holds {_kind(info)} {info.name!r}:"
+                        " an artifact holds regular files only"
+                    )
+                name = _plain_name(info.name, where)
+                if name in files:
+                    raise ArtifactError(f"artifact {where} holds {name!r} twice")
+                reader = tar.extractfile(info)
+                content = reader.read() if reader is not None else b""
+                if len(content) != info.size:
+                    raise ArtifactError(f"artifact {where}: {name!r} is truncated")
+                files[name] = content
+    except (tarfile.TarError, EOFError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise ArtifactError(f"artifact {where} is not a readable tar: {exc}") from exc
+    directories = {str(parent) for name in files for parent in PurePosixPath(name).parents}
+    clash = sorted(directories & files.keys())
+    if clash:
+        raise ArtifactError(f"artifact {where} holds {clash[0]!r} as a file and a directory")
+    if not files:
+        raise ArtifactError(f"artifact {where} holds no files")
+    return files
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    for test, kind in (
+        (info.issym, "a symlink"),
+        (info.islnk, "a hardlink"),
+        (info.isdir, "a directory"),
+        (info.isdev, "a device or fifo"),
+        (info.issparse, "a sparse file"),
+    ):
+        if test():
+            return kind
+    return f"a member of type {info.type!r}"
+
+
+def _plain_name(name: str, where: Path | str) -> str:
+    path = PurePosixPath(name)
+    plain = (
+        name
+        and not path.is_absolute()
+        and str(path) == name  # no `//`, `./`, trailing `/`
+        and all(part not in (".", "..") for part in path.parts)
+        and not any(c in name for c in "\\\x00")
+        and all(c.isprintable() for c in name)
+    )
+    if not plain:
+        raise ArtifactError(f"artifact {where} holds a file named {name!r}: not a plain relative name")
+    return name
+
+
+def _matches(directory: Path, files: dict[str, bytes]) -> bool:
+    """Whether `directory` is a real directory holding exactly `files` and nothing else (no
+    links, nothing extra), byte for byte."""
+    try:
+        if not directory.is_dir() or directory.is_symlink():
+            return False
+        found: set[str] = set()
+        for root, dirs, names in os.walk(directory):
+            for entry in (*dirs, *names):
+                if (Path(root) / entry).is_symlink():
+                    return False
+            for entry in names:
+                file = Path(root) / entry
+                name = file.relative_to(directory).as_posix()
+                if not file.is_file() or name not in files or file.read_bytes() != files[name]:
+                    return False
+                found.add(name)
+        return found == files.keys()
+    except OSError:
+        return False
+
+
+def unpack(files: dict[str, bytes], into: Path) -> Path:
+    """Make `into` hold exactly `files`: kept if it already does, else written into a fresh
+    directory beside it that then takes its place (never written into in place: an existing
+    directory could hold planted links)."""
+    if _matches(into, files):
+        return into
+    into.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}.", suffix=PART))
+    try:
+        for name, content in files.items():
+            target = fresh.joinpath(*PurePosixPath(name).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(target, flags, 0o600), "wb") as handle:
+                handle.write(content)
+        _replace_dir(fresh, into, files)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     return into
+
+
+def _replace_dir(fresh: Path, into: Path, files: dict[str, bytes]) -> None:
+    try:
+        os.rename(fresh, into)  # `into` absent (or an empty directory): atomic
+        return
+    except OSError:
+        if _matches(into, files):  # another process unpacked the same artifact meanwhile
+            shutil.rmtree(fresh, ignore_errors=True)
+            return
+    # a stale or tampered entry: moved aside whole (links and all), then removed
+    old = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}.old.", suffix=PART))
+    try:
+        os.rename(into, old / "entry")
+        os.rename(fresh, into)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)  # never follows the links it removes
+
+
+def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
+    """Verify the artifact at `path` and unpack it as `into`; raises ArtifactError if it is
+    bad or cannot be unpacked (nothing is written outside `into`)."""
+    files = artifact_files(read_artifact(path, sha256, size), path)
+    try:
+        return unpack(files, into)
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path} cannot be unpacked into {into}: {exc}") from exc
