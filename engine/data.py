@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ import pandas as pd
 from engine.markets import CANDLE_FIELDS, check_market, check_unit, unit_timedelta_minutes
 from store.candles import (
     CANDLE_COLUMNS,
+    SeriesDiff,
     candle_status,
     coverage,
+    diff_candles,
     export_candles,
     missing_ranges,
     resample,
@@ -58,6 +61,16 @@ class ValidationFailed(DataImportError):
         self.report = report
 
 
+class ImportConflict(DataImportError):
+    """The file would change stored candles and `overwrite` was not given: nothing was
+    written; `report` counts what would be inserted, updated and left unchanged."""
+
+    def __init__(self, message: str, report: ImportReport, hint: str) -> None:
+        super().__init__(message)
+        self.report = report
+        self.hint = hint
+
+
 class DataError(Exception):
     """A data command cannot run with these arguments (no candles, units that do not fit)."""
 
@@ -71,14 +84,54 @@ class ImportReport:
     format: str
     series: list[str]  # "KRW-BTC 1" for every market/unit written
     rows_read: int
-    rows_new: int
+    rows_new: int  # inserted: timestamps the store did not hold
     rows_rejected: int
     problems: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)  # "row 2 (high < low)", by row
     written: bool = True
+    rows_updated: int = 0  # stored candles the file changed (or would change)
+    rows_unchanged: int = 0  # stored candles the file repeats exactly
+    changes: list[SeriesDiff] = field(default_factory=list)  # series with changed candles
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "path": str(self.path)}
+        return {
+            **self.__dict__,
+            "path": str(self.path),
+            "changes": [
+                {
+                    "series": f"{d.market} {d.unit}",
+                    "candles": d.changed,
+                    "first": d.first_changed,
+                    "last": d.last_changed,
+                    "examples": d.examples,
+                }
+                for d in self.changes
+            ],
+        }
+
+
+def _describe_changes(changes: Sequence[SeriesDiff]) -> str:
+    """'32,777 stored KRW-ETH 1 candles would change (2025-09-01 00:00 … 2025-09-23 18:16
+    UTC), e.g. 2025-09-01 00:00 open 6,114,000 → 158,000,000, ...'."""
+
+    def number(x: float) -> str:
+        return "NULL" if math.isnan(x) else f"{x:,.8g}" if abs(x) < 1e15 else f"{x:.6g}"
+
+    parts = []
+    for d in changes:
+        span = f"{d.first_changed:%Y-%m-%d %H:%M} … {d.last_changed:%Y-%m-%d %H:%M} UTC"
+        examples = [
+            f"{e['ts']:%Y-%m-%d %H:%M} "
+            + ", ".join(
+                f"{c} {number(e['stored'][c])} → {number(e['incoming'][c])}" for c in e["stored"]
+            )
+            for e in d.examples
+        ]
+        parts.append(
+            f"{d.changed:,} stored {d.market} {d.unit} candles would change ({span}),"
+            f" e.g. {'; '.join(examples)}"
+        )
+    return "; ".join(parts)
 
 
 def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
@@ -323,13 +376,17 @@ def import_candles(
     *,
     fmt: str = "auto",
     strict: bool = False,
+    overwrite: bool = False,
 ) -> ImportReport:
     """Validate a CSV, Parquet or JSON candle file and upsert its good rows in one transaction.
 
     `fmt` is one of FORMATS ("auto" detects it from the columns). Market and unit come from
     the file when it carries them (Upbit REST dumps), else from the arguments. Bad rows are
     rejected and reported; with `strict` any bad row rejects the file (ValidationFailed,
-    nothing written). Re-importing the same file changes nothing.
+    nothing written). The good rows are compared with the store first (in SQL): when any
+    stored candle would change, the import is refused (ImportConflict, nothing written)
+    unless `overwrite`; the report counts inserted, updated and unchanged candles. A file
+    without `value` never blanks stored values. Re-importing the same file changes nothing.
     """
     if fmt not in FORMATS:
         raise DataImportError(f"format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
@@ -372,12 +429,33 @@ def import_candles(
     clean = frame[~bad] if bad.any() else frame
     names = [str(n) for n in clean["market"].unique()]
     parts = [clean] if len(names) == 1 else [clean[clean["market"] == n] for n in sorted(names)]
+    batches = []
+    for part in parts:
+        if not part["ts"].is_monotonic_increasing:
+            part = part.sort_values("ts")
+        batches.append(part[CANDLE_COLUMNS].reset_index(drop=True))
     with transaction(con):
-        for part in parts:
-            if not part["ts"].is_monotonic_increasing:
-                part = part.sort_values("ts")
-            report.rows_new += upsert_candles(con, part[CANDLE_COLUMNS].reset_index(drop=True))
-            report.series.append(f"{part['market'].iloc[0]} {unit}")
+        diffs = []
+        for batch in batches:
+            diff = diff_candles(con, batch)
+            diffs.append(diff)
+            report.series.append(f"{diff.market} {unit}")
+            report.rows_new += diff.new
+            report.rows_updated += diff.changed
+            report.rows_unchanged += diff.unchanged
+            if diff.changed:
+                report.changes.append(diff)
+        if report.changes and not overwrite:
+            report.written = False
+            raise ImportConflict(
+                f"{path}: {_describe_changes(report.changes)}; nothing was written",
+                report,
+                "if the file is right and the stored candles wrong, import again with"
+                " --overwrite; else check that --market/--unit name the file's series",
+            )
+        for batch, diff in zip(batches, diffs, strict=True):
+            if diff.new or diff.changed:  # a series the store holds exactly is not rewritten
+                upsert_candles(con, batch)
     return report
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -13,9 +16,18 @@ from store.db import transaction
 
 CANDLE_COLUMNS = ["market", "unit", "ts", "open", "high", "low", "close", "volume", "value"]
 _VALUES = ["ts", "open", "high", "low", "close", "volume", "value"]
+_OHLCV = ["open", "high", "low", "close", "volume"]
+# A batch without `value` (NULL: unknown, e.g. a shared-format file or a resample of candles
+# that lack it) never blanks a value already stored: every writer goes through this.
 _SET_VALUES = (
     "open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,"
-    " volume = excluded.volume, value = excluded.value"
+    " volume = excluded.volume, value = coalesce(excluded.value, candles.value)"
+)
+# A stored candle differs from an incoming one (b) when any of OHLCV differ, or the value
+# does where the batch has one (a NULL value keeps the stored one, see _SET_VALUES).
+_DIFFERS = " OR ".join(
+    [f"b.{c} IS DISTINCT FROM s.{c}" for c in _OHLCV]
+    + ["(b.value IS NOT NULL AND b.value IS DISTINCT FROM s.value)"]
 )
 _EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"  # Upbit's buckets are aligned on UTC
 
@@ -36,15 +48,17 @@ def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     """Insert or update candles keyed by (market, unit, ts); returns how many keys were new.
 
     `frame` is in the canonical candle format (CANDLE_COLUMNS, `ts` timezone-aware UTC) with
-    unique keys. Re-upserting identical rows leaves the table unchanged. A batch of one series
-    whose time range holds no stored candle (a first import or fetch) takes a plain bulk
-    insert, the fastest path into the keyed table.
+    unique keys. Re-upserting identical rows leaves the table unchanged; a NaN `value` keeps
+    the stored one. A frame with a non-finite price or volume is refused (ValueError), so no
+    path writes one. A batch of one series whose time range holds no stored candle (a first
+    import or fetch) takes a plain bulk insert, the fastest path into the keyed table.
     """
     missing = [c for c in CANDLE_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"candle frame lacks columns {missing}; expected {CANDLE_COLUMNS}")
     if frame.empty:
         return 0
+    _check_finite(frame)
     market, unit = frame["market"].iloc[0], frame["unit"].iloc[0]
     if (frame["market"] == market).all() and (frame["unit"] == unit).all():
         return _upsert_series(con, str(market), str(unit), frame)
@@ -66,6 +80,91 @@ def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     finally:
         con.unregister("_candle_batch")
     return int(new)
+
+
+def _check_finite(frame: pd.DataFrame) -> None:
+    """Refuse candles whose prices or volume are NaN or infinite (value may be NaN: unknown,
+    not infinite): one such candle poisons every feature row computed over it."""
+    numbers = frame[_OHLCV].to_numpy(np.float64)
+    value = frame["value"].to_numpy(np.float64)
+    bad = ~np.isfinite(numbers).all(axis=1) | np.isinf(value)
+    if bad.any():
+        first = frame[bad].iloc[0]
+        raise ValueError(
+            f"refusing to store {int(bad.sum()):,} candles with non-finite prices, volume or"
+            f" value (NaN or infinite), the first {first['market']} unit {first['unit']} at"
+            f" {first['ts']}: {first[[*_OHLCV, 'value']].to_dict()}; the store holds finite"
+            " numbers only, so drop or repair these rows before writing"
+        )
+
+
+@dataclass
+class SeriesDiff:
+    """How a batch of one series compares with the stored candles at its timestamps."""
+
+    market: str
+    unit: str
+    new: int  # timestamps the store does not hold
+    changed: int  # stored candles the batch would change
+    unchanged: int  # stored candles the batch repeats exactly
+    first_changed: pd.Timestamp | None = None
+    last_changed: pd.Timestamp | None = None
+    # a few changed candles: {"ts", "stored": {column: value}, "incoming": {column: value}}
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def diff_candles(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, examples: int = 2
+) -> SeriesDiff:
+    """Compare a batch of ONE series (canonical format, unique keys) with the store, in SQL.
+
+    Writes nothing. A batch whose time range holds no stored candle is all new without a
+    join; otherwise one join of the batch with the stored range counts the changed and
+    unchanged candles (see _DIFFERS), and the first `examples` changed ones are read back.
+    """
+    market, unit = str(frame["market"].iloc[0]), str(frame["unit"].iloc[0])
+    if not ((frame["market"] == market).all() and (frame["unit"] == unit).all()):
+        raise ValueError("diff_candles compares one series at a time; split the frame first")
+    ts = frame["ts"]
+    bounds = [market, unit, ts.min(), ts.max()]
+    stored = "SELECT * FROM candles WHERE market = ? AND unit = ? AND ts BETWEEN ? AND ?"
+    before = con.execute(f"SELECT count(*) FROM ({stored})", bounds).fetchall()[0][0]
+    if before == 0:
+        return SeriesDiff(market, unit, len(frame), 0, 0)
+    con.register("_candle_diff", pa.Table.from_pandas(frame[_VALUES], preserve_index=False))
+    try:
+        joined = f"FROM _candle_diff b JOIN ({stored}) s USING (ts)"
+        existing, changed, first, last = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {_DIFFERS}),"
+            f" min(ts) FILTER (WHERE {_DIFFERS}), max(ts) FILTER (WHERE {_DIFFERS}) {joined}",
+            bounds,
+        ).fetchall()[0]
+        diff = SeriesDiff(
+            market, unit, len(frame) - int(existing), int(changed), int(existing) - int(changed)
+        )
+        if changed:
+            diff.first_changed, diff.last_changed = _utc(first), _utc(last)
+            cols = ", ".join(f"s.{c} AS s_{c}, b.{c} AS b_{c}" for c in _VALUES[1:])
+            rows = con.execute(
+                f"SELECT ts, {cols} {joined} WHERE {_DIFFERS} ORDER BY ts LIMIT {int(examples)}",
+                bounds,
+            ).df()
+            for row in rows.to_dict("records"):
+                differ = [
+                    c
+                    for c in _VALUES[1:]
+                    if row[f"b_{c}"] == row[f"b_{c}"] and row[f"s_{c}"] != row[f"b_{c}"]
+                ]
+                diff.examples.append(
+                    {
+                        "ts": _utc(row["ts"]),
+                        "stored": {c: row[f"s_{c}"] for c in differ},
+                        "incoming": {c: row[f"b_{c}"] for c in differ},
+                    }
+                )
+    finally:
+        con.unregister("_candle_diff")
+    return diff
 
 
 def _upsert_series(
@@ -248,7 +347,8 @@ def resample(
     Buckets are aligned on UTC like Upbit's (a day starts 00:00 UTC = 09:00 KST, 240 minutes
     at 00:00, 04:00, ... UTC); only buckets with candles exist, as at Upbit. open is the
     first open, close the last close, high/low the extremes, volume and value the sums
-    (value NULL when any part lacks it). `start`/`end` widen to whole `to_unit` buckets.
+    (value NULL when any part lacks it; a NULL keeps a stored value). `start`/`end` widen to
+    whole `to_unit` buckets.
     """
     width = unit_minutes(to_unit)
     bucket = f"time_bucket(to_minutes(CAST({width} AS BIGINT)), ts, {_EPOCH})"
@@ -270,6 +370,16 @@ def resample(
     )
     with transaction(con):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _resampled AS {select}", params)
+        poisoned = con.execute(
+            "SELECT count(*) FROM _resampled WHERE NOT (isfinite(open) AND isfinite(high)"
+            " AND isfinite(low) AND isfinite(close) AND isfinite(volume)) OR isinf(value)"
+        ).fetchall()[0][0]
+        if poisoned:  # only a store written before the finite-numbers guard holds such parts
+            raise ValueError(
+                f"refusing to store {poisoned:,} resampled {market} unit {to_unit} candles with"
+                f" non-finite numbers: the stored unit {from_unit} candles hold NaN or infinite"
+                " prices; delete or re-import those candles first"
+            )
         written, new = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE c.ts IS NULL) FROM _resampled r"
             " LEFT JOIN candles c USING (market, unit, ts)"

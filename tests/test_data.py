@@ -571,7 +571,14 @@ def test_cli_import_strict_export_resample_and_status(
     assert json.loads(loose.stdout)["rows_new"] == 11
     shared = tmp_path / "btc.csv"
     btc.rename(columns={"ts": "timestamp"})[["timestamp", *VALUES]].to_csv(shared, index=False)
-    upquant(tmp_path, "data", "import", str(shared), "-m", "KRW-BTC", "-u", "1")
+    # The loose import stored 00:07 with line 8's numbers (line 9, the real 00:07, was a
+    # duplicate): the full file disagrees there, so it needs --overwrite.
+    refused = upquant(tmp_path, "data", "import", str(shared), "-m", "KRW-BTC", "-u", "1")
+    assert refused.returncode == 1 and "1 stored KRW-BTC 1 candles would change" in refused.stderr
+    replaced = upquant(
+        tmp_path, "data", "import", str(shared), "-m", "KRW-BTC", "-u", "1", "--overwrite"
+    )
+    assert ", 1 updated, 10 unchanged" in replaced.stdout, replaced.stderr
     resampled = upquant(
         tmp_path, "data", "resample", "KRW-BTC", "--from-unit", "1", "--to-unit", "60"
     )

@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.progress import (
@@ -29,6 +29,7 @@ from tui.commands.common import (
     check,
     connect,
     console,
+    emit_json,
     err,
     parse_time,
 )
@@ -53,7 +54,9 @@ def _print_import(report: ImportReport, seconds: float, out: Any) -> None:
     series = ", ".join(report.series) or "nothing"
     out.print(
         f"{report.path}: read {report.rows_read:,} rows ({report.format} format, {series}),"
-        f" {report.rows_new:,} new candles stored, {report.rows_rejected:,} rejected"
+        f" {report.rows_new:,} new candles {'stored' if report.written else 'to store'},"
+        f" {report.rows_rejected:,} rejected, {report.rows_updated:,}"
+        f" {'updated' if report.written else 'to update'}, {report.rows_unchanged:,} unchanged"
         f" ({seconds:.2f}s)",
         highlight=False,
         soft_wrap=True,
@@ -95,24 +98,55 @@ def data_import(
     strict: Annotated[
         bool, typer.Option("--strict", help="Reject the whole file if any row is bad.")
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace stored candles the file disagrees with (without it such an import"
+            " is refused and nothing is written).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import candles from a file: rows are validated first; bad rows are rejected and reported
-    (with --strict: the whole file, nothing written), good rows upserted."""
-    from engine.data import ValidationFailed, import_candles
+    (with --strict: the whole file, nothing written), good rows upserted. An import that would
+    change stored candles is refused unless --overwrite; a file without `value` keeps the
+    stored values."""
+    from engine.data import DataImportError, ImportConflict, ValidationFailed, import_candles
 
     with connect() as con:
         started = time.perf_counter()
         try:
-            report = import_candles(con, path, market, unit, fmt=fmt, strict=strict)
-        except ValidationFailed as exc:
-            _print_import(exc.report, time.perf_counter() - started, err)
-            raise CliError(str(exc), "fix the rows listed above, or drop --strict") from None
+            report = import_candles(
+                con, path, market, unit, fmt=fmt, strict=strict, overwrite=overwrite
+            )
+        except (ValidationFailed, ImportConflict) as exc:
+            hint = (
+                exc.hint
+                if isinstance(exc, ImportConflict)
+                else "fix the rows listed, or drop --strict to import the good ones"
+            )
+            seconds = round(time.perf_counter() - started, 3)
+            if as_json:
+                _fail_json({**exc.report.to_dict(), "seconds": seconds}, str(exc), hint)
+            _print_import(exc.report, seconds, err)
+            raise CliError(str(exc), hint) from None
+        except DataImportError as exc:
+            if as_json:
+                _fail_json({"path": str(path)}, str(exc), getattr(exc, "hint", None))
+            raise
         seconds = time.perf_counter() - started
     if as_json:
-        console.print_json(json.dumps({**report.to_dict(), "seconds": round(seconds, 3)}))
+        emit_json({**report.to_dict(), "seconds": round(seconds, 3)})
         return
     _print_import(report, seconds, console)
+
+
+def _fail_json(payload: dict[str, Any], error: str, hint: str | None) -> NoReturn:
+    """A failing `--json` command: the report with `error` and `hint` on stdout (strict
+    JSON), the error line on stderr, exit 1."""
+    emit_json({**payload, "error": error, "hint": hint})
+    raise CliError(error, hint)
 
 
 def _fetch_progress(total_markets: int) -> tuple[Progress, Callable[[FetchReport], None]]:
