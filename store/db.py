@@ -11,12 +11,19 @@ from pathlib import Path
 import duckdb
 
 DB_FILENAME = "upquant.duckdb"
+PRIVATE_UMASK = 0o077  # no permission for group or others
 
 
 def home() -> Path:
-    """`$UPQUANT_HOME`, default `~/.local/share/upquant`; created on first use."""
+    """`$UPQUANT_HOME`, default `~/.local/share/upquant`; created on first use, private."""
     root = Path(os.environ.get("UPQUANT_HOME") or Path.home() / ".local" / "share" / "upquant")
-    root.mkdir(parents=True, exist_ok=True)
+    # What is created under the store is private (directories 0700, files 0600) whatever
+    # umask the process came with: DuckDB (the database and its WAL, recreated after every
+    # checkpoint) and torch (checkpoints) create files themselves and honour only the umask.
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if root.stat().st_mode & PRIVATE_UMASK:  # a home made by hand or by an older upquant
+        root.chmod(0o700)
     return root
 
 
@@ -77,6 +84,8 @@ def connect(
     target = Path(path) if path is not None else db_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(target), read_only=read_only)
+    if not read_only and target.exists() and target.stat().st_mode & PRIVATE_UMASK:  # older
+        target.chmod(0o600)
     con.execute("SET TimeZone = 'UTC'")
     if not read_only:
         migrate(con)
