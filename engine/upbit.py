@@ -45,11 +45,28 @@ _EPOCH = pd.Timestamp(0, tz="UTC").as_unit("ns")
 PageCallback = Callable[[pd.DataFrame], Awaitable[object] | object]
 
 
+# Credentials a configured URL may carry: `scheme://user:password@host` and secret-looking
+# query parameters. Messages quote URLs and the exceptions of the libraries below (which quote
+# them too), so every message is scrubbed once, where UpbitError is made.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+_URL_SECRET = re.compile(
+    r"(?P<key>[?&](?:access_key|secret_key|api_key|apikey|key|token|secret|password|auth)=)"
+    r"[^&#\s]+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of any URL in it replaced by `***`."""
+    return _URL_SECRET.sub(r"\g<key>***", _URL_USERINFO.sub(r"\g<scheme>***@", text))
+
+
 class UpbitError(Exception):
-    """An Upbit call failed; the message says what, for which market, and what to do."""
+    """An Upbit call failed; the message says what, for which market, and what to do. The
+    message never holds credentials of the configured URLs (see `redact`)."""
 
     def __init__(self, message: str, *, market: str | None = None, status: int | None = None):
-        super().__init__(message)
+        super().__init__(redact(message))
         self.market = market
         self.status = status
 

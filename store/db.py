@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -77,16 +78,98 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     return current
 
 
+class StoreError(Exception):
+    """The store cannot be used as it is; `hint` says what the user can do about it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class StoreLocked(StoreError):
+    """Another process holds the store's file (DuckDB admits one writing process)."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's file is not a readable DuckDB database (truncated, overwritten, bad
+    checksums)."""
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+_CORRUPT = (
+    "not a valid DuckDB database",
+    "Corrupt database file",
+    "checksum",
+    "Could not read enough bytes",
+    "database file is corrupt",
+)
+
+
+def _command_of(pid: int) -> str | None:
+    """The command line of process `pid` as a user would type it (`upquant tui ...`), or None
+    where it cannot be read (another host's /proc, a process that has exited)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    words = [a.decode(errors="replace") for a in argv if a]
+    if len(words) > 1 and Path(words[0]).name.startswith("python") and words[1].endswith("upquant"):
+        words = words[1:]  # `python .../bin/upquant ...`: the script is what the user ran
+    if words and words[0].endswith("/upquant"):
+        words[0] = "upquant"
+    return " ".join(words) or None
+
+
+def explain(exc: duckdb.Error, path: Path | None = None) -> Exception:
+    """A DuckDB error on the store's file as a StoreError a user can act on (who holds the lock,
+    what to do with a damaged file), or `exc` itself when it is about something else."""
+    text = str(exc)
+    where = path or db_path()
+    held = _LOCK_HOLDER.search(text)
+    if held is not None or "Could not set lock" in text:
+        pid = int(held["pid"]) if held else None
+        command = _command_of(pid) if pid is not None else None
+        holder = (
+            f"`{command}` (pid {pid})"
+            if command
+            else f"process {pid}"
+            if pid is not None
+            else "another process"
+        )
+        return StoreLocked(
+            f"the store {where} is in use by {holder}; DuckDB lets one process at a time"
+            " write a store",
+            f"wait for that command to finish or stop it (e.g. `kill {pid or 'PID'}` stops it"
+            " cleanly), then run this again; or point UPQUANT_HOME at another store",
+        )
+    if any(sign in text for sign in _CORRUPT):
+        return StoreCorrupt(
+            f"the store {where} is damaged and cannot be read ({text.splitlines()[0]})",
+            f"move it aside (`mv {where} {where}.damaged`) and restore a backup to {where},"
+            " or start an empty store there and re-import or re-fetch the candles; the model"
+            f" artifacts under {where.parent / 'artifacts'} are kept",
+        )
+    return exc
+
+
 def connect(
     path: Path | str | None = None, *, read_only: bool = False
 ) -> duckdb.DuckDBPyConnection:
-    """Open (creating and migrating if needed) the store's DuckDB file."""
+    """Open (creating and migrating if needed) the store's DuckDB file; StoreLocked when
+    another process holds it, StoreCorrupt when it is not a readable database."""
     target = Path(path) if path is not None else db_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(target), read_only=read_only)
+    try:
+        con = duckdb.connect(str(target), read_only=read_only)
+    except duckdb.Error as exc:
+        raise explain(exc, target) from exc
     if not read_only and target.exists() and target.stat().st_mode & PRIVATE_UMASK:  # older
         target.chmod(0o600)
-    con.execute("SET TimeZone = 'UTC'")
-    if not read_only:
-        migrate(con)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            migrate(con)
+    except duckdb.Error as exc:
+        con.close()
+        raise explain(exc, target) from exc
     return con

@@ -6,16 +6,21 @@ import json
 import math
 import sys
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import duckdb
 import typer
 from rich.console import Console
+from rich.text import Text
 
-# Wide when piped, so tables and paths are not folded into unreadable columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-state = {"debug": False}  # set by the --debug flag of the root command
+# Wide when piped, so tables and paths are not folded into unreadable columns. Markup is off:
+# model names, paths, reasons and validation messages come from users and files, and text
+# like `[/]` or `[low, high]` must print as written (a markup parser crashes on the first and
+# swallows the second). Our own styling is explicit: `styled`, `warn`, Text(style=...).
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+# debug: the root command's --debug flag; signal: the signal that stopped the command
+state: dict[str, Any] = {"debug": False, "signal": None}
 
 MarketArg = Annotated[str, typer.Argument(help="Upbit market code, e.g. KRW-BTC.")]
 UnitOpt = Annotated[
@@ -24,6 +29,16 @@ UnitOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
 ]
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain strings and (text, style) pairs; no part is ever parsed as markup."""
+    return Text.assemble(*parts)
+
+
+def warn(message: str) -> None:
+    """A `warning:` line on stderr; `message` is printed as written."""
+    err.print(styled(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -54,7 +69,8 @@ def strict_json(value: Any) -> Any:
         return strict_json(tolist())
     isoformat = getattr(value, "isoformat", None)  # datetime, pandas Timestamp
     if callable(isoformat):
-        return None if value != value else isoformat()  # NaT is not equal to itself
+        text = isoformat()
+        return None if text == "NaT" else text
     return str(value)
 
 
@@ -63,6 +79,18 @@ def emit_json(payload: Any) -> None:
     text = json.dumps(strict_json(payload), indent=2, ensure_ascii=False, allow_nan=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+class ReportedFailure(CliError):
+    """A failure whose JSON report (with `error` and `hint`) is already on stdout: under
+    `--json`, tui/cli.py main adds only the error line on stderr."""
+
+
+def fail_json(payload: dict[str, Any], error: str, hint: str | None) -> NoReturn:
+    """A failing `--json` command that has a report: the report with `error` and `hint` on
+    stdout (strict JSON), the error line on stderr, exit 1."""
+    emit_json({**payload, "error": error, "hint": hint})
+    raise ReportedFailure(error, hint)
 
 
 def connect() -> duckdb.DuckDBPyConnection:
