@@ -47,6 +47,23 @@ _TIME_COLUMNS = ("timestamp", "ts", "time", "datetime", "date", "candle_date_tim
 _INDEX_COLUMNS = ("", "index", "unnamed: 0", "__index_level_0__")
 _DAY_FIELDS = ("prev_closing_price", "change_price", "change_rate")
 MAX_EXAMPLES = 10
+MAX_REJECTED = 1000  # rejected rows a report lists one by one (with all their problems)
+
+# Plausible numbers of a KRW candle; anything outside is a broken file, not a market. Upbit KRW
+# prices run from fractions of a won (micro-caps such as BTT have traded near 0.001 KRW, and
+# the order book ticks down to 0.0001 KRW and below) to ~1.6e8 for BTC: [1e-8, 1e12] leaves
+# four orders of magnitude below the smallest tick and ~6000x above BTC, yet catches 1e308,
+# 1e-300 and the like. Volume is in coins (billions per candle for micro-caps; 1e18 is above
+# the whole supply of any token Upbit lists) and value in KRW (Upbit's busiest day ever is
+# ~1e13 KRW over all markets); a positive volume or value below 1e-12 is below any order's
+# precision (Upbit quotes 8 decimals). Zero volume and value are allowed.
+MIN_PRICE, MAX_PRICE = 1e-8, 1e12
+MAX_VOLUME, MAX_VALUE, MIN_AMOUNT = 1e18, 1e16, 1e-12
+# No crypto market traded before Bitcoin's genesis block (2009-01-03).
+EARLIEST = pd.Timestamp("2009-01-01", tz="UTC")
+# pandas keeps nanoseconds: stamps beyond these bounds are clipped to them when read, so a
+# year-1 or year-9999 row is rejected by the range checks instead of aborting the import.
+_NS_FLOOR, _NS_CEIL = pd.Timestamp("1678-01-01", tz="UTC"), pd.Timestamp("2262-01-01", tz="UTC")
 
 
 class DataImportError(Exception):
@@ -89,6 +106,8 @@ class ImportReport:
     problems: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)  # "row 2 (high < low)", by row
     written: bool = True
+    # the first MAX_REJECTED rejected rows: {"row": 2, "problems": ["high < low", ...]}
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     rows_updated: int = 0  # stored candles the file changed (or would change)
     rows_unchanged: int = 0  # stored candles the file repeats exactly
     changes: list[SeriesDiff] = field(default_factory=list)  # series with changed candles
@@ -204,22 +223,36 @@ def _column(raw: pd.DataFrame, *names: str) -> pd.Series | None:
 
 
 def _times(values: pd.Series, naive_zone: str) -> pd.Series:
-    """Timestamps as UTC; values without a zone are read in `naive_zone` (UTC or KST)."""
+    """Timestamps as UTC nanoseconds; values without a zone are read in `naive_zone` (UTC or
+    KST). Stamps beyond what nanoseconds hold (year 1, year 9999) are clipped to
+    _NS_FLOOR/_NS_CEIL for validation to reject; unreadable ones are NaT."""
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert("UTC")
+        return _nanoseconds(values.dt.tz_convert("UTC"))
     if pd.api.types.is_datetime64_dtype(values.dtype):
-        return values.dt.tz_localize(naive_zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert(
-            "UTC"
+        return _nanoseconds(
+            values.dt.tz_localize(naive_zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert(
+                "UTC"
+            )
         )
     text = values.astype("string").str.strip()
     has_zone = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True, na=False)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     if has_zone.any():
-        out[has_zone] = pd.to_datetime(text[has_zone], utc=True, errors="coerce", format="ISO8601")
+        zoned = pd.to_datetime(text[has_zone], utc=True, errors="coerce", format="ISO8601")
+        out[has_zone] = _nanoseconds(zoned)
     if (~has_zone).any():
         naive = pd.to_datetime(text[~has_zone], errors="coerce", format="ISO8601")
-        out[~has_zone] = naive.dt.tz_localize(naive_zone).dt.tz_convert("UTC")
+        out[~has_zone] = _nanoseconds(naive.dt.tz_localize(naive_zone).dt.tz_convert("UTC"))
     return out
+
+
+def _nanoseconds(stamps: pd.Series) -> pd.Series:
+    """UTC stamps in nanoseconds, those beyond its range clipped to _NS_FLOOR/_NS_CEIL."""
+    if stamps.dt.unit == "ns":
+        return stamps
+    if not (stamps.min() >= _NS_FLOOR and stamps.max() <= _NS_CEIL):  # (also when all NaT)
+        stamps = stamps.clip(_NS_FLOOR, _NS_CEIL)
+    return stamps.dt.as_unit("ns")
 
 
 def _normalize(raw: pd.DataFrame, fmt: str, path: Path) -> tuple[pd.DataFrame, pd.Series | None]:
@@ -312,21 +345,30 @@ def _resolve_series(
     return pd.Series(market, index=raw.index, dtype="str"), unit
 
 
-def validate_candles(frame: pd.DataFrame, unit: str) -> dict[str, np.ndarray]:
+def validate_candles(
+    frame: pd.DataFrame, unit: str, now: pd.Timestamp | None = None
+) -> dict[str, np.ndarray]:
     """One boolean mask per problem (True = bad row) for canonical candles of one unit.
 
-    Rows are checked in file order, per market: NaN or non-positive prices, high < low, open
-    or close outside [low, high], negative or NaN volume, negative value, timestamps missing,
-    off the unit's grid (UTC-aligned buckets), duplicated (later copies) or out of order
-    (files may run oldest first or, like Upbit's responses, newest first).
+    Rows are checked in file order, per market: NaN, infinite, non-positive or implausible
+    prices (outside [MIN_PRICE, MAX_PRICE]), high < low, open or close outside [low, high],
+    negative, NaN, infinite or implausible volume and value (`value` may be NaN: unknown),
+    timestamps missing, before EARLIEST or after the bucket forming at `now` (default: the
+    clock), off the unit's grid (UTC-aligned buckets), duplicated (later copies) or out of
+    order (files may run oldest first or, like Upbit's responses, newest first; rows out of
+    the time range take no part in the order checks).
     """
     o, h, low, c, v, val = (
         frame[col].to_numpy(np.float64)
         for col in ("open", "high", "low", "close", "volume", "value")
     )
     ns = frame["ts"].dt.as_unit("ns").array.asi8
-    valid = frame["ts"].notna().to_numpy()
+    stamped = frame["ts"].notna().to_numpy()
     width = unit_timedelta_minutes(unit) * 60 * 10**9
+    forming = (now or pd.Timestamp.now(tz="UTC")).value // width * width
+    early = stamped & (ns < EARLIEST.value)
+    future = stamped & (ns > forming)
+    valid = stamped & ~early & ~future
     duplicate = np.zeros(len(frame), dtype=bool)
     unsorted = np.zeros(len(frame), dtype=bool)
     markets = frame["market"]
@@ -347,25 +389,39 @@ def validate_candles(frame: pd.DataFrame, unit: str) -> dict[str, np.ndarray]:
             else:
                 late = rest[1:] > np.minimum.accumulate(rest)[:-1]
             unsorted[kept[1:][late]] = True
+    # The smallest and largest of each row's four prices (NaN when any is NaN) decide the
+    # price checks in a few passes over the columns.
+    least = np.minimum(np.minimum(o, h), np.minimum(low, c))
+    most = np.maximum(np.maximum(o, h), np.maximum(low, c))
     with np.errstate(invalid="ignore"):
         return {
-            "bad timestamp": ~valid,
-            "NaN or non-positive price": np.isnan(o)
-            | np.isnan(h)
-            | np.isnan(low)
-            | np.isnan(c)
-            | (o <= 0)
-            | (h <= 0)
-            | (low <= 0)
-            | (c <= 0),
+            "bad timestamp": ~stamped,
+            "timestamp before 2009": early,
+            "candle in the future": future,
+            "NaN or non-positive price": np.isnan(least) | (least <= 0),
+            "infinite price, volume or value": np.isinf(least)
+            | np.isinf(most)
+            | np.isinf(v)
+            | np.isinf(val),
+            f"price outside [{MIN_PRICE:g}, {MAX_PRICE:g}] KRW": (least > 0)
+            & np.isfinite(most)
+            & ((least < MIN_PRICE) | (most > MAX_PRICE)),
             "high < low": h < low,
             "open/close outside [low, high]": (np.fmax(o, c) > h) | (np.fmin(o, c) < low),
             "negative or NaN volume": np.isnan(v) | (v < 0),
+            f"volume outside [{MIN_AMOUNT:g}, {MAX_VOLUME:g}]": _implausible(v, MAX_VOLUME),
             "negative value": val < 0,
+            f"value outside [{MIN_AMOUNT:g}, {MAX_VALUE:g}] KRW": _implausible(val, MAX_VALUE),
             "off the unit's grid": valid & (ns % width != 0),
             "duplicate timestamp": duplicate,
             "unsorted timestamp": unsorted,
         }
+
+
+def _implausible(amounts: np.ndarray, ceiling: float) -> np.ndarray:
+    """Finite positive amounts below MIN_AMOUNT or above `ceiling` (0 is fine: no trades)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(amounts) & (amounts > 0) & ((amounts < MIN_AMOUNT) | (amounts > ceiling))
 
 
 def import_candles(
@@ -419,6 +475,11 @@ def import_candles(
             rows = np.flatnonzero(mask)[:MAX_EXAMPLES]
             examples += [(int(r) + first_row, name) for r in rows]
     report.examples = [f"row {r} ({name})" for r, name in sorted(examples)[:MAX_EXAMPLES]]
+    flagged = [(name, mask) for name, mask in problems.items() if mask.any()]
+    report.rejected = [
+        {"row": int(r) + first_row, "problems": [name for name, mask in flagged if mask[r]]}
+        for r in np.flatnonzero(bad)[:MAX_REJECTED]
+    ]
     if not report.written:
         summary = ", ".join(f"{n:,} × {name}" for name, n in report.problems.items())
         raise ValidationFailed(

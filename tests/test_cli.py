@@ -93,7 +93,7 @@ def test_bad_rows_are_reported_and_good_rows_imported(tmp_path: Path, csv_2000: 
     bad.loc[0, "high"] = bad.loc[0, "low"] - 1  # high < low
     bad.loc[1, "close"] = float("nan")
     bad.loc[2, "volume"] = -1.0
-    bad["timestamp"] = pd.date_range("2030-01-01", periods=10, freq="min").strftime("%Y-%m-%d %H:%M:%S")
+    bad["timestamp"] = pd.date_range("2025-08-01", periods=10, freq="min").strftime("%Y-%m-%d %H:%M:%S")
     path = tmp_path / "bad.csv"
     bad.to_csv(path, index=False)
     result = upquant(tmp_path, "data", "import", str(path), "--market", "KRW-BTC", "--unit", "1")

@@ -155,3 +155,75 @@ def test_cli_refuses_a_wrong_market_import_and_overwrite_reports_updates(tmp_pat
     assert (payload["rows_new"], payload["rows_updated"], payload["rows_unchanged"]) == (0, 2000, 0)
     same = upquant(home, "data", "import", str(btc), "-m", "KRW-ETH", "-u", "1")
     assert "0 new candles stored, 0 rejected, 0 updated, 2,000 unchanged" in same.stdout
+
+
+# --------------------------------------------------------------------------- item 6: finite, plausible numbers
+
+
+def poisoned_rows(tmp_path: Path, name: str) -> Path:
+    """20 good candles with one bad number or time in each of CSV lines 3..11."""
+    frame = pd.read_csv(DATA / "KRW-BTC_1m.csv", nrows=20)
+    frame["value"] = frame["close"] * frame["volume"]
+    frame["timestamp"] = frame["timestamp"].astype(object)
+    frame.loc[1, "close"] = np.inf  # line 3
+    frame.loc[2, "high"] = 1e308  # line 4
+    frame.loc[3, "low"] = 1e-300  # line 5
+    frame.loc[4, "volume"] = np.inf  # line 6
+    frame.loc[5, "volume"] = 1e300  # line 7
+    frame.loc[6, "value"] = -np.inf  # line 8
+    frame.loc[7, "timestamp"] = "9999-12-31 00:00:00"  # line 9
+    frame.loc[8, "timestamp"] = "0001-01-01 00:00:00"  # line 10
+    future = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(days=2)
+    frame.loc[9, "timestamp"] = future.strftime("%Y-%m-%d %H:%M:%S")  # line 11
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_non_finite_implausible_and_out_of_range_rows_are_rejected_one_by_one(
+    con, tmp_path: Path
+) -> None:
+    report = import_candles(con, poisoned_rows(tmp_path, "poison.csv"), "KRW-BTC", "1")
+    assert report.rows_read == 20 and report.rows_rejected == 9 and report.rows_new == 11
+    assert {r["row"] for r in report.rejected} == set(range(3, 12))  # each bad line, only those
+    problems = " ".join(report.problems)
+    for word in ("infinite", "price outside", "volume outside", "future", "before 2009"):
+        assert word in problems, (word, report.problems)
+    stored = snapshot(con, "KRW-BTC")
+    assert len(stored) == 11 and np.isfinite(stored[OHLCV].to_numpy()).all()
+    assert stored["high"].max() < 1e9 and stored["ts"].max() < pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def test_a_string_timestamp_column_out_of_range_rejects_rows_not_the_file(
+    con, tmp_path: Path
+) -> None:
+    frame = pd.read_csv(DATA / "KRW-BTC_1m.csv", nrows=5)
+    frame["timestamp"] = frame["timestamp"].str.replace(" ", "T") + "Z"
+    frame.loc[1, "timestamp"] = "9999-01-01T00:00:00Z"
+    frame.loc[2, "timestamp"] = "0001-01-01 00:00:00"  # a mixed column: read as text
+    path = tmp_path / "zoned.csv"
+    frame.to_csv(path, index=False)
+    report = import_candles(con, path, "KRW-BTC", "1")
+    assert (report.rows_new, report.rows_rejected) == (3, 2)
+    assert [e.split(" (")[0] for e in report.examples] == ["row 3", "row 4"]
+
+
+def test_the_store_refuses_non_finite_prices_from_any_path(con) -> None:
+    frame = pd.DataFrame(
+        {
+            "market": "KRW-BTC",
+            "unit": "1",
+            "ts": pd.date_range("2025-09-01", periods=3, freq="min", tz="UTC"),
+            "open": [1.0, 2.0, 3.0],
+            "high": [1.0, np.inf, 3.0],
+            "low": [1.0, 2.0, 3.0],
+            "close": [1.0, 2.0, 3.0],
+            "volume": [1.0, 1.0, 1.0],
+            "value": np.nan,
+        }
+    )
+    with pytest.raises(ValueError, match="non-finite"):
+        upsert_candles(con, frame)
+    with pytest.raises(ValueError, match="non-finite"):  # the many-series path too
+        upsert_candles(con, pd.concat([frame, frame.assign(market="KRW-ETH", high=1.0)]))
+    assert con.execute("SELECT count(*) FROM candles").fetchall()[0][0] == 0
