@@ -227,3 +227,32 @@ def test_the_store_refuses_non_finite_prices_from_any_path(con) -> None:
     with pytest.raises(ValueError, match="non-finite"):  # the many-series path too
         upsert_candles(con, pd.concat([frame, frame.assign(market="KRW-ETH", high=1.0)]))
     assert con.execute("SELECT count(*) FROM candles").fetchall()[0][0] == 0
+
+
+# --------------------------------------------------------------------------- items 13, 14: CLI
+
+
+def test_cli_strict_json_reports_rejected_rows_as_strict_json(tmp_path: Path) -> None:
+    path = poisoned_rows(tmp_path, "poison.csv")
+    home = tmp_path / "home"
+    strict = upquant(
+        home, "data", "import", str(path), "-m", "KRW-BTC", "-u", "1", "--strict", "--json"
+    )
+    assert strict.returncode == 1
+    payload = strict_loads(strict.stdout)
+    assert payload["written"] is False and payload["rows_rejected"] == 9
+    assert "fail validation" in payload["error"] and payload["hint"]
+    assert {r["row"] for r in payload["rejected"]} == set(range(3, 12))
+    loose = upquant(home, "data", "import", str(path), "-m", "KRW-BTC", "-u", "1", "--json")
+    assert loose.returncode == 0, loose.stderr
+    assert strict_loads(loose.stdout)["rows_new"] == 11
+    status = upquant(home, "data", "status", "--json")
+    assert strict_loads(status.stdout)[0]["rows"] == 11
+
+
+def test_cli_fetch_since_in_the_future_is_a_clear_error(tmp_path: Path) -> None:
+    result = upquant(tmp_path, "data", "fetch", "KRW-BTC", "--since", "2099-01-01")
+    assert result.returncode == 1
+    first, hint = result.stderr.strip().split("\n")
+    assert first.startswith("error:") and "--since 2099-01-01 is in the future" in first
+    assert hint.startswith("hint:")

@@ -7,8 +7,9 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -31,6 +32,7 @@ from tui.commands.common import (
     console,
     emit_json,
     err,
+    fail_json,
     parse_time,
 )
 
@@ -112,7 +114,7 @@ def data_import(
     (with --strict: the whole file, nothing written), good rows upserted. An import that would
     change stored candles is refused unless --overwrite; a file without `value` keeps the
     stored values."""
-    from engine.data import DataImportError, ImportConflict, ValidationFailed, import_candles
+    from engine.data import ImportConflict, ValidationFailed, import_candles
 
     with connect() as con:
         started = time.perf_counter()
@@ -128,25 +130,14 @@ def data_import(
             )
             seconds = round(time.perf_counter() - started, 3)
             if as_json:
-                _fail_json({**exc.report.to_dict(), "seconds": seconds}, str(exc), hint)
+                fail_json({**exc.report.to_dict(), "seconds": seconds}, str(exc), hint)
             _print_import(exc.report, seconds, err)
             raise CliError(str(exc), hint) from None
-        except DataImportError as exc:
-            if as_json:
-                _fail_json({"path": str(path)}, str(exc), getattr(exc, "hint", None))
-            raise
         seconds = time.perf_counter() - started
     if as_json:
         emit_json({**report.to_dict(), "seconds": round(seconds, 3)})
         return
     _print_import(report, seconds, console)
-
-
-def _fail_json(payload: dict[str, Any], error: str, hint: str | None) -> NoReturn:
-    """A failing `--json` command: the report with `error` and `hint` on stdout (strict
-    JSON), the error line on stderr, exit 1."""
-    emit_json({**payload, "error": error, "hint": hint})
-    raise CliError(error, hint)
 
 
 def _fetch_progress(total_markets: int) -> tuple[Progress, Callable[[FetchReport], None]]:
@@ -212,6 +203,14 @@ def data_fetch(
         raise CliError("--since is required", "e.g. --since 2025-09-01 (UTC)")
     unit = check(None, unit)
     start = parse_time(since, "--since")
+    now = datetime.now(UTC)
+    if start > now:  # nothing to fetch: Upbit has no candles after the forming one
+        raise CliError(
+            f"--since {since} is in the future (now is {now:%Y-%m-%d %H:%M} UTC);"
+            " there are no candles to fetch after it",
+            f"give the oldest candle to fetch as a past UTC time, e.g. --since"
+            f" {now - timedelta(days=7):%Y-%m-%d}",
+        )
     end = parse_time(until, "--until") if until else None
     if end is not None and end <= start:
         raise CliError(f"--until {until} is not after --since {since}", "swap them")
@@ -236,19 +235,24 @@ def data_fetch(
                 on_progress=update,
             )
         )
-    if as_json:
-        console.print_json(json.dumps(report.to_dict()))
-    else:
-        _print_fetch(report)
+    failure: CliError | None = None
     if report.stopped is not None:
-        raise CliError(str(report.stopped))
-    if report.failed:
+        failure = CliError(str(report.stopped), getattr(report.stopped, "hint", None))
+    elif report.failed:
         names = ", ".join(s.market for s in report.failed)
-        raise CliError(
+        failure = CliError(
             f"{len(report.failed)} of {len(report.series)} markets failed ({names}):"
             f" {report.failed[0].error}",
             "the other markets were fetched; fix or drop the failed ones and run again",
         )
+    if as_json and failure is not None:
+        fail_json(report.to_dict(), str(failure), failure.hint)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print_fetch(report)
+    if failure is not None:
+        raise failure
 
 
 def _print_fetch(report: FetchReport) -> None:
@@ -343,7 +347,7 @@ def data_stream(
         "malformed": stats.malformed,
     }
     if as_json:
-        console.print_json(json.dumps(summary))
+        emit_json(summary)
     else:
         console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
 
@@ -392,7 +396,7 @@ def data_resample(
     with connect() as con:
         report = resample_series(con, market, from_unit, to_unit, start, end)
     if as_json:
-        console.print_json(json.dumps(report.__dict__))
+        emit_json(report.__dict__)
         return
     console.print(
         f"{market}: {report.source_rows:,} unit {report.from_unit} candles →"
@@ -421,8 +425,8 @@ def data_status(
 
     with connect() as con:
         frame = series_status(con, min_gap)
-    if as_json:
-        console.print_json(frame.to_json(orient="records", date_format="iso"))
+    if as_json:  # pandas' ISO stamps ("2025-09-01T00:00:00.000Z"), NaN as null
+        emit_json(json.loads(frame.to_json(orient="records", date_format="iso")))
         return
     if frame.empty:
         console.print(
