@@ -36,11 +36,12 @@ from engine.metrics import (
     majority_baseline,
     regression_metrics,
 )
+from engine.params import check_confidence, check_model_params, check_training_args
 from engine.predict import actions_from_probs, candle_actions, predict_rows, predict_values
 from engine.splits import Split, SplitSpec, TooFewRowsError, min_candles
 from engine.strategy import SmaCross
 from engine.tuning import Trial, TuneResult, tune
-from models import ALL_KINDS, CLASSES, Model, create_model
+from models import ALL_KINDS, CLASSES, MODEL_KINDS, Model, create_model
 from models.torch_base import SequenceModel
 from store.artifacts import store_artifact
 from store.candles import load_candles
@@ -138,12 +139,26 @@ def train_model(
         return _train(con, run_id, config, progress)
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
+    label_spec = label_spec or LabelSpec()
+    # refused before a run row exists: a 0-round model would otherwise register as champion
+    check_training_args(
+        trials=trials,
+        n_jobs=n_jobs,
+        tune_folds=tune_folds,
+        timeout=timeout,
+        threshold=threshold,
+        fee=fee,
+        label_threshold=label_spec.threshold,
+    )
+    if kind in MODEL_KINDS:
+        check_model_params(kind, params or {})
+        create_model(kind, **(params or {}))  # and whatever else the kind refuses
     config = {
         "kind": kind,
         "market": market,
         "unit": unit,
         "feature_spec": feature_spec.to_dict(),
-        "label_spec": (label_spec or LabelSpec()).to_dict(),
+        "label_spec": label_spec.to_dict(),
         "split_spec": (split_spec or SplitSpec()).to_dict(),
         "params": params or {},
         "name": name,
@@ -212,7 +227,8 @@ def split_enough(
         f"{warmup:,} go to the feature warm-up, {label_spec.horizon} at the end have no label"
         f" yet, and the {spec.train:.0%}/{spec.validation:.0%}/"
         f"{1 - spec.train - spec.validation:.0%} split purges {purge} rows before"
-        f" each cut" + (f" and embargoes {spec.embargo} after it" if spec.embargo else "")
+        f" each cut"
+        + (f" and embargoes {spec.embargo} after it" if spec.embargo else "")
         + (f"; the model's window needs {min_train:,} training rows" if min_train > 1 else "")
     )
     if len(candles) < needed:
@@ -263,7 +279,9 @@ def _run(
 
     candles, data = load_data(con, market, unit, feature_spec, label_spec)
     min_train = _min_train_rows(kind, config["params"])
-    split = split_enough(candles, data, split_spec, feature_spec, label_spec, market, unit, min_train)
+    split = split_enough(
+        candles, data, split_spec, feature_spec, label_spec, market, unit, min_train
+    )
     y_train = data.y[split.train]
     if task == "classification":
         missing = [CLASSES[c] for c in range(len(CLASSES)) if not (y_train == c).any()]
@@ -477,6 +495,7 @@ def trading_report(
     unit: str,
 ) -> dict[str, dict[str, Any]]:
     """Backtest (after fees) of the model's signals on the test part's candles, with baselines."""
+    check_confidence(threshold)
     first, last = data.ts[split.test[0]], data.ts[split.test[-1]]
     ts = pd.DatetimeIndex(candles["ts"])
     part = candles[(ts >= first) & (ts <= last)].reset_index(drop=True)

@@ -34,6 +34,7 @@ from models.base import (
     return_to_proba,
 )
 from models.devices import resolve_device
+from models.params import COUNT, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 TORCH_DEFAULTS: dict[str, Any] = {
     "task": "classification",
@@ -50,6 +51,21 @@ TORCH_DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "threshold": 0.001,  # regression: the label threshold its probabilities are measured against
     "predict_batch": 4096,
+}
+# Valid values of the numeric parameters (0 epochs would register an untrained network).
+TORCH_RANGES: dict[str, Range] = {
+    "window": COUNT,
+    "hidden": COUNT,
+    "layers": COUNT,
+    "heads": COUNT,
+    "dropout": Range(low=0, high=1, high_open=True),
+    "epochs": COUNT,
+    "batch_size": COUNT,
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "patience": Range(low=0, integer=True),
+    "threshold": NON_NEGATIVE,
+    "predict_batch": COUNT,
 }
 
 
@@ -78,6 +94,7 @@ class SequenceModel(Model):
     """A torch network reading a window of feature rows; subclasses build the network."""
 
     extra_defaults: ClassVar[dict[str, Any]] = {}
+    ranges: ClassVar[dict[str, Range]] = TORCH_RANGES
 
     def __init__(self, **params: Any) -> None:
         defaults = {**TORCH_DEFAULTS, **self.extra_defaults}
@@ -88,8 +105,7 @@ class SequenceModel(Model):
             )
         self.params = {**defaults, **params}
         self.task = check_task(self.params["task"])
-        if int(self.params["window"]) < 1:
-            raise ValueError(f"window must be >= 1 row, got {self.params['window']}")
+        check_ranges(self.kind, self.params, self.ranges)
         self.context = int(self.params["window"]) - 1
 
     # --- subclasses -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from models.base import (
     return_to_proba,
 )
 from models.devices import resolve_device
+from models.params import COUNT, NON_NEGATIVE, POSITIVE, Range, check_ranges
 
 DEFAULTS: dict[str, Any] = {
     "task": "classification",
@@ -36,10 +37,24 @@ DEFAULTS: dict[str, Any] = {
     "n_jobs": 0,
     "threshold": 0.001,  # regression: the label threshold its probabilities are measured against
 }
+# Valid values of the numeric parameters (a 0-round model would register untrained).
+RANGES: dict[str, Range] = {
+    "n_estimators": COUNT,
+    "max_depth": COUNT,
+    "learning_rate": POSITIVE,
+    "subsample": Range(low=0, high=1, low_open=True),
+    "colsample_bytree": Range(low=0, high=1, low_open=True),
+    "min_child_weight": NON_NEGATIVE,
+    "reg_lambda": NON_NEGATIVE,
+    "early_stopping_rounds": COUNT,
+    "n_jobs": Range(low=0, integer=True),
+    "threshold": NON_NEGATIVE,
+}
 
 
 class XGBoostModel(Model):
     kind = "xgboost"
+    ranges = RANGES
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(DEFAULTS)
@@ -49,6 +64,7 @@ class XGBoostModel(Model):
             )
         self.params = {**DEFAULTS, **params}
         self.task = check_task(self.params["task"])
+        check_ranges(self.kind, self.params, self.ranges)
 
     def get_params(self) -> dict[str, Any]:
         return dict(self.params)

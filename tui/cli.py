@@ -57,7 +57,10 @@ def tui(
     ] = "KRW-BTC",
     unit: UnitOpt = "1",
     threshold: Annotated[
-        float, typer.Option(help="Confidence threshold for model signals (adjust with +/-).")
+        float,
+        typer.Option(
+            help="Confidence threshold for model signals, in [0.34, 0.95] (adjust with +/-)."
+        ),
     ] = 0.5,
     offline: Annotated[
         bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
@@ -68,9 +71,13 @@ def tui(
     ] = 2000,
 ) -> None:
     """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
+    from engine.params import check_session_args
     from tui.app import UpquantApp
 
     unit = check(market, unit)
+    check_session_args(
+        threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
+    )
     with connect() as con:
         UpquantApp(
             con,
@@ -89,7 +96,9 @@ def run(
         str, typer.Option("--market", "-m", help="Market, e.g. KRW-BTC.")
     ] = "KRW-BTC",
     unit: UnitOpt = "1",
-    threshold: Annotated[float, typer.Option(help="Confidence threshold for model signals.")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(help="Confidence threshold for model signals, in [0.34, 0.95].")
+    ] = 0.5,
     offline: Annotated[
         bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
     ] = False,
@@ -100,9 +109,13 @@ def run(
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
     from engine.live import SignalEvent, StatusEvent
+    from engine.params import check_session_args
     from engine.session import open_session
 
     unit = check(market, unit)
+    check_session_args(
+        threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
+    )
 
     def show(event: object) -> None:
         if isinstance(event, StatusEvent):

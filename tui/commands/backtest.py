@@ -133,13 +133,15 @@ def backtest(
         ),
     ] = None,
     threshold: Annotated[
-        float, typer.Option(help="--model: confidence a buy/sell probability must reach.")
+        float, typer.Option(help="--model: confidence a buy/sell must reach, in [0, 1].")
     ] = 0.5,
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
     from engine.backtest import run_backtest
+    from engine.params import check_confidence
 
+    check_confidence(threshold)  # typer takes any float, NaN included
     start = parse_time(from_, "--from") if from_ else None
     end = parse_time(to, "--to") if to else None
     if start is not None and end is not None and start >= end:

@@ -3,14 +3,13 @@ walk-forward retraining with mean ± std."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, connect, console, err, parse_time
+from tui.commands.common import JsonOpt, connect, console, emit_json, err, parse_time
 
 
 def _num(value: object) -> str:
@@ -27,12 +26,16 @@ def evaluate(
         bool, typer.Option("--walk-forward", help="Retrain per walk-forward fold.")
     ] = False,
     folds: Annotated[int, typer.Option(help="Walk-forward folds.")] = 5,
-    threshold: Annotated[float, typer.Option(help="Confidence the trading report acts on.")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(help="Confidence the trading report acts on, in [0, 1].")
+    ] = 0.5,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a registered model on held-out data (its test part by default) beside the baselines."""
     from engine.evaluation import evaluate_model, walk_forward_evaluate
+    from engine.params import check_confidence
 
+    check_confidence(threshold)  # typer takes any float, NaN included
     with connect() as con:
         if walk_forward:
             wf = walk_forward_evaluate(con, model, folds, threshold=threshold)
@@ -46,15 +49,13 @@ def evaluate(
             )
     if walk_forward:
         if as_json:
-            console.print_json(
-                json.dumps(
-                    {
-                        "model": wf.model,
-                        "folds": [{k: _json(v) for k, v in f.items()} for f in wf.folds],
-                        "mean": {k: _json(v) for k, v in wf.mean.items()},
-                        "std": {k: _json(v) for k, v in wf.std.items()},
-                    }
-                )
+            emit_json(
+                {
+                    "model": wf.model,
+                    "folds": [{k: _json(v) for k, v in f.items()} for f in wf.folds],
+                    "mean": {k: _json(v) for k, v in wf.mean.items()},
+                    "std": {k: _json(v) for k, v in wf.std.items()},
+                }
             )
             return
         table = Table(
@@ -71,27 +72,22 @@ def evaluate(
     if ev.note:
         err.print(f"[yellow]warning:[/] {ev.note}")
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "model": ev.model,
-                    "note": ev.note,
-                    "rows": ev.rows,
-                    "first": str(ev.first),
-                    "last": str(ev.last),
-                    "overlaps_training": ev.overlaps_training,
-                    "metrics": ev.metrics,
-                    "trading": {
-                        k: {m: _json(v) for m, v in d.items()} for k, d in ev.trading.items()
-                    },
-                    "reliability": None
-                    if ev.reliability is None
-                    else ev.reliability.to_dict("records"),
-                    "confusion": None if ev.confusion is None else ev.confusion.to_dict(),
-                    "importance": ev.importance,
-                },
-                default=str,
-            )
+        emit_json(
+            {
+                "model": ev.model,
+                "note": ev.note,
+                "rows": ev.rows,
+                "first": str(ev.first),
+                "last": str(ev.last),
+                "overlaps_training": ev.overlaps_training,
+                "metrics": ev.metrics,
+                "trading": {k: {m: _json(v) for m, v in d.items()} for k, d in ev.trading.items()},
+                "reliability": None
+                if ev.reliability is None
+                else ev.reliability.to_dict("records"),
+                "confusion": None if ev.confusion is None else ev.confusion.to_dict(),
+                "importance": ev.importance,
+            }
         )
         return
     console.print(

@@ -25,8 +25,11 @@ def models_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Registered models with status and test metrics."""
+    from engine.markets import check_market
     from store.registry import list_models, model_metrics
 
+    if market is not None:  # a filter is a market code too: krw-btc would match nothing
+        check_market(market)
     with connect() as con:
         records = list_models(con, market)
         metrics = {r.id: model_metrics(con, r.id) for r in records}

@@ -18,10 +18,17 @@ def predict(
     out: Annotated[
         Path | None, typer.Option(help="Also write them to this .parquet or .csv.")
     ] = None,
-    threshold: Annotated[float, typer.Option(help="Confidence for the `action` column.")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(help="Confidence for the `action` column, in [0, 1].")
+    ] = 0.5,
 ) -> None:
     """Predict every stored candle in the range (vectorised) and store the probabilities."""
+    from engine.markets import check_market
+    from engine.params import check_confidence
     from engine.predict import predict_range
+
+    check_market(market)
+    check_confidence(threshold)  # typer takes any float, NaN included
 
     with connect() as con:
         result = predict_range(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console, err
+from tui.commands.common import (
+    JsonOpt,
+    MarketArg,
+    UnitOpt,
+    check,
+    connect,
+    console,
+    emit_json,
+    err,
+)
 
 if TYPE_CHECKING:
     from engine.training import Progress, TrainReport
@@ -65,9 +73,12 @@ def train(
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting new trials after this many seconds.")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", help="Trials run in parallel (joblib).")] = 1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", help="Trials run in parallel (joblib); -1: one per core.")
+    ] = 1,
     tune_folds: Annotated[
-        int, typer.Option(help="Score trials on this many walk-forward folds (0: validation).")
+        int,
+        typer.Option(help="Score trials on this many (>= 2) walk-forward folds (0: validation)."),
     ] = 0,
     name: Annotated[
         str | None, typer.Option(help="Registry name (default KIND-MARKET-UNIT).")
@@ -86,6 +97,7 @@ def train(
     """Train a model on stored candles, evaluate it on the test part beside the baselines, register it."""
     from engine.features import DEFAULT_SPEC, load_feature_spec
     from engine.labels import LabelSpec
+    from engine.params import check_search_args
     from engine.splits import SplitSpec
     from engine.training import train_model
     from engine.tuning import SPACES, describe
@@ -106,6 +118,8 @@ def train(
         params.pop("n_estimators", None)
     else:
         params = {}
+    # train_model checks them too; here before the search space is shown
+    check_search_args(trials=trials, n_jobs=jobs, tune_folds=tune_folds, timeout=timeout)
     if trials and kind in SPACES and not as_json:
         err.print(f"[bold]search space[/] ({trials} trials, {jobs} in parallel):")
         for line in describe(SPACES[kind]):
@@ -135,7 +149,7 @@ def train(
             resume=resume,
         )
     if as_json:
-        console.print_json(json.dumps(report_json(report), default=str))
+        emit_json(report_json(report))
         return
     print_report(report)
 
