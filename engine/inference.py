@@ -16,7 +16,7 @@ import pandas as pd
 
 from engine.features import FeatureSpec
 from models import EnsembleModel, Model, load_model
-from store.artifacts import ArtifactError, cache_dir, open_artifact
+from store.artifacts import ArtifactError, artifact_path, cache_dir, open_artifact
 from store.registry import ModelRecord, champion, fallback_models, get_model
 
 
@@ -69,11 +69,12 @@ class LoadedModel:
         return validate_probs(self.model.predict_last(self.latest_rows(features)))
 
 
-def _open(kind: str, artifact: str, sha256: str, size: int) -> Any:
-    """The model in the artifact at `artifact`. Whatever keeps a verified artifact from loading
-    refuses it (ArtifactError), so that callers fall back to an earlier version instead of
-    failing: a tar whose sha256 is registered can still have been crafted."""
-    path = artifact
+def _open(kind: str, artifact: str | None, sha256: str, size: int) -> Any:
+    """The model in the artifact `artifact` names, found in the current store. Whatever keeps
+    a verified artifact from loading refuses it (ArtifactError), so that callers fall back to
+    an earlier version instead of failing: a tar whose sha256 is registered can still have
+    been crafted."""
+    path = artifact_path(artifact, sha256)
     directory = open_artifact(path, sha256, size, cache_dir() / sha256)
     try:
         if kind == "ensemble":
@@ -88,8 +89,11 @@ def _open(kind: str, artifact: str, sha256: str, size: int) -> Any:
 
 
 def _load_member(ref: dict[str, Any]) -> Model:
+    """An ensemble member from its reference in the manifest, found by its sha256 in the store
+    that loads the ensemble (older manifests name it by an absolute path in the store that
+    trained it)."""
     try:
-        return _open(ref["kind"], ref["artifact"], ref["sha256"], int(ref["size"]))
+        return _open(ref["kind"], ref.get("artifact"), ref["sha256"], int(ref["size"]))
     except ArtifactError as exc:
         raise ArtifactError(f"ensemble member {ref.get('ref', ref.get('id'))}: {exc}") from exc
 

@@ -1,8 +1,8 @@
 """Ensembles of fitted member models: hard/soft/weighted voting, stacking and blending.
 
 Saved as a JSON manifest (method, weights, meta-learner coefficients) plus member
-references (registry id, sha256, artifact); members are loaded, and verified, by whoever
-loads the ensemble. The meta-learner of `stack` learns from out-of-fold member predictions
+references (registry id and ref, kind, sha256, size); members are found by their sha256 in
+the store that loads the ensemble, and verified, by whoever loads it. The meta-learner of `stack` learns from out-of-fold member predictions
 made in time order (see engine.ensembling); `blend` learns from the validation part.
 """
 
@@ -48,7 +48,8 @@ class EnsembleModel(Model):
             )
         self.method = method
         self.members = list(members)
-        self.refs = [dict(r) for r in refs]
+        # no file path: it would tie the ensemble to the store that trained it
+        self.refs = [{k: v for k, v in r.items() if k != "artifact"} for r in refs]
         self.C = C
         self.context = max((m.context for m in self.members), default=0)
         for member in self.members:

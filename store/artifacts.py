@@ -41,6 +41,11 @@ class Artifact:
     sha256: str
     size: int
 
+    @property
+    def ref(self) -> str:
+        """How the registry names it: relative to `$UPQUANT_HOME`."""
+        return artifact_ref(self.path)
+
 
 def artifacts_dir() -> Path:
     path = home() / ARTIFACTS
@@ -52,6 +57,30 @@ def cache_dir() -> Path:
     path = home() / CACHE
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def artifact_ref(path: Path | str) -> str:
+    """`path` as the registry stores it: relative to `$UPQUANT_HOME` when inside it (so the
+    store can be moved or restored elsewhere), else unchanged."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(home().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def artifact_path(ref: str | None, sha256: str) -> Path:
+    """The file a registry row or an ensemble's member reference names, in the current store:
+    a relative `artifacts/…` reference under `$UPQUANT_HOME`; anything else (an absolute path
+    written before references were relative, perhaps by a store since moved or copied; no
+    reference at all) by its sha256 in the current store's `artifacts/`."""
+    if ref and not PurePosixPath(ref).is_absolute() and "\\" not in ref:
+        parts = PurePosixPath(ref).parts
+        if len(parts) == 2 and parts[0] == ARTIFACTS and parts[1] not in (".", ".."):
+            return home().joinpath(*parts)
+    return home() / ARTIFACTS / f"{sha256}.tar"
 
 
 def _pack(directory: Path) -> bytes:
@@ -82,13 +111,23 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def store_artifact(directory: Path) -> Artifact:
-    """Pack `directory` and write it as `<sha256>.tar` atomically (temp file + rename)."""
+    """Pack `directory` and write it as `<sha256>.tar` atomically (temp file + rename). A file
+    of that name is kept only if it still hashes right: a damaged one is rewritten, not
+    registered again."""
     data = _pack(directory)
     digest = hashlib.sha256(data).hexdigest()
     target = artifacts_dir() / f"{digest}.tar"
-    if not target.exists():
+    if not _intact(target, digest, len(data)):
         _write_new(target, data)
     return Artifact(target, digest, len(data))
+
+
+def _intact(path: Path, sha256: str, size: int) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return len(data) == size and hashlib.sha256(data).hexdigest() == sha256
 
 
 def read_artifact(path: Path | str, sha256: str, size: int) -> bytes:

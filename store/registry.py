@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 
+from store.artifacts import artifact_path, artifact_ref
 from store.db import transaction
 
 
@@ -24,7 +25,7 @@ class ModelRecord:
     feature_spec_hash: str
     label_spec: dict[str, Any]
     params: dict[str, Any]
-    artifact: str
+    artifact: str  # the file in the current store (the row names it relative to the store)
     sha256: str
     size: int
     status: str
@@ -47,6 +48,7 @@ def _record(row: tuple) -> ModelRecord:
     values = list(row)
     for i in (6, 8, 9, 16):
         values[i] = json.loads(values[i]) if values[i] is not None else None
+    values[10] = str(artifact_path(values[10], values[11]))
     return ModelRecord(*values)
 
 
@@ -92,7 +94,7 @@ def register_model(
                 feature_spec_hash,
                 json.dumps(label_spec),
                 json.dumps(params),
-                artifact,
+                artifact_ref(artifact),
                 sha256,
                 size,
                 status,
