@@ -134,7 +134,7 @@ def _describe_changes(changes: Sequence[SeriesDiff]) -> str:
     UTC), e.g. 2025-09-01 00:00 open 6,114,000 → 158,000,000, ...'."""
 
     def number(x: float) -> str:
-        return "NULL" if math.isnan(x) else f"{x:,.8g}" if abs(x) < 1e15 else f"{x:.6g}"
+        return "NULL" if math.isnan(x) else f"{x:,.12g}" if abs(x) < 1e12 else f"{x:.6g}"
 
     parts = []
     for d in changes:
