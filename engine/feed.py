@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import random
 import time
 from collections import deque
@@ -356,6 +357,12 @@ class LiveFeed:
                 row[column] = float(frame[name])
         except (KeyError, TypeError, ValueError) as exc:
             self._malformed(UpbitError(f"candle frame without {exc}: {dict(frame)}"))
+            return
+        prices = (row["open"], row["high"], row["low"], row["close"])
+        if not (min(prices) > 0 and math.isfinite(sum(prices)) and row["volume"] >= 0):
+            # the store refuses such a row, and a refused row would stay queued in the writer
+            # and fail every later batch with it: skip the frame here, as a malformed one
+            self._malformed(UpbitError(f"candle frame with impossible numbers: {dict(frame)}"))
             return
         self.stats.candle_frames += 1
         if self.store:

@@ -94,12 +94,18 @@ def make_client(
     ws_base = (ws or ws_url()).rstrip("/")
     # The SDK appends /websocket/v1 itself.
     ws_base = ws_base.removesuffix(_WS_PATH)
-    return AsyncUpbit(
-        base_url=rest or rest_url(),
-        websocket_base_url=ws_base,
-        max_retries=max_retries,
-        timeout=httpx.Timeout(timeout, connect=5.0),
-    )
+    try:
+        return AsyncUpbit(
+            base_url=rest or rest_url(),
+            websocket_base_url=ws_base,
+            max_retries=max_retries,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UpbitError(
+            f"the configured Upbit URLs are not valid (REST {rest or rest_url()}, WebSocket"
+            f" {ws_base}): {exc}; fix UPQUANT_UPBIT_REST_URL / UPQUANT_UPBIT_WS_URL"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- REST
@@ -655,7 +661,13 @@ async def stream(
         manager = client.ws_public.connect_public(websocket_connection_options=options)
         try:
             conn = await manager.enter()
-        except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            httpx.InvalidURL,  # a malformed UPQUANT_UPBIT_WS_URL
+            websockets.InvalidHandshake,
+            websockets.InvalidURI,
+        ) as exc:
             raise UpbitUnreachable(
                 f"cannot open the Upbit WebSocket at {target} ({type(exc).__name__}: {exc});"
                 " check the network or UPQUANT_UPBIT_WS_URL"

@@ -328,8 +328,14 @@ async def test_malformed_frames_are_skipped_and_refused_subscriptions_stop(con) 
         assert await fake.push_raw(b'{"type": "candle.1m", "code": "KRW-') == 1
         await fake.push_frame(candle_frame("KRW-BTC", candles_of("KRW-BTC", T0, 1).iloc[0]))
         await until(lambda: feed.stats.candle_frames == 1)
+        # numbers the store refuses: skipped here, so they never block the writer's queue
+        for field, value in (("trade_price", 0.0), ("high_price", 1e400)):
+            bad = candle_frame("KRW-BTC", candles_of("KRW-BTC", T0, 1).iloc[0])
+            bad[field] = value
+            await fake.push_frame(bad)
+        await until(lambda: feed.stats.malformed == 3)
         await stop(task)
-    assert feed.stats.malformed == 1 and feed.stats.drops == 0
+    assert feed.stats.malformed == 3 and feed.stats.candle_frames == 1 and feed.stats.drops == 0
     assert any("malformed" in text for text in statuses)
 
     async with FakeUpbit() as fake:

@@ -249,7 +249,7 @@ async def test_trained_champion_shows_class_probabilities(con):
         for action, p in zip(("sell", "hold", "buy"), panel.probs, strict=True):
             assert f"{action}" in text and f"{p * 100:5.1f}%" in text
         log = app.screen.query_one(SignalLog)
-        assert log.row_count == 30 and log.get_row_at(log.row_count - 1)[3] == report.model.ref
+        assert log.row_count == 30 and str(log.get_row_at(log.row_count - 1)[3]) == report.model.ref
 
 
 async def test_default_factory_opens_an_offline_demo_session(con):
@@ -298,3 +298,28 @@ async def test_a_live_banner_says_disconnected_while_the_socket_is_down(con):
         engine.publish(StatusEvent("Upbit live: streaming 1 markets 1m", "info", connected=True))
         await pilot.pause()
         assert banner.text == live_banner and banner.has_class("-live")
+
+
+async def test_model_names_and_reasons_with_markup_are_shown_as_written(con):
+    """A model named with `[/]` (a markup closing tag) and a reason with `[low, high]` render in
+    the signal log and the prediction panel as written, instead of crashing the screen."""
+    upsert_candles(con, demo_candles(3000, MARKET, UNIT, seed=7, start=START))
+    report = train_model(
+        con, "xgboost", MARKET, UNIT, params={"n_estimators": 5}, name="odd[/]name[bold]"
+    )
+    model, reason = load_champion(con, MARKET, UNIT)
+    assert model is not None, reason
+    app = UpquantApp(
+        con,
+        session_factory=demo_factory(
+            con, 30, model=model, mode="replay", banner=f"REPLAY · [low, high] {reason}"
+        ),
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        panel, log = app.screen.query_one(PredictionPanel), app.screen.query_one(SignalLog)
+        assert report.model.ref == "odd[/]name[bold]@1"
+        assert "odd[/]name[bold]@1" in _plain(panel.render())
+        assert str(log.get_row_at(log.row_count - 1)[3]) == report.model.ref
+        assert app.screen.query_one(SessionBanner).text.startswith("REPLAY · [low, high]")
+        app.screen.query_one(SignalLog).render_line(0)  # a cell parsed as markup raises here

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, MarketArg, UnitOpt, connect, console, err, parse_time
+from tui.commands.common import (
+    JsonOpt,
+    MarketArg,
+    UnitOpt,
+    connect,
+    console,
+    parse_time,
+    styled,
+    warn,
+)
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -84,9 +93,12 @@ def _json_value(value: object) -> object:
 
 def _render(report: BacktestReport) -> None:
     console.print(
-        f"[bold]{report.market}[/] unit {report.unit} · {report.first:%Y-%m-%d %H:%M} →"
-        f" {report.last:%Y-%m-%d %H:%M} UTC · {report.candles:,} candles ·"
-        f" fee {report.fee:.3%} per side · slippage {report.slippage_bps:g} bps",
+        styled(
+            (report.market, "bold"),
+            f" unit {report.unit} · {report.first:%Y-%m-%d %H:%M} →"
+            f" {report.last:%Y-%m-%d %H:%M} UTC · {report.candles:,} candles ·"
+            f" fee {report.fee:.3%} per side · slippage {report.slippage_bps:g} bps",
+        ),
         highlight=False,
     )
     table = Table("metric", *report.results)
@@ -165,7 +177,7 @@ def backtest(
                 slow=slow,
             )
     if report.note:
-        err.print(f"[yellow]warning:[/] {report.note}")
+        warn(report.note)
     if as_json:
         payload = {
             "market": report.market,
@@ -215,8 +227,8 @@ def _model_report(
     if start is None and test_from is not None:
         start = test_from.to_pydatetime()
     elif test_from is not None and pd.Timestamp(start) < test_from:
-        err.print(
-            f"[yellow]warning:[/] --from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
+        warn(
+            f"--from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
             f" ({test_from:%Y-%m-%d %H:%M}): the result is partly in-sample"
         )
     return model_backtest(

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, connect, console, emit_json, err, parse_time
+from tui.commands.common import (
+    JsonOpt,
+    connect,
+    console,
+    emit_json,
+    parse_time,
+    styled,
+    warn,
+)
 
 
 def _num(value: object) -> str:
@@ -70,7 +78,7 @@ def evaluate(
         console.print(table)
         return
     if ev.note:
-        err.print(f"[yellow]warning:[/] {ev.note}")
+        warn(ev.note)
     if as_json:
         emit_json(
             {
@@ -91,10 +99,13 @@ def evaluate(
         )
         return
     console.print(
-        f"[bold]{ev.model}[/] on {ev.rows:,} rows, {ev.first:%Y-%m-%d %H:%M} – {ev.last:%Y-%m-%d %H:%M} UTC"
+        styled(
+            (ev.model, "bold"),
+            f" on {ev.rows:,} rows, {ev.first:%Y-%m-%d %H:%M} – {ev.last:%Y-%m-%d %H:%M} UTC",
+        )
     )
     if ev.overlaps_training:
-        console.print("[yellow]warning: the range overlaps the model's training part[/]")
+        console.print("warning: the range overlaps the model's training part", style="yellow")
     keys = sorted({k for d in ev.metrics.values() for k in d})
     table = Table("metric", *ev.metrics)
     for key in keys:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console, err
@@ -132,7 +131,7 @@ def features_list(
     kinds = Table("kind", "group", "parameters (defaults)", "what", title="feature kinds")
     for kind in FEATURE_KINDS.values():
         params = ", ".join(f"{k}={v}" for k, v in kind.defaults.items()) or "-"
-        kinds.add_row(kind.name, kind.group, escape(params), escape(kind.doc))
+        kinds.add_row(kind.name, kind.group, params, kind.doc)
     console.print(kinds)
     title = (
         f"spec {feature_spec.hash()}: {len(rows)} columns, warm-up {feature_spec.warmup()},"

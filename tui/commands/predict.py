@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tui.commands.common import MarketArg, connect, console, err, parse_time
+from tui.commands.common import MarketArg, connect, console, parse_time, warn
 
 
 def predict(
@@ -41,7 +41,7 @@ def predict(
             threshold=threshold,
         )
     if result.note:
-        err.print(f"[yellow]warning:[/] {result.note}")
+        warn(result.note)
     frame = result.frame
     counts = frame["action"].value_counts()
     console.print(

@@ -79,7 +79,7 @@ class PredictionPanel(Widget):
             decision.add_row(
                 "Signal", Text.assemble(action, f"  confidence {signal.confidence:.2f}")
             )
-            decision.add_row("Source", signal.source)
+            decision.add_row("Source", Text(signal.source))  # not markup: a model name
             decision.add_row("Reason", Text(signal.reason, style=muted))
         else:
             decision.add_row("Signal", "–")

@@ -68,8 +68,8 @@ class SignalLog(DataTable[str | Text]):
                 signal.ts.strftime("%H:%M"),
                 Text(signal.action, style=style),
                 f"{signal.confidence:.2f}",
-                signal.source,
-                signal.reason,
+                Text(signal.source),  # Text: a model name or reason may hold [brackets]
+                Text(signal.reason),
             )
         )
         while len(self._keys) > self.MAX_ROWS:
