@@ -2,8 +2,12 @@
 on the test part beside baselines → artifact + registry row + metrics.
 
 Every run is a `training_runs` row whose status and per-epoch metrics are written as they
-happen. Ctrl-C marks it `interrupted` and registers nothing; a torch run keeps a checkpoint
-after every epoch, so `resume=RUN` continues it where it stopped.
+happen, owned by the process that runs it (store.processes: pid, host, start, heartbeat).
+Ctrl-C (and SIGTERM/SIGHUP, which the CLI turns into it) marks it `interrupted` and registers
+nothing; a run whose process died without a word (SIGKILL, out of memory) reads as
+`interrupted` once its process is gone. A torch run keeps a checkpoint after every epoch, so
+`resume=RUN` continues it where it stopped; `restart=True` runs it again from scratch (an
+xgboost run, or a damaged checkpoint).
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from engine.splits import Split, SplitSpec, TooFewRowsError, min_candles
 from engine.strategy import SmaCross
 from engine.tuning import Trial, TuneResult, tune
 from models import ALL_KINDS, CLASSES, MODEL_KINDS, Model, create_model
-from models.torch_base import SequenceModel
+from models.torch_base import CheckpointError, SequenceModel
 from store.artifacts import store_artifact
 from store.candles import load_candles
 from store.db import home
 from store.registry import (
     ModelRecord,
+    beat,
     champion,
+    claim_run,
+    clear_run_epochs,
     get_run,
     log_epoch,
     register_model,
@@ -60,7 +67,12 @@ TORCH_KINDS = ("lstm", "transformer")
 
 
 class TrainingError(Exception):
-    """Training cannot start or finish; the message says why and what to do."""
+    """Training cannot start or finish; the message says why, `hint` (or the message) what
+    to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass
@@ -119,24 +131,19 @@ def train_model(
     fee: float = DEFAULT_FEE,
     progress: ProgressHook | None = None,
     resume: int | None = None,
+    restart: bool = False,
 ) -> TrainReport:
     """Train one model on the stored candles of `market`/`unit` and register it.
 
     `promote=None` makes it champion only when its market/unit has none yet. `threshold` is
-    the confidence the test-part trading report acts on (as the live engine does).
+    the confidence the test-part trading report acts on (as the live engine does). `resume`
+    continues an interrupted or failed run with its own settings (the other arguments are
+    not used); with `restart`, from scratch, its checkpoint and epoch metrics dropped.
     """
     if resume is not None:
-        run = get_run(con, resume)
-        if run.status not in ("interrupted", "failed"):
-            raise TrainingError(
-                f"run {resume} is {run.status}; only interrupted or failed runs resume"
-            )
-        if run.kind not in TORCH_KINDS or run.config is None:
-            raise TrainingError(f"run {resume} ({run.kind}) has no checkpoint to resume from")
-        config = run.config
-        run_id = resume
-        update_run(con, run_id, status="running", log=f"resumed from {run.checkpoint or 'start'}")
-        return _train(con, run_id, config, progress)
+        return _resume(con, resume, restart, progress, kind=kind, market=market)
+    if restart:
+        raise TrainingError("restart goes with resume: `upquant train --resume RUN --restart`")
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")
     label_spec = label_spec or LabelSpec()
@@ -175,6 +182,47 @@ def train_model(
     }
     run_id = start_run(con, kind, market, unit, config)
     return _train(con, run_id, config, progress)
+
+
+def _resume(
+    con: duckdb.DuckDBPyConnection,
+    run_id: int,
+    restart: bool,
+    progress: ProgressHook | None,
+    *,
+    kind: str = "",
+    market: str = "",
+) -> TrainReport:
+    """Continue run `run_id` with its own settings; `kind`/`market`, when given, must be its."""
+    run = get_run(con, run_id)  # a run whose process is gone reads as interrupted
+    if (kind and kind != run.kind) or (market and market != run.market):
+        raise TrainingError(
+            f"run {run_id} trains {run.kind} on {run.market} unit {run.unit}, not"
+            f" {kind or run.kind} on {market or run.market}; `upquant train --resume {run_id}`"
+            " takes its kind and market from the run"
+        )
+    if run.status == "running":
+        raise TrainingError(
+            f"run {run_id} is still running (process {run.pid} on {run.host}); stop it first"
+            f" (Ctrl-C there, or `kill {run.pid}`)"
+        )
+    if run.status not in ("interrupted", "failed"):
+        raise TrainingError(f"run {run_id} is {run.status}; only interrupted or failed runs resume")
+    if run.config is None:
+        raise TrainingError(f"run {run_id} recorded no settings to resume with; train anew")
+    if run.kind not in TORCH_KINDS and not restart:
+        raise TrainingError(
+            f"run {run_id} ({run.kind}) keeps no checkpoint to resume from; train it again"
+            f" from scratch with `upquant train --resume {run_id} --restart`"
+        )
+    if restart:
+        shutil.rmtree(_checkpoint_path(run_id).parent, ignore_errors=True)
+        clear_run_epochs(con, run_id)
+        how = "restarted from scratch"
+    else:
+        how = f"resumed from {run.checkpoint or 'the start'}"
+    claim_run(con, run_id, log=how)
+    return _train(con, run_id, run.config, progress)
 
 
 def load_data(
@@ -254,7 +302,7 @@ def _train(
     except KeyboardInterrupt:
         # registering finishes the run in the same transaction: only an unfinished one was cut
         if get_run(con, run_id).status != "finished":
-            update_run(con, run_id, status="interrupted", error="interrupted by the user")
+            update_run(con, run_id, status="interrupted", error="stopped by Ctrl-C or a signal")
         raise
     except Exception as exc:
         update_run(con, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -278,6 +326,7 @@ def _run(
     notify = progress or (lambda _: None)
 
     candles, data = load_data(con, market, unit, feature_spec, label_spec)
+    beat(con, run_id)
     min_train = _min_train_rows(kind, config["params"])
     split = split_enough(
         candles, data, split_spec, feature_spec, label_spec, market, unit, min_train
@@ -310,13 +359,18 @@ def _run(
             )
         check_member_periods(records, data, split, config["method"])
         loaded = [(r, load_record(r).model) for r in records]
+
+        def on_fold(k: int, n: int) -> None:
+            beat(con, run_id)
+            notify(Progress("fold", k + 1, n, text="stacking folds"))
+
         model: Model = fit_ensemble(
             loaded,
             config["method"],
             data,
             split,
             stack_folds=int(config["stack_folds"]),
-            on_fold=lambda k, n: notify(Progress("fold", k + 1, n, text="stacking folds")),
+            on_fold=on_fold,
         )
         params = {**model.get_params(), "stack_folds": config["stack_folds"]}
     else:
@@ -364,16 +418,23 @@ def _run(
             update_run(con, run_id, progress=base + (1 - base) * 0.9 * done)
             notify(Progress("epoch", epochs_run, total_epochs, metrics))
 
-        model.fit(
-            data.X[split.train],
-            y_train,
-            data.X[split.validation],
-            data.y[split.validation],
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-        )
+        try:
+            model.fit(
+                data.X[split.train],
+                y_train,
+                data.X[split.validation],
+                data.y[split.validation],
+                on_epoch=on_epoch,
+                checkpoint=checkpoint,
+            )
+        except CheckpointError as exc:
+            raise TrainingError(
+                f"run {run_id} cannot resume: {exc}",
+                f"run it again from its first epoch: `upquant train --resume {run_id} --restart`",
+            ) from exc
         params = model.get_params()
 
+    beat(con, run_id)
     notify(Progress("step", 0, 0, text="evaluating on the test part"))
     metrics, trading = evaluate_parts(
         model,

@@ -69,6 +69,10 @@ TORCH_RANGES: dict[str, Range] = {
 }
 
 
+class CheckpointError(ValueError):
+    """A training checkpoint cannot be resumed from; the message names the file."""
+
+
 def windows(X: np.ndarray, window: int, *, pad: bool) -> np.ndarray:
     """(n', window, features) view of consecutive rows; with `pad`, the first row is repeated
     window - 1 times in front so there is one window per row (n' = n), else n' = n - window + 1."""
@@ -166,13 +170,24 @@ class SequenceModel(Model):
         state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0}
         best = copy.deepcopy(self.net_.state_dict())
         if checkpoint is not None and checkpoint.exists():
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            self.net_.load_state_dict(saved["net"])
-            optimiser.load_state_dict(saved["optimiser"])
-            best = saved["best"]
-            state = {k: saved["state"][k] for k in state}
-            shuffle.set_state(saved["shuffle"])
-            torch.set_rng_state(saved["rng"])
+            try:
+                saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch's own text suggests unsafe loading: not shown
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} is damaged: truncated or not a checkpoint"
+                    f" ({type(exc).__name__})"
+                ) from exc
+            try:
+                self.net_.load_state_dict(saved["net"])
+                optimiser.load_state_dict(saved["optimiser"])
+                best = saved["best"]
+                state = {k: saved["state"][k] for k in state}
+                shuffle.set_state(saved["shuffle"])
+                torch.set_rng_state(saved["rng"])
+            except Exception as exc:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} does not fit this network ({type(exc).__name__})"
+                ) from exc
 
         loss_fn: nn.Module = nn.MSELoss() if self.task == "regression" else nn.CrossEntropyLoss()
         batch = int(p["batch_size"])

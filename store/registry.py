@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ import duckdb
 
 from store.artifacts import artifact_path, artifact_ref
 from store.db import transaction
+from store.processes import Owner, gone, this_process
 
 
 @dataclass(frozen=True)
@@ -292,11 +293,22 @@ class RunRecord:
     unit: str | None
     config: dict[str, Any] | None
     checkpoint: str | None
+    pid: int | None = None
+    host: str | None = None
+    process_start: str | None = None
+    heartbeat: datetime | None = None
+
+    @property
+    def owner(self) -> Owner | None:
+        """The process that runs (or ran) it; None for runs from before owners were kept."""
+        if self.pid is None or self.host is None:
+            return None
+        return Owner(self.pid, self.host, self.process_start)
 
 
 _RUN_COLUMNS = (
     "id, model_id, status, progress, started, finished, error, log, kind, market, unit, config,"
-    " checkpoint"
+    " checkpoint, pid, host, process_start, heartbeat"
 )
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
@@ -304,15 +316,32 @@ RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 def start_run(
     con: duckdb.DuckDBPyConnection, kind: str, market: str, unit: str, config: dict[str, Any]
 ) -> int:
+    """A `running` row owned by this process."""
+    me, now = this_process(), datetime.now(UTC)
     rows = con.execute(
-        "INSERT INTO training_runs (status, progress, started, kind, market, unit, config)"
-        " VALUES ('running', 0, ?, ?, ?, ?, ?) RETURNING id",
-        [datetime.now(UTC), kind, market, unit, json.dumps(config)],
+        "INSERT INTO training_runs (status, progress, started, kind, market, unit, config, pid,"
+        " host, process_start, heartbeat) VALUES ('running', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
+        [now, kind, market, unit, json.dumps(config), me.pid, me.host, me.start, now],
     ).fetchall()
     return int(rows[0][0])
 
 
+def claim_run(con: duckdb.DuckDBPyConnection, run_id: int, log: str | None = None) -> None:
+    """Make this process the owner of a run it resumes: `running` again, heartbeat now."""
+    me = this_process()
+    con.execute(
+        "UPDATE training_runs SET status = 'running', finished = NULL, error = NULL, pid = ?,"
+        " host = ?, process_start = ?, heartbeat = ? WHERE id = ?",
+        [me.pid, me.host, me.start, datetime.now(UTC), run_id],
+    )
+    if log is not None:
+        update_run(con, run_id, log=log)
+
+
 def get_run(con: duckdb.DuckDBPyConnection, run_id: int) -> RunRecord:
+    """The run; a `running` one whose process is gone comes back (and is stored, where the
+    connection may write) as `interrupted`, saying why."""
     rows = con.execute(
         f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE id = ?", [run_id]
     ).fetchall()
@@ -320,7 +349,26 @@ def get_run(con: duckdb.DuckDBPyConnection, run_id: int) -> RunRecord:
         raise KeyError(f"no training run {run_id}")
     values = list(rows[0])
     values[11] = json.loads(values[11]) if values[11] is not None else None
-    return RunRecord(*values)
+    return _settle(con, RunRecord(*values))
+
+
+def _settle(con: duckdb.DuckDBPyConnection, run: RunRecord) -> RunRecord:
+    if run.status != "running":
+        return run
+    reason = gone(run.owner, run.heartbeat)
+    if reason is None:
+        return run
+    error = f"{reason}: killed, out of memory or its terminal closed"
+    finished = run.heartbeat or datetime.now(UTC)  # its last sign of life
+    try:
+        con.execute(
+            "UPDATE training_runs SET status = 'interrupted', error = ?, finished = ?"
+            " WHERE id = ? AND status = 'running'",
+            [error, finished, run.id],
+        )
+    except duckdb.Error:  # a read-only connection: the next writer that reads it records it
+        pass
+    return replace(run, status="interrupted", error=error, finished=finished)
 
 
 def list_runs(con: duckdb.DuckDBPyConnection, limit: int = 50) -> list[RunRecord]:
@@ -343,6 +391,9 @@ def update_run(
         raise ValueError(f"unknown run status {status!r}")
     sets: list[str] = []
     params: list[object] = []
+    if progress is not None:  # only the owner reports progress: a heartbeat too
+        sets.append("heartbeat = ?")
+        params.append(datetime.now(UTC))
     for column, value in (
         ("status", status),
         ("progress", progress),
@@ -361,6 +412,16 @@ def update_run(
         params.append(log)
     if sets:
         con.execute(f"UPDATE training_runs SET {', '.join(sets)} WHERE id = ?", [*params, run_id])
+
+
+def beat(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    """Stamp the run's heartbeat: its owner is alive (between progress reports)."""
+    con.execute("UPDATE training_runs SET heartbeat = ? WHERE id = ?", [datetime.now(UTC), run_id])
+
+
+def clear_run_epochs(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    """Forget a run's per-epoch (and per-trial) metrics: it starts again from scratch."""
+    con.execute("DELETE FROM metrics WHERE run_id = ? AND model_id IS NULL", [run_id])
 
 
 def log_epoch(

@@ -278,3 +278,29 @@ def test_a_dataset_without_rows_keeps_its_label_end_times_aware(btc_1m: pd.DataF
     data = build_dataset(btc_1m.iloc[:50], DEFAULT_SPEC, LabelSpec(), unit="1")
     assert len(data.y) == 0
     assert str(data.label_end.tz) == "UTC" and str(data.ts.tz) == "UTC"
+
+
+def test_an_interrupted_xgboost_run_restarts_from_scratch(con, btc_1m: pd.DataFrame) -> None:
+    from store.registry import get_run, run_epochs
+
+    upsert_candles(con, btc_1m.iloc[:3000])
+
+    def stop_early(progress) -> None:
+        if progress.phase == "epoch" and progress.done >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(con, "xgboost", "KRW-BTC", "1", params=FAST, progress=stop_early)
+    assert get_run(con, 1).status == "interrupted" and run_epochs(con, 1)
+    with pytest.raises(TrainingError, match="keeps no checkpoint") as refused:
+        train_model(con, "", "", "1", resume=1)
+    assert "`upquant train --resume 1 --restart`" in str(refused.value)
+    report = train_model(con, "", "", "1", resume=1, restart=True)
+    run = get_run(con, 1)
+    assert run.status == "finished" and "restarted from scratch" in (run.log or "")
+    assert report.model.kind == "xgboost" and report.model.params["n_estimators"] == 40
+    twice = con.execute(
+        "SELECT step, name FROM metrics WHERE run_id = 1 AND step IS NOT NULL"
+        " GROUP BY step, name HAVING count(*) > 1"
+    ).fetchall()
+    assert twice == []  # the first attempt's rounds are gone

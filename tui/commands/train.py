@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
+from typer._click.exceptions import MissingParameter  # typer's own "Missing argument" error
 
 from tui.commands.common import (
     JsonOpt,
-    MarketArg,
     UnitOpt,
     check,
     connect,
@@ -31,8 +31,20 @@ def _fmt(value: Any, pct: bool = False) -> str:
 
 
 def train(
-    kind: Annotated[str, typer.Argument(help="Model kind: xgboost, lstm, transformer, ensemble.")],
-    market: MarketArg,
+    ctx: typer.Context,
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="Model kind: xgboost, lstm, transformer, ensemble (with --resume: the run's).",
+            show_default=False,
+        ),
+    ] = None,
+    market: Annotated[
+        str | None,
+        typer.Argument(
+            help="Upbit market code, e.g. KRW-BTC (with --resume: the run's).", show_default=False
+        ),
+    ] = None,
     unit: UnitOpt = "1",
     members: Annotated[
         list[str] | None,
@@ -84,8 +96,22 @@ def train(
         str | None, typer.Option(help="Registry name (default KIND-MARKET-UNIT).")
     ] = None,
     resume: Annotated[
-        int | None, typer.Option("--resume", help="Continue an interrupted torch run by id.")
+        int | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN",
+            help="Continue an interrupted or failed run (Ctrl-C, killed, out of memory) with its"
+            " own settings: a torch run from its last epoch's checkpoint.",
+        ),
     ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="With --resume: run it again from its first epoch, dropping its checkpoint and"
+            " epoch metrics (an xgboost run, or a damaged checkpoint).",
+        ),
+    ] = False,
     promote: Annotated[
         bool | None,
         typer.Option(
@@ -94,7 +120,7 @@ def train(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a model on stored candles, evaluate it on the test part beside the baselines, register it."""
+    """Train a model on stored candles, evaluate it on the test part beside the baselines, register it; or continue a run that was stopped (--resume RUN)."""
     from engine.features import DEFAULT_SPEC, load_feature_spec
     from engine.labels import LabelSpec
     from engine.params import check_search_args
@@ -102,6 +128,18 @@ def train(
     from engine.training import train_model
     from engine.tuning import SPACES, describe
 
+    if resume is not None:
+        with connect() as con, _progress_display(not as_json) as show:
+            report = train_model(
+                con, kind or "", market or "", unit, resume=resume, restart=restart, progress=show
+            )
+        _show(report, as_json)
+        return
+    for argument, value in (("kind", kind), ("market", market)):
+        if value is None:  # required unless --resume names a run
+            param = next(p for p in ctx.command.params if p.name == argument)
+            raise MissingParameter(ctx=ctx, param=param)
+    assert kind is not None and market is not None
     unit = check(market, unit)
     params: dict[str, Any] = {"seed": seed, "device": device}
     for key, value in (
@@ -146,8 +184,12 @@ def train(
             n_jobs=jobs,
             tune_folds=tune_folds,
             progress=show,
-            resume=resume,
+            restart=restart,
         )
+    _show(report, as_json)
+
+
+def _show(report: TrainReport, as_json: bool) -> None:
     if as_json:
         emit_json(report_json(report))
         return
