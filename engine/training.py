@@ -48,7 +48,7 @@ from engine.tuning import Trial, TuneResult, tune
 from models import ALL_KINDS, CLASSES, MODEL_KINDS, Model, create_model
 from models.torch_base import CheckpointError, SequenceModel
 from store.artifacts import store_artifact
-from store.candles import load_candles
+from store.candles import last_ts, load_candles
 from store.db import home
 from store.registry import (
     ModelRecord,
@@ -179,6 +179,9 @@ def train_model(
         "tune_folds": tune_folds,
         "threshold": threshold,
         "fee": fee,
+        # the candles the run learns from end here: a resumed run splits and scales exactly
+        # the candles the interrupted one did, whatever was imported or streamed since
+        "until": _candles_end(con, market, unit),
     }
     run_id = start_run(con, kind, market, unit, config)
     return _train(con, run_id, config, progress)
@@ -225,14 +228,22 @@ def _resume(
     return _train(con, run_id, run.config, progress)
 
 
+def _candles_end(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> str | None:
+    """Just past the newest stored candle of a series (ISO), or None when it has none."""
+    newest = last_ts(con, market, unit)
+    return None if newest is None else (newest + pd.Timedelta(microseconds=1)).isoformat()
+
+
 def load_data(
     con: duckdb.DuckDBPyConnection,
     market: str,
     unit: str,
     feature_spec: FeatureSpec,
     label_spec: LabelSpec,
+    until: str | None = None,
 ) -> tuple[pd.DataFrame, Dataset]:
-    candles = load_candles(con, market, unit)
+    """The candles of a series (before `until`, ISO, when given) and their dataset."""
+    candles = load_candles(con, market, unit, end=pd.Timestamp(until) if until else None)
     if candles.empty:
         raise TrainingError(
             f"no {market} unit {unit} candles in the store;"
@@ -325,7 +336,7 @@ def _run(
     task = "classification" if label_spec.is_classification else "regression"
     notify = progress or (lambda _: None)
 
-    candles, data = load_data(con, market, unit, feature_spec, label_spec)
+    candles, data = load_data(con, market, unit, feature_spec, label_spec, config.get("until"))
     beat(con, run_id)
     min_train = _min_train_rows(kind, config["params"])
     split = split_enough(
@@ -353,7 +364,9 @@ def _run(
             # the members decide the data: the ensemble trains on their features and labels
             feature_spec = FeatureSpec.from_dict(records[0].feature_spec)
             label_spec = LabelSpec.from_dict(records[0].label_spec)
-            candles, data = load_data(con, market, unit, feature_spec, label_spec)
+            candles, data = load_data(
+                con, market, unit, feature_spec, label_spec, config.get("until")
+            )
             split = split_enough(
                 candles, data, split_spec, feature_spec, label_spec, market, unit, min_train
             )

@@ -77,11 +77,20 @@ def test_a_killed_or_stopped_run_is_interrupted_and_resumes(store: Path, signum:
     assert run.heartbeat is not None and run.started is not None
     assert run.heartbeat > run.started  # stamped as the run progressed
     assert (store / "runs" / "1" / "checkpoint.pt").exists()
+    # candles that arrive meanwhile do not change what the resumed run learns from
+    later = pd.read_csv(DATA / "KRW-BTC_1m.csv", skiprows=range(1, 3001), nrows=500)
+    later.to_csv(store.parent / "later.csv", index=False)
+    added = upquant(
+        store, "data", "import", str(store.parent / "later.csv"), "--market", "KRW-BTC", "-u", "1"
+    )
+    assert added.returncode == 0, added.stderr
 
     resumed = upquant(store, "train", "--resume", "1", "--json")
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["run"] == 1 and report["model"] == "lstm-KRW-BTC-1@1"
+    shown = json.loads(upquant(store, "models", "show", "lstm-KRW-BTC-1@1", "--json").stdout)
+    assert pd.Timestamp(shown["tags"]["test_to"]) < pd.Timestamp(later["timestamp"][0], tz="UTC")
     run = _run(store, 1)
     assert run.status == "finished" and run.model_id == report["id"]
     assert "resumed from" in (run.log or "")
