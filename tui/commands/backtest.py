@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +15,7 @@ from tui.commands.common import (
     UnitOpt,
     connect,
     console,
+    emit_json,
     parse_time,
     styled,
     warn,
@@ -195,7 +195,7 @@ def backtest(
                 for name, metrics in report.metrics().items()
             },
         }
-        console.print_json(json.dumps(payload))
+        emit_json(payload)
         return
     _render(report)
 

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tui.commands.common import (
     CliError,
@@ -64,7 +65,7 @@ def _print_import(report: ImportReport, seconds: float, out: Any) -> None:
         soft_wrap=True,
     )
     for problem, count in report.problems.items():
-        out.print(f"  [yellow]{count:,} × {problem}[/]", highlight=False, soft_wrap=True)
+        out.print(f"  {count:,} × {problem}", style="yellow", highlight=False, soft_wrap=True)
     if report.examples:
         out.print(f"  first: {', '.join(report.examples)}", highlight=False, soft_wrap=True)
 
@@ -260,7 +261,7 @@ def _print_fetch(report: FetchReport) -> None:
         table = Table("market", "unit", "requests", "candles", "new", "status")
         for s in report.series:
             state = (
-                f"[red]{s.error}[/]"
+                Text(str(s.error), style="red")
                 if s.error is not None
                 else "done"
                 if s.done
@@ -313,9 +314,13 @@ def data_stream(
     if not chosen and not watch:
         raise CliError("no market to stream", "name markets (KRW-BTC KRW-ETH) or pass --all-krw")
 
+    problems: list[str] = []
+
     def status(text: str, level: str) -> None:
+        if level != "info":
+            problems.append(text)
         err.print(
-            f"[yellow]{text}[/]" if level != "info" else text, highlight=False, soft_wrap=True
+            text, style="yellow" if level != "info" else None, highlight=False, soft_wrap=True
         )
 
     with connect() as con:
@@ -331,10 +336,12 @@ def data_stream(
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+        started = time.monotonic()
+        interrupted = False
         try:
             asyncio.run(main())
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # the way to stop an open-ended stream: summary, then 130
+            interrupted = True
     stats = feed.stats
     summary = {
         "markets": len(chosen),
@@ -346,6 +353,22 @@ def data_stream(
         "backfilled": stats.backfilled,
         "malformed": stats.malformed,
     }
+    if interrupted:
+        if as_json:
+            emit_json({**summary, "interrupted": True})
+        else:
+            console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
+        raise KeyboardInterrupt
+    if stats.connects == 0:
+        from engine.upbit import redact, ws_url
+
+        last = f"; last: {problems[-1]}" if problems else ""
+        raise CliError(
+            f"the stream never connected to Upbit at {redact(ws_url())} in"
+            f" {time.monotonic() - started:.0f}s; nothing was recorded{last}",
+            "check the network and UPQUANT_UPBIT_WS_URL; `upquant data fetch` backfills over"
+            " REST when the socket is blocked",
+        )
     if as_json:
         emit_json(summary)
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -10,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, MarketArg, UnitOpt, check, connect, console, err
+from tui.commands.common import (
+    JsonOpt,
+    MarketArg,
+    UnitOpt,
+    check,
+    connect,
+    console,
+    emit_json,
+    err,
+)
 
 if TYPE_CHECKING:
     from engine.features import FeatureSpec
@@ -53,21 +61,19 @@ def features_build(
     with connect() as con, _busy(f"computing features of {market} {unit}…"):
         report = build_feature_file(con, market, unit, feature_spec, out)
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "path": str(report.path),
-                    "market": market,
-                    "unit": unit,
-                    "rows": report.rows,
-                    "columns": report.columns,
-                    "dropped": report.dropped,
-                    "spec_hash": report.spec_hash,
-                    "first": report.first.isoformat() if report.first is not None else None,
-                    "last": report.last.isoformat() if report.last is not None else None,
-                    "seconds": report.seconds,
-                }
-            )
+        emit_json(
+            {
+                "path": str(report.path),
+                "market": market,
+                "unit": unit,
+                "rows": report.rows,
+                "columns": report.columns,
+                "dropped": report.dropped,
+                "spec_hash": report.spec_hash,
+                "first": report.first.isoformat() if report.first is not None else None,
+                "last": report.last.isoformat() if report.last is not None else None,
+                "seconds": report.seconds,
+            }
         )
         return
     span = (
@@ -107,25 +113,22 @@ def features_list(
             measured = stored_warmup(con, market, unit, feature_spec)
     rows = describe_spec(feature_spec)
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "kinds": [
-                        {"kind": k.name, "group": k.group, "params": k.defaults, "doc": k.doc}
-                        for k in FEATURE_KINDS.values()
-                    ],
-                    "spec": {
-                        **feature_spec.to_dict(),
-                        "hash": feature_spec.hash(),
-                        "warmup": feature_spec.warmup(),
-                        "window": feature_spec.window(),
-                    },
-                    "columns": [
-                        {**r, **({"measured": measured[r["column"]]} if measured else {})}
-                        for r in rows
-                    ],
-                }
-            )
+        emit_json(
+            {
+                "kinds": [
+                    {"kind": k.name, "group": k.group, "params": k.defaults, "doc": k.doc}
+                    for k in FEATURE_KINDS.values()
+                ],
+                "spec": {
+                    **feature_spec.to_dict(),
+                    "hash": feature_spec.hash(),
+                    "warmup": feature_spec.warmup(),
+                    "window": feature_spec.window(),
+                },
+                "columns": [
+                    {**r, **({"measured": measured[r["column"]]} if measured else {})} for r in rows
+                ],
+            }
         )
         return
     kinds = Table("kind", "group", "parameters (defaults)", "what", title="feature kinds")

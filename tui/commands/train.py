@@ -18,6 +18,7 @@ from tui.commands.common import (
     console,
     emit_json,
     err,
+    styled,
 )
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def train(
     # train_model checks them too; here before the search space is shown
     check_search_args(trials=trials, n_jobs=jobs, tune_folds=tune_folds, timeout=timeout)
     if trials and kind in SPACES and not as_json:
-        err.print(f"[bold]search space[/] ({trials} trials, {jobs} in parallel):")
+        err.print(styled(("search space", "bold"), f" ({trials} trials, {jobs} in parallel):"))
         for line in describe(SPACES[kind]):
             err.print(f"  {line}")
     spec = load_feature_spec(feature_spec) if feature_spec else DEFAULT_SPEC
@@ -257,9 +258,12 @@ def print_report(report: TrainReport) -> None:
     record = report.model
     r = report.rows
     console.print(
-        f"[bold]{record.ref}[/] (id {record.id}, {record.status}, run {report.run_id}) ·"
-        f" {len(report.features)} features · rows train {r['train']:,} / validation"
-        f" {r['validation']:,} / test {r['test']:,}"
+        styled(
+            (record.ref, "bold"),
+            f" (id {record.id}, {record.status}, run {report.run_id}) ·"
+            f" {len(report.features)} features · rows train {r['train']:,} / validation"
+            f" {r['validation']:,} / test {r['test']:,}",
+        )
     )
     if report.tuning:
         t = report.tuning
