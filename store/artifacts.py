@@ -208,11 +208,13 @@ def _plain_name(name: str, where: Path | str) -> str:
         and all(c.isprintable() for c in name)
     )
     if not plain:
-        raise ArtifactError(f"artifact {where} holds a file named {name!r}: not a plain relative name")
+        raise ArtifactError(
+            f"artifact {where} holds a file named {name!r}: not a plain relative name"
+        )
     return name
 
 
-def _matches(directory: Path, files: dict[str, bytes]) -> bool:
+def holds_exactly(directory: Path, files: dict[str, bytes]) -> bool:
     """Whether `directory` is a real directory holding exactly `files` and nothing else (no
     links, nothing extra), byte for byte."""
     try:
@@ -238,7 +240,7 @@ def unpack(files: dict[str, bytes], into: Path) -> Path:
     """Make `into` hold exactly `files`: kept if it already does, else written into a fresh
     directory beside it that then takes its place (never written into in place: an existing
     directory could hold planted links)."""
-    if _matches(into, files):
+    if holds_exactly(into, files):
         return into
     into.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}.", suffix=PART))
@@ -261,7 +263,7 @@ def _replace_dir(fresh: Path, into: Path, files: dict[str, bytes]) -> None:
         os.rename(fresh, into)  # `into` absent (or an empty directory): atomic
         return
     except OSError:
-        if _matches(into, files):  # another process unpacked the same artifact meanwhile
+        if holds_exactly(into, files):  # another process unpacked the same artifact meanwhile
             shutil.rmtree(fresh, ignore_errors=True)
             return
     # a stale or tampered entry: moved aside whole (links and all), then removed
@@ -281,3 +283,18 @@ def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
         return unpack(files, into)
     except OSError as exc:
         raise ArtifactError(f"artifact {path} cannot be unpacked into {into}: {exc}") from exc
+
+
+def discard_artifact(path: Path | str, sha256: str) -> None:
+    """Remove an artifact file no model uses any more, and its unpacked copy in the cache."""
+    Path(path).unlink(missing_ok=True)
+    if _SHA256.fullmatch(sha256):
+        remove_tree(home() / CACHE / sha256)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, a link or a directory tree (links are removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

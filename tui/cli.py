@@ -23,6 +23,7 @@ from tui.commands.evaluate import evaluate
 from tui.commands.features import features_build, features_list
 from tui.commands.models import models_app
 from tui.commands.predict import predict
+from tui.commands.store import store_app
 from tui.commands.train import train
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ features_app.command("list")(features_list)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
+app.add_typer(store_app, name="store")
 app.command()(backtest)
 app.command()(train)
 app.command()(evaluate)

@@ -178,9 +178,9 @@ def models_delete(
     model: ModelArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete a model row, its metrics and (if no other row uses it) its artifact file."""
-    from pathlib import Path
-
+    """Delete a model row, its metrics and (if no other row uses it) its artifact file and
+    its unpacked copy in the cache."""
+    from store.artifacts import discard_artifact
     from store.registry import delete_model, get_model
 
     with connect() as con:
@@ -189,7 +189,7 @@ def models_delete(
             raise typer.Abort()
         record, orphan = delete_model(con, record.id)
     if orphan:
-        Path(record.artifact).unlink(missing_ok=True)
+        discard_artifact(record.artifact, record.sha256)
     err.print(f"deleted {record.ref}" + (" and its artifact" if orphan else ""))
 
 

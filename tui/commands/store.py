@@ -1,0 +1,85 @@
+"""`upquant store ...`: the store's own upkeep (check, and fix what crashes left behind)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tui.commands.common import JsonOpt, console, emit_json, err, styled
+
+store_app = typer.Typer(
+    help="The store under $UPQUANT_HOME: check and repair.", no_args_is_help=True
+)
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size:,} B"
+
+
+@store_app.command("check")
+def store_check(
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Remove what is left behind, make files private and compact a grown database"
+            " file (keeping a backup until the copy is verified).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every model's artifact (ok, missing, damaged) and find what crashes left behind:
+    unused artifacts, .part files, stale cache entries, checkpoints of finished runs, files
+    others may read, a database file grown with free space. Exit 1 while problems remain."""
+    from store.upkeep import check_store
+
+    report = check_store(fix=fix)
+    if as_json:
+        emit_json(report.to_dict())
+        raise typer.Exit(1 if report.problems else 0)
+
+    console.print(styled(("store", "bold"), f" {report.home}"), highlight=False)
+    bad = [a for a in report.artifacts if a.status != "ok"]
+    console.print(
+        f"artifacts: {len(report.artifacts) - len(bad)} of {len(report.artifacts)} ok",
+        highlight=False,
+    )
+    for check in bad:
+        console.print(
+            styled(("  " + check.status.upper(), "red"), f" {check.model}: {check.detail}"),
+            highlight=False,
+        )
+    if report.findings:
+        table = Table("kind", "path", "size", "why", "state")
+        for finding in report.findings:
+            state = "fixed" if finding.fixed else ("kept" if not finding.fixable else "found")
+            table.add_row(finding.kind, finding.path, _size(finding.size), finding.detail, state)
+        console.print(table)
+    db = report.database
+    if db is not None:
+        line = (
+            f"database: file {_size(db.file_bytes)}, in use {_size(db.used_bytes)},"
+            f" free {_size(db.free_bytes)}"
+        )
+        if db.compacted_bytes is not None:
+            line += f"; compacted to {_size(db.compacted_bytes)}"
+        console.print(line, highlight=False)
+    if not report.problems:
+        console.print("clean" if not fix else "clean (what was found is fixed)", highlight=False)
+        return
+    unfixed = [f for f in report.findings if not f.fixed]
+    hints = []
+    if bad:
+        hints.append("retrain or `upquant models delete` the models whose artifact is not ok")
+    if any(f.fixable for f in unfixed):
+        hints.append("run `upquant store check --fix`")
+    if any(not f.fixable for f in unfixed):
+        hints.append("a backup that differs from the store is kept: compare, then move it")
+    err.print(
+        styled(("problems:", "red"), f" {report.problems} remain"),
+        highlight=False,
+    )
+    err.print(f"hint: {'; '.join(hints)}", highlight=False)
+    raise typer.Exit(1)
