@@ -138,20 +138,20 @@ def check_store(fix: bool = False) -> StoreReport:
                 finding.fixed = True
         report.findings += _loose_permissions(root, fix)
         con.execute("CHECKPOINT")
-        report.database = _database_size(con, root / DB_FILENAME)
+        report.database = database = _database_size(con, root / DB_FILENAME)
     finally:
         con.close()
-    if report.database.grown:
+    if database.grown:
         grown = Finding(
             "database",
             DB_FILENAME,
-            f"{_mib(report.database.free_bytes)} of its {_mib(report.database.file_bytes)} is"
+            f"{_mib(database.free_bytes)} of its {_mib(database.file_bytes)} is"
             " free space; compacting copies what it keeps into a smaller file",
-            report.database.free_bytes,
+            database.free_bytes,
         )
         report.findings.append(grown)
         if fix:
-            report.database.compacted_bytes = compact(root / DB_FILENAME)
+            database.compacted_bytes = compact(root / DB_FILENAME)
             grown.fixed = True
     return report
 
