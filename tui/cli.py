@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections import Counter
 from typing import Annotated
 
+import duckdb
 import typer
+from rich.text import Text
 
+from store.db import explain
 from tui.commands.backtest import backtest
 from tui.commands.common import (
+    ReportedFailure,
     UnitOpt,
     check,
     connect,
     console,
+    emit_json,
     err,
     state,
+    styled,
 )
 from tui.commands.data import data_app
 from tui.commands.evaluate import evaluate
@@ -121,7 +128,7 @@ def run(
 
     def show(event: object) -> None:
         if isinstance(event, StatusEvent):
-            err.print(f"[yellow]{event.text}[/]" if event.level != "info" else event.text)
+            err.print(event.text, style="yellow" if event.level != "info" else None)
         elif isinstance(event, SignalEvent) and event.signal.action != "hold":
             s = event.signal
             console.print(
@@ -156,31 +163,76 @@ def _is_user_error(exc: BaseException) -> bool:
     return module in {"engine", "store", "models", "tui"} or isinstance(exc, (ValueError, KeyError))
 
 
-def main() -> None:
-    """Entry point: run the typer app, turning failures into one red line and a non-zero exit."""
+def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
+    """SIGTERM (kill, a job scheduler) and SIGHUP (a dropped SSH session) stop a command the
+    way Ctrl-C does: the same cleanup runs (a training run is marked `interrupted`, buffered
+    candles are written), because SIGINT's own handler, asyncio's inside `asyncio.run`,
+    takes it from here."""
+    state["signal"] = signum
+    signal.raise_signal(signal.SIGINT)
+
+
+def _report(line: Text, hint: str | None = None, *, as_json: bool = False) -> None:
+    """One `error:` line and a `hint:` line on stderr; with `--json`, the same as a JSON object
+    on stdout too, so a script reading stdout always gets JSON."""
     try:
-        app(standalone_mode=False)
+        if as_json:
+            emit_json({"error": line.plain.removeprefix("error: "), "hint": hint})
+        err.print(line, highlight=False, soft_wrap=True)
+        if hint:
+            err.print(f"hint: {hint}", highlight=False, soft_wrap=True)
+    except OSError:  # the terminal is gone (SIGHUP): the exit code still tells
+        pass
+
+
+def _error(message: str) -> Text:
+    return styled(("error:", "red"), " ", message)
+
+
+def main() -> None:
+    """Entry point: run the typer app, turning failures into one red line and a non-zero exit
+    (1: the command failed; 2: a malformed command line; 128 + N: stopped by signal N, e.g.
+    130 for Ctrl-C)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_like_ctrl_c)
+    as_json = "--json" in sys.argv[1:]
+    try:
+        # standalone_mode=False: typer returns typer.Exit's code, and 130 for Ctrl-C
+        # (KeyboardInterrupt), instead of exiting; anything else propagates to us
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("[red]aborted[/]")
-        sys.exit(130)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    except typer.Abort:  # a declined confirmation (models delete) or end of input
+        _report(_error("aborted"), as_json=as_json)
+        sys.exit(1)
     except typer.TyperException as exc:  # a malformed command line: one line, a hint, exit 2
-        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False)
         ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            err.print(f"hint: see `{ctx.command_path} --help`", highlight=False)
+        hint = f"see `{ctx.command_path} --help`" if ctx is not None else None
+        _report(_error(exc.format_message()), hint, as_json=as_json)
         sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:
         if state["debug"]:
             raise
+        if isinstance(exc, duckdb.Error):  # damage found by a query, after the store opened
+            exc = explain(exc)
         if _is_user_error(exc):
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
-            if getattr(exc, "hint", None):
-                err.print(f"hint: {exc.hint}", highlight=False)
+            _report(
+                _error(str(message)),
+                getattr(exc, "hint", None),
+                as_json=as_json and not isinstance(exc, ReportedFailure),
+            )
         else:
-            err.print(
-                f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+            _report(
+                _error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"),
+                as_json=as_json,
             )
         sys.exit(1)
+    if code == 130:
+        signum = state.get("signal") or signal.SIGINT
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        _report(styled((f"interrupted ({name})", "red")), as_json=False)
+        sys.exit(128 + int(signum))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, UnitOpt, check, connect, console, err
+from tui.commands.common import (
+    JsonOpt,
+    UnitOpt,
+    check,
+    connect,
+    console,
+    emit_json,
+    err,
+    styled,
+)
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 ModelArg = Annotated[str, typer.Argument(help="Model: name (newest version), name@version or id.")]
@@ -34,22 +42,20 @@ def models_list(
         records = list_models(con, market)
         metrics = {r.id: model_metrics(con, r.id) for r in records}
     if as_json:
-        console.print_json(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "ref": r.ref,
-                        "kind": r.kind,
-                        "market": r.market,
-                        "unit": r.unit,
-                        "status": r.status,
-                        "created_at": r.created_at.isoformat(),
-                        "metrics": metrics[r.id],
-                    }
-                    for r in records
-                ]
-            )
+        emit_json(
+            [
+                {
+                    "id": r.id,
+                    "ref": r.ref,
+                    "kind": r.kind,
+                    "market": r.market,
+                    "unit": r.unit,
+                    "status": r.status,
+                    "created_at": r.created_at.isoformat(),
+                    "metrics": metrics[r.id],
+                }
+                for r in records
+            ]
         )
         return
     table = Table(
@@ -118,7 +124,7 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
         "metrics": metrics,
     }
     if as_json:
-        console.print_json(json.dumps(data, default=str))
+        emit_json(data)
         return
     for key in (
         "ref",
@@ -139,7 +145,7 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
         "tags",
     ):
         if data[key] is not None:
-            console.print(f"[bold]{key}[/]: {data[key]}", highlight=False)
+            console.print(styled((key, "bold"), f": {data[key]}"), highlight=False)
     table = Table("split", "metric", "value")
     for split, named in metrics.items():
         for name, value in named.items():
@@ -204,7 +210,7 @@ def models_compare(
     with connect() as con:
         frame = compare_models(con, models)
     if as_json:
-        console.print_json(frame.to_json())
+        emit_json(frame.to_dict())
         return
     table = Table("metric", *frame.columns)
     for name, row in frame.iterrows():
