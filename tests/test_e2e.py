@@ -57,7 +57,7 @@ async def test_fetch_train_replay_and_show(tmp_path: Path, monkeypatch: pytest.M
         newest = stored.iloc[-1]
         assert log.get_row_at(log.row_count - 1)[0] == newest["ts"].strftime("%H:%M")
         assert str(log.get_row_at(log.row_count - 1)[1]) == newest["action"]
-        assert log.get_row_at(log.row_count - 1)[3] == report["model"]
+        assert str(log.get_row_at(log.row_count - 1)[3]) == report["model"]
         panel = app.screen.query_one(PredictionPanel)
         assert panel.model_ref == report["model"] and panel.probs is not None
         assert "REPLAY" in app.screen.query_one(SessionBanner).text
