@@ -21,8 +21,10 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/upquant tui $(ARGS)
 
+# two workers, one test file each at a time (a file's live-clock tests never race each other):
+# the suite is CPU-bound in the CLI subprocesses and takes ~8 min on 2 cores (10 serially)
 test: setup
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n 2 --dist loadfile $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check store models engine tui tests scripts
