@@ -62,7 +62,7 @@ def check_training_args(
 def check_session_args(*, threshold: float, replay_delay: float, replay_candles: int) -> None:
     """A live or replayed session's options: the confidence within what the live engine
     accepts, a finite non-negative replay delay, a non-negative replay length."""
-    from engine.live import THRESHOLD_MAX, THRESHOLD_MIN
+    from engine.live.engine import THRESHOLD_MAX, THRESHOLD_MIN
 
     check_range("--threshold", threshold, Range(low=THRESHOLD_MIN, high=THRESHOLD_MAX))
     check_range("--replay-delay", replay_delay, NON_NEGATIVE)

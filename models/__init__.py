@@ -32,7 +32,7 @@ def create_model(kind: str, **params: object) -> Model:
 
 
 def load_model(kind: str, directory: Path) -> Model:
-    """Load a single (non-ensemble) model; ensembles load through engine.inference."""
+    """Load a single (non-ensemble) model; ensembles load through engine.live.inference."""
     return _check_kind(kind).load(directory)
 
 

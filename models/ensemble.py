@@ -3,7 +3,7 @@
 Saved as a JSON manifest (method, weights, meta-learner coefficients) plus member
 references (registry id and ref, kind, sha256, size); members are found by their sha256 in
 the store that loads the ensemble, and verified, by whoever loads it. The meta-learner of `stack` learns from out-of-fold member predictions
-made in time order (see engine.ensembling); `blend` learns from the validation part.
+made in time order (see engine.training.ensembles); `blend` learns from the validation part.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class EnsembleModel(Model):
             if oof is None:
                 raise ValueError(
                     "stacking needs out-of-fold member predictions made in time order;"
-                    " train it through engine.training (walk-forward folds)"
+                    " train it through engine.training.train (walk-forward folds)"
                 )
             P_oof, y_oof = oof
             self._fit_meta(P_oof, check_labels(y_oof, "classification", len(P_oof)))
@@ -162,7 +162,7 @@ class EnsembleModel(Model):
         """Rebuild from the manifest; `load_member(ref)` loads (and verifies) each member."""
         manifest = json.loads((directory / "manifest.json").read_text())
         if load_member is None:
-            raise ValueError("an ensemble needs a loader for its members (engine.inference)")
+            raise ValueError("an ensemble needs a loader for its members (engine.live.inference)")
         members = [load_member(ref) for ref in manifest["members"]]
         model = cls(manifest["method"], members, manifest["members"], float(manifest["C"]))
         model.weights_ = np.asarray(manifest["weights"], dtype=np.float64)

@@ -7,7 +7,7 @@ Prints a table (measured, target, ok):
 - backfill pace against the fake Upbit (tests/fake_upbit.py, 10 requests/s on the candle
   group, in its own process) as a fraction of that ceiling, over a bounded run, with the
   429s it answered;
-- live: candle frames per second the WebSocket path (engine/feed.py: one socket, 200
+- live: candle frames per second the WebSocket path (engine/data/feed.py: one socket, 200
   markets, batched DuckDB writes) takes from the fake, and the frame-to-stored latency
   (the fake stamps each frame with its send time; stored = the commit of the batch holding it).
 
@@ -38,9 +38,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data import fetch_markets, import_candles
-from engine.feed import LiveFeed
-from engine.upbit import RateLimiter
+from engine.data.candles import fetch_markets, import_candles
+from engine.data.feed import LiveFeed
+from engine.upbit.client import RateLimiter
 from scripts.benchtable import Row, print_table
 from store.candles import upsert_candles
 from store.db import connect

@@ -37,12 +37,12 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.dataset import build_dataset, split_dataset
-from engine.features import DEFAULT_SPEC
-from engine.labels import LabelSpec
-from engine.metrics import classification_metrics
-from engine.predict import predict_rows
-from engine.splits import SplitSpec
+from engine.research.dataset import build_dataset, split_dataset
+from engine.research.features import DEFAULT_SPEC
+from engine.research.labels import LabelSpec
+from engine.research.metrics import classification_metrics
+from engine.research.splits import SplitSpec
+from engine.training.batch import predict_rows
 from models import create_model
 from models.torch_base import SequenceModel, windows
 from scripts.benchtable import Row, print_table

@@ -20,8 +20,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from engine.backtest import backtest, buy_and_hold_actions, sma_cross_actions
-from engine.features import DEFAULT_SPEC, compute_features, compute_latest, warm_up
+from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest, warm_up
+from engine.trading.backtest import backtest, buy_and_hold_actions, sma_cross_actions
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit" / "KRW-BTC_1m.csv"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.inference import load_champion, load_record
-from engine.training import train_model
+from engine.live.inference import load_champion, load_record
+from engine.training.train import train_model
 from store.artifacts import ArtifactError, artifacts_dir, open_artifact, store_artifact
 from store.candles import upsert_candles
 from store.db import connect

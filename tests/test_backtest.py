@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from engine.backtest import (
+from engine.trading.backtest import (
     BUY,
     DEFAULT_FEE,
     HOLD,
@@ -27,7 +27,7 @@ from engine.backtest import (
     run_backtest,
     sma_cross_actions,
 )
-from engine.strategy import SmaCross
+from engine.trading.strategies import SmaCross
 from store.candles import upsert_candles
 from tests.conftest import shared_candles
 

@@ -1,4 +1,4 @@
-"""The data layer (engine/data.py, store/candles.py, `upquant data ...`): file import in three
+"""The data layer (engine/data/candles.py, store/candles.py, `upquant data ...`): file import in three
 formats with validation, resumable multi-market backfill against the fake Upbit (killed and
 resumed), export round trips, SQL resampling, status with gaps.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data import (
+from engine.data.candles import (
     DataError,
     DataImportError,
     ValidationFailed,
@@ -29,7 +29,7 @@ from engine.data import (
     resample_series,
     series_status,
 )
-from engine.upbit import RateLimiter, UpbitBlocked, UpbitError
+from engine.upbit.client import RateLimiter, UpbitBlocked, UpbitError
 from store.candles import (
     CANDLE_COLUMNS,
     add_coverage,
@@ -602,7 +602,7 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
     from rich.console import Console
 
     import tui.commands.data as data_commands
-    from engine.data import FetchReport, SeriesFetch
+    from engine.data.candles import FetchReport, SeriesFetch
 
     screen = io.StringIO()
     monkeypatch.setattr(data_commands, "err", Console(file=screen, force_terminal=True, width=150))

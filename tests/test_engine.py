@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.dataset import build_dataset
-from engine.features import DEFAULT_SPEC, compute_features
-from engine.inference import LoadedModel, load_champion
-from engine.labels import LabelSpec
-from engine.live import CandleBuilder, LiveEngine, SignalEvent
-from engine.session import open_session
-from engine.sources import demo_candles, replay
-from engine.strategy import SmaCross, threshold_action
-from engine.training import train_model
+from engine.live.engine import CandleBuilder, LiveEngine, SignalEvent
+from engine.live.inference import LoadedModel, load_champion
+from engine.live.session import open_session
+from engine.live.sources import demo_candles, replay
+from engine.research.dataset import build_dataset
+from engine.research.features import DEFAULT_SPEC, compute_features
+from engine.research.labels import LabelSpec
+from engine.trading.strategies import SmaCross, threshold_action
+from engine.training.train import train_model
 from models.base import Model
 from store.candles import load_candles, upsert_candles
 from store.signals import load_signals

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.evaluation import (
+from engine.training.batch import model_backtest, predict_range
+from engine.training.evaluation import (
     FOLD_TRADING_METRICS,
     evaluate_model,
     reliability_table,
     walk_forward_evaluate,
 )
-from engine.predict import model_backtest, predict_range
-from engine.training import train_model
+from engine.training.train import train_model
 from store.candles import upsert_candles
 
 FAST = {"n_estimators": 20, "device": "cpu"}

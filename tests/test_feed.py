@@ -1,4 +1,4 @@
-"""The live feed (engine/feed.py) against the fake Upbit: many markets on one WebSocket,
+"""The live feed (engine/data/feed.py) against the fake Upbit: many markets on one WebSocket,
 forming and closed candles (next bucket or clock + grace), batched store writes, drops with
 backoff and jitter, REST backfill of what a drop missed, and upbit_live driving the engine.
 """
@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import engine.feed as feed_module
-from engine.feed import LiveFeed
-from engine.live import LiveEngine
-from engine.sources import upbit_live
-from engine.upbit import UpbitRefused
+import engine.data.feed as feed_module
+from engine.data.feed import LiveFeed
+from engine.live.engine import LiveEngine
+from engine.live.sources import upbit_live
+from engine.upbit.client import UpbitRefused
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
 from tests.conftest import current_minute
 from tests.fake_upbit import FakeUpbit, candle_frame, forming_frames, generate_candles
@@ -229,7 +229,7 @@ def test_a_failed_write_keeps_the_queue_and_a_backfill_drops_its_stale_states(co
     fails, the queued states of the buckets REST brings final are dropped, the rest kept."""
     import duckdb
 
-    from engine.feed import CandleWriter, FeedStats
+    from engine.data.feed import CandleWriter, FeedStats
 
     rows = candles_of("KRW-BTC", T0, 3)[CANDLE_COLUMNS].to_dict("records")
     broken = duckdb.connect(str(tmp_path / "gone.duckdb"))
@@ -370,9 +370,9 @@ async def test_upbit_live_drives_the_engine_from_the_feed(
 async def test_a_session_goes_live_when_upbit_answers_and_the_banner_follows_the_socket(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.features import warm_up
-    from engine.live import StatusEvent
-    from engine.session import open_session
+    from engine.live.engine import StatusEvent
+    from engine.live.session import open_session
+    from engine.research.features import warm_up
 
     warm_up()  # compiled before the clock is read: the session opens within the minute
     bucket = current_minute(margin=20)
@@ -410,8 +410,8 @@ async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
 ) -> None:
     """No-trade minutes leave window + 1 buckets short of candles: the session reaches
     further back; the forming candle REST also serves is not part of the window."""
-    from engine.features import warm_up
-    from engine.session import open_session
+    from engine.live.session import open_session
+    from engine.research.features import warm_up
 
     warm_up()
     bucket = current_minute(margin=20)  # the session must see the same forming bucket
@@ -434,7 +434,7 @@ async def test_a_session_whose_backfill_is_refused_replays_instead_of_failing(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Upbit answers the probe, then blocks the backfill (418): replay what is stored."""
-    from engine.session import open_session
+    from engine.live.session import open_session
 
     upsert_candles(con, candles_of("KRW-BTC", T0, 700))
     bucket = pd.Timestamp.now(tz="UTC").floor("min")
@@ -455,7 +455,7 @@ async def test_a_session_replays_stored_candles_when_upbit_is_unreachable(
 ) -> None:
     import socket
 
-    from engine.session import open_session
+    from engine.live.session import open_session
 
     with socket.socket() as probe:  # a port that nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -473,7 +473,7 @@ async def test_a_session_replays_stored_candles_when_upbit_is_unreachable(
 async def test_a_market_upbit_does_not_list_is_not_called_unreachable(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.session import open_session
+    from engine.live.session import open_session
 
     async with FakeUpbit(candles_of("KRW-BTC", T0, 10)) as fake:
         for name, value in fake.env().items():

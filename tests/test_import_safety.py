@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data import ImportConflict, import_candles
+from engine.data.candles import ImportConflict, import_candles
 from store.candles import CANDLE_COLUMNS, load_candles, resample, upsert_candles
 from store.db import connect
 from tests.conftest import DATA

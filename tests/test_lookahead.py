@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.dataset import build_dataset, split_dataset
-from engine.features import (
+from engine.research.dataset import build_dataset, split_dataset
+from engine.research.features import (
     DEFAULT_SPEC,
     FEATURE_KINDS,
     FeatureSpec,
@@ -28,9 +28,9 @@ from engine.features import (
     compute_latest,
     recursive_warmup,
 )
-from engine.labels import BUY, LabelSpec, make_label_frame
-from engine.metrics import classification_metrics, majority_baseline
-from engine.splits import SplitSpec
+from engine.research.labels import BUY, LabelSpec, make_label_frame
+from engine.research.metrics import classification_metrics, majority_baseline
+from engine.research.splits import SplitSpec
 from models import create_model
 from tests.conftest import shared_candles
 

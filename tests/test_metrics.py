@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.metrics import (
+from engine.research.metrics import (
     cagr,
     candle_returns,
     class_balance,

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.dataset import Dataset, build_dataset, split_dataset
-from engine.ensembling import time_ordered_oof
-from engine.features import DEFAULT_SPEC
-from engine.labels import LabelSpec
-from engine.splits import SplitSpec
+from engine.research.dataset import Dataset, build_dataset, split_dataset
+from engine.research.features import DEFAULT_SPEC
+from engine.research.labels import LabelSpec
+from engine.research.splits import SplitSpec
+from engine.training.ensembles import time_ordered_oof
 from models import EnsembleModel, create_model, load_model
 from models.torch_base import windows
 

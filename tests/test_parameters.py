@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.training import train_model
+from engine.training.train import train_model
 from models import create_model
 from models.params import ParameterError
 from store.candles import upsert_candles

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.inference import load_champion
-from engine.training import train_model
+from engine.live.inference import load_champion
+from engine.training.train import train_model
 from store.db import connect
 from store.registry import list_runs
 from tests.test_cli import upquant

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.inference import load_champion, load_record
-from engine.training import train_model
+from engine.live.inference import load_champion, load_record
+from engine.training.train import train_model
 from store.artifacts import ArtifactError
 from store.candles import upsert_candles
 from store.registry import champion, delete_model, get_model, rollback, set_champion
@@ -73,7 +73,7 @@ def test_bad_champion_artifact_falls_back_to_the_previous_version(con, three, da
 def test_a_bad_artifact_falls_back_to_its_previous_version_first(con, btc_1m: pd.DataFrame) -> None:
     """v1 champion, v2 a candidate never promoted, v3 champion: v3 broken serves v2 (the
     previous version), not v1; a version the user rolled back is never a fallback."""
-    from engine.inference import load_ref
+    from engine.live.inference import load_ref
 
     upsert_candles(con, btc_1m.iloc[:3000])
     v1, v2, v3 = (

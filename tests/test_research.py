@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 
-from engine.dataset import build_dataset, split_dataset
-from engine.features import (
+from engine.research.dataset import build_dataset, split_dataset
+from engine.research.features import (
     DEFAULT_SPEC,
     FEATURE_KINDS,
     FeatureSpec,
@@ -27,7 +27,7 @@ from engine.features import (
     load_feature_spec,
     outlier_mask,
 )
-from engine.labels import (
+from engine.research.labels import (
     BUY,
     HOLD,
     SELL,
@@ -38,7 +38,7 @@ from engine.labels import (
     make_labels,
     trailing_volatility,
 )
-from engine.splits import SplitSpec, WalkForwardSpec, chronological_split, walk_forward
+from engine.research.splits import SplitSpec, WalkForwardSpec, chronological_split, walk_forward
 from tests.conftest import shared_candles
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.training import train_model
+from engine.training.train import train_model
 from store.candles import upsert_candles
 from store.db import connect
 from store.registry import get_model, list_models, start_run, update_run

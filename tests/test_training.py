@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.dataset import build_dataset, split_dataset
-from engine.features import DEFAULT_SPEC, FeatureSpec
-from engine.inference import load_champion, load_record
-from engine.labels import LabelSpec
-from engine.predict import predict_rows
-from engine.splits import SplitSpec
-from engine.training import TrainingError, train_model
+from engine.live.inference import load_champion, load_record
+from engine.research.dataset import build_dataset, split_dataset
+from engine.research.features import DEFAULT_SPEC, FeatureSpec
+from engine.research.labels import LabelSpec
+from engine.research.splits import SplitSpec
+from engine.training.batch import predict_rows
+from engine.training.train import TrainingError, train_model
 from models import create_model
 from store.artifacts import ArtifactError
 from store.candles import load_candles, upsert_candles
@@ -81,10 +81,10 @@ def test_tampered_artifact_is_refused(con, btc_1m: pd.DataFrame) -> None:
 
 def test_shuffled_labels_score_at_chance(con, btc_1m: pd.DataFrame) -> None:
     """A model can't beat the majority class when labels carry no information."""
-    from engine.dataset import build_dataset
-    from engine.features import DEFAULT_SPEC
-    from engine.metrics import classification_metrics, majority_baseline
-    from engine.splits import SplitSpec, chronological_split
+    from engine.research.dataset import build_dataset
+    from engine.research.features import DEFAULT_SPEC
+    from engine.research.metrics import classification_metrics, majority_baseline
+    from engine.research.splits import SplitSpec, chronological_split
 
     data = build_dataset(btc_1m, DEFAULT_SPEC, LabelSpec())
     y = np.random.default_rng(1).permutation(data.y)
@@ -221,9 +221,9 @@ def test_tuning_records_its_search(con, btc_1m: pd.DataFrame) -> None:
 
 
 def test_tuning_in_parallel_on_walk_forward_folds_and_its_timeout(con, btc_1m: pd.DataFrame) -> None:
-    from engine.dataset import build_dataset, split_dataset
-    from engine.features import DEFAULT_SPEC
-    from engine.tuning import tune
+    from engine.research.dataset import build_dataset, split_dataset
+    from engine.research.features import DEFAULT_SPEC
+    from engine.training.tuning import tune
 
     data = build_dataset(btc_1m.iloc[:3000], DEFAULT_SPEC, LabelSpec())
     split = split_dataset(data, SplitSpec())

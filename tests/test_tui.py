@@ -10,11 +10,11 @@ import duckdb
 from rich.console import Console
 from textual.pilot import Pilot
 
-from engine.inference import LoadedModel, load_champion
-from engine.live import LiveEngine
-from engine.session import Session
-from engine.sources import demo_candles, replay
-from engine.training import train_model
+from engine.live.engine import LiveEngine
+from engine.live.inference import LoadedModel, load_champion
+from engine.live.session import Session
+from engine.live.sources import demo_candles, replay
+from engine.training.train import train_model
 from store.candles import load_candles, upsert_candles
 from tui.app import UpquantApp
 from tui.screens import HelpScreen, MainScreen
@@ -279,7 +279,7 @@ def test_help_screen_snapshot(con, snap_compare):
 
 
 async def test_a_live_banner_says_disconnected_while_the_socket_is_down(con):
-    from engine.live import StatusEvent
+    from engine.live.engine import StatusEvent
 
     live_banner = "LIVE · Upbit · KRW-BTC 1m · no champion model for KRW-BTC unit 1"
     app = UpquantApp(con, session_factory=demo_factory(con, 5, banner=live_banner, mode="live"))

@@ -1,4 +1,4 @@
-"""The Upbit client (engine/upbit.py) against the fake Upbit server, and the fake itself.
+"""The Upbit client (engine/upbit/client.py) against the fake Upbit server, and the fake itself.
 
 Real HTTP and WebSocket on 127.0.0.1, the real SDK, real BTC candles from ../shared.
 """
@@ -22,7 +22,7 @@ import pytest
 import upbit
 from upbit import AsyncUpbit
 
-from engine.upbit import (
+from engine.upbit.client import (
     DEFAULT_REST_URL,
     DEFAULT_WS_URL,
     RateLimiter,

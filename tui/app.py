@@ -14,7 +14,7 @@ import duckdb
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from engine.session import REPLAY_CANDLES, Session, open_session
+from engine.live.session import REPLAY_CANDLES, Session, open_session
 from tui.screens import HelpScreen, MainScreen, binding_rows
 
 SessionFactory = Callable[[], Awaitable[Session]]

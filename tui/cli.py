@@ -117,9 +117,9 @@ def run(
     ] = 2000,
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
-    from engine.live import SignalEvent, StatusEvent
+    from engine.live.engine import SignalEvent, StatusEvent
+    from engine.live.session import open_session
     from engine.params import check_session_args
-    from engine.session import open_session
 
     unit = check(market, unit)
     check_session_args(

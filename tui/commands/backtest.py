@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
-    from engine.backtest import BacktestReport
+    from engine.trading.backtest import BacktestReport
 
-# engine.backtest.DEFAULT_FEE (Upbit KRW, 0.05% per side); a literal keeps `--help` from
+# engine.trading.backtest.DEFAULT_FEE (Upbit KRW, 0.05% per side); a literal keeps `--help` from
 # importing pandas. tests/test_backtest.py checks that the two agree.
 DEFAULT_FEE = 0.0005
 
@@ -150,8 +150,8 @@ def backtest(
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
-    from engine.backtest import run_backtest
     from engine.params import check_confidence
+    from engine.trading.backtest import run_backtest
 
     check_confidence(threshold)  # typer takes any float, NaN included
     start = parse_time(from_, "--from") if from_ else None
@@ -216,8 +216,8 @@ def _model_report(
     back into what it was trained or tuned on)."""
     import pandas as pd
 
-    from engine.inference import load_ref
-    from engine.predict import model_backtest
+    from engine.live.inference import load_ref
+    from engine.training.batch import model_backtest
 
     # the version that will run (a bare name whose newest artifact is bad runs the previous
     # one): its own test part decides what is in-sample

@@ -111,7 +111,7 @@ def parse_time(text: str, option: str) -> datetime:
 
 
 def check(market: str | None, unit: str) -> str:
-    from engine.markets import check_market, check_unit
+    from engine.upbit.markets import check_market, check_unit
 
     if market is not None:
         check_market(market)

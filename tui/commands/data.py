@@ -38,7 +38,7 @@ from tui.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from engine.data import FetchReport, ImportReport
+    from engine.data.candles import FetchReport, ImportReport
 
 data_app = typer.Typer(
     help="Candles in the store: import, fetch and stream from Upbit, export, resample, status.",
@@ -115,7 +115,7 @@ def data_import(
     (with --strict: the whole file, nothing written), good rows upserted. An import that would
     change stored candles is refused unless --overwrite; a file without `value` keeps the
     stored values."""
-    from engine.data import ImportConflict, ValidationFailed, import_candles
+    from engine.data.candles import ImportConflict, ValidationFailed, import_candles
 
     with connect() as con:
         started = time.perf_counter()
@@ -198,7 +198,7 @@ def data_fetch(
 ) -> None:
     """Backfill candles from the Upbit REST API (UPQUANT_UPBIT_REST_URL), resumably: run the
     same command again after an interruption and it fetches only what is missing."""
-    from engine.data import fetch_markets, krw_markets
+    from engine.data.candles import fetch_markets, krw_markets
 
     if not since:
         raise CliError("--since is required", "e.g. --since 2025-09-01 (UTC)")
@@ -302,8 +302,8 @@ def data_stream(
 ) -> None:
     """Record live candles into the store over one Upbit WebSocket (UPQUANT_UPBIT_WS_URL),
     reconnecting after drops and backfilling what they missed over REST."""
-    from engine.data import krw_markets
-    from engine.feed import LiveFeed
+    from engine.data.candles import krw_markets
+    from engine.data.feed import LiveFeed
 
     unit = check(None, unit)
     chosen = list(dict.fromkeys(markets or []))
@@ -360,7 +360,7 @@ def data_stream(
             console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
         raise KeyboardInterrupt
     if stats.connects == 0:
-        from engine.upbit import redact, ws_url
+        from engine.upbit.client import redact, ws_url
 
         last = f"; last: {problems[-1]}" if problems else ""
         raise CliError(
@@ -385,7 +385,7 @@ def data_export(
 ) -> None:
     """Write one stored series as CSV or Parquet (timestamp UTC, open, high, low, close,
     volume, value); `upquant data import` reads it back unchanged."""
-    from engine.data import export_series
+    from engine.data.candles import export_series
 
     unit = check(market, unit)
     start = parse_time(since, "--since") if since else None
@@ -411,7 +411,7 @@ def data_resample(
     as_json: JsonOpt = False,
 ) -> None:
     """Build larger candles from stored smaller ones in SQL, aligned like Upbit's (UTC)."""
-    from engine.data import resample_series
+    from engine.data.candles import resample_series
 
     check(market, from_unit)
     start = parse_time(since, "--since") if since else None
@@ -444,7 +444,7 @@ def data_status(
     """Per market and unit: rows, first/last candle, gaps (count, longest), last update."""
     import pandas as pd
 
-    from engine.data import series_status
+    from engine.data.candles import series_status
 
     with connect() as con:
         frame = series_status(con, min_gap)

@@ -40,8 +40,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a registered model on held-out data (its test part by default) beside the baselines."""
-    from engine.evaluation import evaluate_model, walk_forward_evaluate
     from engine.params import check_confidence
+    from engine.training.evaluation import evaluate_model, walk_forward_evaluate
 
     check_confidence(threshold)  # typer takes any float, NaN included
     with connect() as con:

@@ -21,7 +21,7 @@ from tui.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from engine.features import FeatureSpec
+    from engine.research.features import FeatureSpec
 
 SpecOpt = Annotated[
     Path | None,
@@ -39,7 +39,7 @@ def _busy(text: str) -> AbstractContextManager[object]:
 
 
 def _spec(path: Path | None) -> FeatureSpec:
-    from engine.features import DEFAULT_SPEC, load_feature_spec
+    from engine.research.features import DEFAULT_SPEC, load_feature_spec
 
     return load_feature_spec(path) if path is not None else DEFAULT_SPEC
 
@@ -54,7 +54,7 @@ def features_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Compute features of the stored candles of MARKET and write them to a Parquet file."""
-    from engine.dataset import build_feature_file
+    from engine.research.dataset import build_feature_file
 
     unit = check(market, unit)
     feature_spec = _spec(spec)
@@ -102,8 +102,8 @@ def features_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Every feature kind with its parameters, then the spec's columns with their warm-up."""
-    from engine.dataset import stored_warmup
-    from engine.features import FEATURE_KINDS, describe_spec
+    from engine.research.dataset import stored_warmup
+    from engine.research.features import FEATURE_KINDS, describe_spec
 
     feature_spec = _spec(spec)
     measured: dict[str, int] = {}

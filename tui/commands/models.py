@@ -33,7 +33,7 @@ def models_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Registered models with status and test metrics."""
-    from engine.markets import check_market
+    from engine.upbit.markets import check_market
     from store.registry import list_models, model_metrics
 
     if market is not None:  # a filter is a market code too: krw-btc would match nothing
@@ -92,7 +92,7 @@ def models_list(
 @models_app.command("show")
 def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
     """One model: specs, parameters, artifact (verified), metrics."""
-    from engine.inference import load_record
+    from engine.live.inference import load_record
     from store.artifacts import ArtifactError
     from store.registry import get_model, model_metrics
 
@@ -156,7 +156,7 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
 @models_app.command("promote")
 def models_promote(model: ModelArg) -> None:
     """Make MODEL the champion of its market/unit (after verifying its artifact)."""
-    from engine.inference import load_record
+    from engine.live.inference import load_record
     from store.registry import get_model, set_champion
 
     with connect() as con:
@@ -205,7 +205,7 @@ def models_compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Test metrics of several models side by side, with their baselines."""
-    from engine.evaluation import compare_models
+    from engine.training.evaluation import compare_models
 
     with connect() as con:
         frame = compare_models(con, models)

@@ -23,9 +23,9 @@ def predict(
     ] = 0.5,
 ) -> None:
     """Predict every stored candle in the range (vectorised) and store the probabilities."""
-    from engine.markets import check_market
     from engine.params import check_confidence
-    from engine.predict import predict_range
+    from engine.training.batch import predict_range
+    from engine.upbit.markets import check_market
 
     check_market(market)
     check_confidence(threshold)  # typer takes any float, NaN included

@@ -22,7 +22,7 @@ from tui.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from engine.training import Progress, TrainReport
+    from engine.training.train import Progress, TrainReport
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -122,12 +122,12 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model on stored candles, evaluate it on the test part beside the baselines, register it; or continue a run that was stopped (--resume RUN)."""
-    from engine.features import DEFAULT_SPEC, load_feature_spec
-    from engine.labels import LabelSpec
     from engine.params import check_search_args
-    from engine.splits import SplitSpec
-    from engine.training import train_model
-    from engine.tuning import SPACES, describe
+    from engine.research.features import DEFAULT_SPEC, load_feature_spec
+    from engine.research.labels import LabelSpec
+    from engine.research.splits import SplitSpec
+    from engine.training.train import train_model
+    from engine.training.tuning import SPACES, describe
 
     if resume is not None:
         with connect() as con, _progress_display(not as_json) as show:

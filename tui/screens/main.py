@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from engine.live import (
+from engine.live.engine import (
     THRESHOLD_STEP,
     CandleEvent,
     EngineEvent,
@@ -20,7 +20,7 @@ from engine.live import (
     SignalEvent,
     StatusEvent,
 )
-from engine.session import Session
+from engine.live.session import Session
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
 
 

@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.strategy import ACTIONS, Signal
+from engine.trading.strategies import ACTIONS, Signal
 
 
 class PredictionPanel(Widget):

@@ -10,7 +10,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
-from engine.strategy import Signal
+from engine.trading.strategies import Signal
 
 
 class SignalLog(DataTable[str | Text]):

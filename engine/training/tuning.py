@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from engine.dataset import Dataset
-from engine.predict import predict_rows, predict_values
-from engine.splits import Split, WalkForwardSpec, walk_forward
+from engine.research.dataset import Dataset
+from engine.research.splits import Split, WalkForwardSpec, walk_forward
+from engine.training.batch import predict_rows, predict_values
 from models import create_model
 
 # name: ("int", low, high) | ("float", low, high) | ("log", low, high) | ("choice", [values])

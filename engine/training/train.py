@@ -23,28 +23,28 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.backtest import DEFAULT_FEE, backtest, baseline_results, sma_cross_actions
-from engine.dataset import Dataset, build_dataset, split_dataset
-from engine.ensembling import (
-    check_member_periods,
-    fit_ensemble,
-    model_params,
-    resolve_members,
-)
-from engine.features import DEFAULT_SPEC, FeatureSpec
-from engine.inference import load_record
-from engine.labels import LabelSpec
-from engine.metrics import (
+from engine.live.inference import load_record
+from engine.params import check_confidence, check_model_params, check_training_args
+from engine.research.dataset import Dataset, build_dataset, split_dataset
+from engine.research.features import DEFAULT_SPEC, FeatureSpec
+from engine.research.labels import LabelSpec
+from engine.research.metrics import (
     class_balance,
     classification_metrics,
     majority_baseline,
     regression_metrics,
 )
-from engine.params import check_confidence, check_model_params, check_training_args
-from engine.predict import actions_from_probs, candle_actions, predict_rows, predict_values
-from engine.splits import Split, SplitSpec, TooFewRowsError, min_candles
-from engine.strategy import SmaCross
-from engine.tuning import Trial, TuneResult, tune
+from engine.research.splits import Split, SplitSpec, TooFewRowsError, min_candles
+from engine.trading.backtest import DEFAULT_FEE, backtest, baseline_results, sma_cross_actions
+from engine.trading.strategies import SmaCross
+from engine.training.batch import actions_from_probs, candle_actions, predict_rows, predict_values
+from engine.training.ensembles import (
+    check_member_periods,
+    fit_ensemble,
+    model_params,
+    resolve_members,
+)
+from engine.training.tuning import Trial, TuneResult, tune
 from models import ALL_KINDS, CLASSES, MODEL_KINDS, Model, create_model
 from models.torch_base import CheckpointError, SequenceModel
 from store.artifacts import store_artifact

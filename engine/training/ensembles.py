@@ -12,9 +12,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.dataset import Dataset
-from engine.predict import predict_rows
-from engine.splits import Split, WalkForwardSpec, walk_forward
+from engine.research.dataset import Dataset
+from engine.research.splits import Split, WalkForwardSpec, walk_forward
+from engine.training.batch import predict_rows
 from models import EnsembleModel, Model, create_model
 from store.registry import ModelRecord, get_model
 

@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.features import FeatureSpec
+from engine.research.features import FeatureSpec
 from models import EnsembleModel, Model, load_model
 from store.artifacts import ArtifactError, artifact_path, cache_dir, open_artifact
 from store.registry import ModelRecord, champion, fallback_models, get_model

@@ -11,11 +11,11 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from engine.features import warm_up
-from engine.inference import load_champion
-from engine.live import LiveEngine
-from engine.markets import unit_timedelta_minutes
-from engine.sources import demo_candles, replay, upbit_live
+from engine.live.engine import LiveEngine
+from engine.live.inference import load_champion
+from engine.live.sources import demo_candles, replay, upbit_live
+from engine.research.features import warm_up
+from engine.upbit.markets import unit_timedelta_minutes
 from store.candles import load_candles
 
 REPLAY_CANDLES = 2000  # default number of stored candles a replay session plays
@@ -32,7 +32,7 @@ class Session:
 async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | None:
     """None when Upbit answers for `market`, else why not, as the banner says it: unreachable
     (network, timeout) or answering with an error (e.g. a market it does not list)."""
-    from engine.upbit import UpbitError, UpbitUnreachable, fetch_candles
+    from engine.upbit.client import UpbitError, UpbitUnreachable, fetch_candles
 
     now = datetime.now(UTC)
     try:
@@ -61,8 +61,8 @@ async def backfill_window(
     coverage makes each wider fetch ask only for what it does not hold yet). A market that
     thin leaves the window short, and the engine says so on its first candle.
     """
-    from engine.data import fetch_into_store
-    from engine.upbit import floor_bucket, unit_width
+    from engine.data.candles import fetch_into_store
+    from engine.upbit.client import floor_bucket, unit_width
 
     forming = floor_bucket(datetime.now(UTC), unit)
     width = unit_width(unit)
@@ -99,7 +99,7 @@ async def open_session(
         con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
     )
     if reason is None:
-        from engine.upbit import UpbitError
+        from engine.upbit.client import UpbitError
 
         try:
             engine.prime(await backfill_window(con, market, unit, engine.window))

@@ -26,9 +26,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.data import fetch_markets
-from engine.markets import CANDLE_FIELDS, check_unit, unit_timedelta_minutes
-from engine.upbit import (
+from engine.data.candles import fetch_markets
+from engine.upbit.client import (
     PING_INTERVAL_S,
     RateLimiter,
     UpbitError,
@@ -37,6 +36,7 @@ from engine.upbit import (
     make_client,
     stream,
 )
+from engine.upbit.markets import CANDLE_FIELDS, check_unit, unit_timedelta_minutes
 from store.candles import CANDLE_COLUMNS, last_ts_by_market, upsert_candles
 
 CLOSE_GRACE_S = 3.0  # a quiet market's candle closes this long after its bucket ends

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from engine.markets import check_market, check_unit
-from engine.metrics import MetricValue, candle_returns, majority_class, trading_metrics
-from engine.strategy import SmaCross
+from engine.research.metrics import MetricValue, candle_returns, majority_class, trading_metrics
+from engine.trading.strategies import SmaCross
+from engine.upbit.markets import check_market, check_unit
 from store.candles import load_candles
 
 DEFAULT_FEE = 0.0005  # Upbit KRW markets: 0.05% per side

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from engine.live import CandleEvent, LiveEngine, StatusEvent
-from engine.markets import unit_timedelta_minutes
+from engine.live.engine import CandleEvent, LiveEngine, StatusEvent
+from engine.upbit.markets import unit_timedelta_minutes
 
 
 async def replay(engine: LiveEngine, candles: pd.DataFrame, delay: float = 0.0) -> int:
@@ -72,7 +72,7 @@ async def upbit_live(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     grace: float | None = None,
 ) -> None:
-    """Stream the engine's market into it forever through engine.feed.LiveFeed: one WebSocket,
+    """Stream the engine's market into it forever through engine.data.feed.LiveFeed: one WebSocket,
     reconnect with exponential backoff and jitter, REST backfill of what a drop missed.
 
     The feed decides when a candle is closed (a frame of the next bucket, or the clock
@@ -80,8 +80,8 @@ async def upbit_live(
     only decides signals (its own candle writes are turned off); after a backfill the engine's
     window is reloaded from the store.
     """
-    from engine.feed import CLOSE_GRACE_S, LiveFeed
-    from engine.upbit import floor_bucket
+    from engine.data.feed import CLOSE_GRACE_S, LiveFeed
+    from engine.upbit.client import floor_bucket
     from store.candles import load_candles
 
     engine.persist_candles = False  # the feed stores every candle, forming ones included

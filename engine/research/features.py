@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import pandas_ta as ta
 
-from engine.markets import check_unit, unit_timedelta_minutes
+from engine.upbit.markets import check_unit, unit_timedelta_minutes
 
 Arrays = dict[str, np.ndarray]
 ColumnInfo = dict[str, tuple[int, int]]  # column -> (warm-up, memory)

@@ -20,15 +20,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.features import (
+from engine.research.features import (
     FeatureSpec,
     OutlierRule,
     compute_features,
     outlier_mask,
     recursive_warmup,
 )
-from engine.labels import LabelSpec, make_label_frame
-from engine.splits import Fold, Split, SplitSpec, WalkForwardSpec, chronological_split, walk_forward
+from engine.research.labels import LabelSpec, make_label_frame
+from engine.research.splits import (
+    Fold,
+    Split,
+    SplitSpec,
+    WalkForwardSpec,
+    chronological_split,
+    walk_forward,
+)
 from store.candles import load_candles
 
 
@@ -38,7 +45,7 @@ class Dataset:
     regression), their candle ts, and `label_end` (ts of the last candle each label may look
     at, for purging). `dropped` counts the rows left out, by reason. `candle_ts`: every
     candle the rows were built from, so splits cut candles and no later candle's values can
-    move a cut (engine.splits)."""
+    move a cut (engine.research.splits)."""
 
     X: np.ndarray
     y: np.ndarray

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.features import rolling_mean_std
-from engine.markets import check_unit, unit_timedelta_minutes
+from engine.research.features import rolling_mean_std
+from engine.upbit.markets import check_unit, unit_timedelta_minutes
 
 SELL, HOLD, BUY = 0, 1, 2
 CLASS_NAMES = ("sell", "hold", "buy")

@@ -13,20 +13,20 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.backtest import DEFAULT_FEE
-from engine.dataset import walk_forward_dataset
-from engine.features import FeatureSpec
-from engine.inference import load_ref
-from engine.labels import LabelSpec
-from engine.metrics import (
+from engine.live.inference import load_ref
+from engine.research.dataset import walk_forward_dataset
+from engine.research.features import FeatureSpec
+from engine.research.labels import LabelSpec
+from engine.research.metrics import (
     classification_metrics,
     confusion_matrix,
     majority_baseline,
     regression_metrics,
 )
-from engine.predict import predict_rows, predict_values
-from engine.splits import Split, WalkForwardSpec
-from engine.training import TrainingError, clone, load_data, trading_report
+from engine.research.splits import Split, WalkForwardSpec
+from engine.trading.backtest import DEFAULT_FEE
+from engine.training.batch import predict_rows, predict_values
+from engine.training.train import TrainingError, clone, load_data, trading_report
 from store.registry import get_model
 
 

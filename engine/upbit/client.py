@@ -26,7 +26,7 @@ import upbit
 import websockets
 from upbit import AsyncUpbit
 
-from engine.markets import CANDLE_FIELDS, check_unit
+from engine.upbit.markets import CANDLE_FIELDS, check_unit
 from store.candles import CANDLE_COLUMNS
 
 DEFAULT_REST_URL = "https://api.upbit.com"

@@ -12,18 +12,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.backtest import (
+from engine.live.inference import LoadedModel, load_ref
+from engine.research.features import compute_features
+from engine.research.labels import CLASS_NAMES, LabelSpec, make_label_frame
+from engine.trading.backtest import (
     DEFAULT_FEE,
     BacktestReport,
     backtest,
     baseline_results,
     sma_cross_actions,
 )
-from engine.features import compute_features
-from engine.inference import LoadedModel, load_ref
-from engine.labels import CLASS_NAMES, LabelSpec, make_label_frame
-from engine.markets import check_market, unit_timedelta_minutes
-from engine.strategy import SmaCross
+from engine.trading.strategies import SmaCross
+from engine.upbit.markets import check_market, unit_timedelta_minutes
 from models import Model
 from store.candles import load_candles
 
@@ -48,7 +48,7 @@ def predict_values(model: Model, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def actions_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Action codes (-1 sell, 0 hold, 1 buy): the most likely class when it is not hold and
-    its probability reaches `threshold` (engine.strategy.threshold_action, vectorised)."""
+    its probability reaches `threshold` (engine.trading.strategies.threshold_action, vectorised)."""
     best = probs.argmax(axis=1)
     confident = probs[np.arange(len(probs)), best] >= threshold
     return np.where(confident, best - 1, 0).astype(np.int8)

@@ -18,9 +18,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.features import DEFAULT_SPEC, compute_features, compute_latest
-from engine.inference import InferenceError, LoadedModel, predict_one
-from engine.strategy import Signal, SmaCross, threshold_action
+from engine.live.inference import InferenceError, LoadedModel, predict_one
+from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest
+from engine.trading.strategies import Signal, SmaCross, threshold_action
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
 from store.signals import insert_signals
 

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.markets import CANDLE_FIELDS, check_market, check_unit, unit_timedelta_minutes
+from engine.upbit.markets import CANDLE_FIELDS, check_market, check_unit, unit_timedelta_minutes
 from store.candles import (
     CANDLE_COLUMNS,
     SeriesDiff,
@@ -35,7 +35,7 @@ from store.db import transaction
 if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
     from upbit import AsyncUpbit
 
-    from engine.upbit import RateLimiter
+    from engine.upbit.client import RateLimiter
 
 FORMATS = ("auto", "shared", "pyupbit", "upbit")
 FORMAT_HELP = {
@@ -639,7 +639,7 @@ async def fetch_markets(
     know fails alone (its SeriesFetch.error); a 418 block or an unreachable Upbit stops the
     run (`stopped`). Naive datetimes are read as UTC.
     """
-    from engine.upbit import (
+    from engine.upbit.client import (
         DEFAULT_CONCURRENCY,
         PAGE_SIZE,
         Chunk,
@@ -747,7 +747,7 @@ async def fetch_into_store(
 
 async def krw_markets() -> list[str]:
     """Every KRW market Upbit lists (`market/all`), sorted."""
-    from engine.upbit import list_markets
+    from engine.upbit.client import list_markets
 
     return sorted(m["market"] for m in await list_markets() if m["market"].startswith("KRW-"))
 

@@ -1,0 +1,1 @@
+"""Decisions on candles: rule and AI strategies, and the vectorised backtest."""

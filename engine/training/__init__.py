@@ -1,0 +1,1 @@
+"""Models from candles: train and register, tuning, ensembles, evaluation, batch prediction."""

@@ -1,0 +1,2 @@
+"""The only code that speaks Upbit: market codes and candle units, REST backfill with one
+rate limiter, the public WebSocket."""
