@@ -1,0 +1,185 @@
+"""Momentum oscillators: RSI, Stochastic, money flow index, CCI and rate of change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pandas_ta as ta
+
+from engine.research.features.kernels import (
+    as_array,
+    ewm,
+    last,
+    ratio,
+    rolling_mean_mad,
+    shift,
+    slide,
+    windows,
+)
+from engine.research.features.kind import Arrays, Candles, ColumnInfo, FeatureKind, ema_memory
+
+
+def _rsi_cols(_: ColumnInfo, length: int) -> ColumnInfo:
+    return {f"rsi_{length}": (length, ema_memory(1.0 / length, length))}
+
+
+def _rsi(c: Candles, talib: bool, length: int) -> Arrays:
+    rsi = as_array(ta.rsi(c.series("close"), length=length, talib=talib), len(c))
+    return {f"rsi_{length}": rsi / 100.0}
+
+
+def _rsi_latest(c: Candles, m: int, length: int) -> Arrays:
+    diff = c.close - shift(c.close, 1)
+    up = ewm(np.where(diff > 0, diff, np.where(np.isnan(diff), np.nan, 0.0)), 1.0 / length)
+    down = ewm(np.where(diff < 0, -diff, np.where(np.isnan(diff), np.nan, 0.0)), 1.0 / length)
+    return {f"rsi_{length}": last(ratio(up, up + down), m)}
+
+
+RSI = FeatureKind(
+    name="rsi",
+    group="indicator",
+    doc="RSI / 100",
+    defaults={"length": 14},
+    columns=_rsi_cols,
+    batch=_rsi,
+    latest=_rsi_latest,
+)
+
+
+def _stoch_cols(_: ColumnInfo, k: int, d: int, smooth_k: int) -> ColumnInfo:
+    warm_k = k + smooth_k - 2
+    return {f"stoch_k_{k}": (warm_k, warm_k + 1), f"stoch_d_{k}": (warm_k + d - 1, warm_k + d)}
+
+
+def _stoch_raw(close: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    span = high - low  # a flat window puts close mid-range: 0.5, not pandas-ta's epsilon
+    return np.where(span == 0.0, 0.5, ratio(close - low, span))
+
+
+def _stoch(c: Candles, talib: bool, k: int, d: int, smooth_k: int) -> Arrays:
+    low = c.series("low").rolling(k).min().to_numpy()
+    high = c.series("high").rolling(k).max().to_numpy()
+    raw = pd.Series(_stoch_raw(c.close, low, high))
+    pct_k = raw.rolling(smooth_k).mean()
+    return {
+        f"stoch_k_{k}": pct_k.to_numpy(),
+        f"stoch_d_{k}": pct_k.rolling(d).mean().to_numpy(),
+    }
+
+
+def _stoch_latest(c: Candles, m: int, k: int, d: int, smooth_k: int) -> Arrays:
+    rows = m + d - 1 + smooth_k - 1  # raw values needed for m smoothed %D values
+    low = windows(c.low, k, rows).min(axis=1)
+    high = windows(c.high, k, rows).max(axis=1)
+    raw = _stoch_raw(last(c.close, rows), low, high)
+    pct_k = slide(raw, smooth_k).sum(axis=1) / smooth_k
+    return {
+        f"stoch_k_{k}": pct_k[-m:],
+        f"stoch_d_{k}": slide(pct_k, d).sum(axis=1) / d,
+    }
+
+
+STOCH = FeatureKind(
+    name="stoch",
+    group="indicator",
+    doc="Stochastic %K and %D in [0, 1]",
+    defaults={"k": 14, "d": 3, "smooth_k": 3},
+    columns=_stoch_cols,
+    batch=_stoch,
+    latest=_stoch_latest,
+)
+
+
+def _mfi_cols(_: ColumnInfo, length: int) -> ColumnInfo:
+    return {f"mfi_{length}": (length, length + 1)}
+
+
+def _mfi(c: Candles, talib: bool, length: int) -> Arrays:
+    mfi = ta.mfi(
+        c.series("high"),
+        c.series("low"),
+        c.series("close"),
+        c.series("volume"),
+        length=length,
+        talib=talib,
+    )
+    return {f"mfi_{length}": as_array(mfi, len(c)) / 100.0}
+
+
+def _mfi_latest(c: Candles, m: int, length: int) -> Arrays:
+    k = length + m  # m windows of `length` flows, each flow compares with the candle before
+    tp = (last(c.high, k) + last(c.low, k) + last(c.close, k)) / 3.0
+    flow = tp[1:] * last(c.volume, k)[1:] * np.where(tp[1:] > tp[:-1], 1.0, -1.0)
+    gain = slide(np.maximum(flow, 0.0), length).sum(axis=1)
+    loss = slide(np.maximum(-flow, 0.0), length).sum(axis=1)
+    return {f"mfi_{length}": gain / (gain + loss + np.finfo(float).eps)}
+
+
+MFI = FeatureKind(
+    name="mfi",
+    group="indicator",
+    doc="money flow index / 100",
+    defaults={"length": 14},
+    columns=_mfi_cols,
+    batch=_mfi,
+    latest=_mfi_latest,
+)
+
+
+def _cci_cols(_: ColumnInfo, length: int, c: float) -> ColumnInfo:
+    return {f"cci_{length}": (length - 1, length)}
+
+
+def _cci_from(tp: np.ndarray, mean: np.ndarray, mad: np.ndarray, c: float) -> np.ndarray:
+    # (tp - mean) / (c * mad), scaled by 1/100 so typical values sit in [-3, 3]
+    return np.where(mad == 0.0, 0.0, ratio(tp - mean, c * mad)) / 100.0
+
+
+def _cci(candles: Candles, talib: bool, length: int, c: float) -> Arrays:
+    h, lo, cl = (candles.series(n) for n in ("high", "low", "close"))
+    tp = as_array(ta.hlc3(h, lo, cl, talib=talib), len(candles))
+    mean, mad = rolling_mean_mad(tp, length)
+    return {f"cci_{length}": _cci_from(tp, mean, mad, c)}
+
+
+def _cci_latest(candles: Candles, m: int, length: int, c: float) -> Arrays:
+    k = length + m - 1
+    tp = (last(candles.high, k) + last(candles.low, k) + last(candles.close, k)) / 3.0
+    mean, mad = rolling_mean_mad(tp, length)
+    return {f"cci_{length}": _cci_from(tp[-m:], mean[-m:], mad[-m:], c)}
+
+
+CCI = FeatureKind(
+    name="cci",
+    group="indicator",
+    doc="commodity channel index / 100",
+    defaults={"length": 20, "c": 0.015},
+    columns=_cci_cols,
+    batch=_cci,
+    latest=_cci_latest,
+)
+
+
+def _roc_cols(_: ColumnInfo, length: int) -> ColumnInfo:
+    return {f"roc_{length}": (length, length + 1)}
+
+
+def _roc(c: Candles, talib: bool, length: int) -> Arrays:
+    roc = ta.roc(c.series("close"), length=length, talib=talib)
+    return {f"roc_{length}": as_array(roc, len(c)) / 100.0}
+
+
+def _roc_latest(c: Candles, m: int, length: int) -> Arrays:
+    tail = last(c.close, m + length)
+    return {f"roc_{length}": (tail[length:] - tail[:-length]) / tail[:-length]}
+
+
+ROC = FeatureKind(
+    name="roc",
+    group="indicator",
+    doc="rate of change / 100",
+    defaults={"length": 10},
+    columns=_roc_cols,
+    batch=_roc,
+    latest=_roc_latest,
+)

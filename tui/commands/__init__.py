@@ -1,1 +1,0 @@
-"""typer command groups of the `upquant` CLI, one module per area."""
