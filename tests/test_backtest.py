@@ -293,7 +293,7 @@ def test_run_backtest_says_what_is_wrong(con, btc_1m: pd.DataFrame) -> None:
 
 # --- the command ---------------------------------------------------------------------------------
 def _command_app() -> typer.Typer:
-    from tui.commands.backtest import backtest as backtest_command
+    from tui.cli.backtest import backtest as backtest_command
 
     app = typer.Typer()
     app.command()(backtest_command)
@@ -302,7 +302,7 @@ def _command_app() -> typer.Typer:
 
 
 def test_backtest_command_prints_the_metric_table_and_json(con, btc_1m: pd.DataFrame) -> None:
-    from tui.commands import backtest as command
+    import tui.cli.backtest as command
 
     assert command.DEFAULT_FEE == DEFAULT_FEE
     upsert_candles(con, btc_1m)

@@ -601,7 +601,7 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
 
     from rich.console import Console
 
-    import tui.commands.data as data_commands
+    import tui.cli.data as data_commands
     from engine.data.candles import FetchReport, SeriesFetch
 
     screen = io.StringIO()

@@ -531,7 +531,7 @@ def test_features_commands_build_a_parquet_file_and_list_warmups(
 
     from store.candles import upsert_candles
     from store.db import connect
-    from tui.commands.features import features_build, features_list
+    from tui.cli.features import features_build, features_list
 
     app = typer.Typer()
     app.command("build")(features_build)

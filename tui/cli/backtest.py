@@ -9,17 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from tui.commands.common import (
-    JsonOpt,
-    MarketArg,
-    UnitOpt,
-    connect,
-    console,
-    emit_json,
-    parse_time,
-    styled,
-    warn,
-)
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, connect, parse_time
+from tui.cli.render import console, emit_json, styled, warn
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -23,19 +23,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from tui.commands.common import (
-    CliError,
-    JsonOpt,
-    MarketArg,
-    UnitOpt,
-    check,
-    connect,
-    console,
-    emit_json,
-    err,
-    fail_json,
-    parse_time,
-)
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect, parse_time
+from tui.cli.render import CliError, console, emit_json, err, fail_json
 
 if TYPE_CHECKING:
     from engine.data.candles import FetchReport, ImportReport

@@ -9,15 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import (
-    JsonOpt,
-    connect,
-    console,
-    emit_json,
-    parse_time,
-    styled,
-    warn,
-)
+from tui.cli.options import JsonOpt, connect, parse_time
+from tui.cli.render import console, emit_json, styled, warn
 
 
 def _num(value: object) -> str:

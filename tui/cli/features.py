@@ -9,19 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import (
-    JsonOpt,
-    MarketArg,
-    UnitOpt,
-    check,
-    connect,
-    console,
-    emit_json,
-    err,
-)
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect
+from tui.cli.render import console, emit_json, err
 
 if TYPE_CHECKING:
     from engine.research.features import FeatureSpec
+
+features_app = typer.Typer(help="Feature specs and feature files.", no_args_is_help=True)
 
 SpecOpt = Annotated[
     Path | None,
@@ -44,6 +38,7 @@ def _spec(path: Path | None) -> FeatureSpec:
     return load_feature_spec(path) if path is not None else DEFAULT_SPEC
 
 
+@features_app.command("build")
 def features_build(
     market: MarketArg,
     out: Annotated[
@@ -88,6 +83,7 @@ def features_build(
     )
 
 
+@features_app.command("list")
 def features_list(
     spec: SpecOpt = None,
     market: Annotated[

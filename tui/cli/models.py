@@ -8,16 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import (
-    JsonOpt,
-    UnitOpt,
-    check,
-    connect,
-    console,
-    emit_json,
-    err,
-    styled,
-)
+from tui.cli.options import JsonOpt, UnitOpt, check, connect
+from tui.cli.render import console, emit_json, err, styled
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 ModelArg = Annotated[str, typer.Argument(help="Model: name (newest version), name@version or id.")]

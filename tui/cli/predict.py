@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tui.commands.common import MarketArg, connect, console, parse_time, warn
+from tui.cli.options import MarketArg, connect, parse_time
+from tui.cli.render import console, warn
 
 
 def predict(

@@ -1,15 +1,13 @@
-"""What every command module shares: consoles, option types, the store connection, parsing."""
+"""What the commands share on the way out: the consoles, styled text and warnings, strict
+JSON, and failures reported as one `error:` line with a hint."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
-from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Any, NoReturn
 
-import duckdb
-import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -19,16 +17,6 @@ from rich.text import Text
 # swallows the second). Our own styling is explicit: `styled`, `warn`, Text(style=...).
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
-# debug: the root command's --debug flag; signal: the signal that stopped the command
-state: dict[str, Any] = {"debug": False, "signal": None}
-
-MarketArg = Annotated[str, typer.Argument(help="Upbit market code, e.g. KRW-BTC.")]
-UnitOpt = Annotated[
-    str, typer.Option("--unit", "-u", help="Candle unit: minutes 1,3,5,10,15,30,60,240 or D.")
-]
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
-]
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
@@ -83,7 +71,7 @@ def emit_json(payload: Any) -> None:
 
 class ReportedFailure(CliError):
     """A failure whose JSON report (with `error` and `hint`) is already on stdout: under
-    `--json`, tui/cli.py main adds only the error line on stderr."""
+    `--json`, tui/cli main adds only the error line on stderr."""
 
 
 def fail_json(payload: dict[str, Any], error: str, hint: str | None) -> NoReturn:
@@ -93,26 +81,25 @@ def fail_json(payload: dict[str, Any], error: str, hint: str | None) -> NoReturn
     raise ReportedFailure(error, hint)
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    from store.db import connect as open_store
+def error_line(message: str) -> Text:
+    """`error: message`, the word in red; the message printed as written."""
+    return styled(("error:", "red"), " ", message)
 
-    return open_store()
 
-
-def parse_time(text: str, option: str) -> datetime:
+def report_failure(line: Text, hint: str | None = None, *, as_json: bool = False) -> None:
+    """One `error:` line and a `hint:` line on stderr; with `--json`, the same as a JSON object
+    on stdout too, so a script reading stdout always gets JSON."""
     try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(
-            f"{option} {text!r} is not a date/time",
-            "use ISO format, e.g. 2025-09-01 or 2025-09-01T12:00Z",
-        ) from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+        if as_json:
+            emit_json({"error": line.plain.removeprefix("error: "), "hint": hint})
+        err.print(line, highlight=False, soft_wrap=True)
+        if hint:
+            err.print(f"hint: {hint}", highlight=False, soft_wrap=True)
+    except OSError:  # the terminal is gone (SIGHUP): the exit code still tells
+        pass
 
 
-def check(market: str | None, unit: str) -> str:
-    from engine.upbit.markets import check_market, check_unit
-
-    if market is not None:
-        check_market(market)
-    return check_unit(unit)
+def is_user_error(exc: BaseException) -> bool:
+    """Our own exceptions and bad values are reported as one line; anything else is a bug."""
+    module = type(exc).__module__.split(".")[0]
+    return module in {"engine", "store", "models", "tui"} or isinstance(exc, (ValueError, KeyError))

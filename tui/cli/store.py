@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.commands.common import JsonOpt, console, emit_json, err, styled
+from tui.cli.options import JsonOpt
+from tui.cli.render import console, emit_json, err, styled
 
 store_app = typer.Typer(
     help="The store under $UPQUANT_HOME: check and repair.", no_args_is_help=True

@@ -10,16 +10,8 @@ import typer
 from rich.table import Table
 from typer._click.exceptions import MissingParameter  # typer's own "Missing argument" error
 
-from tui.commands.common import (
-    JsonOpt,
-    UnitOpt,
-    check,
-    connect,
-    console,
-    emit_json,
-    err,
-    styled,
-)
+from tui.cli.options import JsonOpt, UnitOpt, check, connect
+from tui.cli.render import console, emit_json, err, styled
 
 if TYPE_CHECKING:
     from engine.training.train import Progress, TrainReport

@@ -1,0 +1,109 @@
+"""`upquant tui` and `upquant run`: a live (or replayed) session, in the workstation or
+headless."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Annotated
+
+import typer
+
+from tui.cli.options import UnitOpt, check, connect
+from tui.cli.render import console, err
+
+
+def tui(
+    market: Annotated[
+        str, typer.Option("--market", "-m", help="Market to watch, e.g. KRW-BTC.")
+    ] = "KRW-BTC",
+    unit: UnitOpt = "1",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Confidence threshold for model signals, in [0.34, 0.95] (adjust with +/-)."
+        ),
+    ] = 0.5,
+    offline: Annotated[
+        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
+    ] = False,
+    replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.25,
+    replay_candles: Annotated[
+        int, typer.Option(help="How many of the newest stored candles a replay plays.")
+    ] = 2000,
+) -> None:
+    """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
+    from engine.params import check_session_args
+    from tui.app import UpquantApp
+
+    unit = check(market, unit)
+    check_session_args(
+        threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
+    )
+    with connect() as con:
+        UpquantApp(
+            con,
+            market,
+            unit,
+            threshold=threshold,
+            offline=offline,
+            replay_delay=replay_delay,
+            replay_candles=replay_candles,
+        ).run()
+
+
+def run(
+    market: Annotated[
+        str, typer.Option("--market", "-m", help="Market, e.g. KRW-BTC.")
+    ] = "KRW-BTC",
+    unit: UnitOpt = "1",
+    threshold: Annotated[
+        float, typer.Option(help="Confidence threshold for model signals, in [0.34, 0.95].")
+    ] = 0.5,
+    offline: Annotated[
+        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
+    ] = False,
+    replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
+    replay_candles: Annotated[
+        int, typer.Option(help="How many of the newest stored candles a replay plays.")
+    ] = 2000,
+) -> None:
+    """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
+    from engine.live.engine import SignalEvent, StatusEvent
+    from engine.live.session import open_session
+    from engine.params import check_session_args
+
+    unit = check(market, unit)
+    check_session_args(
+        threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
+    )
+
+    def show(event: object) -> None:
+        if isinstance(event, StatusEvent):
+            err.print(event.text, style="yellow" if event.level != "info" else None)
+        elif isinstance(event, SignalEvent) and event.signal.action != "hold":
+            s = event.signal
+            console.print(
+                f"{s.ts:%Y-%m-%d %H:%M} {s.market} {s.action.upper():4} {s.confidence:.2f} {s.source}: {s.reason}"
+            )
+
+    async def main(con) -> Counter:
+        session = await open_session(
+            con,
+            market,
+            unit,
+            threshold=threshold,
+            offline=offline,
+            replay_delay=replay_delay,
+            replay_candles=replay_candles,
+        )
+        err.print(session.banner)
+        session.engine.subscribe(show)
+        await session.runner
+        return Counter(s.action for s in session.engine.signals)
+
+    with connect() as con:
+        counts = asyncio.run(main(con))
+    console.print(
+        f"signals: {sum(counts.values()):,} (buy {counts['buy']}, sell {counts['sell']}, hold {counts['hold']})"
+    )
