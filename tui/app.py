@@ -15,6 +15,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from engine.live.session import REPLAY_CANDLES, Session, open_session
+from tui import messages
 from tui.screens import HelpScreen, MainScreen, binding_rows
 
 SessionFactory = Callable[[], Awaitable[Session]]
@@ -74,9 +75,7 @@ class UpquantApp(App[None]):
             session = await self.session_factory()
         except Exception as exc:  # noqa: BLE001 - any failure is shown; the user can quit
             main.post_message(
-                MainScreen.SessionStatus(
-                    f"could not start the session: {type(exc).__name__}: {exc}", "error"
-                )
+                messages.SessionFailed(f"could not start the session: {type(exc).__name__}: {exc}")
             )
             return
         self.session = session
@@ -84,22 +83,20 @@ class UpquantApp(App[None]):
         engine = session.engine
         # the snapshot of the window and the subscription happen before the feed starts,
         # so the screen sees every candle exactly once
-        main.post_message(MainScreen.SessionOpened(session, engine.history.copy()))
-        engine.subscribe(lambda event: main.post_message(MainScreen.EngineUpdate(event)))
+        main.post_message(messages.SessionOpened(session, engine.history.copy()))
+        engine.subscribe(lambda event: main.post_message(messages.from_engine(event)))
         try:
             result = await session.runner
         except Exception as exc:  # noqa: BLE001 - the screen stays up to show why
             main.post_message(
-                MainScreen.SessionStatus(f"engine stopped: {type(exc).__name__}: {exc}", "error")
+                messages.SessionFailed(f"engine stopped: {type(exc).__name__}: {exc}")
             )
             return
         finally:
             self._flush(session)
         if session.mode != "live":
             source = " (demo market)" if session.mode == "demo" else ""
-            main.post_message(
-                MainScreen.SessionStatus(f"replay finished: {result} candles{source}")
-            )
+            main.post_message(messages.SessionEnded(f"replay finished: {result} candles{source}"))
 
     def _flush(self, session: Session) -> None:
         """Store closed candles still buffered when the feed ends or the app quits."""
@@ -107,8 +104,8 @@ class UpquantApp(App[None]):
             session.engine.flush()
         except Exception as exc:  # noqa: BLE001 - shown, not raised, during shutdown
             self.main_screen.post_message(
-                MainScreen.SessionStatus(
-                    f"could not store the last candles: {type(exc).__name__}: {exc}", "error"
+                messages.SessionFailed(
+                    f"could not store the last candles: {type(exc).__name__}: {exc}"
                 )
             )
 

@@ -205,33 +205,22 @@ def _model_report(
 ) -> BacktestReport:
     """The model's signals from its test part on (or from --from, warning when that reaches
     back into what it was trained or tuned on)."""
-    import pandas as pd
-
-    from engine.live.inference import load_ref
     from engine.training.batch import model_backtest
+    from engine.training.held_out import held_out_start
 
-    # the version that will run (a bare name whose newest artifact is bad runs the previous
-    # one): its own test part decides what is in-sample
-    loaded, note = load_ref(con, ref)
-    record = loaded.record
-    test_from = pd.Timestamp(record.tags["test_from"]) if record.tags else None
-    if start is None and test_from is not None:
-        start = test_from.to_pydatetime()
-    elif test_from is not None and pd.Timestamp(start) < test_from:
-        warn(
-            f"--from {start:%Y-%m-%d %H:%M} is before {record.ref}'s test part"
-            f" ({test_from:%Y-%m-%d %H:%M}): the result is partly in-sample"
-        )
+    held_out = held_out_start(con, ref, start)
+    if held_out.warning:
+        warn(held_out.warning)
     return model_backtest(
         con,
         ref,
         market=market,
-        start=start,
+        start=held_out.start,
         end=end,
         threshold=threshold,
         fee=fee,
         slippage_bps=slippage,
         fast=fast,
         slow=slow,
-        preloaded=(loaded, note),
+        preloaded=held_out.preloaded,
     )

@@ -84,18 +84,13 @@ def models_list(
 @models_app.command("show")
 def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
     """One model: specs, parameters, artifact (verified), metrics."""
-    from engine.live.inference import load_record
-    from store.artifacts import ArtifactError
+    from engine.ops.promotion import artifact_integrity
     from store.registry import get_model, model_metrics
 
     with connect() as con:
         record = get_model(con, model)
         metrics = model_metrics(con, record.id)
-    try:
-        load_record(record)
-        integrity = "verified"
-    except (ArtifactError, OSError, ValueError) as exc:
-        integrity = f"REFUSED: {exc}"
+    integrity = artifact_integrity(record)
     data = {
         "id": record.id,
         "ref": record.ref,
@@ -148,13 +143,10 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
 @models_app.command("promote")
 def models_promote(model: ModelArg) -> None:
     """Make MODEL the champion of its market/unit (after verifying its artifact)."""
-    from engine.live.inference import load_record
-    from store.registry import get_model, set_champion
+    from engine.ops.promotion import promote
 
     with connect() as con:
-        record = get_model(con, model)
-        load_record(record)  # refuse to promote a model whose artifact is bad
-        set_champion(con, record.id)
+        record = promote(con, model)
     console.print(f"{record.ref} is now the champion of {record.market} unit {record.unit}")
 
 
@@ -163,7 +155,7 @@ def models_rollback(
     market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")], unit: UnitOpt = "1"
 ) -> None:
     """Demote the champion of MARKET/UNIT and restore the previous one."""
-    from store.registry import rollback
+    from engine.ops.promotion import rollback
 
     unit = check(market, unit)
     with connect() as con:
@@ -178,16 +170,14 @@ def models_delete(
 ) -> None:
     """Delete a model row, its metrics and (if no other row uses it) its artifact file and
     its unpacked copy in the cache."""
-    from store.artifacts import discard_artifact
-    from store.registry import delete_model, get_model
+    from engine.ops.promotion import delete
+    from store.registry import get_model
 
     with connect() as con:
         record = get_model(con, model)
         if not yes and not typer.confirm(f"delete {record.ref} (id {record.id})?", err=True):
             raise typer.Abort()
-        record, orphan = delete_model(con, record.id)
-    if orphan:
-        discard_artifact(record.artifact, record.sha256)
+        orphan = delete(con, record)
     err.print(f"deleted {record.ref}" + (" and its artifact" if orphan else ""))
 
 

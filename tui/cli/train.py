@@ -118,6 +118,7 @@ def train(
     from engine.research.features import DEFAULT_SPEC, load_feature_spec
     from engine.research.labels import LabelSpec
     from engine.research.splits import SplitSpec
+    from engine.training.kind_params import kind_params
     from engine.training.train import train_model
     from engine.training.tuning import SPACES, describe
 
@@ -134,21 +135,15 @@ def train(
             raise MissingParameter(ctx=ctx, param=param)
     assert kind is not None and market is not None
     unit = check(market, unit)
-    params: dict[str, Any] = {"seed": seed, "device": device}
-    for key, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("window", window),
-        ("n_estimators", n_estimators),
-    ):
-        if value is not None:
-            params[key] = value
-    if kind == "xgboost":
-        params = {k: v for k, v in params.items() if k not in ("epochs", "batch_size", "window")}
-    elif kind in ("lstm", "transformer"):
-        params.pop("n_estimators", None)
-    else:
-        params = {}
+    params = kind_params(
+        kind,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        batch_size=batch_size,
+        window=window,
+        n_estimators=n_estimators,
+    )
     # train_model checks them too; here before the search space is shown
     check_search_args(trials=trials, n_jobs=jobs, tune_folds=tune_folds, timeout=timeout)
     if trials and kind in SPACES and not as_json:

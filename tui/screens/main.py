@@ -4,23 +4,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import pandas as pd
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from engine.live.engine import (
-    THRESHOLD_STEP,
-    CandleEvent,
-    EngineEvent,
-    LiveEngine,
-    SignalEvent,
-    StatusEvent,
-)
-from engine.live.session import Session
+from engine.live.engine import THRESHOLD_STEP, LiveEngine
+from tui import messages
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
 
 
@@ -35,25 +27,6 @@ class MainScreen(Screen[None]):
         Binding("minus", f"threshold({-THRESHOLD_STEP})", "Threshold down", key_display="-"),
         Binding("h", "toggle_holds", "Toggle holds"),
     ]
-
-    class SessionOpened(Message, bubble=False):
-        """The session is built; `history` is the engine's window before the first event."""
-
-        def __init__(self, session: Session, history: pd.DataFrame) -> None:
-            super().__init__()
-            self.session, self.history = session, history
-
-    class EngineUpdate(Message, bubble=False):
-        def __init__(self, event: EngineEvent) -> None:
-            super().__init__()
-            self.event = event
-
-    class SessionStatus(Message, bubble=False):
-        """Something about the session itself: it failed to open, its feed ended or broke."""
-
-        def __init__(self, text: str, level: str = "info") -> None:
-            super().__init__()
-            self.text, self.level = text, level
 
     def __init__(self, market: str, unit: str) -> None:
         super().__init__()
@@ -82,7 +55,8 @@ class MainScreen(Screen[None]):
         self.query_one(PredictionPanel).border_title = "prediction"
         self.query_one(SignalLog).border_title = "signals"
 
-    def on_main_screen_session_opened(self, message: SessionOpened) -> None:
+    @on(messages.SessionOpened)
+    def _session_opened(self, message: messages.SessionOpened) -> None:
         session = message.session
         self.engine = engine = session.engine
         self.live_banner = session.banner if session.mode == "live" else None
@@ -99,31 +73,44 @@ class MainScreen(Screen[None]):
         self.query_one(StatusLine).show(f"{session.mode}: waiting for the first closed candle")
         self.refresh_bindings()
 
-    def on_main_screen_engine_update(self, message: EngineUpdate) -> None:
-        event = message.event
-        if isinstance(event, CandleEvent):
-            self.query_one(CandleChart).add_candle(event.candle, event.closed)
-        elif isinstance(event, SignalEvent):
-            self.query_one(PredictionPanel).show_signal(event.signal, event.probs)
-            self.query_one(SignalLog).add_signal(event.signal)
-            self.query_one(CandleChart).mark_signal(event.signal.ts, event.signal.action)
-        elif isinstance(event, StatusEvent):
-            self.query_one(StatusLine).show(event.text, event.level)
-            if event.connected is not None and self.live_banner is not None:
-                # the banner must not say LIVE while the socket is down and reconnecting
-                self.query_one(SessionBanner).show(
-                    self.live_banner
-                    if event.connected
-                    else f"DISCONNECTED · {event.text} · {self.live_banner}",
-                    "live" if event.connected else "warning",
-                )
+    @on(messages.FormingCandle)
+    def _forming_candle(self, message: messages.FormingCandle) -> None:
+        self.query_one(CandleChart).add_candle(message.candle, closed=False)
 
-    def on_main_screen_session_status(self, message: SessionStatus) -> None:
+    @on(messages.CandleClosed)
+    def _candle_closed(self, message: messages.CandleClosed) -> None:
+        self.query_one(CandleChart).add_candle(message.candle, closed=True)
+
+    @on(messages.SignalReceived)
+    def _signal(self, message: messages.SignalReceived) -> None:
+        signal = message.signal
+        self.query_one(PredictionPanel).show_signal(signal, message.probs)
+        self.query_one(SignalLog).add_signal(signal)
+        self.query_one(CandleChart).mark_signal(signal.ts, signal.action)
+
+    @on(messages.FeedStatus)
+    def _feed_status(self, message: messages.FeedStatus) -> None:
         self.query_one(StatusLine).show(message.text, message.level)
-        if message.level == "error":  # the banner must not keep saying LIVE over a dead feed
-            banner = self.query_one(SessionBanner)
-            opened = self.engine is not None
-            banner.show(f"{banner.text} · {message.text}" if opened else message.text, "error")
+        if message.connected is not None and self.live_banner is not None:
+            # the banner must not say LIVE while the socket is down and reconnecting
+            self.query_one(SessionBanner).show(
+                self.live_banner
+                if message.connected
+                else f"DISCONNECTED · {message.text} · {self.live_banner}",
+                "live" if message.connected else "warning",
+            )
+
+    @on(messages.SessionEnded)
+    def _session_ended(self, message: messages.SessionEnded) -> None:
+        self.query_one(StatusLine).show(message.text, "info")
+
+    @on(messages.SessionFailed)
+    def _session_failed(self, message: messages.SessionFailed) -> None:
+        self.query_one(StatusLine).show(message.text, "error")
+        # the banner must not keep saying LIVE over a dead feed
+        banner = self.query_one(SessionBanner)
+        opened = self.engine is not None
+        banner.show(f"{banner.text} · {message.text}" if opened else message.text, "error")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "threshold":

@@ -1,0 +1,1 @@
+"""Model operations: what may become champion, rollback, and what leaves the registry."""

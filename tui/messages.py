@@ -1,0 +1,99 @@
+"""The workstation's messages, one class per event, and the one boundary where engine events
+become messages (`from_engine`).
+
+The engine knows nothing of Textual: it calls its subscribers with plain events
+(engine/live/engine.py). The app turns each into one of these and posts it to the main
+screen, in the order things happen, so the screen never races the engine. Forming-candle
+updates arrive many times a second on a live feed; an update still waiting in the queue is
+replaced by the next one (`can_replace`): the chart only ever draws the newest forming bar.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+    import pandas as pd
+
+    from engine.live.engine import EngineEvent
+    from engine.live.session import Session
+    from engine.trading.strategies import Signal
+
+
+class SessionOpened(Message, bubble=False):
+    """The session is built; `history` is the engine's window before the first event."""
+
+    def __init__(self, session: Session, history: pd.DataFrame) -> None:
+        super().__init__()
+        self.session, self.history = session, history
+
+
+class SessionFailed(Message, bubble=False):
+    """The session could not open, its feed broke, or its last candles could not be stored."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class SessionEnded(Message, bubble=False):
+    """A replay played its last candle (a live session never ends by itself)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class FormingCandle(Message, bubble=False):
+    """The latest values of the candle still forming; a newer one replaces it in the queue."""
+
+    def __init__(self, candle: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.candle = candle
+
+    def can_replace(self, message: Message) -> bool:
+        # Textual asks the queued message whether the next one may take its place: the chart
+        # keeps only the newest forming bar, so an older update drawn first is wasted work
+        return isinstance(message, FormingCandle)
+
+
+class CandleClosed(Message, bubble=False):
+    """A candle closed (its bucket is over); signals are computed on closed candles only."""
+
+    def __init__(self, candle: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.candle = candle
+
+
+class SignalReceived(Message, bubble=False):
+    """The engine's signal for a closed candle, with the class probabilities when a model
+    made it (None for a rule)."""
+
+    def __init__(self, signal: Signal, probs: np.ndarray | None) -> None:
+        super().__init__()
+        self.signal, self.probs = signal, probs
+
+
+class FeedStatus(Message, bubble=False):
+    """Something the feed says: `level` info, warning or error; `connected` the live socket's
+    state when the status is about it (None otherwise)."""
+
+    def __init__(self, text: str, level: str = "info", connected: bool | None = None) -> None:
+        super().__init__()
+        self.text, self.level, self.connected = text, level, connected
+
+
+def from_engine(event: EngineEvent) -> Message:
+    """The message for one engine event."""
+    from engine.live.engine import CandleEvent, SignalEvent
+
+    if isinstance(event, CandleEvent):
+        return CandleClosed(event.candle) if event.closed else FormingCandle(event.candle)
+    if isinstance(event, SignalEvent):
+        return SignalReceived(event.signal, event.probs)
+    return FeedStatus(event.text, event.level, event.connected)
