@@ -10,6 +10,10 @@ from typing import Any
 
 from models.params import COUNT, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, check_range
 
+# The confidence threshold a user may set on a live session. It lives here, at the bottom of
+# the engine, because both the session checks below and the live engine's clamp read it.
+THRESHOLD_MIN, THRESHOLD_MAX = 0.34, 0.95
+
 
 def check_confidence(value: float, option: str = "--threshold") -> float:
     """A probability a buy/sell must reach: a number in [0, 1]."""
@@ -62,8 +66,6 @@ def check_training_args(
 def check_session_args(*, threshold: float, replay_delay: float, replay_candles: int) -> None:
     """A live or replayed session's options: the confidence within what the live engine
     accepts, a finite non-negative replay delay, a non-negative replay length."""
-    from engine.live.engine import THRESHOLD_MAX, THRESHOLD_MIN
-
     check_range("--threshold", threshold, Range(low=THRESHOLD_MIN, high=THRESHOLD_MAX))
     check_range("--replay-delay", replay_delay, NON_NEGATIVE)
     check_range("--replay-candles", replay_candles, Range(low=0, integer=True))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from engine.live.inference import InferenceError, LoadedModel, predict_one
+from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest
 from engine.trading.strategies import Signal, SmaCross, threshold_action
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
@@ -46,8 +47,8 @@ class StatusEvent:
 
 EngineEvent = CandleEvent | SignalEvent | StatusEvent
 
-# The confidence threshold a user may set, and the step of one key press.
-THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.34, 0.95, 0.05
+# The step of one key press on the confidence threshold (its range lives with the checks).
+THRESHOLD_STEP = 0.05
 
 
 class CandleBuilder:
