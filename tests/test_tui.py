@@ -323,3 +323,21 @@ async def test_model_names_and_reasons_with_markup_are_shown_as_written(con):
         assert str(log.get_row_at(log.row_count - 1)[3]) == report.model.ref
         assert app.screen.query_one(SessionBanner).text.startswith("REPLAY · [low, high]")
         app.screen.query_one(SignalLog).render_line(0)  # a cell parsed as markup raises here
+
+
+def test_engine_events_become_one_message_each_and_forming_updates_coalesce():
+    """The one boundary between the engine and Textual: each event kind has its message; a
+    queued forming-candle update gives way to the next one, nothing else does."""
+    from engine.live.engine import CandleEvent, StatusEvent
+    from tui import messages
+
+    candle = {"ts": START, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 3.0}
+    forming = messages.from_engine(CandleEvent(candle, closed=False))
+    closed = messages.from_engine(CandleEvent(candle, closed=True))
+    status = messages.from_engine(StatusEvent("reconnecting", "warning", connected=False))
+    assert isinstance(forming, messages.FormingCandle) and forming.candle is candle
+    assert isinstance(closed, messages.CandleClosed) and closed.candle is candle
+    assert isinstance(status, messages.FeedStatus)
+    assert (status.text, status.level, status.connected) == ("reconnecting", "warning", False)
+    assert forming.can_replace(messages.FormingCandle(candle))
+    assert not forming.can_replace(closed) and not closed.can_replace(forming)
