@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test check lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python >= 3.12 not found; install python3.12 or set PYTHON=/path/to/python3.12" >&2; exit 1; }
@@ -22,9 +22,16 @@ run: setup
 	$(BIN)/upquant tui $(ARGS)
 
 # two workers, one test file each at a time (a file's live-clock tests never race each other):
-# the suite is CPU-bound in the CLI subprocesses and takes ~8 min on 2 cores (10 serially)
-test: setup
+# the suite is CPU-bound in the CLI subprocesses and takes ~8 min on 2 cores (10 serially).
+# The static checks run first, so CI (.ci/run) fails on a lint, layering or type error.
+test: check
 	$(BIN)/pytest -q -n 2 --dist loadfile $(ARGS)
+
+# ruff; the import contracts of .importlinter (DESIGN.md "Layout"); types of the packages
+# below the faces
+check: lint
+	$(BIN)/lint-imports
+	$(BIN)/mypy --ignore-missing-imports engine models store
 
 lint: setup
 	$(BIN)/ruff check store models engine tui tests scripts
