@@ -94,7 +94,65 @@ def _mfi_cols(_: ColumnInfo, length: int) -> ColumnInfo:
     return {f"mfi_{length}": (length, length + 1)}
 
 
+def _money_flow(tp: np.ndarray, volume: np.ndarray, standard: bool) -> np.ndarray:
+    """Signed money flow tp x volume of each candle after the first: positive when the typical
+    price rose. A repeated typical price is neither (the standard definition, TA-Lib's) or,
+    in pandas-ta's native MFI (specs before version 3), negative. Repeated means equal to
+    1e-12 relative: prices on a 0.001 KRW tick sum to the same typical price in different
+    orders (1.523 + 1.52 + 1.522 vs 1.524 + 1.52 + 1.521), which float rounds 1 ulp apart."""
+    rise = tp[1:] - tp[:-1]
+    if standard:
+        sign = np.where(np.abs(rise) <= 1e-12 * np.abs(tp[1:]), 0.0, np.sign(rise))
+    else:
+        sign = np.where(rise > 0, 1.0, -1.0)
+    return tp[1:] * volume[1:] * sign
+
+
+def _mfi_of(flow: np.ndarray, length: int, standard: bool) -> np.ndarray:
+    """MFI / 100 of each trailing window of `length` flows. pandas-ta adds float epsilon to the
+    total (0 for a window without flow); the standard path leaves a window without flow
+    either way at 0.5, neither buying nor selling pressure (a definition, not a fill)."""
+    gain = slide(np.maximum(flow, 0.0), length).sum(axis=1)
+    loss = slide(np.maximum(-flow, 0.0), length).sum(axis=1)
+    if not standard:
+        return gain / (gain + loss + np.finfo(float).eps)
+    total = gain + loss
+    return np.where(total == 0.0, 0.5, ratio(gain, total))
+
+
 def _mfi(c: Candles, talib: bool, length: int) -> Arrays:
+    if talib:  # TA-Lib's MFI (standard ties) through pandas-ta, as the spec pins
+        mfi = ta.mfi(
+            c.series("high"),
+            c.series("low"),
+            c.series("close"),
+            c.series("volume"),
+            length=length,
+            talib=True,
+        )
+        return {f"mfi_{length}": as_array(mfi, len(c)) / 100.0}
+    return _mfi_latest(c, len(c), length)  # every row is a newest row of its own window
+
+
+def _mfi_latest(c: Candles, m: int, length: int) -> Arrays:
+    k = length + m  # m windows of `length` flows, each flow compares with the candle before
+    tp = (last(c.high, k) + last(c.low, k) + last(c.close, k)) / 3.0
+    flow = _money_flow(tp, last(c.volume, k), standard=True)
+    return {f"mfi_{length}": last(_mfi_of(flow, length, standard=True), m)}
+
+
+MFI = FeatureKind(
+    name="mfi",
+    group="indicator",
+    doc="money flow index / 100 (a repeated typical price is neither flow; spec version >= 3)",
+    defaults={"length": 14},
+    columns=_mfi_cols,
+    batch=_mfi,
+    latest=_mfi_latest,
+)
+
+
+def _mfi_before_v3(c: Candles, talib: bool, length: int) -> Arrays:
     mfi = ta.mfi(
         c.series("high"),
         c.series("low"),
@@ -106,23 +164,23 @@ def _mfi(c: Candles, talib: bool, length: int) -> Arrays:
     return {f"mfi_{length}": as_array(mfi, len(c)) / 100.0}
 
 
-def _mfi_latest(c: Candles, m: int, length: int) -> Arrays:
-    k = length + m  # m windows of `length` flows, each flow compares with the candle before
+def _mfi_before_v3_latest(c: Candles, m: int, length: int) -> Arrays:
+    k = length + m
     tp = (last(c.high, k) + last(c.low, k) + last(c.close, k)) / 3.0
-    flow = tp[1:] * last(c.volume, k)[1:] * np.where(tp[1:] > tp[:-1], 1.0, -1.0)
-    gain = slide(np.maximum(flow, 0.0), length).sum(axis=1)
-    loss = slide(np.maximum(-flow, 0.0), length).sum(axis=1)
-    return {f"mfi_{length}": gain / (gain + loss + np.finfo(float).eps)}
+    flow = _money_flow(tp, last(c.volume, k), standard=False)
+    return {f"mfi_{length}": _mfi_of(flow, length, standard=False)}
 
 
-MFI = FeatureKind(
+# What specs before version 3 compute as "mfi" (pandas-ta's native MFI), kept so a stored
+# model's features stay what it was trained on.
+MFI_BEFORE_V3 = FeatureKind(
     name="mfi",
     group="indicator",
-    doc="money flow index / 100",
+    doc="money flow index / 100, pandas-ta's native (a repeated typical price is negative)",
     defaults={"length": 14},
     columns=_mfi_cols,
-    batch=_mfi,
-    latest=_mfi_latest,
+    batch=_mfi_before_v3,
+    latest=_mfi_before_v3_latest,
 )
 
 

@@ -41,7 +41,7 @@ TOLERANCE = 1e-9  # relative agreement that "no longer depends on the start of h
 
 FEATURE_KINDS: dict[str, FeatureKind] = {
     kind.name: kind
-    for kind in (
+    for kind in (  # the order `upquant features kinds` lists them in
         returns.LOG_RETURN,
         returns.RETURN,
         candle.CANDLE_SHAPE,
@@ -68,6 +68,11 @@ FEATURE_KINDS: dict[str, FeatureKind] = {
     )
 }
 
+# Kinds whose definition changed: specs older than the version keep the old definition, so a
+# stored model's features stay what it was trained on. Version 3: MFI counts a repeated
+# typical price as neither flow (the standard definition, TA-Lib's), not as negative.
+_BEFORE: dict[str, tuple[int, FeatureKind]] = {"mfi": (3, momentum.MFI_BEFORE_V3)}
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -75,12 +80,14 @@ class FeatureSpec:
 
     `max_gap`: the longest step between consecutive candles, in candles of the unit, that
     windows bridge (None: never break). Feature dicts are normalised with their kind's
-    defaults, so equal specs hash equally however they were written.
+    defaults, so equal specs hash equally however they were written. `version` keeps old
+    models' features: 1 bridges every gap, 2 breaks series at `max_gap`, 3 computes MFI by
+    the standard definition (`_BEFORE` maps a kind to its older definition).
     """
 
     features: tuple[dict[str, Any], ...]
     talib: bool = False
-    version: int = 2
+    version: int = 3
     max_gap: int | None = 5
 
     def __post_init__(self) -> None:
@@ -124,7 +131,7 @@ class FeatureSpec:
         steps = []
         depth = 1  # trailing values each column must supply so lags of it can be read
         for feature in self.features:
-            kind, params = FEATURE_KINDS[feature["kind"]], params_of(feature)
+            kind, params = self.kind(feature["kind"]), params_of(feature)
             cols = kind.columns(info, **params)
             clash = sorted(set(cols) & set(info))
             if clash:
@@ -134,6 +141,11 @@ class FeatureSpec:
             if kind.name == "lag":
                 depth = max(depth, max(params["lags"]) + 1)
         return _Plan(info, steps, depth, pd.Index(list(info), dtype=object))
+
+    def kind(self, name: str) -> FeatureKind:
+        """The kind `name` as this spec's version defines it."""
+        since, older = _BEFORE.get(name, (0, None))
+        return older if older is not None and self.version < since else FEATURE_KINDS[name]
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_plan"}  # rebuilt on demand
