@@ -38,7 +38,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data.candles import fetch_markets, import_candles
+from engine.data.backfill import fetch_markets
+from engine.data.candles import import_candles
 from engine.data.feed import LiveFeed
 from engine.upbit.client import RateLimiter
 from scripts.benchtable import Row, print_table

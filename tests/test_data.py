@@ -20,16 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.data.candles import (
-    DataError,
-    DataImportError,
-    ValidationFailed,
-    fetch_markets,
-    import_candles,
-    resample_series,
-    series_status,
-)
-from engine.upbit.client import RateLimiter, UpbitBlocked, UpbitError
+from engine.data.backfill import fetch_markets
+from engine.data.candles import DataImportError, ValidationFailed, import_candles
+from engine.data.series import DataError, resample_series, series_status
+from engine.upbit.client import RateLimiter
+from engine.upbit.errors import UpbitBlocked, UpbitError
 from store.candles import (
     CANDLE_COLUMNS,
     add_coverage,
@@ -602,7 +597,7 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
     from rich.console import Console
 
     import tui.cli.data as data_commands
-    from engine.data.candles import FetchReport, SeriesFetch
+    from engine.data.backfill import FetchReport, SeriesFetch
 
     screen = io.StringIO()
     monkeypatch.setattr(data_commands, "err", Console(file=screen, force_terminal=True, width=150))

@@ -16,7 +16,7 @@ import engine.data.feed as feed_module
 from engine.data.feed import LiveFeed
 from engine.live.engine import LiveEngine
 from engine.live.sources import upbit_live
-from engine.upbit.client import UpbitRefused
+from engine.upbit.errors import UpbitRefused
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
 from tests.conftest import current_minute
 from tests.fake_upbit import FakeUpbit, candle_frame, forming_frames, generate_candles

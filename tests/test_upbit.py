@@ -26,20 +26,17 @@ from engine.upbit.client import (
     DEFAULT_REST_URL,
     DEFAULT_WS_URL,
     RateLimiter,
-    UpbitBlocked,
-    UpbitError,
-    UpbitUnreachable,
     block_seconds,
-    candle_frame_to_row,
     ceil_bucket,
     fetch_candles,
     list_markets,
     make_client,
     plan_chunks,
     rest_url,
-    stream,
     ws_url,
 )
+from engine.upbit.errors import UpbitBlocked, UpbitError, UpbitUnreachable
+from engine.upbit.websocket import candle_frame_to_row, stream
 from tests.fake_upbit import (
     FakeUpbit,
     candle_frame,

@@ -1,17 +1,15 @@
-"""Candles into and out of the store: validated file import (three formats), resumable REST
-backfill of many markets, resampling, export and per-series status."""
+"""Candle files into the store: validated import of three formats (shared CSV/Parquet, pyupbit
+export, Upbit REST dump). REST backfill is engine/data/backfill.py; resampling, export and
+status are engine/data/series.py."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -21,21 +19,10 @@ from engine.upbit.markets import CANDLE_FIELDS, check_market, check_unit, unit_t
 from store.candles import (
     CANDLE_COLUMNS,
     SeriesDiff,
-    candle_status,
-    coverage,
     diff_candles,
-    export_candles,
-    missing_ranges,
-    resample,
-    store_fetched,
     upsert_candles,
 )
 from store.db import transaction
-
-if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
-    from upbit import AsyncUpbit
-
-    from engine.upbit.client import RateLimiter
 
 FORMATS = ("auto", "shared", "pyupbit", "upbit")
 FORMAT_HELP = {
@@ -86,10 +73,6 @@ class ImportConflict(DataImportError):
         super().__init__(message)
         self.report = report
         self.hint = hint
-
-
-class DataError(Exception):
-    """A data command cannot run with these arguments (no candles, units that do not fit)."""
 
 
 # --------------------------------------------------------------------------- file import
@@ -525,304 +508,3 @@ def import_candle_file(
 ) -> ImportReport:
     """Import a file of one market and unit (format detected); bad rows are reported."""
     return import_candles(con, path, market, unit)
-
-
-# --------------------------------------------------------------------------- REST backfill
-
-
-@dataclass
-class SeriesFetch:
-    """Backfill progress of one market/unit."""
-
-    market: str
-    unit: str
-    start: pd.Timestamp
-    end: pd.Timestamp
-    chunks_total: int = 0
-    chunks_done: int = 0
-    candles: int = 0
-    new: int = 0
-    error: Exception | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.error is not None or self.chunks_done >= self.chunks_total
-
-
-@dataclass
-class FetchReport:
-    """What a backfill did; `stopped` is the error that ended it early (418, unreachable)."""
-
-    unit: str
-    series: list[SeriesFetch]
-    started: float = field(default_factory=time.monotonic)
-    seconds: float = 0.0
-    requests: int = 0
-    rate_limited: int = 0
-    stopped: Exception | None = None
-
-    @property
-    def chunks_total(self) -> int:
-        return sum(s.chunks_total for s in self.series)
-
-    @property
-    def chunks_done(self) -> int:
-        return sum(s.chunks_done for s in self.series)
-
-    @property
-    def candles(self) -> int:
-        return sum(s.candles for s in self.series)
-
-    @property
-    def new(self) -> int:
-        return sum(s.new for s in self.series)
-
-    @property
-    def markets_done(self) -> int:
-        return sum(s.done for s in self.series)
-
-    @property
-    def failed(self) -> list[SeriesFetch]:
-        return [s for s in self.series if s.error is not None]
-
-    @property
-    def request_rate(self) -> float:
-        elapsed = self.seconds or (time.monotonic() - self.started)
-        return self.requests / elapsed if elapsed > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "unit": self.unit,
-            "markets": [
-                {
-                    "market": s.market,
-                    "since": s.start.isoformat(),
-                    "until": s.end.isoformat(),
-                    "requests_planned": s.chunks_total,
-                    "requests_done": s.chunks_done,
-                    "candles": s.candles,
-                    "new": s.new,
-                    "error": None if s.error is None else str(s.error),
-                }
-                for s in self.series
-            ],
-            "candles": self.candles,
-            "new": self.new,
-            "requests": self.requests,
-            "rate_limited": self.rate_limited,
-            "seconds": round(self.seconds, 3),
-            "requests_per_second": round(self.request_rate, 2),
-            "stopped": None if self.stopped is None else str(self.stopped),
-        }
-
-
-async def fetch_markets(
-    con: duckdb.DuckDBPyConnection,
-    markets: Sequence[str],
-    unit: str,
-    since: datetime | Mapping[str, datetime],
-    until: datetime | None = None,
-    *,
-    limiter: RateLimiter | None = None,
-    client: AsyncUpbit | None = None,
-    concurrency: int | None = None,
-    refetch: bool = False,
-    on_progress: Callable[[FetchReport], object] | None = None,
-) -> FetchReport:
-    """Backfill `markets`/`unit` from Upbit REST into the store; resumable and idempotent.
-
-    Each page is stored together with the time range it covers for good (the
-    candle_coverage table), in one transaction; a later run with the same arguments asks
-    only for the ranges not covered yet (all of them with `refetch`), so a run killed at any
-    point continues where it stopped, without duplicates and without holes. All markets share
-    one rate limiter. `since` may differ per market (a mapping). A market Upbit does not
-    know fails alone (its SeriesFetch.error); a 418 block or an unreachable Upbit stops the
-    run (`stopped`). Naive datetimes are read as UTC.
-    """
-    from engine.upbit.client import (
-        DEFAULT_CONCURRENCY,
-        PAGE_SIZE,
-        Chunk,
-        RateLimiter,
-        UpbitBlocked,
-        UpbitUnreachable,
-        ceil_bucket,
-        fetch_chunks,
-        plan_chunks,
-    )
-
-    unit = check_unit(unit)
-    now = pd.Timestamp.now(tz="UTC")
-    end = ceil_bucket(until if until is not None else now, unit)
-    pacer = limiter or RateLimiter()
-    report = FetchReport(unit, [])
-    pages = PAGE_SIZE * unit_timedelta_minutes(unit) * 60 * 10**9  # ns one request spans
-    plans: list[tuple[SeriesFetch, list[tuple[pd.Timestamp, pd.Timestamp]]]] = []
-    for market in dict.fromkeys(markets):
-        check_market(market)
-        first = since[market] if isinstance(since, Mapping) else since
-        start = ceil_bucket(first, unit)
-        series = SeriesFetch(market, unit, start, end)
-        todo = (
-            [(start, end)] if refetch else missing_ranges(coverage(con, market, unit), start, end)
-        )
-        series.chunks_total = sum(-(-(hi - lo).value // pages) for lo, hi in todo)
-        report.series.append(series)
-        plans.append((series, todo[::-1]))  # newest first
-    by_market = {s.market: s for s, _ in plans}
-
-    def pending() -> Iterator[Chunk]:  # lazily: a long backfill is many thousand pages
-        for series, todo in plans:
-            for lo, hi in todo:
-                for chunk in plan_chunks(series.market, unit, lo, hi):
-                    if series.error is not None:
-                        break
-                    yield chunk
-
-    def progress() -> None:
-        report.requests = pacer.requests - base_requests
-        report.rate_limited = pacer.rate_limited - base_limited
-        if on_progress is not None:
-            result = on_progress(report)
-            if inspect.isawaitable(result):
-                raise TypeError("on_progress must be synchronous")
-
-    def store(chunk: Chunk, page: pd.DataFrame, covered: Any) -> None:
-        series = by_market[chunk.market]
-        series.new += store_fetched(con, page, chunk.market, unit, covered)
-        series.candles += len(page)
-        series.chunks_done += 1
-        progress()
-
-    def failed(chunk: Chunk, exc: Exception) -> None:
-        by_market[chunk.market].error = exc
-        progress()
-
-    base_requests, base_limited = pacer.requests, pacer.rate_limited
-    progress()
-    try:
-        await fetch_chunks(
-            pending(),
-            store,
-            client=client,
-            limiter=pacer,
-            concurrency=concurrency or DEFAULT_CONCURRENCY,
-            on_failed=failed,
-        )
-    except (UpbitBlocked, UpbitUnreachable) as exc:
-        report.stopped = exc
-    finally:
-        report.seconds = time.monotonic() - report.started
-        progress()
-    return report
-
-
-async def fetch_into_store(
-    con: duckdb.DuckDBPyConnection,
-    market: str,
-    unit: str,
-    since: datetime,
-    until: datetime | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> int:
-    """Backfill one market/unit (see fetch_markets); returns new rows; raises its UpbitError.
-
-    Each page is stored as it arrives, so an interrupted fetch keeps what it got.
-    """
-    seen = 0
-
-    def advance(report: FetchReport) -> None:
-        nonlocal seen
-        if on_progress is not None and report.candles > seen:
-            on_progress(report.candles - seen)
-        seen = report.candles
-
-    report = await fetch_markets(con, [market], unit, since, until, on_progress=advance)
-    if report.stopped is not None:
-        raise report.stopped
-    for series in report.failed:
-        raise series.error  # type: ignore[misc]
-    return report.new
-
-
-async def krw_markets() -> list[str]:
-    """Every KRW market Upbit lists (`market/all`), sorted."""
-    from engine.upbit.client import list_markets
-
-    return sorted(m["market"] for m in await list_markets() if m["market"].startswith("KRW-"))
-
-
-# --------------------------------------------------------------------------- derived data
-
-
-@dataclass
-class ResampleReport:
-    market: str
-    from_unit: str
-    to_unit: str
-    source_rows: int
-    written: int
-    new: int
-
-
-def resample_series(
-    con: duckdb.DuckDBPyConnection,
-    market: str,
-    from_unit: str,
-    to_unit: str,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> ResampleReport:
-    """Build `to_unit` candles of `market` from stored `from_unit` candles, in SQL.
-
-    The result is what Upbit returns for `to_unit` (same UTC-aligned buckets, first open,
-    last close, extremes, sums), wherever the stored `from_unit` series is complete.
-    """
-    market, from_unit, to_unit = check_market(market), check_unit(from_unit), check_unit(to_unit)
-    small, large = unit_timedelta_minutes(from_unit), unit_timedelta_minutes(to_unit)
-    if large <= small or large % small:
-        raise DataError(
-            f"cannot resample unit {from_unit} into unit {to_unit}: a {to_unit} candle must be"
-            f" a whole number (> 1) of {from_unit} candles; pick a larger --to-unit that is a"
-            f" multiple of {from_unit} (e.g. 1 → 15, 15 → 60, 60 → 240, 240 → D)"
-        )
-    rows = con.execute(
-        "SELECT count(*) FROM candles WHERE market = ? AND unit = ?", [market, from_unit]
-    ).fetchall()[0][0]
-    if rows == 0:
-        raise DataError(
-            f"no {market} unit {from_unit} candles in the store to resample;"
-            f" run `upquant data fetch {market} --unit {from_unit} --since ...` first"
-        )
-    written, new = resample(con, market, from_unit, to_unit, since, until)
-    return ResampleReport(market, from_unit, to_unit, int(rows), written, new)
-
-
-def export_series(
-    con: duckdb.DuckDBPyConnection,
-    market: str,
-    unit: str,
-    path: Path,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> int:
-    """Write one stored series to `path` (.csv or .parquet, shared format plus value); rows."""
-    market, unit = check_market(market), check_unit(unit)
-    if path.suffix.lower() not in (".csv", ".parquet"):
-        raise DataError(f"{path}: export writes .csv or .parquet; give --out a name ending so")
-    if not path.parent.exists():
-        raise DataError(f"{path}: directory {path.parent} does not exist")
-    rows = export_candles(con, market, unit, path, since, until)
-    if rows == 0:
-        path.unlink(missing_ok=True)
-        raise DataError(
-            f"no {market} unit {unit} candles in the store for that range; nothing exported"
-        )
-    return rows
-
-
-def series_status(con: duckdb.DuckDBPyConnection, min_gap: int = 2) -> pd.DataFrame:
-    """Per market and unit: rows, first/last candle, gaps (see store.candles.candle_status)."""
-    if min_gap < 1:
-        raise DataError(f"--min-gap {min_gap}: a gap is at least 1 missing candle")
-    return candle_status(con, min_gap=min_gap)

@@ -26,17 +26,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.data.candles import fetch_markets
-from engine.upbit.client import (
-    PING_INTERVAL_S,
-    RateLimiter,
-    UpbitError,
-    UpbitRefused,
-    floor_bucket,
-    make_client,
-    stream,
-)
+from engine.data.backfill import fetch_markets
+from engine.upbit.client import RateLimiter, floor_bucket, make_client
+from engine.upbit.errors import UpbitError, UpbitRefused
 from engine.upbit.markets import CANDLE_FIELDS, check_unit, unit_timedelta_minutes
+from engine.upbit.websocket import PING_INTERVAL_S, stream
 from store.candles import CANDLE_COLUMNS, last_ts_by_market, upsert_candles
 
 CLOSE_GRACE_S = 3.0  # a quiet market's candle closes this long after its bucket ends

@@ -32,7 +32,8 @@ class Session:
 async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | None:
     """None when Upbit answers for `market`, else why not, as the banner says it: unreachable
     (network, timeout) or answering with an error (e.g. a market it does not list)."""
-    from engine.upbit.client import UpbitError, UpbitUnreachable, fetch_candles
+    from engine.upbit.client import fetch_candles
+    from engine.upbit.errors import UpbitError, UpbitUnreachable
 
     now = datetime.now(UTC)
     try:
@@ -61,7 +62,7 @@ async def backfill_window(
     coverage makes each wider fetch ask only for what it does not hold yet). A market that
     thin leaves the window short, and the engine says so on its first candle.
     """
-    from engine.data.candles import fetch_into_store
+    from engine.data.backfill import fetch_into_store
     from engine.upbit.client import floor_bucket, unit_width
 
     forming = floor_bucket(datetime.now(UTC), unit)
@@ -99,7 +100,7 @@ async def open_session(
         con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
     )
     if reason is None:
-        from engine.upbit.client import UpbitError
+        from engine.upbit.errors import UpbitError
 
         try:
             engine.prime(await backfill_window(con, market, unit, engine.window))

@@ -1,4 +1,6 @@
-"""Upbit quotation client: candle backfill over REST and the public WebSocket stream.
+"""Upbit quotation client over REST: the configured URLs, the SDK client, rate limiting and
+candle backfill in pages. The WebSocket stream is engine/upbit/websocket.py, the errors
+engine/upbit/errors.py.
 
 Built on the official SDK (`upbit-sdk`, import `upbit`). Base URLs come from
 UPQUANT_UPBIT_REST_URL and UPQUANT_UPBIT_WS_URL, so tests point them at tests/fake_upbit.py.
@@ -8,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import math
 import os
 import re
 import time
-import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,16 +23,15 @@ from typing import Any, cast
 import httpx
 import pandas as pd
 import upbit
-import websockets
 from upbit import AsyncUpbit
 
+from engine.upbit.errors import UpbitBlocked, UpbitError, UpbitUnreachable
 from engine.upbit.markets import CANDLE_FIELDS, check_unit
 from store.candles import CANDLE_COLUMNS
 
 DEFAULT_REST_URL = "https://api.upbit.com"
 DEFAULT_WS_URL = "wss://api.upbit.com/websocket/v1"
 PAGE_SIZE = 200  # Upbit's maximum `count`
-PING_INTERVAL_S = 20.0  # Upbit closes idle sockets after ~60 s (observed)
 DEFAULT_CONCURRENCY = 4  # requests in flight: keeps 10 req/s even at ~300 ms round trips
 SETTLE_S = 5.0  # a bucket counts as fetched for good once it closed this long before asking
 
@@ -45,46 +44,12 @@ _EPOCH = pd.Timestamp(0, tz="UTC").as_unit("ns")
 PageCallback = Callable[[pd.DataFrame], Awaitable[object] | object]
 
 
-# Credentials a configured URL may carry: `scheme://user:password@host` and secret-looking
-# query parameters. Messages quote URLs and the exceptions of the libraries below (which quote
-# them too), so every message is scrubbed once, where UpbitError is made.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
-_URL_SECRET = re.compile(
-    r"(?P<key>[?&](?:access_key|secret_key|api_key|apikey|key|token|secret|password|auth)=)"
-    r"[^&#\s]+",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of any URL in it replaced by `***`."""
-    return _URL_SECRET.sub(r"\g<key>***", _URL_USERINFO.sub(r"\g<scheme>***@", text))
-
-
-class UpbitError(Exception):
-    """An Upbit call failed; the message says what, for which market, and what to do. The
-    message never holds credentials of the configured URLs (see `redact`)."""
-
-    def __init__(self, message: str, *, market: str | None = None, status: int | None = None):
-        super().__init__(redact(message))
-        self.market = market
-        self.status = status
-
-
-class UpbitUnreachable(UpbitError):
-    """Upbit could not be reached at all (refused, DNS, timeout, socket dropped): use replay."""
-
-
 def rest_url() -> str:
     return (os.environ.get("UPQUANT_UPBIT_REST_URL") or DEFAULT_REST_URL).rstrip("/")
 
 
 def ws_url() -> str:
     return (os.environ.get("UPQUANT_UPBIT_WS_URL") or DEFAULT_WS_URL).rstrip("/")
-
-
-def _configured_ws_url() -> str:
-    return ws_url()  # stream() has a parameter of the same name
 
 
 def make_client(
@@ -109,30 +74,6 @@ def make_client(
 
 
 # --------------------------------------------------------------------------- REST
-
-
-class UpbitBlocked(UpbitError):
-    """HTTP 418: Upbit blocks this IP after continued rate-limit abuse; fetching must stop."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        market: str | None = None,
-        seconds: float | None = None,
-        until: datetime | None = None,
-    ) -> None:
-        super().__init__(message, market=market, status=418)
-        self.seconds = seconds
-        self.until = until
-
-
-class UpbitRefused(UpbitError):
-    """The WebSocket answered a subscription with an error frame (its `name`, e.g. NO_TICKET)."""
-
-    def __init__(self, message: str, *, name: str | None = None) -> None:
-        super().__init__(message)
-        self.name = name
 
 
 class RateLimiter:
@@ -618,117 +559,3 @@ async def list_markets(client: AsyncUpbit | None = None) -> list[dict[str, Any]]
         if client is None:
             await api.close()
     return [item.to_dict() for item in items]
-
-
-# --------------------------------------------------------------------------- WebSocket
-
-
-async def stream(
-    markets: Sequence[str],
-    types: Sequence[str] = ("candle.1m", "trade"),
-    *,
-    extra: Mapping[str, Sequence[str]] | None = None,
-    ws_url: str | None = None,
-    ping_interval: float = PING_INTERVAL_S,
-    on_open: Callable[[], object] | None = None,
-    on_malformed: Callable[[UpbitError], object] | None = None,
-) -> AsyncGenerator[dict[str, Any], None]:
-    """Frames from one public WebSocket subscription, as dicts, until the socket closes.
-
-    Subscribes `types` for `markets`, plus each type in `extra` for its own codes (a
-    watchlist's trade and ticker), in one message on one connection. `on_open()` runs once the
-    subscription is sent. Raises UpbitRefused for an `{"error": ...}` frame and
-    UpbitUnreachable when the socket cannot open or is closed; it never reconnects (the live
-    feed does). A frame that is not a JSON object raises UpbitError, or goes to
-    `on_malformed(error)` and is skipped when that is given. Pings keep the socket alive every
-    `ping_interval` seconds. Wrap it in `contextlib.aclosing` so the socket closes as soon as
-    the caller stops reading.
-    """
-    wanted = {kind: list(markets) for kind in types} if markets else {}
-    for kind, codes in (extra or {}).items():
-        if codes:
-            wanted[kind] = sorted({*wanted.get(kind, []), *codes})
-    if not wanted:
-        raise UpbitError("stream needs at least one market and one type")
-    subscription = [
-        {"ticket": f"upquant-{uuid.uuid4()}"},
-        *({"type": kind, "codes": codes} for kind, codes in wanted.items()),
-        {"format": "DEFAULT"},
-    ]
-    target = ws_url or _configured_ws_url()
-    options = cast(Any, {"ping_interval": ping_interval, "ping_timeout": ping_interval})
-    async with make_client(ws=target) as client:
-        manager = client.ws_public.connect_public(websocket_connection_options=options)
-        try:
-            conn = await manager.enter()
-        except (
-            OSError,
-            TimeoutError,
-            httpx.InvalidURL,  # a malformed UPQUANT_UPBIT_WS_URL
-            websockets.InvalidHandshake,
-            websockets.InvalidURI,
-        ) as exc:
-            raise UpbitUnreachable(
-                f"cannot open the Upbit WebSocket at {target} ({type(exc).__name__}: {exc});"
-                " check the network or UPQUANT_UPBIT_WS_URL"
-            ) from exc
-        try:
-            while True:
-                try:
-                    if subscription:
-                        await conn.send_raw(json.dumps(subscription))
-                        subscription = []
-                        if on_open is not None:
-                            on_open()
-                    data = await conn.recv_bytes()
-                except websockets.ConnectionClosed as exc:
-                    raise UpbitUnreachable(
-                        f"the Upbit WebSocket at {target} closed ({exc}); reconnect and backfill"
-                    ) from exc
-                try:
-                    frame = _decode_frame(data)
-                except UpbitError as exc:
-                    if on_malformed is None:
-                        raise
-                    on_malformed(exc)
-                    continue
-                if "error" in frame:
-                    error = frame["error"] if isinstance(frame["error"], dict) else {}
-                    raise UpbitRefused(
-                        f"Upbit WebSocket refused the subscription to {list(wanted)} for"
-                        f" {sorted({c for codes in wanted.values() for c in codes})}:"
-                        f" {error.get('name')}: {error.get('message')}",
-                        name=str(error.get("name")),
-                    )
-                yield frame
-        finally:
-            await conn.close()
-
-
-def _decode_frame(data: bytes | str) -> dict[str, Any]:
-    try:
-        frame = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UpbitError(f"Upbit WebSocket sent a frame that is not UTF-8 JSON ({exc})") from exc
-    if not isinstance(frame, dict):
-        raise UpbitError(f"Upbit WebSocket sent {type(frame).__name__}, not an object")
-    return frame
-
-
-def candle_frame_to_row(frame: Mapping[str, Any]) -> dict[str, Any]:
-    """A `candle.Nm` frame as a canonical candle dict (market, unit, ts, open, ..., value)."""
-    kind = str(frame.get("type", ""))
-    unit = kind.removeprefix("candle.").removesuffix("m")
-    if not kind.startswith("candle.") or not kind.endswith("m") or not unit.isdigit():
-        raise UpbitError(f"not a minute candle frame: type {kind!r}")
-    try:
-        row: dict[str, Any] = {
-            "market": str(frame["code"]),
-            "unit": unit,
-            "ts": pd.Timestamp(frame["candle_date_time_utc"], tz="UTC").as_unit("ns"),
-        }
-        for column, name in CANDLE_FIELDS.items():
-            row[column] = float(frame[name])
-    except KeyError as exc:
-        raise UpbitError(f"candle frame for {frame.get('code')} lacks field {exc}") from exc
-    return row

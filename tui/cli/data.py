@@ -27,7 +27,8 @@ from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect, parse_t
 from tui.cli.render import CliError, console, emit_json, err, fail_json
 
 if TYPE_CHECKING:
-    from engine.data.candles import FetchReport, ImportReport
+    from engine.data.backfill import FetchReport
+    from engine.data.candles import ImportReport
 
 data_app = typer.Typer(
     help="Candles in the store: import, fetch and stream from Upbit, export, resample, status.",
@@ -187,7 +188,7 @@ def data_fetch(
 ) -> None:
     """Backfill candles from the Upbit REST API (UPQUANT_UPBIT_REST_URL), resumably: run the
     same command again after an interruption and it fetches only what is missing."""
-    from engine.data.candles import fetch_markets, krw_markets
+    from engine.data.backfill import fetch_markets, krw_markets
 
     if not since:
         raise CliError("--since is required", "e.g. --since 2025-09-01 (UTC)")
@@ -291,7 +292,7 @@ def data_stream(
 ) -> None:
     """Record live candles into the store over one Upbit WebSocket (UPQUANT_UPBIT_WS_URL),
     reconnecting after drops and backfilling what they missed over REST."""
-    from engine.data.candles import krw_markets
+    from engine.data.backfill import krw_markets
     from engine.data.feed import LiveFeed
 
     unit = check(None, unit)
@@ -349,7 +350,8 @@ def data_stream(
             console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
         raise KeyboardInterrupt
     if stats.connects == 0:
-        from engine.upbit.client import redact, ws_url
+        from engine.upbit.client import ws_url
+        from engine.upbit.errors import redact
 
         last = f"; last: {problems[-1]}" if problems else ""
         raise CliError(
@@ -374,7 +376,7 @@ def data_export(
 ) -> None:
     """Write one stored series as CSV or Parquet (timestamp UTC, open, high, low, close,
     volume, value); `upquant data import` reads it back unchanged."""
-    from engine.data.candles import export_series
+    from engine.data.series import export_series
 
     unit = check(market, unit)
     start = parse_time(since, "--since") if since else None
@@ -400,7 +402,7 @@ def data_resample(
     as_json: JsonOpt = False,
 ) -> None:
     """Build larger candles from stored smaller ones in SQL, aligned like Upbit's (UTC)."""
-    from engine.data.candles import resample_series
+    from engine.data.series import resample_series
 
     check(market, from_unit)
     start = parse_time(since, "--since") if since else None
@@ -433,7 +435,7 @@ def data_status(
     """Per market and unit: rows, first/last candle, gaps (count, longest), last update."""
     import pandas as pd
 
-    from engine.data.candles import series_status
+    from engine.data.series import series_status
 
     with connect() as con:
         frame = series_status(con, min_gap)
