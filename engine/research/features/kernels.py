@@ -95,9 +95,109 @@ def rolling_mean_mad(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, mad
 
 
+@numba.njit(cache=True)
+def _pandas_rolling(x: np.ndarray, n: int, mean: bool) -> np.ndarray:
+    """pandas' fixed-window `rolling(n).sum()` / `.mean()` step for step: one running sum with
+    Kahan compensation (separate for adds and removes), its guards for all-equal and one-signed
+    windows; NaN until n values, or while a NaN is inside the window."""
+    size = len(x)
+    out = np.full(size, np.nan)
+    nobs = 0
+    neg_ct = 0
+    total = 0.0
+    comp_add = 0.0
+    comp_remove = 0.0
+    same = 0
+    prev = x[0] if size else np.nan
+    for i in range(size):
+        if i >= n:  # remove the value leaving the window
+            val = x[i - n]
+            if not math.isnan(val):
+                nobs -= 1
+                y = -val - comp_remove
+                t = total + y
+                comp_remove = t - total - y
+                total = t
+                if np.signbit(val):
+                    neg_ct -= 1
+        val = x[i]
+        if not math.isnan(val):
+            nobs += 1
+            y = val - comp_add
+            t = total + y
+            comp_add = t - total - y
+            total = t
+            if np.signbit(val):
+                neg_ct += 1
+            if val == prev:
+                same += 1
+            else:
+                same = 1
+            prev = val
+        if nobs >= n and nobs > 0:
+            if mean:
+                result = total / nobs
+                if same >= nobs:
+                    result = prev
+                elif neg_ct == 0 and result < 0 or neg_ct == nobs and result > 0:
+                    result = 0.0
+            else:
+                result = prev * nobs if same >= nobs else total
+            out[i] = result
+    return out
+
+
+def rolling_sum(x: np.ndarray, n: int) -> np.ndarray:
+    """pandas' `rolling(n).sum()`, bit for bit, without building a Series."""
+    return _pandas_rolling(np.ascontiguousarray(x, dtype=np.float64), n, False)
+
+
 def rolling_mean(x: np.ndarray, n: int) -> np.ndarray:
-    """pandas' rolling mean (compensated summation: drifts < 1e-15 relative with history)."""
-    return pd.Series(x).rolling(n).mean().to_numpy()
+    """pandas' `rolling(n).mean()`, bit for bit (compensated running sum: drifts < 1e-15
+    relative with history)."""
+    return _pandas_rolling(np.ascontiguousarray(x, dtype=np.float64), n, True)
+
+
+@numba.njit(cache=True)
+def rolling_min_max(low: np.ndarray, high: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """pandas' `rolling(n).min()` of `low` and `.max()` of `high` (a NaN in a window: NaN)."""
+    size = len(low)
+    lo = np.full(size, np.nan)
+    hi = np.full(size, np.nan)
+    for t in range(n - 1, size):
+        a = low[t]
+        b = high[t]
+        for j in range(t - n + 1, t):
+            if low[j] < a or math.isnan(low[j]):  # once NaN, no comparison replaces it
+                a = low[j]
+            if high[j] > b or math.isnan(high[j]):
+                b = high[j]
+        lo[t] = a
+        hi[t] = b
+    return lo, hi
+
+
+def pandas_alpha(*, span: float | None = None, alpha: float | None = None) -> float:
+    """The smoothing factor pandas' `ewm(span=...)` / `ewm(alpha=...)` really uses: it goes
+    through the centre of mass, so the last bit is pandas', not 2 / (span + 1)'s."""
+    com = (span - 1.0) / 2.0 if span is not None else (1.0 - alpha) / alpha  # type: ignore[operator]
+    return 1.0 / (1.0 + com)
+
+
+def rma(x: np.ndarray, length: int) -> np.ndarray:
+    """pandas-ta's `ta.rma` (Wilder's average: `ewm(alpha=1/length, adjust=False)`), all NaN
+    for fewer than `length` values as pandas-ta returns nothing then."""
+    if len(x) < length:
+        return np.full(len(x), np.nan)
+    return ewm(np.ascontiguousarray(x, dtype=np.float64), pandas_alpha(alpha=1.0 / length))
+
+
+def ta_ema(x: np.ndarray, length: int) -> np.ndarray:
+    """pandas-ta's native `ta.ema` (SMA-seeded, `ewm(span=length, adjust=False)`), all NaN
+    for fewer than `length` values."""
+    if len(x) < length:
+        return np.full(len(x), np.nan)
+    return presma_ewm(np.ascontiguousarray(x, dtype=np.float64), length, pandas_alpha(span=length))
 
 
 @numba.njit(cache=True)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pandas_ta as ta
 
 from engine.research.features.kernels import (
     as_array,
+    diff,
     ewm,
     last,
     ratio,
+    rma,
+    rolling_mean,
     rolling_mean_mad,
+    rolling_min_max,
     shift,
     slide,
     windows,
@@ -24,6 +27,11 @@ def _rsi_cols(_: ColumnInfo, length: int) -> ColumnInfo:
 
 
 def _rsi(c: Candles, talib: bool, length: int) -> Arrays:
+    if not talib:  # pandas-ta's native RSI: Wilder averages of the rises and of the falls
+        move = diff(c.close, 1)
+        up = rma(np.where(move < 0, 0.0, move), length)
+        down = rma(np.where(move > 0, 0.0, move), length)
+        return {f"rsi_{length}": 100.0 * up / (up + np.abs(down)) / 100.0}
     rsi = as_array(ta.rsi(c.series("close"), length=length, talib=talib), len(c))
     return {f"rsi_{length}": rsi / 100.0}
 
@@ -57,14 +65,9 @@ def _stoch_raw(close: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarr
 
 
 def _stoch(c: Candles, talib: bool, k: int, d: int, smooth_k: int) -> Arrays:
-    low = c.series("low").rolling(k).min().to_numpy()
-    high = c.series("high").rolling(k).max().to_numpy()
-    raw = pd.Series(_stoch_raw(c.close, low, high))
-    pct_k = raw.rolling(smooth_k).mean()
-    return {
-        f"stoch_k_{k}": pct_k.to_numpy(),
-        f"stoch_d_{k}": pct_k.rolling(d).mean().to_numpy(),
-    }
+    low, high = rolling_min_max(c.low, c.high, k)
+    pct_k = rolling_mean(_stoch_raw(c.close, low, high), smooth_k)
+    return {f"stoch_k_{k}": pct_k, f"stoch_d_{k}": rolling_mean(pct_k, d)}
 
 
 def _stoch_latest(c: Candles, m: int, k: int, d: int, smooth_k: int) -> Arrays:
@@ -194,8 +197,11 @@ def _cci_from(tp: np.ndarray, mean: np.ndarray, mad: np.ndarray, c: float) -> np
 
 
 def _cci(candles: Candles, talib: bool, length: int, c: float) -> Arrays:
-    h, lo, cl = (candles.series(n) for n in ("high", "low", "close"))
-    tp = as_array(ta.hlc3(h, lo, cl, talib=talib), len(candles))
+    if talib:
+        h, lo, cl = (candles.series(n) for n in ("high", "low", "close"))
+        tp = as_array(ta.hlc3(h, lo, cl, talib=talib), len(candles))
+    else:
+        tp = (candles.high + candles.low + candles.close) / 3.0  # pandas-ta's native hlc3
     mean, mad = rolling_mean_mad(tp, length)
     return {f"cci_{length}": _cci_from(tp, mean, mad, c)}
 

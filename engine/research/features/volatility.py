@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pandas_ta as ta
 
 from engine.research.features.kernels import (
@@ -11,6 +10,7 @@ from engine.research.features.kernels import (
     last,
     presma_ewm,
     ratio,
+    rma,
     rolling_mean_std,
     shift,
 )
@@ -83,7 +83,7 @@ def atr_series(c: Candles, talib: bool, length: int, prenan: bool = False) -> np
     if len(c) > length:
         seeded[length - 1] = np.nanmean(tr[:length]) if np.isfinite(tr[:length]).any() else np.nan
         seeded[length:] = tr[length:]
-    return as_array(ta.rma(pd.Series(seeded), length=length), len(c))
+    return rma(seeded, length)
 
 
 def _atr(c: Candles, talib: bool, length: int) -> Arrays:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
-import pandas as pd
 import pandas_ta as ta
 
 from engine.research.features.kernels import (
@@ -12,6 +14,7 @@ from engine.research.features.kernels import (
     ratio,
     rolling_mean,
     rolling_mean_std,
+    rolling_sum,
     shift,
     slide,
     windows,
@@ -155,9 +158,28 @@ def _obv_cols(_: ColumnInfo, length: int) -> ColumnInfo:
 
 
 def _obv(c: Candles, talib: bool, length: int) -> Arrays:
-    obv = as_array(ta.obv(c.series("close"), c.series("volume"), talib=talib), len(c))
-    total = pd.Series(c.volume).rolling(length).sum().to_numpy()
+    if talib:
+        obv = as_array(ta.obv(c.series("close"), c.series("volume"), talib=talib), len(c))
+    else:
+        obv = _obv_native(c.close, c.volume)
+    total = rolling_sum(c.volume, length)
     return {f"obv_flow_{length}": ratio(obv - shift(obv, length), total)}
+
+
+@numba.njit(cache=True)
+def _obv_native(close: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """pandas-ta's native OBV: the running sum (pandas' cumsum order) of sign(close change) x
+    volume, NaN on the first candle, which has no change."""
+    out = np.full(len(close), np.nan)
+    total = 0.0
+    for t in range(1, len(close)):
+        move = close[t] - close[t - 1]
+        sign = 1.0 if move > 0 else -1.0 if move < 0 else move  # NaN stays NaN, 0 stays 0
+        flow = sign * volume[t]
+        if not math.isnan(flow):  # cumsum skips NaN and carries on
+            total += flow
+            out[t] = total
+    return out
 
 
 def _obv_latest(c: Candles, m: int, length: int) -> Arrays:
