@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -10,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.live.engine import CandleBuilder, LiveEngine, SignalEvent
+from engine.live.engine import CandleEvent, LiveEngine, SignalEvent
 from engine.live.inference import LoadedModel, load_champion
 from engine.live.session import open_session
-from engine.live.sources import demo_candles, replay
+from engine.live.sources import demo_candles, replay, upbit_live
 from engine.research.dataset import build_dataset
 from engine.research.features import DEFAULT_SPEC, compute_features
 from engine.research.labels import LabelSpec
@@ -22,6 +25,8 @@ from engine.training.train import train_model
 from models.base import Model
 from store.candles import load_candles, upsert_candles
 from store.signals import load_signals
+from tests.conftest import current_minute
+from tests.fake_upbit import FakeUpbit, generate_candles
 
 
 def _candle(ts: str, close: float) -> dict[str, Any]:
@@ -29,13 +34,41 @@ def _candle(ts: str, close: float) -> dict[str, Any]:
             "high": close, "low": close, "close": close, "volume": 1.0, "value": close}
 
 
-def test_candle_builder_closes_a_candle_only_when_the_next_bucket_starts() -> None:
-    builder = CandleBuilder()
-    assert builder.update(_candle("2025-09-01 00:00", 1.0)) is None
-    assert builder.update(_candle("2025-09-01 00:00", 2.0)) is None  # the forming candle repeats
-    closed = builder.update(_candle("2025-09-01 00:01", 3.0))
-    assert closed is not None and closed["close"] == 2.0  # the latest frame wins
-    assert builder.update(_candle("2025-09-01 00:00", 9.0)) is None  # late frame: ignored
+async def test_the_feed_closes_a_candle_only_when_the_next_bucket_starts(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live engine decides on the candles the feed closes (the one closing rule), over the
+    real path: fake Upbit WebSocket -> LiveFeed -> engine."""
+    bucket = current_minute()
+    first, second = generate_candles("KRW-BTC", "1", bucket, 2).to_dict("records")
+    async with FakeUpbit() as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        engine = LiveEngine(con, "KRW-BTC", "1", no_model_reason="no champion")
+        updates: list[CandleEvent] = []
+        engine.subscribe(lambda e: updates.append(e) if isinstance(e, CandleEvent) else None)
+        task = asyncio.create_task(upbit_live(engine))
+        await fake.wait_subscribed()
+        await fake.push_candle("KRW-BTC", {**first, "close": first["close"] * 0.999})
+        await fake.push_candle("KRW-BTC", first)  # the forming candle repeats
+        await _until(lambda: sum(not e.closed for e in updates) == 2)
+        assert engine.signals == deque()  # no candle closed yet
+        await fake.push_candle("KRW-BTC", second)
+        await _until(lambda: len(engine.signals) == 1)
+        assert engine.signals[0].ts == first["ts"]
+        assert engine.history["close"].iloc[-1] == first["close"]  # the latest frame wins
+        await fake.push_candle("KRW-BTC", {**first, "close": 9.0})  # late frame: ignored
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(engine.signals) == 1 and engine.history["close"].iloc[-1] == first["close"]
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_sma_cross_rule() -> None:
@@ -144,12 +177,12 @@ async def test_closed_live_candles_are_stored_in_batches(con) -> None:
     candles = demo_candles(130)
     engine = LiveEngine(con, "KRW-BTC", "1", candle_batch=50)
     engine.prime(candles.iloc[:40])
-    for row in candles.iloc[40:].to_dict("records"):
-        await engine.on_frame(row)
+    for row in candles.iloc[40:-1].to_dict("records"):  # the last candle is still forming
+        await engine.on_closed(row)
     stored = load_candles(con, "KRW-BTC", "1")
     assert len(stored) == 50  # one batch written, the rest buffered
     engine.flush()
-    assert len(load_candles(con, "KRW-BTC", "1")) == 89  # the last frame's candle is still forming
+    assert len(load_candles(con, "KRW-BTC", "1")) == 89
 
 
 async def test_a_bucket_the_window_already_holds_is_replaced_and_an_older_one_ignored(con) -> None:

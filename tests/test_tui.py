@@ -13,9 +13,11 @@ from textual.pilot import Pilot
 from engine.live.engine import LiveEngine
 from engine.live.inference import LoadedModel, load_champion
 from engine.live.session import Session
-from engine.live.sources import demo_candles, replay
+from engine.live.sources import demo_candles, replay, upbit_live
 from engine.training.train import train_model
 from store.candles import load_candles, upsert_candles
+from tests.conftest import current_minute
+from tests.fake_upbit import FakeUpbit
 from tui.app import UpquantApp
 from tui.screens import HelpScreen, MainScreen
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
@@ -183,35 +185,36 @@ async def test_signal_log_keeps_the_newest_500_and_can_hide_holds(con):
         assert log.row_count == SignalLog.MAX_ROWS
 
 
-async def test_live_session_draws_the_forming_candle_and_stores_candles_on_quit(con):
-    frames = demo_candles(5, MARKET, UNIT, seed=3, start=START).to_dict("records")
+async def test_live_session_draws_the_forming_candle_and_stores_candles_on_quit(con, monkeypatch):
+    """The real live path: fake Upbit WebSocket -> the feed (which closes candles) -> engine."""
+    candles = demo_candles(5, MARKET, UNIT, seed=3, start=current_minute(margin=30))
+    frames = candles.to_dict("records")
 
     async def factory() -> Session:
         engine = LiveEngine(
             con, MARKET, UNIT, no_model_reason="no champion model for KRW-BTC unit 1"
         )
+        return Session(engine, "live", "LIVE · Upbit · KRW-BTC 1m", upbit_live(engine))
 
-        async def stream() -> None:  # what upbit_live does, without the network
+    async with FakeUpbit() as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        app = UpquantApp(con, session_factory=factory)
+        async with app.run_test(size=SIZE) as pilot:
+            await fake.wait_subscribed()
             for frame in frames:
-                await engine.on_frame(frame)
-            await asyncio.Event().wait()  # a live stream never ends
-
-        return Session(engine, "live", "LIVE · Upbit · KRW-BTC 1m", stream())
-
-    app = UpquantApp(con, session_factory=factory)
-    async with app.run_test(size=SIZE) as pilot:
-        log = app.screen.query_one(SignalLog)
-        for _ in range(100):
-            await pilot.pause()
-            if log.row_count == 4:
-                break
-        assert log.row_count == 4  # five frames of five buckets close four candles
-        assert app.screen.query_one(SessionBanner).has_class("-live")
-        chart = app.screen.query_one(CandleChart)
-        assert [bar.ts for bar in chart.bars] == [frame["ts"] for frame in frames]
-        assert load_candles(con, MARKET, UNIT).empty  # still in the engine's batch
-        await pilot.press("q")
-    assert len(load_candles(con, MARKET, UNIT)) == 4
+                await fake.push_candle(MARKET, frame)
+            log = app.screen.query_one(SignalLog)
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if log.row_count == 4:
+                    break
+            assert log.row_count == 4  # five frames of five buckets close four candles
+            assert app.screen.query_one(SessionBanner).has_class("-live")
+            chart = app.screen.query_one(CandleChart)
+            assert [bar.ts for bar in chart.bars] == [frame["ts"] for frame in frames]
+            await pilot.press("q")
+    assert len(load_candles(con, MARKET, UNIT)) == 5  # the feed stores the forming one too
 
 
 async def test_help_screen_lists_every_binding(con):

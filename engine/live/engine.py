@@ -1,9 +1,11 @@
 """The live engine: closed candles in, features (same code as training), prediction, signal out.
 
-Sources (Upbit WebSocket, replay of stored candles, demo market) feed candle updates; the
-candle builder decides when a candle is closed; on each closed candle the engine predicts
-with the champion, applies the confidence threshold, and falls back to the rule strategy
-whenever there is no model or it fails. Every signal is stored and published.
+Sources (engine/live/sources.py) hand the engine closed candles only: a replay or demo plays
+stored candles, each one closed; live, the feed (engine/data/feed.py) is the one rule that
+closes a candle (the next bucket's frame, or the clock CLOSE_GRACE_S after its bucket ends)
+and publishes the forming candle's updates. On each closed candle the engine predicts with
+the champion, applies the confidence threshold, and falls back to the rule strategy whenever
+there is no model or it fails. Every signal is stored and published.
 """
 
 from __future__ import annotations
@@ -51,27 +53,6 @@ EngineEvent = CandleEvent | SignalEvent | StatusEvent
 THRESHOLD_STEP = 0.05
 
 
-class CandleBuilder:
-    """Turns repeated frames of a forming candle into closed candles.
-
-    A candle is closed when a frame of a later bucket arrives (Upbit repeats the forming
-    candle's `ts` with the latest values; the latest frame wins).
-    """
-
-    def __init__(self) -> None:
-        self.forming: dict[str, Any] | None = None
-
-    def update(self, candle: dict[str, Any]) -> dict[str, Any] | None:
-        """Take one frame; return the candle it closed, if any."""
-        if self.forming is None or candle["ts"] == self.forming["ts"]:
-            self.forming = candle
-            return None
-        if candle["ts"] < self.forming["ts"]:
-            return None  # a late frame of an already closed candle
-        closed, self.forming = self.forming, candle
-        return closed
-
-
 @dataclass
 class LiveEngine:
     con: duckdb.DuckDBPyConnection
@@ -94,7 +75,6 @@ class LiveEngine:
         needed = self.model.history_needed if self.model else self.spec.window()
         self.window = max(needed, self.rule.slow + 1)
         self.history = pd.DataFrame(columns=CANDLE_COLUMNS)
-        self.builder = CandleBuilder()
         self.listeners: list[Callable[[EngineEvent], None]] = []
         self._pending: list[dict[str, Any]] = []
         self._pending_signals: list[Signal] = []
@@ -120,12 +100,6 @@ class LiveEngine:
         if candles is None:
             candles = load_candles(self.con, self.market, self.unit, last=self.window)
         self.history = candles[CANDLE_COLUMNS].tail(self.window).reset_index(drop=True)
-
-    async def on_frame(self, candle: dict[str, Any]) -> Signal | None:
-        """A candle update from a live source (possibly a repeat of the forming candle)."""
-        self.publish(CandleEvent(candle, closed=False))
-        closed = self.builder.update(candle)
-        return await self.on_closed(closed) if closed is not None else None
 
     async def on_closed(self, candle: dict[str, Any]) -> Signal | None:
         """One closed candle: store it, compute features, predict, decide, log.
