@@ -10,7 +10,11 @@ from typing import Any, Self
 
 import numpy as np
 
-# Class order of every classifier's predict_proba columns; labels are the indices 0, 1, 2.
+# The one encoding of actions and classes (sell, hold, buy): the order of every classifier's
+# predict_proba columns, the class labels (indices 0, 1, 2), the strategies' actions and every
+# face that names them. It lives here, the lowest package engine and tui can both import
+# (models never imports engine; store has no use for it). Vectorised code alone uses the
+# action codes -1, 0, 1 (a class index minus one: engine/trading/backtest.py).
 CLASSES = ("sell", "hold", "buy")
 TASKS = ("classification", "regression")
 

@@ -35,7 +35,12 @@ Range = tuple[pd.Timestamp, pd.Timestamp]
 
 
 def unit_minutes(unit: str) -> int:
-    """Width of one bucket in minutes (a day is 1440: Upbit days start at 00:00 UTC)."""
+    """Width of one bucket in minutes (a day is 1440: Upbit days start at 00:00 UTC).
+
+    The one definition of a unit's bucket width. It lives in the store, the lowest layer that
+    needs it (resampling, gap counts) and one that may not import engine; the engine builds
+    on it (engine.upbit.markets, engine.upbit.client.unit_width).
+    """
     return 1440 if unit == "D" else int(unit)
 
 
@@ -449,7 +454,7 @@ def candle_status(con: duckdb.DuckDBPyConnection, *, min_gap: int = 2) -> pd.Dat
         """
         WITH w AS (
             SELECT market, unit, ts,
-                CASE WHEN unit = 'D' THEN 1440 ELSE TRY_CAST(unit AS BIGINT) END AS width,
+                CASE WHEN unit = 'D' THEN 1440 ELSE TRY_CAST(unit AS BIGINT) END AS width, -- unit_minutes
                 lag(ts) OVER (PARTITION BY market, unit ORDER BY ts) AS prev
             FROM candles
         ), r AS (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pandas as pd
 
-from engine.upbit.markets import check_market, check_unit, unit_timedelta_minutes
+from engine.upbit.markets import check_market, check_unit, unit_minutes
 from store.candles import (
     coverage,
     missing_ranges,
@@ -151,7 +151,7 @@ async def fetch_markets(
     end = ceil_bucket(until if until is not None else now, unit)
     pacer = limiter or RateLimiter()
     report = FetchReport(unit, [])
-    pages = PAGE_SIZE * unit_timedelta_minutes(unit) * 60 * 10**9  # ns one request spans
+    pages = PAGE_SIZE * unit_minutes(unit) * 60 * 10**9  # ns one request spans
     plans: list[tuple[SeriesFetch, list[tuple[pd.Timestamp, pd.Timestamp]]]] = []
     for market in dict.fromkeys(markets):
         check_market(market)

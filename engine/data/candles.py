@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.upbit.markets import CANDLE_FIELDS, check_market, check_unit, unit_timedelta_minutes
+from engine.upbit.markets import CANDLE_FIELDS, check_market, check_unit, unit_minutes
 from store.candles import (
     CANDLE_COLUMNS,
     SeriesDiff,
@@ -347,7 +347,7 @@ def validate_candles(
     )
     ns = frame["ts"].dt.as_unit("ns").array.asi8
     stamped = frame["ts"].notna().to_numpy()
-    width = unit_timedelta_minutes(unit) * 60 * 10**9
+    width = unit_minutes(unit) * 60 * 10**9
     forming = (now or pd.Timestamp.now(tz="UTC")).value // width * width
     early = stamped & (ns < EARLIEST.value)
     future = stamped & (ns > forming)

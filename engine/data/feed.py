@@ -29,7 +29,7 @@ import pandas as pd
 from engine.data.backfill import fetch_markets
 from engine.upbit.client import RateLimiter, floor_bucket, make_client
 from engine.upbit.errors import UpbitError, UpbitRefused
-from engine.upbit.markets import CANDLE_FIELDS, check_unit, unit_timedelta_minutes
+from engine.upbit.markets import CANDLE_FIELDS, check_unit, unit_minutes
 from engine.upbit.websocket import PING_INTERVAL_S, stream
 from store.candles import CANDLE_COLUMNS, last_ts_by_market, upsert_candles
 
@@ -188,7 +188,7 @@ class LiveFeed:
         self.watch = list(dict.fromkeys(watch))
         self.watch_types = tuple(watch_types)
         self.grace = grace
-        self.width = unit_timedelta_minutes(unit) * 60.0
+        self.width = unit_minutes(unit) * 60.0
         self.store = store
         self.backfill = backfill
         self.backfill_limit = pd.Timedelta(backfill_limit)

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from engine.upbit.markets import check_market, check_unit, unit_timedelta_minutes
+from engine.upbit.markets import check_market, check_unit, unit_minutes
 from store.candles import (
     candle_status,
     export_candles,
@@ -46,7 +46,7 @@ def resample_series(
     last close, extremes, sums), wherever the stored `from_unit` series is complete.
     """
     market, from_unit, to_unit = check_market(market), check_unit(from_unit), check_unit(to_unit)
-    small, large = unit_timedelta_minutes(from_unit), unit_timedelta_minutes(to_unit)
+    small, large = unit_minutes(from_unit), unit_minutes(to_unit)
     if large <= small or large % small:
         raise DataError(
             f"cannot resample unit {from_unit} into unit {to_unit}: a {to_unit} candle must be"

@@ -15,7 +15,7 @@ from engine.live.engine import LiveEngine
 from engine.live.inference import load_champion
 from engine.live.sources import demo_candles, replay, upbit_live
 from engine.research.features import warm_up
-from engine.upbit.markets import unit_timedelta_minutes
+from engine.upbit.markets import unit_minutes
 from store.candles import load_candles
 
 REPLAY_CANDLES = 2000  # default number of stored candles a replay session plays
@@ -39,7 +39,7 @@ async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | Non
     try:
         await asyncio.wait_for(
             fetch_candles(
-                market, unit, now - timedelta(minutes=unit_timedelta_minutes(unit) * 3), now
+                market, unit, now - timedelta(minutes=unit_minutes(unit) * 3), now
             ),
             timeout,
         )

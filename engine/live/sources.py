@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from engine.live.engine import CandleEvent, LiveEngine, StatusEvent
-from engine.upbit.markets import unit_timedelta_minutes
+from engine.upbit.markets import unit_minutes
 
 
 async def replay(engine: LiveEngine, candles: pd.DataFrame, delay: float = 0.0) -> int:
@@ -40,7 +40,7 @@ def demo_candles(
 ) -> pd.DataFrame:
     """A synthetic market (random walk with volatility clusters) for offline demos and tests."""
     rng = np.random.default_rng(seed)
-    step = timedelta(minutes=unit_timedelta_minutes(unit))
+    step = timedelta(minutes=unit_minutes(unit))
     start = start or datetime(2026, 1, 1, tzinfo=UTC)
     vol = 0.0008 * np.exp(np.cumsum(rng.normal(0, 0.05, n)).clip(-1.5, 1.5))
     log_ret = rng.normal(0, 1, n) * vol

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from engine.research.features import rolling_mean_std
-from engine.upbit.markets import check_unit, unit_timedelta_minutes
+from engine.upbit.markets import check_unit, unit_minutes
+from models import CLASSES
 
-SELL, HOLD, BUY = 0, 1, 2
-CLASS_NAMES = ("sell", "hold", "buy")
+SELL, HOLD, BUY = (CLASSES.index(name) for name in ("sell", "hold", "buy"))  # class labels
 SCHEMES = ("fixed_horizon", "triple_barrier", "regression")
 
 
@@ -118,7 +118,7 @@ def _breaks(candles: pd.DataFrame, max_gap: int | None, unit: str | None) -> np.
         if "unit" not in candles:
             raise ValueError("candles carry no `unit` column: pass unit= so gaps can be found")
         unit = str(candles["unit"].iloc[0])
-    step = unit_timedelta_minutes(check_unit(unit)) * 60_000_000_000
+    step = unit_minutes(check_unit(unit)) * 60_000_000_000
     ns = pd.DatetimeIndex(candles["ts"]).as_unit("ns").asi8
     gap = np.concatenate([[0], (np.diff(ns) > max_gap * step).astype(np.int64)])
     return np.cumsum(gap)
@@ -220,6 +220,6 @@ def label_balance(labels: pd.Series | np.ndarray) -> dict[str, float]:
     """Share of each class among labelled rows, plus `rows` (labelled) and `unlabelled`."""
     values = np.asarray(labels, dtype=np.float64)
     known = values[~np.isnan(values)].astype(np.int64)
-    counts = np.bincount(known, minlength=len(CLASS_NAMES))
-    out = {name: float(c / max(len(known), 1)) for name, c in zip(CLASS_NAMES, counts, strict=True)}
+    counts = np.bincount(known, minlength=len(CLASSES))
+    out = {name: float(c / max(len(known), 1)) for name, c in zip(CLASSES, counts, strict=True)}
     return {**out, "rows": float(len(known)), "unlabelled": float(len(values) - len(known))}

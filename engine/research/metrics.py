@@ -13,6 +13,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
+from engine.upbit.markets import unit_minutes
 from models import CLASSES
 
 MINUTES_PER_YEAR = 365 * 24 * 60  # crypto trades 24/7: 525,600 one-minute candles a year
@@ -130,7 +131,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 # --- trading ----------------------------------------------------------------------------------
 def periods_per_year(unit: str) -> float:
     """Candles in a year of 24/7 trading: unit 1 → 525,600; 60 → 8,760; D → 365."""
-    minutes = 1440 if str(unit).upper() == "D" else int(unit)
+    minutes = unit_minutes("D" if str(unit).upper() == "D" else str(unit))
     return MINUTES_PER_YEAR / minutes
 
 

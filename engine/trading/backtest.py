@@ -27,6 +27,7 @@ from engine.upbit.markets import check_market, check_unit
 from store.candles import load_candles
 
 DEFAULT_FEE = 0.0005  # Upbit KRW markets: 0.05% per side
+# Vectorised code's action codes: a models.CLASSES index minus one (classes_to_actions).
 BUY, HOLD, SELL = 1, 0, -1
 STRATEGIES = ("sma-cross",)
 BUY_AND_HOLD, NO_TRADE, MAJORITY_CLASS = "buy-and-hold", "no-trade", "majority-class"

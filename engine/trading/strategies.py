@@ -9,8 +9,6 @@ import pandas as pd
 
 from models import CLASSES
 
-ACTIONS = CLASSES  # sell, hold, buy
-
 
 @dataclass(frozen=True)
 class Signal:
@@ -51,7 +49,7 @@ def threshold_action(probs: np.ndarray, threshold: float) -> tuple[str, float, s
     """Act on the most likely class only if its probability reaches `threshold`."""
     best = int(np.argmax(probs))
     confidence = float(probs[best])
-    action = ACTIONS[best]
+    action = CLASSES[best]
     if action == "hold":
         return "hold", confidence, f"model: hold is most likely (p={confidence:.2f})"
     if confidence < threshold:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine.live.inference import LoadedModel, load_ref
 from engine.research.features import compute_features
-from engine.research.labels import CLASS_NAMES, LabelSpec, make_label_frame
+from engine.research.labels import LabelSpec, make_label_frame
 from engine.trading.backtest import (
     DEFAULT_FEE,
     BacktestReport,
@@ -23,8 +23,8 @@ from engine.trading.backtest import (
     sma_cross_actions,
 )
 from engine.trading.strategies import SmaCross
-from engine.upbit.markets import check_market, unit_timedelta_minutes
-from models import Model
+from engine.upbit.markets import check_market, unit_minutes
+from models import CLASSES, Model
 from store.candles import load_candles
 
 
@@ -117,7 +117,7 @@ def predict_range(
     unit = record.unit
     label_spec = LabelSpec.from_dict(record.label_spec)
     # the candles after `end` that resolve the last labels; features never read them
-    width = pd.Timedelta(minutes=unit_timedelta_minutes(unit))
+    width = pd.Timedelta(minutes=unit_minutes(unit))
     beyond = None if end is None else pd.Timestamp(end) + width * label_spec.horizon
     candles = load_candles(
         con, market, unit, _lookback_start(loaded, con, market, unit, start), beyond
@@ -147,7 +147,7 @@ def predict_range(
     label_values = labels["label"].to_numpy()[rows]
     if label_spec.is_classification:
         resolved = [
-            CLASS_NAMES[int(v)] if np.isfinite(v) else None for v in label_values.astype(float)
+            CLASSES[int(v)] if np.isfinite(v) else None for v in label_values.astype(float)
         ]
     else:
         resolved = [f"{v:.6g}" if np.isfinite(v) else None for v in label_values.astype(float)]
@@ -158,7 +158,7 @@ def predict_range(
             "p_hold": probs[:, 1],
             "p_buy": probs[:, 2],
             "action": pd.Categorical.from_codes(
-                actions_from_probs(probs, threshold) + 1, categories=["sell", "hold", "buy"]
+                actions_from_probs(probs, threshold) + 1, categories=list(CLASSES)
             ),
             "label": resolved,
         }

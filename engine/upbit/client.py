@@ -27,7 +27,7 @@ from upbit import AsyncUpbit
 
 from engine.upbit.errors import UpbitBlocked, UpbitError, UpbitUnreachable
 from engine.upbit.markets import CANDLE_FIELDS, check_unit
-from store.candles import CANDLE_COLUMNS
+from store.candles import CANDLE_COLUMNS, unit_minutes
 
 DEFAULT_REST_URL = "https://api.upbit.com"
 DEFAULT_WS_URL = "wss://api.upbit.com/websocket/v1"
@@ -363,7 +363,7 @@ def _page_frame(items: Sequence[Any], market: str, unit: str) -> pd.DataFrame:
 
 
 def unit_width(unit: str) -> pd.Timedelta:
-    return pd.Timedelta(days=1) if unit == "D" else pd.Timedelta(minutes=int(unit))
+    return pd.Timedelta(minutes=unit_minutes(unit))
 
 
 def floor_bucket(moment: datetime | pd.Timestamp, unit: str) -> pd.Timestamp:

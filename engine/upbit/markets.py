@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from store.candles import unit_minutes
+
 UNITS = ("1", "3", "5", "10", "15", "30", "60", "240", "D")
 # Upbit's candle field (REST and WebSocket) for each canonical candle column.
 CANDLE_FIELDS = {
@@ -32,5 +34,6 @@ def check_unit(unit: str | int) -> str:
     return text
 
 
-def unit_timedelta_minutes(unit: str) -> int:
-    return 1440 if unit == "D" else int(unit)
+# A thin alias of the one bucket width, store.candles.unit_minutes, kept only because
+# engine/research/features imports it by this name; every other module uses unit_minutes.
+unit_timedelta_minutes = unit_minutes

@@ -12,7 +12,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from engine.trading.strategies import ACTIONS, Signal
+from engine.trading.strategies import Signal
+from models import CLASSES
 
 
 class PredictionPanel(Widget):
@@ -95,7 +96,7 @@ class PredictionPanel(Widget):
         bars.add_column(no_wrap=True)
         bars.add_column(no_wrap=True)
         bars.add_column(justify="right", no_wrap=True)
-        for action, p in zip(ACTIONS, self.probs, strict=True):
+        for action, p in zip(CLASSES, self.probs, strict=True):
             style = self.get_component_rich_style(f"prediction-panel--{action}")
             filled = round(p * width)
             bar = Text.assemble(("█" * filled, style), ("░" * (width - filled), track))
