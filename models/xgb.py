@@ -207,7 +207,8 @@ class TreeTable:
     the live path predicts one row per candle, and this walk takes ~20 µs for 600 trees.
     Splits compare float32 values with `<` and send NaN the default way, as XGBoost does; the
     intercept is read back from the booster (its margin on a zero row minus the walk's), so
-    the margins equal the booster's to float32 rounding (tests pin it, early stopping and
+    the margins equal the booster's to float32 rounding (tests/test_models.py,
+    test_the_compiled_tree_walk_gives_the_boosters_margins, pins it: early stopping and
     missing values included). Numerical splits only: a booster with categorical splits is
     refused (ValueError).
     """

@@ -25,7 +25,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
 
 from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest, warm_up
-from engine.trading.backtest import backtest, buy_and_hold_actions, sma_cross_actions
+from engine.trading.backtest import backtest, buy_and_hold_actions
+from engine.trading.strategies import sma_cross_actions
 from scripts.benchtable import print_table
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit" / "KRW-BTC_1m.csv"

@@ -25,9 +25,13 @@ from engine.trading.backtest import (
     majority_class_actions,
     no_trade_actions,
     run_backtest,
-    sma_cross_actions,
 )
-from engine.trading.strategies import SmaCross
+from engine.trading.strategies import (
+    SmaCross,
+    actions_from_probs,
+    sma_cross_actions,
+    threshold_action,
+)
 from store.candles import upsert_candles
 from tests.conftest import shared_candles
 
@@ -255,6 +259,29 @@ def test_sma_cross_actions_agree_on_ties_and_fractional_prices() -> None:
     np.testing.assert_array_equal(sma_cross_actions(closes, 4, 12), action_codes(expected))
     with pytest.raises(ValueError, match="fast < slow"):
         sma_cross_actions(closes, 12, 4)
+
+
+def test_each_strategy_decides_per_candle_as_its_vectorised_form_on_real_candles() -> None:
+    """Every candle of the shared BTC 60m history: the live engine's per-candle decision
+    (SmaCross.decide, threshold_action) equals the backtest's vectorised signal."""
+    candles = shared_candles("KRW-BTC_60m.csv", unit="60")
+    closes = candles["close"].to_numpy()
+    rule = SmaCross()
+    per_candle = [
+        rule.decide(closes[max(0, t - 2 * rule.slow) : t + 1])[0] for t in range(len(closes))
+    ]
+    signals = sma_cross_actions(closes, rule.fast, rule.slow)
+    np.testing.assert_array_equal(signals, action_codes(per_candle))
+    assert (signals == BUY).sum() > 100 and (signals == SELL).sum() > 100
+    # probabilities that follow the candles: the log return's sign and size decide the class
+    move = np.diff(np.log(closes), prepend=np.log(closes[0])) * 300
+    logits = np.column_stack([-move, np.full(len(move), 0.2), move])
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    for threshold in (0.4, 0.5, 0.7):
+        expected = [threshold_action(row, threshold)[0] for row in probs]
+        codes = actions_from_probs(probs, threshold)
+        np.testing.assert_array_equal(codes, action_codes(expected))
+        assert {-1, 0, 1} <= set(codes.tolist())
 
 
 # --- on the store -------------------------------------------------------------------------------

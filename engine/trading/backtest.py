@@ -19,10 +19,9 @@ from datetime import datetime
 import duckdb
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
 from engine.research.metrics import MetricValue, candle_returns, majority_class, trading_metrics
-from engine.trading.strategies import SmaCross
+from engine.trading.strategies import SmaCross, check_sma_periods, sma_cross_actions
 from engine.upbit.markets import check_market, check_unit
 from store.candles import load_candles
 
@@ -169,34 +168,6 @@ def _segments(n: int, entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
     bounds[0], bounds[-1] = 0, n
     bounds[1:-1:2], bounds[2:-1:2] = entries, exits
     return bounds
-
-
-def sma_cross_actions(closes: np.ndarray, fast: int = 10, slow: int = 30) -> np.ndarray:
-    """SmaCross(fast, slow).decide for every candle at once, as action codes.
-
-    Each moving average is `closes[window].mean()` of the same windows `decide` takes, so
-    the decisions are identical, ties included; candles before the first `slow + 1` hold.
-    """
-    _check_sma(fast, slow)
-    values = np.asarray(closes, dtype="float64")
-    n = len(values)
-    codes = np.zeros(n, dtype=np.int8)
-    if n < slow + 1:
-        return codes
-    # means[i] averages values[i : i + window]; at candle t "now" ends at t, "prev" at t - 1.
-    fast_mean = sliding_window_view(values, fast).mean(axis=1)
-    slow_mean = sliding_window_view(values, slow).mean(axis=1)
-    fast_now, fast_prev = fast_mean[slow - fast + 1 :], fast_mean[slow - fast : n - fast]
-    slow_now, slow_prev = slow_mean[1:], slow_mean[: n - slow]
-    buy = (fast_prev <= slow_prev) & (fast_now > slow_now)
-    sell = (fast_prev >= slow_prev) & (fast_now < slow_now)
-    codes[slow:] = buy.view(np.int8) - sell.view(np.int8)
-    return codes
-
-
-def _check_sma(fast: int, slow: int) -> None:
-    if not 1 <= fast < slow:
-        raise ValueError(f"SMA periods need 1 <= fast < slow; got fast={fast}, slow={slow}")
 
 
 def buy_and_hold_actions(n: int) -> np.ndarray:
@@ -367,7 +338,7 @@ def run_backtest(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     check_market(market)
     unit = check_unit(unit)
-    _check_sma(fast, slow)
+    check_sma_periods(fast, slow)
     if start is not None and end is not None and start >= end:
         raise ValueError(
             f"the backtest starts ({start:%Y-%m-%d %H:%M}) at or after its end"

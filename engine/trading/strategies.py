@@ -1,4 +1,12 @@
-"""Signals and the strategies that make them: the AI threshold and the SMA-crossover rule."""
+"""Signals and the strategies that make them: the AI threshold and the SMA-crossover rule.
+
+Each strategy has two forms side by side: the per-candle one the live engine calls on each
+closed candle (`SmaCross.decide`, `threshold_action`: an action name and a reason), and the
+vectorised one that backtests, evaluation and batch prediction run over a whole series at
+once (`sma_cross_actions`, `actions_from_probs`: action codes -1 sell, 0 hold, 1 buy, a
+models.CLASSES index minus one). tests/test_backtest.py holds each pair to the same decision
+on every candle of real BTC candles.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from models import CLASSES
 
@@ -45,6 +54,34 @@ class SmaCross:
         return "hold", f"{self.name}: no cross"
 
 
+def sma_cross_actions(closes: np.ndarray, fast: int = 10, slow: int = 30) -> np.ndarray:
+    """SmaCross(fast, slow).decide for every candle at once, as action codes.
+
+    Each moving average is `closes[window].mean()` of the same windows `decide` takes, so
+    the decisions are identical, ties included; candles before the first `slow + 1` hold.
+    """
+    check_sma_periods(fast, slow)
+    values = np.asarray(closes, dtype="float64")
+    n = len(values)
+    codes = np.zeros(n, dtype=np.int8)
+    if n < slow + 1:
+        return codes
+    # means[i] averages values[i : i + window]; at candle t "now" ends at t, "prev" at t - 1.
+    fast_mean = sliding_window_view(values, fast).mean(axis=1)
+    slow_mean = sliding_window_view(values, slow).mean(axis=1)
+    fast_now, fast_prev = fast_mean[slow - fast + 1 :], fast_mean[slow - fast : n - fast]
+    slow_now, slow_prev = slow_mean[1:], slow_mean[: n - slow]
+    buy = (fast_prev <= slow_prev) & (fast_now > slow_now)
+    sell = (fast_prev >= slow_prev) & (fast_now < slow_now)
+    codes[slow:] = buy.view(np.int8) - sell.view(np.int8)
+    return codes
+
+
+def check_sma_periods(fast: int, slow: int) -> None:
+    if not 1 <= fast < slow:
+        raise ValueError(f"SMA periods need 1 <= fast < slow; got fast={fast}, slow={slow}")
+
+
 def threshold_action(probs: np.ndarray, threshold: float) -> tuple[str, float, str]:
     """Act on the most likely class only if its probability reaches `threshold`."""
     best = int(np.argmax(probs))
@@ -59,3 +96,11 @@ def threshold_action(probs: np.ndarray, threshold: float) -> tuple[str, float, s
             f"model: {action} p={confidence:.2f} below threshold {threshold:.2f}",
         )
     return action, confidence, f"model: {action} p={confidence:.2f} >= threshold {threshold:.2f}"
+
+
+def actions_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Action codes (-1 sell, 0 hold, 1 buy): the most likely class when it is not hold and
+    its probability reaches `threshold`: `threshold_action` for every row at once."""
+    best = probs.argmax(axis=1)
+    confident = probs[np.arange(len(probs)), best] >= threshold
+    return np.where(confident, best - 1, 0).astype(np.int8)

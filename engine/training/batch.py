@@ -15,14 +15,8 @@ import pandas as pd
 from engine.live.inference import LoadedModel, load_ref
 from engine.research.features import compute_features
 from engine.research.labels import LabelSpec, make_label_frame
-from engine.trading.backtest import (
-    DEFAULT_FEE,
-    BacktestReport,
-    backtest,
-    baseline_results,
-    sma_cross_actions,
-)
-from engine.trading.strategies import SmaCross
+from engine.trading.backtest import DEFAULT_FEE, BacktestReport, backtest, baseline_results
+from engine.trading.strategies import SmaCross, actions_from_probs, sma_cross_actions
 from engine.upbit.markets import check_market, unit_minutes
 from models import CLASSES, Model
 from store.candles import load_candles
@@ -44,14 +38,6 @@ def predict_values(model: Model, X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows)
     first = max(int(rows[0]) - model.context, 0)
     return np.asarray(model.predict(X[first : int(rows[-1]) + 1]))[rows - first]
-
-
-def actions_from_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Action codes (-1 sell, 0 hold, 1 buy): the most likely class when it is not hold and
-    its probability reaches `threshold` (engine.trading.strategies.threshold_action, vectorised)."""
-    best = probs.argmax(axis=1)
-    confident = probs[np.arange(len(probs)), best] >= threshold
-    return np.where(confident, best - 1, 0).astype(np.int8)
 
 
 def candle_actions(candles: pd.DataFrame, ts: pd.DatetimeIndex, actions: np.ndarray) -> np.ndarray:

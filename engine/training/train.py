@@ -35,9 +35,9 @@ from engine.research.metrics import (
     regression_metrics,
 )
 from engine.research.splits import Split, SplitSpec, TooFewRowsError, min_candles
-from engine.trading.backtest import DEFAULT_FEE, backtest, baseline_results, sma_cross_actions
-from engine.trading.strategies import SmaCross
-from engine.training.batch import actions_from_probs, candle_actions, predict_rows, predict_values
+from engine.trading.backtest import DEFAULT_FEE, backtest, baseline_results
+from engine.trading.strategies import SmaCross, actions_from_probs, sma_cross_actions
+from engine.training.batch import candle_actions, predict_rows, predict_values
 from engine.training.ensembles import (
     check_member_periods,
     fit_ensemble,
