@@ -12,8 +12,8 @@ from store.db import connect
 from store.signals import load_signals
 from tests.conftest import DATA
 from tests.fake_upbit import FakeUpbit, load_csv_candles
-from tests.test_cli import upquant
-from tests.test_tui import settle
+from tests.tui.test_cli import upquant
+from tests.tui.test_tui import settle
 from tui.app import UpquantApp
 from tui.widgets import PredictionPanel, SessionBanner, SignalLog
 

@@ -45,7 +45,7 @@ from tests.fake_upbit import (
     resample_candles,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "upbit"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "upbit"
 MINUTES = "/v1/candles/minutes/1"
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DATA
-from tests.test_cli import UPQUANT, upquant
+from tests.tui.test_cli import UPQUANT, upquant
 
 HOSTILE = "odd[/]name[bold]"
 
@@ -190,7 +190,7 @@ def test_a_locked_store_names_the_holder_and_what_to_do(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "UPQUANT_HOME": str(tmp_path)},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"

@@ -44,7 +44,7 @@ def test_light_commands_do_not_import_torch_or_xgboost(stored_home: Path, args: 
     result = subprocess.run(
         [sys.executable, "-c", PROBE, *args],
         capture_output=True, text=True, timeout=120, check=False,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env={**os.environ, "UPQUANT_HOME": str(stored_home)},
     )
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from models.params import ParameterError
 from store.candles import upsert_candles
 from store.registry import list_models, list_runs
 from tests.conftest import DATA
-from tests.test_cli import upquant
+from tests.tui.test_cli import upquant
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from store.db import connect
 from store.processes import HEARTBEAT_LIMIT, Owner, gone, process_start, this_process
 from store.registry import RunRecord, get_run, list_runs, run_epochs
 from tests.conftest import DATA
-from tests.test_cli import UPQUANT, upquant
+from tests.tui.test_cli import UPQUANT, upquant
 
 # a small network that still takes several epochs (early stopping waits `patience` = 3 bad
 # ones), so the run is mid-training when its first checkpoint appears

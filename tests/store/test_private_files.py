@@ -14,7 +14,7 @@ from engine.live.inference import load_champion
 from engine.training.train import train_model
 from store.db import connect
 from store.registry import list_runs
-from tests.test_cli import upquant
+from tests.tui.test_cli import upquant
 
 TINY_TORCH = {"epochs": 3, "window": 8, "hidden": 8, "layers": 1, "device": "cpu"}
 
@@ -42,7 +42,7 @@ def test_a_realistic_cycle_under_umask_022_leaves_nothing_readable_by_others(
 ) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o755)  # a home made by hand (or an older upquant) is made private too
-    csv = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit" / "KRW-BTC_1m.csv"
+    csv = Path(__file__).resolve().parents[3] / "shared" / "data" / "upbit" / "KRW-BTC_1m.csv"
     if not csv.exists():
         pytest.skip(f"shared data {csv} is not present")
     small = tmp_path / "btc.csv"

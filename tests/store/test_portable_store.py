@@ -21,7 +21,7 @@ from store.artifacts import artifact_files, read_artifact, store_artifact
 from store.candles import upsert_candles
 from store.db import connect
 from store.registry import get_model, list_models, register_model, set_champion
-from tests.test_cli import upquant
+from tests.tui.test_cli import upquant
 
 FAST = {"n_estimators": 15, "device": "cpu"}
 

@@ -17,7 +17,7 @@ from store.candles import upsert_candles
 from store.db import connect
 from store.registry import get_model, list_models, start_run, update_run
 from tests.conftest import shared_candles
-from tests.test_cli import upquant
+from tests.tui.test_cli import upquant
 
 FAST = {"n_estimators": 10, "device": "cpu"}
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from engine.data.candles import ImportConflict, import_candles
 from store.candles import CANDLE_COLUMNS, load_candles, resample, upsert_candles
 from store.db import connect
 from tests.conftest import DATA
-from tests.test_cli import upquant
+from tests.tui.test_cli import upquant
 
 OHLCV = ["open", "high", "low", "close", "volume"]
 
