@@ -24,7 +24,7 @@ from engine.live.inference import InferenceError, LoadedModel, predict_one
 from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest
 from engine.trading.strategies import Signal, SmaCross, threshold_action
-from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
+from store.candles import CANDLE_COLUMNS, load_candles
 from store.signals import insert_signals
 
 
@@ -62,11 +62,9 @@ class LiveEngine:
     threshold: float = 0.5
     rule: SmaCross = field(default_factory=SmaCross)
     mode: str = "live"  # live, replay or demo: recorded with each signal
-    persist_candles: bool = True
     persist_signals: bool = True
     no_model_reason: str = "no model"
     inference_timeout: float = 1.0
-    candle_batch: int = 50
     signal_batch: int = 1  # live: every signal is written at once; replays batch them
     keep_signals: int = 10_000
 
@@ -76,7 +74,6 @@ class LiveEngine:
         self.window = max(needed, self.rule.slow + 1)
         self.history = pd.DataFrame(columns=CANDLE_COLUMNS)
         self.listeners: list[Callable[[EngineEvent], None]] = []
-        self._pending: list[dict[str, Any]] = []
         self._pending_signals: list[Signal] = []
         self.signals: deque[Signal] = deque(maxlen=self.keep_signals)
         self.set_threshold(self.threshold)
@@ -120,10 +117,8 @@ class LiveEngine:
         return signal
 
     def flush(self) -> None:
-        """Write buffered closed candles and signals to the store, one batch each."""
-        if self._pending and self.persist_candles:
-            upsert_candles(self.con, pd.DataFrame(self._pending)[CANDLE_COLUMNS])
-        self._pending.clear()
+        """Write buffered signals to the store, one batch. Candles are the feed's to store
+        (live) or are stored already (replay, demo): the engine never writes them."""
         self._flush_signals()
 
     def _append(self, candle: dict[str, Any]) -> None:
@@ -138,9 +133,6 @@ class LiveEngine:
             [history, pd.DataFrame([row])] if len(history) else [pd.DataFrame([row])],
             ignore_index=True,
         ).tail(self.window)
-        self._pending.append(row)
-        if len(self._pending) >= self.candle_batch:
-            self.flush()
 
     async def _decide(self, ts: pd.Timestamp) -> tuple[Signal, np.ndarray | None]:
         closes = self.history["close"].to_numpy(dtype=np.float64)

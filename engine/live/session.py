@@ -115,7 +115,7 @@ async def open_session(
             )
     stored = load_candles(con, market, unit, last=engine.window + replay_candles)
     if len(stored) > engine.window:
-        engine.mode, engine.persist_candles, engine.signal_batch = "replay", False, 50
+        engine.mode, engine.signal_batch = "replay", 50
         engine.prime(stored.iloc[: engine.window])
         banner = (
             f"{reason} · REPLAY of {len(stored) - engine.window} stored"
@@ -124,7 +124,7 @@ async def open_session(
         return Session(
             engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay)
         )
-    engine.mode, engine.persist_candles, engine.persist_signals = "demo", False, False
+    engine.mode, engine.persist_signals = "demo", False
     demo = demo_candles(engine.window + replay_candles, market, unit)
     engine.prime(demo.iloc[: engine.window])
     banner = (

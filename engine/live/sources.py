@@ -84,7 +84,6 @@ async def upbit_live(
     from engine.upbit.client import floor_bucket
     from store.candles import load_candles
 
-    engine.persist_candles = False  # the feed stores every candle, forming ones included
 
     def reprime(market: str | None = None, new: int = 0) -> None:
         """Reload the engine's window from the store: closed candles only, backfill included."""

@@ -47,7 +47,6 @@ def demo_factory(
             UNIT,
             model=model,
             mode=mode,
-            persist_candles=False,
             persist_signals=mode != "demo",
             no_model_reason="no champion model for KRW-BTC unit 1",
         )

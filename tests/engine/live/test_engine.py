@@ -98,7 +98,7 @@ def trained(con, btc_1m: pd.DataFrame) -> LoadedModel:
 async def test_replay_gives_the_same_signals_as_batch_prediction(con, trained: LoadedModel) -> None:
     """Live features come from the trailing window with the same code as training."""
     stored = load_candles(con, "KRW-BTC", "1")
-    engine = LiveEngine(con, "KRW-BTC", "1", model=trained, threshold=0.45, mode="replay", persist_candles=False)
+    engine = LiveEngine(con, "KRW-BTC", "1", model=trained, threshold=0.45, mode="replay")
     start = len(stored) - 200
     engine.prime(stored.iloc[:start])
     events: list[SignalEvent] = []
@@ -173,22 +173,10 @@ async def test_a_failing_model_falls_back_to_the_rule_with_the_cause(con, traine
         assert "fallback" in signal.reason and cause in signal.reason
 
 
-async def test_closed_live_candles_are_stored_in_batches(con) -> None:
-    candles = demo_candles(130)
-    engine = LiveEngine(con, "KRW-BTC", "1", candle_batch=50)
-    engine.prime(candles.iloc[:40])
-    for row in candles.iloc[40:-1].to_dict("records"):  # the last candle is still forming
-        await engine.on_closed(row)
-    stored = load_candles(con, "KRW-BTC", "1")
-    assert len(stored) == 50  # one batch written, the rest buffered
-    engine.flush()
-    assert len(load_candles(con, "KRW-BTC", "1")) == 89
-
-
 async def test_a_bucket_the_window_already_holds_is_replaced_and_an_older_one_ignored(con) -> None:
     """REST may store a bucket before the socket closes it: one row per ts, never two."""
     candles = demo_candles(60)
-    engine = LiveEngine(con, "KRW-BTC", "1", persist_candles=False, persist_signals=False)
+    engine = LiveEngine(con, "KRW-BTC", "1", persist_signals=False)
     engine.prime(candles.iloc[:40])
     newest = candles.iloc[39].to_dict()
     final = {**newest, "close": newest["close"] * 1.01, "high": newest["high"] * 1.01}
