@@ -27,6 +27,9 @@ pandas-ta's building blocks or exact window kernels; tests compare each with pan
 
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
 import pandas as pd
 
@@ -128,19 +131,42 @@ def compute_features(
     # one column-major block: each column contiguous, and the frame wraps it without a copy
     out = np.empty((len(data), len(plan.info)), order="F")
     since = since_break(ts, step, spec.max_gap)
+    since_rows = _NO_BREAK if since is None else since
     for j, (col, (warmup, memory)) in enumerate(plan.info.items()):
-        column = out[:, j]
-        column[:] = raw[col]
         # warm-up rows, and rows whose value still depends on where the history starts
-        column[: max(warmup, memory - 1) if converged else warmup] = np.nan
-        infinite = np.isinf(column)  # a ratio over a zero: undefined, not huge
-        if infinite.any():
-            column[infinite] = np.nan
-        if since is not None:
-            column[since < memory - 1] = np.nan  # the column's memory reaches across a break
+        keep_from = max(warmup, memory - 1) if converged else warmup
+        _settle(out[:, j], _float64(raw[col], len(data)), keep_from, since_rows, memory - 1)
     return pd.DataFrame(
         out, index=pd.DatetimeIndex(stamps, name="ts"), columns=plan.index, copy=False
     )
+
+
+_NO_BREAK = np.zeros(0, dtype=np.int64)  # `since` of a series without a break
+
+
+def _float64(values: np.ndarray, size: int) -> np.ndarray:
+    """A kind's column as float64 of the series' length (a view when it already is one)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values if values.shape == (size,) else np.broadcast_to(values, (size,))
+
+
+@numba.njit(cache=True)
+def _settle(
+    dest: np.ndarray,
+    src: np.ndarray,
+    keep_from: int,
+    since: np.ndarray,
+    reach: int,
+) -> None:
+    """dest = src in one pass, NaN before `keep_from`, where src is infinite (a ratio over a
+    zero: undefined, not huge) and where the column's memory (`reach` rows back) crosses a
+    break (`since` < reach; `since` empty when the series has no break)."""
+    breaks = len(since) > 0
+    for i in range(len(dest)):
+        v = src[i]
+        if i < keep_from or math.isinf(v) or (breaks and since[i] < reach):
+            v = np.nan
+        dest[i] = v
 
 
 def talib_importable() -> bool:
