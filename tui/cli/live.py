@@ -12,6 +12,14 @@ import typer
 from tui.cli.options import UnitOpt, check, connect
 from tui.cli.render import console, err
 
+# the options `tui` and `run` share (the session they open is the same)
+OfflineOpt = Annotated[
+    bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
+]
+ReplayCandlesOpt = Annotated[
+    int, typer.Option(help="How many of the newest stored candles a replay plays.")
+]
+
 
 def tui(
     market: Annotated[
@@ -24,13 +32,9 @@ def tui(
             help="Confidence threshold for model signals, in [0.34, 0.95] (adjust with +/-)."
         ),
     ] = 0.5,
-    offline: Annotated[
-        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
-    ] = False,
+    offline: OfflineOpt = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.25,
-    replay_candles: Annotated[
-        int, typer.Option(help="How many of the newest stored candles a replay plays.")
-    ] = 2000,
+    replay_candles: ReplayCandlesOpt = 2000,
 ) -> None:
     """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
     from engine.params import check_session_args
@@ -60,13 +64,9 @@ def run(
     threshold: Annotated[
         float, typer.Option(help="Confidence threshold for model signals, in [0.34, 0.95].")
     ] = 0.5,
-    offline: Annotated[
-        bool, typer.Option(help="Do not contact Upbit: replay stored candles (or a demo market).")
-    ] = False,
+    offline: OfflineOpt = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
-    replay_candles: Annotated[
-        int, typer.Option(help="How many of the newest stored candles a replay plays.")
-    ] = 2000,
+    replay_candles: ReplayCandlesOpt = 2000,
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
     from engine.live.engine import SignalEvent, StatusEvent
