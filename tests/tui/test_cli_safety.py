@@ -135,6 +135,33 @@ def test_an_interrupted_command_exits_128_plus_the_signal_and_says_so(
 
 
 @pytest.mark.slow
+def test_a_background_job_stops_on_sigterm_and_nohup_keeps_ignoring_sighup(imported: Path) -> None:
+    """`upquant ... &` from a script starts with SIGINT ignored, `nohup` with SIGHUP ignored:
+    SIGTERM still stops the command cleanly, and a hang-up still does not."""
+
+    def background() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    process = subprocess.Popen(
+        [UPQUANT, "run", "--market", "KRW-BTC", "--offline", "--replay-delay", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "UPQUANT_HOME": str(imported)},
+        preexec_fn=background,  # noqa: PLW1509
+    )
+    time.sleep(8.0)  # imports done, the replay is playing
+    process.send_signal(signal.SIGHUP)
+    time.sleep(2.0)
+    assert process.poll() is None  # nohup's promise holds
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.splitlines()[-1] == "interrupted (SIGTERM)"
+
+
+@pytest.mark.slow
 def test_an_interrupted_stream_prints_its_summary_and_exits_130(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [UPQUANT, "data", "stream", "KRW-BTC"],

@@ -53,6 +53,9 @@ def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
     candles are written), because SIGINT's own handler, asyncio's inside `asyncio.run`,
     takes it from here."""
     state["signal"] = signum
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # a background job of a non-interactive shell ignores SIGINT: stop here instead
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 
@@ -61,7 +64,8 @@ def main() -> None:
     (1: the command failed; 2: a malformed command line; 128 + N: stopped by signal N, e.g.
     130 for Ctrl-C)."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _stop_like_ctrl_c)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup` keeps ignoring SIGHUP
+            signal.signal(signum, _stop_like_ctrl_c)
     as_json = "--json" in sys.argv[1:]
     try:
         # standalone_mode=False: typer returns typer.Exit's code, and 130 for Ctrl-C
