@@ -120,6 +120,16 @@ def _command_of(pid: int) -> str | None:
     return " ".join(words) or None
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is DuckDB's answer to Ctrl-C (or a signal the CLI turns into it) arriving
+    during a query: DuckDB swallows the KeyboardInterrupt and raises RuntimeError("Query
+    interrupted") instead (InterruptException from some calls). Callers that mark work as
+    interrupted on Ctrl-C must treat it as one, or a stopped run reads as failed."""
+    if isinstance(exc, duckdb.InterruptException):
+        return True
+    return type(exc) is RuntimeError and str(exc) == "Query interrupted"
+
+
 def explain(exc: duckdb.Error, path: Path | None = None) -> Exception:
     """A DuckDB error on the store's file as a StoreError a user can act on (who holds the lock,
     what to do with a damaged file), or `exc` itself when it is about something else."""

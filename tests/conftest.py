@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import pytest
 from store.db import connect
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit"
+
+# pytest-xdist runs one worker per core: a worker's torch/XGBoost (and every `upquant` it
+# starts) using all cores too oversubscribes the machine, and OpenMP's spinning threads then
+# can slow a test many times over (the likely cause of a resumed training run taking
+# over 120 s in CI where it takes ~9 s alone)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def current_minute(margin: float = 15.0, settled: float = 5.0) -> pd.Timestamp:

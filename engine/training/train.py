@@ -49,7 +49,7 @@ from models import ALL_KINDS, CLASSES, MODEL_KINDS, Model, create_model
 from models.torch_base import CheckpointError, SequenceModel
 from store.artifacts import store_artifact
 from store.candles import last_ts, load_candles
-from store.db import home
+from store.db import home, interrupted
 from store.registry import (
     ModelRecord,
     beat,
@@ -316,6 +316,9 @@ def _train(
             update_run(con, run_id, status="interrupted", error="stopped by Ctrl-C or a signal")
         raise
     except Exception as exc:
+        if interrupted(exc):  # the signal arrived inside a query: DuckDB swallowed it
+            update_run(con, run_id, status="interrupted", error="stopped by Ctrl-C or a signal")
+            raise KeyboardInterrupt from exc
         update_run(con, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     update_run(con, run_id, status="finished", progress=1.0)

@@ -16,9 +16,11 @@ from tests.conftest import DATA
 UPQUANT = str(Path(sys.executable).with_name("upquant"))
 
 
-def upquant(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def upquant(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [UPQUANT, *args], check=False, capture_output=True, text=True, timeout=120,
+        [UPQUANT, *args], check=False, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "UPQUANT_HOME": str(home), **(env or {})},
     )
 
@@ -82,7 +84,7 @@ def test_import_status_and_idempotent_reimport(tmp_path: Path, csv_2000: Path) -
     assert "0 new candles stored" in again.stdout
     status = json.loads(upquant(tmp_path, "data", "status", "--json").stdout)
     assert [{k: s[k] for k in ("market", "unit", "rows", "first", "gaps")} for s in status] == [
-        {"market": "KRW-BTC", "unit": "1", "rows": 2000, "first": "2025-09-01T00:00:00.000Z", "gaps": 0}
+        {"market": "KRW-BTC", "unit": "1", "rows": 2000, "first": "2025-09-01T00:00:00Z", "gaps": 0}
     ]
 
 

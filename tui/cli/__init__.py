@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import duckdb
 import typer
 
-from store.db import explain
+from store.db import explain, interrupted
 from tui.cli import backtest, data, evaluate, features, live, models, predict, store, train
 from tui.cli.render import ReportedFailure, error_line, is_user_error, report_failure, styled
 
@@ -59,6 +59,27 @@ def _stop_like_ctrl_c(signum: int, _frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+def _report(exc: Exception, as_json: bool) -> NoReturn:
+    """A failed command's one red line (and hint), then exit 1; --debug re-raises instead."""
+    if state["debug"]:
+        raise exc
+    if isinstance(exc, duckdb.Error):  # damage found by a query, after the store opened
+        exc = explain(exc)
+    if is_user_error(exc):
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        report_failure(
+            error_line(str(message)),
+            getattr(exc, "hint", None),
+            as_json=as_json and not isinstance(exc, ReportedFailure),
+        )
+    else:
+        report_failure(
+            error_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"),
+            as_json=as_json,
+        )
+    sys.exit(1)
+
+
 def main() -> None:
     """Entry point: run the typer app, turning failures into one red line and a non-zero exit
     (1: the command failed; 2: a malformed command line; 128 + N: stopped by signal N, e.g.
@@ -83,24 +104,11 @@ def main() -> None:
         hint = f"see `{ctx.command_path} --help`" if ctx is not None else None
         report_failure(error_line(exc.format_message()), hint, as_json=as_json)
         sys.exit(getattr(exc, "exit_code", 2))
-    except Exception as exc:
-        if state["debug"]:
-            raise
-        if isinstance(exc, duckdb.Error):  # damage found by a query, after the store opened
-            exc = explain(exc)
-        if is_user_error(exc):
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            report_failure(
-                error_line(str(message)),
-                getattr(exc, "hint", None),
-                as_json=as_json and not isinstance(exc, ReportedFailure),
-            )
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and exit 1
+        if interrupted(exc):  # Ctrl-C or a signal arrived inside a DuckDB query
+            code = 130
         else:
-            report_failure(
-                error_line(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"),
-                as_json=as_json,
-            )
-        sys.exit(1)
+            _report(exc, as_json)
     if code == 130:
         signum = state.get("signal") or signal.SIGINT
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

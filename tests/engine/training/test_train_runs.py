@@ -85,7 +85,7 @@ def test_a_killed_or_stopped_run_is_interrupted_and_resumes(store: Path, signum:
     )
     assert added.returncode == 0, added.stderr
 
-    resumed = upquant(store, "train", "--resume", "1", "--json")
+    resumed = upquant(store, "train", "--resume", "1", "--json", timeout=280)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["run"] == 1 and report["model"] == "lstm-KRW-BTC-1@1"
@@ -181,3 +181,40 @@ def test_a_run_whose_process_died_reads_as_interrupted_everywhere(con) -> None:
     assert listed.status == "interrupted" and f"process {child.pid}" in (listed.error or "")
     stored = con.execute("SELECT status FROM training_runs WHERE id = ?", [listed.id]).fetchall()
     assert stored == [("interrupted",)] and get_run(con, listed.id).status == "interrupted"
+
+
+# A signal that lands inside a DuckDB query is swallowed by DuckDB, which raises
+# RuntimeError("Query interrupted") instead of KeyboardInterrupt: the run must still read as
+# interrupted, and the command exit as stopped by that signal. The script parks a real query
+# on the training connection when the first epoch is logged and sends itself SIGTERM while it
+# runs, so the signal always lands inside the query (a real `kill` lands there only sometimes).
+_SIGNAL_IN_A_QUERY = """
+import os, signal, sys, threading
+from tui.cli import main
+import engine.training.train as train
+
+logged = train.log_epoch
+def log_epoch(con, *args, **kwargs):
+    logged(con, *args, **kwargs)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    con.execute("select count(*) from range(1000000000000) t(a) where a % 7 = 3").fetchall()
+train.log_epoch = log_epoch
+sys.argv = ["upquant", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_inside_a_query_interrupts_the_run(store: Path) -> None:
+    stopped = subprocess.run(
+        [str(Path(UPQUANT).with_name("python")), "-c", _SIGNAL_IN_A_QUERY, *TRAIN],
+        env={**os.environ, "UPQUANT_HOME": str(store)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == "interrupted (SIGTERM)"
+    run = _run(store, 1)
+    assert run.status == "interrupted" and run.error == "stopped by Ctrl-C or a signal", run
