@@ -4,7 +4,6 @@ resample, status)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect, parse_time
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect, parse_time, workstation
 from tui.cli.render import CliError, console, emit_json, err, fail_json
 
 if TYPE_CHECKING:
@@ -433,16 +432,14 @@ def data_status(
     as_json: JsonOpt = False,
 ) -> None:
     """Per market and unit: rows, first/last candle, gaps (count, longest), last update."""
-    import pandas as pd
+    from engine.service.data import DataStatusRequest
 
-    from engine.data.series import series_status
-
-    with connect() as con:
-        frame = series_status(con, min_gap)
-    if as_json:  # pandas' ISO stamps ("2025-09-01T00:00:00.000Z"), NaN as null
-        emit_json(json.loads(frame.to_json(orient="records", date_format="iso")))
+    with workstation() as ws:
+        status = ws.data_status(DataStatusRequest(min_gap=min_gap))
+    if as_json:
+        emit_json(status.model_dump(mode="json"))
         return
-    if frame.empty:
+    if not status.root:
         console.print(
             "the store has no candles yet: run `upquant data import` or `upquant data fetch`"
         )
@@ -458,13 +455,13 @@ def data_status(
         "longest gap",
         "last update (UTC)",
     )
-    for row in frame.itertuples():
+    for row in status.root:
         longest = (
             f"{row.longest_gap:,} from {row.longest_gap_start:%Y-%m-%d %H:%M}"
             if row.longest_gap
             else "-"
         )
-        updated = "-" if pd.isna(row.last_update) else f"{row.last_update:%Y-%m-%d %H:%M:%S}"
+        updated = "-" if row.last_update is None else f"{row.last_update:%Y-%m-%d %H:%M:%S}"
         table.add_row(
             row.market,
             row.unit,

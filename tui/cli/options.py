@@ -13,6 +13,8 @@ from tui.cli.render import CliError
 if TYPE_CHECKING:
     import duckdb
 
+    from engine.service import Workstation
+
 MarketArg = Annotated[str, typer.Argument(help="Upbit market code, e.g. KRW-BTC.")]
 UnitOpt = Annotated[
     str, typer.Option("--unit", "-u", help="Candle unit: minutes 1,3,5,10,15,30,60,240 or D.")
@@ -27,6 +29,14 @@ def connect() -> duckdb.DuckDBPyConnection:
     from store.db import connect as open_store
 
     return open_store()
+
+
+def workstation() -> Workstation:
+    """The Workstation a command calls: in process, opening the store itself (use it as a
+    context manager, so the store is closed when the command is done)."""
+    from engine.service import Workstation
+
+    return Workstation()
 
 
 def parse_time(text: str, option: str) -> datetime:

@@ -1,0 +1,38 @@
+"""The Workstation facade: every operation the faces (CLI, TUI, REST API) offer.
+
+`Workstation` here is the in-process implementation: it opens the store itself. It is what a
+one-shot command uses when no server runs, and what the server wraps. The HTTP client in
+`tui/client.py` offers the same operations (the registry in `core.OPERATIONS`) over a running
+server. Operations are grouped by what they touch, one module each; see `core` for what an
+operation is.
+"""
+
+from __future__ import annotations
+
+from engine.service.core import (
+    OPERATIONS,
+    Conflict,
+    NotFound,
+    Operation,
+    Request,
+    Response,
+    ServiceError,
+    status_of,
+)
+from engine.service.data import DataOps
+
+__all__ = [
+    "OPERATIONS",
+    "Conflict",
+    "NotFound",
+    "Operation",
+    "Request",
+    "Response",
+    "ServiceError",
+    "Workstation",
+    "status_of",
+]
+
+
+class Workstation(DataOps):
+    """Every operation, in process (see the module docstring)."""
