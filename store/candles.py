@@ -263,6 +263,45 @@ def last_ts_by_market(
     return {str(m): pd.Timestamp(t).tz_convert("UTC") for m, t in rows}
 
 
+def series_versions(
+    con: duckdb.DuckDBPyConnection, markets: list[str], unit: str
+) -> dict[str, datetime | None]:
+    """A version of each of `markets`' candles of `unit`, in one primary-key read: when any of
+    them was last written. Every writer of `candles` (upsert_candles, resample) stamps
+    `candle_series` in the same statement or transaction (`_touch_series`), so a cache of
+    anything computed from a series' candles is current exactly while this is unchanged.
+    Markets without a series are absent."""
+    rows = con.execute(
+        "SELECT market, updated_at FROM candle_series WHERE unit = ? AND list_contains(?, market)",
+        [unit, markets],
+    ).fetchall()
+    return {str(m): stamp for m, stamp in rows}
+
+
+def last_candles(
+    con: duckdb.DuckDBPyConnection,
+    markets: list[str],
+    unit: str,
+    last: int,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """The newest `last` candles with ts <= `until` (all when None) of each of `markets`, in
+    one query, ordered by market and ts (a candle after `until` is never read)."""
+    where = ["unit = ?", "list_contains(?, market)"]
+    params: list[object] = [unit, markets]
+    if until is not None:
+        where.append("ts <= ?")
+        params.append(until)
+    frame = con.execute(
+        "SELECT * EXCLUDE (n) FROM (SELECT *, row_number() OVER"
+        f" (PARTITION BY market ORDER BY ts DESC) AS n FROM candles WHERE {' AND '.join(where)})"
+        f" WHERE n <= {int(last)} ORDER BY market, ts",
+        params,
+    ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
 # --------------------------------------------------------------------------- fetch coverage
 
 

@@ -20,6 +20,7 @@ from engine.service.core import (
     status_of,
 )
 from engine.service.data import DataOps
+from engine.service.prediction import PredictionOps
 
 __all__ = [
     "OPERATIONS",
@@ -34,5 +35,5 @@ __all__ = [
 ]
 
 
-class Workstation(DataOps):
+class Workstation(DataOps, PredictionOps):
     """Every operation, in process (see the module docstring)."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tui.cli.options import MarketArg, connect, parse_time
+from tui.cli.options import MarketArg, parse_time, workstation
 from tui.cli.render import console, warn
 
 
@@ -24,26 +24,39 @@ def predict(
     ] = 0.5,
 ) -> None:
     """Predict every stored candle in the range (vectorised) and store the probabilities."""
+    import pandas as pd
+
     from engine.params import check_confidence
-    from engine.training.batch import predict_range
+    from engine.service.prediction import StorePredictionsRequest
     from engine.upbit.markets import check_market
+    from models import CLASSES
 
     check_market(market)
     check_confidence(threshold)  # typer takes any float, NaN included
+    if out is not None and out.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"--out {out} must end in .parquet or .csv")
 
-    with connect() as con:
-        result = predict_range(
-            con,
-            model,
-            market,
-            parse_time(start, "--from") if start else None,
-            parse_time(end, "--to") if end else None,
-            out=out,
-            threshold=threshold,
+    with workstation() as ws:
+        result = ws.store_predictions(
+            StorePredictionsRequest(
+                model=model,
+                market=market,
+                start=parse_time(start, "--from") if start else None,
+                end=parse_time(end, "--to") if end else None,
+                threshold=threshold,
+            )
         )
     if result.note:
         warn(result.note)
-    frame = result.frame
+    frame = pd.DataFrame([row.model_dump() for row in result.rows])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["action"] = pd.Categorical(frame["action"], categories=list(CLASSES))
+    if out is not None:  # written here: the file is the caller's, wherever the store is
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".parquet":
+            frame.to_parquet(out, index=False)
+        else:
+            frame.to_csv(out, index=False)
     counts = frame["action"].value_counts()
     console.print(
         f"{result.model} on {result.market} {result.unit}: {len(frame):,} predictions"

@@ -1,0 +1,474 @@
+"""The prediction service: a registered model's decision on stored candles, fast and cached.
+
+Used by the server's `predict`/`batch_predict` operations (and through them the API and the
+CLI). Three caches, each keyed so that a cached answer is never stale:
+
+- loaded models by artifact sha256: verified and loaded once (as `inference.load_ref` does),
+  warmed with one dummy prediction, then shared by every market and face;
+- the feature rows a model reads for a candle of a (market, unit) series, keyed by the
+  feature spec, the candle bound asked for and the series' version
+  (`store.candles.series_versions`: stamped by every write of the series' candles), so a
+  written candle invalidates everything computed from that series;
+- answers per (model sha256, market, unit, candle ts, series version).
+
+A past `ts` reads the candles up to and including it only (the newest candle at or before
+it), never a later one. A model that cannot answer (features undefined, a failing or invalid
+output) gives the rule strategy's decision with the reason, as the live engine does. Every
+batch of misses is ONE model call: trees one predict over the stacked rows, sequence models
+one forward over the stacked windows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from engine.live.inference import InferenceError, LoadedModel, load_record, load_ref, validate_probs
+from engine.research.features import compute_features, compute_latest
+from engine.trading.strategies import SmaCross, threshold_action
+from models import EnsembleModel, Model
+from store.candles import last_candles, load_candles, series_versions
+from store.registry import ModelRecord, get_model
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One decision on one candle. `probabilities` are in `models.CLASSES` order (sell, hold,
+    buy), None on fallback."""
+
+    market: str
+    unit: str
+    ts: pd.Timestamp  # the candle decided on
+    action: str
+    confidence: float
+    probabilities: tuple[float, float, float] | None
+    model: str  # the model that answered (`name@version`), or the one asked on fallback
+    model_id: int
+    source: str  # the model's ref, or the rule's name when it decided
+    reason: str
+    fallback: str | None  # why the model could not answer
+    note: str | None  # set when a bad artifact made a bare name load an earlier version
+    latency_ms: float
+    cached: bool  # the answer came from the cache (no model call)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """What one candle's decision reads: the model's feature window (or why there is none)
+    and the closes the rule falls back on."""
+
+    ts: pd.Timestamp
+    window: np.ndarray | None  # (context + 1, features) float32
+    error: str | None
+    closes: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Answer:
+    probs: np.ndarray | None
+    fallback: str | None
+
+
+class _Lru(OrderedDict[Hashable, Any]):
+    """A bounded mapping dropping the least recently used entry (callers hold the lock)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_fresh(self, key: Hashable) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def resolve(con: duckdb.DuckDBPyConnection, ref: str) -> ModelRecord:
+    """The registry row `ref` names: an id, `name`, `name@version`, or `name@<status>`
+    (`name@champion`: the version of `name` that is champion now). KeyError if none."""
+    name, _, tail = ref.rpartition("@")
+    if not name or tail.isdigit() or ref.isdigit():
+        return get_model(con, ref)
+    from store.registry import list_models
+
+    named = [m for m in list_models(con) if m.name == name and m.status == tail]
+    if not named:
+        raise KeyError(f"no model {name!r} with status {tail!r} (see `upquant models list`)")
+    return max(named, key=lambda m: m.version)
+
+
+def stacked_probs(model: Model, windows: np.ndarray) -> np.ndarray:
+    """(n, 3) probabilities of the newest row of each of `windows` (n, rows, features), in one
+    model call: a tabular model predicts the stacked newest rows, a sequence model runs one
+    forward over the stacked windows, an ensemble combines its members' stacked answers."""
+    if model.context == 0:
+        return np.asarray(model.predict_proba(windows[:, -1, :]), dtype=np.float64)
+    if isinstance(model, EnsembleModel):
+        parts = [
+            stacked_probs(m, windows[:, windows.shape[1] - m.context - 1 :]) for m in model.members
+        ]
+        return np.asarray(model.combine(np.stack(parts, axis=1)), dtype=np.float64)
+    net = getattr(model, "net_", None)
+    if net is None:  # another kind with context: its own per-window path
+        return np.stack([model.predict_last(w) for w in windows])
+    return _sequence_probs(model, windows)
+
+
+def _sequence_probs(model: Any, windows: np.ndarray) -> np.ndarray:
+    """SequenceModel.predict_last for many windows at once (one forward over the batch)."""
+    import torch
+
+    from models.base import return_to_proba
+
+    window = int(model.params["window"])
+    sample = model.scaler_.transform(windows[:, -window:, :])
+    out = model._forward_all(sample, model._net_device())
+    if model.task == "regression":
+        value = out[:, 0].numpy().astype(np.float64) * model.y_scale_ + model.y_mean_
+        return np.asarray(return_to_proba(value, model.sigma_, float(model.params["threshold"])))
+    probs = torch.softmax(out.double(), dim=1).numpy()
+    return np.asarray(probs / probs.sum(axis=1, keepdims=True))
+
+
+class Predictor:
+    """Cached models, feature rows and answers (see the module docstring); thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        models: int = 16,
+        rows: int = 4096,
+        answers: int = 100_000,
+        rule: SmaCross | None = None,
+    ) -> None:
+        self.rule = rule or SmaCross()
+        self._models = _Lru(models)
+        self._rows = _Lru(rows)
+        self._answers = _Lru(answers)
+        self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one artifact verified and loaded at a time
+
+    # ------------------------------------------------------------------------------ models
+    def model(self, con: duckdb.DuckDBPyConnection, ref: str) -> tuple[LoadedModel, str | None]:
+        """The model `ref` names, loaded and warmed once per artifact sha256, and the note
+        `inference.load_ref` gives when a bad artifact made a bare name use an earlier one."""
+        record = resolve(con, ref)
+        with self._lock:
+            hit = self._models.get_fresh(record.sha256)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        with self._loading:
+            with self._lock:
+                hit = self._models.get_fresh(record.sha256)
+            if hit is not None:
+                return hit  # type: ignore[no-any-return]
+            if ref.isdigit() or ref.rpartition("@")[2].isdigit() or "@" not in ref:
+                loaded, note = load_ref(con, ref)
+            else:  # an alias names one exact version: loaded as asked or refused
+                loaded, note = load_record(record), None
+            self.warm(loaded)
+            with self._lock:
+                self._models.put(record.sha256, (loaded, note))
+        return loaded, note
+
+    def warm(self, loaded: LoadedModel) -> None:
+        """One dummy prediction on each path (single row and batched), so the first real
+        request does not pay for compiling or allocating."""
+        loaded.warm()
+        if loaded.columns:
+            self.call(loaded, np.zeros((2, loaded.context + 1, len(loaded.columns)), np.float32))
+
+    def call(self, loaded: LoadedModel, windows: np.ndarray) -> np.ndarray:
+        """(n, 3) raw probabilities for (n, context + 1, features) windows: the one place a
+        model is called. One window takes the model's fast single-row path."""
+        if len(windows) == 1:
+            return np.asarray(loaded.model.predict_last(windows[0]), dtype=np.float64)[None]
+        return stacked_probs(loaded.model, windows)
+
+    # --------------------------------------------------------------------------- features
+    def _history(self, loaded: LoadedModel) -> int:
+        return max(loaded.history_needed, self.rule.slow + 1)
+
+    def _rows_of(self, loaded: LoadedModel, candles: pd.DataFrame, unit: str) -> _Rows:
+        """The decision inputs for the newest of `candles` (one series, ascending)."""
+        closes = candles["close"].to_numpy(dtype=np.float64)
+        ts = pd.Timestamp(candles["ts"].iloc[-1])
+        spec = loaded.feature_spec
+        if len(candles) <= spec.warmup():
+            return _Rows(
+                ts, None, f"{len(candles)} candles, features need {spec.warmup() + 1}", closes
+            )
+        try:
+            if loaded.context == 0:
+                features = compute_latest(candles, spec, unit=unit).to_frame().T
+            else:
+                features = compute_features(candles, spec, unit=unit)
+            return _Rows(ts, loaded.latest_rows(features), None, closes)
+        except InferenceError as exc:
+            return _Rows(ts, None, str(exc), closes)
+        except Exception as exc:  # noqa: BLE001 - any feature failure: the rule decides
+            return _Rows(ts, None, f"feature computation failed: {exc}", closes)
+
+    def _series_rows(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        loaded: LoadedModel,
+        markets: list[str],
+        unit: str,
+        until: pd.Timestamp | None,
+    ) -> dict[str, tuple[_Rows, datetime | None]]:
+        """Per market, the decision inputs for its newest candle at or before `until` and
+        its series version; the candles of every cache miss in one query."""
+        versions = series_versions(con, markets, unit)
+        absent = [m for m in markets if m not in versions]
+        if absent:
+            raise ValueError(
+                f"no {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''} unit {unit}"
+                f" candles in the store; run `upquant data fetch {absent[0]} --unit {unit}` first"
+            )
+        spec_key = (loaded.record.feature_spec_hash, loaded.context, unit, until)
+        found: dict[str, tuple[_Rows, datetime | None]] = {}
+        with self._lock:
+            for market in markets:
+                hit = self._rows.get_fresh((*spec_key, market))
+                if hit is not None and hit[1] == versions[market]:
+                    found[market] = hit
+        missing = [m for m in markets if m not in found]
+        if missing:
+            candles = last_candles(con, missing, unit, self._history(loaded), until)
+            groups = dict(tuple(candles.groupby("market", sort=False)))
+            for market in missing:
+                series = groups.get(market)
+                if series is None or series.empty:
+                    raise ValueError(
+                        f"no {market} unit {unit} candle at or before {until}; predict a later ts"
+                    )
+                entry = (
+                    self._rows_of(loaded, series.reset_index(drop=True), unit),
+                    versions[market],
+                )
+                found[market] = entry
+                with self._lock:
+                    self._rows.put((*spec_key, market), entry)
+        return found
+
+    # -------------------------------------------------------------------------- predicting
+    def predict(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ref: str,
+        market: str | None = None,
+        unit: str | None = None,
+        ts: datetime | None = None,
+        threshold: float = 0.5,
+    ) -> Prediction:
+        """Model `ref`'s decision on the newest candle of market/unit at or before `ts` (the
+        newest stored when None). market and unit default to the model's own."""
+        return self.predict_markets(con, ref, [market] if market else None, unit, ts, threshold)[0]
+
+    def predict_markets(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ref: str,
+        markets: list[str] | None = None,
+        unit: str | None = None,
+        ts: datetime | None = None,
+        threshold: float = 0.5,
+    ) -> list[Prediction]:
+        """`predict` for each of `markets` at one `ts`, the model's misses in one call."""
+        started = time.perf_counter()
+        loaded, note = self.model(con, ref)
+        record = loaded.record
+        unit = self._unit(record, unit)
+        markets = markets or [record.market]
+        until = None if ts is None else _utc(ts)
+        inputs = self._series_rows(con, loaded, markets, unit, until)
+        answers: dict[str, tuple[_Answer, bool]] = {}
+        with self._lock:
+            for market, (rows, version) in inputs.items():
+                hit = self._answers.get_fresh((record.sha256, market, unit, rows.ts, version))
+                if hit is not None:
+                    answers[market] = (hit, True)
+        todo = [m for m in markets if m not in answers]
+        ready = [m for m in todo if inputs[m][0].window is not None]
+        if ready:
+            windows = np.stack([inputs[m][0].window for m in ready])  # type: ignore[misc]
+            try:
+                probs = self.call(loaded, windows)
+                failure = None
+            except Exception as exc:  # noqa: BLE001 - any model-side failure: the rule decides
+                probs, failure = None, f"model failed: {type(exc).__name__}: {exc}"
+            for i, market in enumerate(ready):
+                answers[market] = (
+                    self._checked(None if probs is None else probs[i], failure),
+                    False,
+                )
+        for market in todo:
+            if market not in answers:
+                answers[market] = (_Answer(None, inputs[market][0].error), False)
+        with self._lock:
+            for market in todo:
+                rows, version = inputs[market]
+                self._answers.put(
+                    (record.sha256, market, unit, rows.ts, version), answers[market][0]
+                )
+        latency = (time.perf_counter() - started) * 1000
+        return [
+            self._decide(
+                record, note, market, unit, inputs[market][0], *answers[market], threshold, latency
+            )
+            for market in markets
+        ]
+
+    def predict_range(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ref: str,
+        market: str | None = None,
+        unit: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        threshold: float = 0.5,
+    ) -> list[Prediction]:
+        """`predict` for every candle of one market with start <= ts < end whose features
+        are defined (the rows before, undefined, are left out as by `upquant predict`), in
+        one model call. The warm-up is read from the candles before `start`."""
+        started = time.perf_counter()
+        loaded, note = self.model(con, ref)
+        record = loaded.record
+        unit = self._unit(record, unit)
+        market = market or record.market
+        begin = None if start is None else _utc(start)
+        stop = None if end is None else _utc(end)
+        history = self._history(loaded)
+        lookback = None
+        if begin is not None:
+            before = last_candles(
+                con, [market], unit, history, begin - pd.Timedelta(microseconds=1)
+            )
+            lookback = before["ts"].iloc[0] if len(before) else begin
+        candles = load_candles(con, market, unit, lookback, stop)
+        if candles.empty:
+            raise ValueError(
+                f"no {market} unit {unit} candles in the store for that range;"
+                f" run `upquant data fetch {market} --unit {unit}` first"
+            )
+        features = compute_features(candles, loaded.feature_spec, unit=unit)
+        if loaded.columns and list(features.columns) != loaded.columns:
+            raise ValueError(
+                f"{record.ref} was trained on other feature columns than its spec makes"
+            )
+        X = features.to_numpy(dtype=np.float32)
+        defined = np.isfinite(X).all(axis=1)
+        context = loaded.context
+        # a row is usable when it and the `context` rows its window reads are all defined
+        usable = defined.copy()
+        for back in range(1, context + 1):
+            usable[back:] &= defined[:-back]
+        usable[:context] = False
+        stamps = pd.DatetimeIndex(candles["ts"])
+        if begin is not None:
+            usable &= stamps >= begin
+        rows = np.flatnonzero(usable)
+        if len(rows) == 0:
+            return []
+        windows = np.lib.stride_tricks.sliding_window_view(X, (context + 1, X.shape[1]))[:, 0]
+        probs = self.call(loaded, np.ascontiguousarray(windows[rows - context]))
+        latency = (time.perf_counter() - started) * 1000
+        closes = candles["close"].to_numpy(dtype=np.float64)
+        out = []
+        for i, row in enumerate(rows):
+            inputs = _Rows(stamps[row], None, None, closes[: row + 1])
+            answer = self._checked(probs[i], None)
+            out.append(
+                self._decide(record, note, market, unit, inputs, answer, False, threshold, latency)
+            )
+        return out
+
+    # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _unit(record: ModelRecord, unit: str | None) -> str:
+        if unit is not None and unit != record.unit:
+            raise ValueError(
+                f"{record.ref} was trained on unit {record.unit} candles, not {unit};"
+                f" predict with --unit {record.unit} or a model of unit {unit}"
+            )
+        return record.unit
+
+    @staticmethod
+    def _checked(probs: np.ndarray | None, failure: str | None) -> _Answer:
+        if probs is None:
+            return _Answer(None, failure)
+        try:
+            return _Answer(validate_probs(probs), None)
+        except InferenceError as exc:
+            return _Answer(None, str(exc))
+
+    def _decide(
+        self,
+        record: ModelRecord,
+        note: str | None,
+        market: str,
+        unit: str,
+        rows: _Rows,
+        answer: _Answer,
+        cached: bool,
+        threshold: float,
+        latency_ms: float,
+    ) -> Prediction:
+        base = Prediction(
+            market,
+            unit,
+            rows.ts,
+            "hold",
+            0.0,
+            None,
+            record.ref,
+            record.id,
+            record.ref,
+            "",
+            None,
+            note,
+            latency_ms,
+            cached,
+        )
+        if answer.probs is not None:
+            action, confidence, reason = threshold_action(answer.probs, threshold)
+            probs = tuple(float(p) for p in answer.probs)
+            return replace(
+                base,
+                action=action,
+                confidence=confidence,
+                reason=reason,
+                probabilities=(probs[0], probs[1], probs[2]),
+            )
+        action, reason = self.rule.decide(rows.closes)
+        fallback = answer.fallback or "the model gave no answer"
+        return replace(
+            base,
+            action=action,
+            confidence=1.0 if action != "hold" else 0.0,
+            source=self.rule.name,
+            reason=f"{reason} (fallback: {fallback})",
+            fallback=fallback,
+        )
+
+
+def _utc(moment: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
