@@ -1,0 +1,1 @@
+"""The upquant server: the REST API and events over the Workstation facade."""
