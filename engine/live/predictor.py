@@ -104,12 +104,12 @@ def resolve(con: duckdb.DuckDBPyConnection, ref: str) -> ModelRecord:
     name, _, tail = ref.rpartition("@")
     if not name or tail.isdigit() or ref.isdigit():
         return get_model(con, ref)
-    from store.registry import list_models
-
-    named = [m for m in list_models(con) if m.name == name and m.status == tail]
-    if not named:
+    rows = con.execute(
+        "SELECT max(id) FROM models WHERE name = ? AND status = ?", [name, tail]
+    ).fetchall()
+    if rows[0][0] is None:
         raise KeyError(f"no model {name!r} with status {tail!r} (see `upquant models list`)")
-    return max(named, key=lambda m: m.version)
+    return get_model(con, int(rows[0][0]))
 
 
 def stacked_probs(model: Model, windows: np.ndarray) -> np.ndarray:
