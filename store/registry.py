@@ -310,7 +310,8 @@ _RUN_COLUMNS = (
     "id, model_id, status, progress, started, finished, error, log, kind, market, unit, config,"
     " checkpoint, pid, host, process_start, heartbeat"
 )
-RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+# queued: a job waiting for its device (engine.service.jobs), owned like a running one
+RUN_STATUSES = ("queued", "running", "finished", "failed", "interrupted")
 
 
 def start_run(
@@ -353,7 +354,7 @@ def get_run(con: duckdb.DuckDBPyConnection, run_id: int) -> RunRecord:
 
 
 def _settle(con: duckdb.DuckDBPyConnection, run: RunRecord) -> RunRecord:
-    if run.status != "running":
+    if run.status not in ("running", "queued"):
         return run
     reason = gone(run.owner, run.heartbeat)
     if reason is None:
@@ -363,7 +364,7 @@ def _settle(con: duckdb.DuckDBPyConnection, run: RunRecord) -> RunRecord:
     try:
         con.execute(
             "UPDATE training_runs SET status = 'interrupted', error = ?, finished = ?"
-            " WHERE id = ? AND status = 'running'",
+            " WHERE id = ? AND status IN ('running', 'queued')",
             [error, finished, run.id],
         )
     except duckdb.Error:  # a read-only connection: the next writer that reads it records it
@@ -404,8 +405,9 @@ def update_run(
             sets.append(f"{column} = ?")
             params.append(value)
     if status is not None:
-        sets.append("finished = ?" if status != "running" else "finished = NULL")
-        if status != "running":
+        unfinished = status in ("running", "queued")
+        sets.append("finished = NULL" if unfinished else "finished = ?")
+        if not unfinished:
             params.append(datetime.now(UTC))
     if log is not None:
         sets.append("log = coalesce(log || chr(10), '') || ?")

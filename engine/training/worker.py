@@ -1,0 +1,95 @@
+"""The worker side of a training job: a spawned process that fits one run and never opens
+the store.
+
+Its owner (`engine.service.jobs.JobManager`, in the process that holds the store) hands it
+the run's settings and what it learns from (`FitInputs`); it answers over a one-way pipe
+with events the owner records (`PipeSink`): ("epoch", step, metrics, split), ("progress",
+value), ("beat",), ("checkpoint", path), ("notify", Progress), then one final event:
+("done", FitResult) (the artifact already written under $UPQUANT_HOME), ("failed", type,
+message, hint) or ("interrupted", reason). SIGTERM (the owner cancelling it) and SIGINT
+(Ctrl-C in its terminal) stop it as Ctrl-C stops an in-process run: checkpoint kept,
+nothing written. It does not outlive its owner: a watcher thread ends it as soon as its
+parent is gone (kill -9 of the server or of `upquant train`), and a closed pipe ends it on
+its next event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from engine.training.fit import FitInputs, Progress
+
+# how often the worker looks for its owner (a dead owner's orphan stops within this)
+PARENT_POLL_S = 0.05
+
+
+class PipeSink:
+    """A run's reports sent to its owner over a pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def send(self, *event: Any) -> None:
+        try:
+            self.conn.send(event)
+        except (BrokenPipeError, EOFError, OSError):  # the owner is gone: so is this run
+            os._exit(3)
+
+    def epoch(self, step: int, metrics: dict[str, float], split: str = "epoch") -> None:
+        self.send("epoch", step, metrics, split)
+
+    def progress(self, value: float) -> None:
+        self.send("progress", value)
+
+    def beat(self) -> None:
+        self.send("beat")
+
+    def checkpoint(self, path: Path) -> None:
+        self.send("checkpoint", str(path))
+
+    def notify(self, progress: Progress) -> None:
+        self.send("notify", progress)
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process once its parent is gone (it is re-parented: getppid changes)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(4)
+
+
+def _stop(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(
+    conn: Connection,
+    store_home: str,
+    parent: int,
+    run_id: int,
+    config: dict[str, Any],
+    inputs: FitInputs,
+) -> None:
+    """Fit run `run_id` (the target of the job's spawned process)."""
+    os.environ["UPQUANT_HOME"] = store_home  # artifacts and checkpoints go to the owner's store
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGTERM, _stop)
+    sink = PipeSink(conn)
+    from engine.training.fit import fit_run
+
+    try:
+        result = fit_run(run_id, config, inputs, sink)
+    except KeyboardInterrupt:
+        sink.send("interrupted", "stopped by Ctrl-C or a signal")
+    except Exception as exc:  # noqa: BLE001  the owner records it as the run's error
+        sink.send("failed", type(exc).__name__, str(exc), getattr(exc, "hint", None))
+    else:
+        sink.send("done", result)
+    finally:
+        conn.close()
