@@ -4,7 +4,7 @@ and the store connection a command opens."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -32,8 +32,18 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 
 def workstation() -> Workstation:
-    """The Workstation a command calls: in process, opening the store itself (use it as a
-    context manager, so the store is closed when the command is done)."""
+    """The Workstation a command calls (use it as a context manager, so it is closed when
+    the command is done): the running server's HTTP client when `upquant serve` owns this
+    home's store, else in process, opening the store itself. UPQUANT_SERVER=off forces in
+    process."""
+    import os
+
+    if os.environ.get("UPQUANT_SERVER", "").lower() != "off":
+        from tui.client import server_client
+
+        remote = server_client()
+        if remote is not None:  # the same operations by name, over HTTP
+            return cast("Workstation", remote)
     from engine.service import Workstation
 
     return Workstation()
