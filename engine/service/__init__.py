@@ -21,6 +21,7 @@ from engine.service.core import (
 )
 from engine.service.data import DataOps
 from engine.service.prediction import PredictionOps
+from engine.service.system import SystemOps
 from engine.service.training import TrainingOps
 
 __all__ = [
@@ -36,6 +37,6 @@ __all__ = [
 ]
 
 
-class Workstation(TrainingOps, DataOps, PredictionOps):
+class Workstation(TrainingOps, DataOps, PredictionOps, SystemOps):
     """Every operation, in process (see the module docstring). Closing it stops the training
     jobs it owns (`TrainingOps.close`, first in line for that), then closes the store."""

@@ -1,9 +1,10 @@
 """The `upquant` command line: parses options, calls one engine function, renders the result.
 
 One module per command group (`data`, `features`, `models`, `store`, `train`, `evaluate`,
-`predict`, `backtest`, `live` for `tui` and `run`); `options` holds the option types and
-parsing, `render` the consoles, JSON and error lines. This module builds the typer app and
-runs it (`main`): exit codes, signals and failures are decided here, once.
+`predict`, `backtest`, `live` for `tui` and `run`, `server` for `serve`, `server` and
+`token`); `options` holds the option types and parsing, `render` the consoles, JSON and
+error lines. This module builds the typer app and runs it (`main`): exit codes, signals and
+failures are decided here, once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import duckdb
 import typer
 
 from store.db import explain, interrupted
-from tui.cli import backtest, data, evaluate, features, live, models, predict, store, train
+from tui.cli import backtest, data, evaluate, features, live, models, predict, server, store, train
 from tui.cli.render import ReportedFailure, error_line, is_user_error, report_failure, styled
 
 # debug: the root command's --debug flag; signal: the signal that stopped the command
@@ -38,6 +39,9 @@ app.command()(evaluate.evaluate)
 app.command()(predict.predict)
 app.command()(live.tui)
 app.command()(live.run)
+app.command()(server.serve)
+app.add_typer(server.server_app, name="server")
+app.add_typer(server.token_app, name="token")
 
 
 @app.callback()

@@ -1,5 +1,10 @@
 """`upquant data ...`: candles into and out of the store (import, fetch, stream, export,
-resample, status)."""
+resample, status).
+
+Every command but `stream` is a Workstation operation (engine/service/data.py): the command
+parses options, resolves paths, calls the operation and renders its answer. `stream` is an
+open-ended live feed into the store: it runs in this process, and only when no server owns
+the store (the server runs the live feed itself)."""
 
 from __future__ import annotations
 
@@ -26,8 +31,7 @@ from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect, parse_t
 from tui.cli.render import CliError, console, emit_json, err, fail_json
 
 if TYPE_CHECKING:
-    from engine.data.backfill import FetchReport
-    from engine.data.candles import ImportReport
+    from engine.service.data import DataFetch, DataImport, FetchProgress
 
 data_app = typer.Typer(
     help="Candles in the store: import, fetch and stream from Upbit, export, resample, status.",
@@ -42,7 +46,7 @@ UntilOpt = Annotated[
 ]
 
 
-def _print_import(report: ImportReport, seconds: float, out: Any) -> None:
+def _print_import(report: DataImport, seconds: float, out: Any) -> None:
     series = ", ".join(report.series) or "nothing"
     out.print(
         f"{report.path}: read {report.rows_read:,} rows ({report.format} format, {series}),"
@@ -104,33 +108,31 @@ def data_import(
     (with --strict: the whole file, nothing written), good rows upserted. An import that would
     change stored candles is refused unless --overwrite; a file without `value` keeps the
     stored values."""
-    from engine.data.candles import ImportConflict, ValidationFailed, import_candles
+    from engine.service.data import DataImportRequest
 
-    with connect() as con:
-        started = time.perf_counter()
-        try:
-            report = import_candles(
-                con, path, market, unit, fmt=fmt, strict=strict, overwrite=overwrite
-            )
-        except (ValidationFailed, ImportConflict) as exc:
-            hint = (
-                exc.hint
-                if isinstance(exc, ImportConflict)
-                else "fix the rows listed, or drop --strict to import the good ones"
-            )
-            seconds = round(time.perf_counter() - started, 3)
-            if as_json:
-                fail_json({**exc.report.to_dict(), "seconds": seconds}, str(exc), hint)
-            _print_import(exc.report, seconds, err)
-            raise CliError(str(exc), hint) from None
-        seconds = time.perf_counter() - started
+    request = DataImportRequest(
+        path=str(path.expanduser().absolute()),
+        market=market,
+        unit=unit,
+        format=fmt,
+        strict=strict,
+        overwrite=overwrite,
+    )
+    with workstation() as ws:
+        report = ws.data_import(request)
+    payload = report.model_dump(mode="json", exclude={"error", "hint"})
+    if report.error is not None:  # refused: nothing written, the report says why
+        if as_json:
+            fail_json(payload, report.error, report.hint)
+        _print_import(report, report.seconds, err)
+        raise CliError(report.error, report.hint)
     if as_json:
-        emit_json({**report.to_dict(), "seconds": round(seconds, 3)})
+        emit_json(payload)
         return
-    _print_import(report, seconds, console)
+    _print_import(report, report.seconds, console)
 
 
-def _fetch_progress(total_markets: int) -> tuple[Progress, Callable[[FetchReport], None]]:
+def _fetch_progress() -> tuple[Progress, Callable[[FetchProgress], None]]:
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -146,10 +148,10 @@ def _fetch_progress(total_markets: int) -> tuple[Progress, Callable[[FetchReport
     )
     task = progress.add_task("markets", total=1, candles=0, rate=0.0)
 
-    def update(report: FetchReport) -> None:
+    def update(report: FetchProgress) -> None:
         progress.update(
             task,
-            description=f"markets {report.markets_done}/{total_markets}",
+            description=f"markets {report.markets_done}/{report.markets}",
             completed=report.chunks_done,
             total=report.chunks_total,
             candles=report.candles,
@@ -187,7 +189,7 @@ def data_fetch(
 ) -> None:
     """Backfill candles from the Upbit REST API (UPQUANT_UPBIT_REST_URL), resumably: run the
     same command again after an interruption and it fetches only what is missing."""
-    from engine.data.backfill import fetch_markets, krw_markets
+    from engine.service.data import DataFetchRequest, fetch_progress
 
     if not since:
         raise CliError("--since is required", "e.g. --since 2025-09-01 (UTC)")
@@ -207,66 +209,79 @@ def data_fetch(
     chosen = list(dict.fromkeys(markets or []))
     for market in chosen:
         check(market, unit)
-    if all_krw:
-        chosen = list(dict.fromkeys([*chosen, *asyncio.run(krw_markets())]))
-    if not chosen:
+    if not chosen and not all_krw:
         raise CliError("no market to fetch", "name markets (KRW-BTC KRW-ETH) or pass --all-krw")
-    progress, update = _fetch_progress(len(chosen))
-    with connect() as con, progress:
-        report = asyncio.run(
-            fetch_markets(
-                con,
-                chosen,
-                unit,
-                start,
-                end,
-                concurrency=concurrency,
-                refetch=refetch,
-                on_progress=update,
-            )
-        )
-    failure: CliError | None = None
-    if report.stopped is not None:
-        failure = CliError(str(report.stopped), getattr(report.stopped, "hint", None))
-    elif report.failed:
-        names = ", ".join(s.market for s in report.failed)
-        failure = CliError(
-            f"{len(report.failed)} of {len(report.series)} markets failed ({names}):"
-            f" {report.failed[0].error}",
-            "the other markets were fetched; fix or drop the failed ones and run again",
-        )
-    if as_json and failure is not None:
-        fail_json(report.to_dict(), str(failure), failure.hint)
+    request = DataFetchRequest(
+        markets=chosen,
+        all_krw=all_krw,
+        unit=unit,
+        since=start,
+        until=end,
+        refetch=refetch,
+        concurrency=concurrency,
+    )
+    progress, update = _fetch_progress()  # in process only; over HTTP the answer is awaited
+    with workstation() as ws, progress, fetch_progress(update):
+        report = ws.data_fetch(request)
+    payload = report.model_dump(mode="json", exclude={"error", "hint"})
+    if as_json and report.error is not None:
+        fail_json(payload, report.error, report.hint)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(payload)
     else:
         _print_fetch(report)
-    if failure is not None:
-        raise failure
+    if report.error is not None:
+        raise CliError(report.error, report.hint)
 
 
-def _print_fetch(report: FetchReport) -> None:
-    if len(report.series) <= 30:
+def _print_fetch(report: DataFetch) -> None:
+    if len(report.markets) <= 30:
         table = Table("market", "unit", "requests", "candles", "new", "status")
-        for s in report.series:
+        for s in report.markets:
             state = (
                 Text(str(s.error), style="red")
                 if s.error is not None
                 else "done"
-                if s.done
-                else f"stopped at {s.chunks_done}/{s.chunks_total}"
+                if s.requests_done >= s.requests_planned
+                else f"stopped at {s.requests_done}/{s.requests_planned}"
             )
             table.add_row(
-                s.market, s.unit, f"{s.chunks_done:,}", f"{s.candles:,}", f"{s.new:,}", state
+                s.market,
+                report.unit,
+                f"{s.requests_done:,}",
+                f"{s.candles:,}",
+                f"{s.new:,}",
+                state,
             )
         console.print(table)
     console.print(
-        f"{len(report.series)} markets unit {report.unit}: {report.candles:,} candles fetched,"
+        f"{len(report.markets)} markets unit {report.unit}: {report.candles:,} candles fetched,"
         f" {report.new:,} new candles stored; {report.requests:,} requests in"
-        f" {report.seconds:.1f}s ({report.request_rate:.1f} req/s, {report.rate_limited} × 429)",
+        f" {report.seconds:.1f}s ({report.requests_per_second:.1f} req/s,"
+        f" {report.rate_limited} × 429)",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _refuse_under_server() -> None:
+    """`data stream` writes the store itself: refused while a server owns it (the server
+    runs the live feed; a second writer could not open the store anyway)."""
+    try:
+        from engine.server import lifecycle
+    except ImportError:  # no server support in this build: nothing can be running
+        return
+    running = getattr(lifecycle, "running_server", None)
+    server = running() if callable(running) else None
+    if server:
+        url = getattr(server, "url", None)
+        where = f" at {url}" if url else ""
+        raise CliError(
+            f"a server{where} owns the store and records its live candles; `upquant data"
+            " stream` would be a second writer",
+            "watch the live feed in `upquant tui` (it connects to the server), or stop"
+            " `upquant serve` to stream in this process",
+        )
 
 
 @data_app.command("stream")
@@ -294,6 +309,7 @@ def data_stream(
     from engine.data.backfill import krw_markets
     from engine.data.feed import LiveFeed
 
+    _refuse_under_server()
     unit = check(None, unit)
     chosen = list(dict.fromkeys(markets or []))
     for market in [*chosen, *(watch or [])]:
@@ -375,15 +391,20 @@ def data_export(
 ) -> None:
     """Write one stored series as CSV or Parquet (timestamp UTC, open, high, low, close,
     volume, value); `upquant data import` reads it back unchanged."""
-    from engine.data.series import export_series
+    from engine.service.data import DataExportRequest
 
     unit = check(market, unit)
     start = parse_time(since, "--since") if since else None
     end = parse_time(until, "--until") if until else None
-    with connect() as con:
-        rows = export_series(con, market, unit, out, start, end)
+    request = DataExportRequest(
+        market=market, unit=unit, out=str(out.expanduser().absolute()), since=start, until=end
+    )
+    with workstation() as ws:
+        result = ws.data_export(request)
     console.print(
-        f"{market} unit {unit}: {rows:,} candles written to {out}", highlight=False, soft_wrap=True
+        f"{result.market} unit {result.unit}: {result.rows:,} candles written to {result.path}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -401,15 +422,18 @@ def data_resample(
     as_json: JsonOpt = False,
 ) -> None:
     """Build larger candles from stored smaller ones in SQL, aligned like Upbit's (UTC)."""
-    from engine.data.series import resample_series
+    from engine.service.data import DataResampleRequest
 
     check(market, from_unit)
     start = parse_time(since, "--since") if since else None
     end = parse_time(until, "--until") if until else None
-    with connect() as con:
-        report = resample_series(con, market, from_unit, to_unit, start, end)
+    request = DataResampleRequest(
+        market=market, from_unit=from_unit, to_unit=to_unit, since=start, until=end
+    )
+    with workstation() as ws:
+        report = ws.data_resample(request)
     if as_json:
-        emit_json(report.__dict__)
+        emit_json(report.model_dump(mode="json"))
         return
     console.print(
         f"{market}: {report.source_rows:,} unit {report.from_unit} candles →"

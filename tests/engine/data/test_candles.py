@@ -598,17 +598,26 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
 
     import tui.cli.data as data_commands
     from engine.data.backfill import FetchReport, SeriesFetch
+    from engine.service.data import FetchProgress
 
     screen = io.StringIO()
     monkeypatch.setattr(data_commands, "err", Console(file=screen, force_terminal=True, width=150))
-    progress, update = data_commands._fetch_progress(2)
+    progress, update = data_commands._fetch_progress()
     series = [
         SeriesFetch("KRW-BTC", "1", utc("2025-09-01"), utc("2025-09-02"), 8, 8, 1440, 1440),
         SeriesFetch("KRW-ETH", "1", utc("2025-09-01"), utc("2025-09-02"), 8, 3, 600, 600),
     ]
     report = FetchReport("1", series, requests=11, seconds=1.1)
+    counts = FetchProgress(  # what the data_fetch operation reports from such a report
+        markets_done=report.markets_done,
+        markets=len(series),
+        chunks_done=report.chunks_done,
+        chunks_total=report.chunks_total,
+        candles=report.candles,
+        request_rate=report.request_rate,
+    )
     with progress:
-        update(report)
+        update(counts)
         progress.refresh()
     text = screen.getvalue()
     assert "markets 1/2" in text and "11/16 requests" in text
