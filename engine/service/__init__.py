@@ -20,7 +20,9 @@ from engine.service.core import (
     status_of,
 )
 from engine.service.data import DataOps
+from engine.service.evaluation import EvaluationOps
 from engine.service.prediction import PredictionOps
+from engine.service.registry import RegistryOps
 from engine.service.system import SystemOps
 from engine.service.training import TrainingOps
 
@@ -37,6 +39,6 @@ __all__ = [
 ]
 
 
-class Workstation(TrainingOps, DataOps, PredictionOps, SystemOps):
+class Workstation(TrainingOps, DataOps, PredictionOps, RegistryOps, EvaluationOps, SystemOps):
     """Every operation, in process (see the module docstring). Closing it stops the training
     jobs it owns (`TrainingOps.close`, first in line for that), then closes the store."""

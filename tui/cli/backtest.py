@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from tui.cli.options import JsonOpt, MarketArg, UnitOpt, connect, parse_time
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, parse_time, workstation
 from tui.cli.render import console, emit_json, styled, warn
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
-    import duckdb
-    import pandas as pd
-
-    from engine.trading.backtest import BacktestReport
+    from engine.service.evaluation import BacktestResult
 
 # engine.trading.backtest.DEFAULT_FEE (Upbit KRW, 0.05% per side); a literal keeps `--help` from
 # importing pandas. tests/test_backtest.py checks that the two agree.
@@ -41,7 +35,10 @@ def _count(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def _duration(value: pd.Timedelta) -> str:
+def _duration(iso: str) -> str:
+    import pandas as pd
+
+    value = pd.Timedelta(iso)
     hours, seconds = divmod(int(value.total_seconds()) % 86400, 3600)
     return f"{value.days}d {hours:02d}:{seconds // 60:02d}"
 
@@ -65,24 +62,7 @@ ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
-def _missing(value: object) -> bool:
-    import pandas as pd
-
-    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
-
-
-def _json_value(value: object) -> object:
-    """JSON has no NaN or durations: undefined metrics are null, durations ISO 8601."""
-    import pandas as pd
-
-    if _missing(value):
-        return None
-    if isinstance(value, pd.Timedelta):
-        return value.isoformat()
-    return value
-
-
-def _render(report: BacktestReport) -> None:
+def _render(report: BacktestResult) -> None:
     console.print(
         styled(
             (report.market, "bold"),
@@ -94,8 +74,8 @@ def _render(report: BacktestReport) -> None:
     )
     table = Table("metric", *report.results)
     for key, label, fmt in ROWS:
-        values = [result.metrics[key] for result in report.results.values()]
-        table.add_row(label, *("n/a" if _missing(v) else fmt(v) for v in values))
+        values = [metrics.get(key) for metrics in report.results.values()]
+        table.add_row(label, *("n/a" if v is None else fmt(v) for v in values))
     console.print(table)
     console.print(
         "Signals act at a candle's close and fill at the next open; a position still open at"
@@ -142,85 +122,34 @@ def backtest(
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
     from engine.params import check_confidence
-    from engine.trading.backtest import run_backtest
+    from engine.service.evaluation import BacktestRequest
 
     check_confidence(threshold)  # typer takes any float, NaN included
     start = parse_time(from_, "--from") if from_ else None
     end = parse_time(to, "--to") if to else None
     if start is not None and end is not None and start >= end:
         raise ValueError(f"--from {from_} is not before --to {to}; give the earlier time first")
-    with connect() as con:
-        if model is not None:
-            report = _model_report(
-                con, model, market, start, end, threshold, fee, slippage, fast, slow
-            )
-        else:
-            report = run_backtest(
-                con,
-                strategy,
-                market=market,
-                unit=unit,
-                start=start,
-                end=end,
-                fee=fee,
-                slippage_bps=slippage,
-                fast=fast,
-                slow=slow,
-            )
+    request = BacktestRequest(
+        market=market,
+        strategy=strategy,
+        unit=unit,
+        start=start,
+        end=end,
+        fee=fee,
+        slippage=slippage,
+        fast=fast,
+        slow=slow,
+        model=model,
+        threshold=threshold,
+        trades=False,
+    )
+    with workstation() as ws:
+        report = ws.backtest(request)
+    for warning in report.warnings:  # e.g. a --from inside the model's training part
+        warn(warning)
     if report.note:
         warn(report.note)
     if as_json:
-        payload = {
-            "market": report.market,
-            "unit": report.unit,
-            "strategy": report.strategy,
-            "first": report.first.isoformat(),
-            "last": report.last.isoformat(),
-            "candles": report.candles,
-            "fee": report.fee,
-            "slippage_bps": report.slippage_bps,
-            "note": report.note,
-            "fills": "next candle's open; an open position is sold at the last close",
-            "results": {
-                name: {key: _json_value(value) for key, value in metrics.items()}
-                for name, metrics in report.metrics().items()
-            },
-        }
-        emit_json(payload)
+        emit_json(report.model_dump(mode="json", exclude={"trades", "warnings"}))
         return
     _render(report)
-
-
-def _model_report(
-    con: duckdb.DuckDBPyConnection,
-    ref: str,
-    market: str,
-    start: datetime | None,
-    end: datetime | None,
-    threshold: float,
-    fee: float,
-    slippage: float,
-    fast: int,
-    slow: int,
-) -> BacktestReport:
-    """The model's signals from its test part on (or from --from, warning when that reaches
-    back into what it was trained or tuned on)."""
-    from engine.training.batch import model_backtest
-    from engine.training.held_out import held_out_start
-
-    held_out = held_out_start(con, ref, start)
-    if held_out.warning:
-        warn(held_out.warning)
-    return model_backtest(
-        con,
-        ref,
-        market=market,
-        start=held_out.start,
-        end=end,
-        threshold=threshold,
-        fee=fee,
-        slippage_bps=slippage,
-        fast=fast,
-        slow=slow,
-        preloaded=held_out.preloaded,
-    )

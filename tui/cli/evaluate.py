@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.cli.options import JsonOpt, connect, parse_time
-from tui.cli.render import console, emit_json, styled, warn
+from tui.cli.options import JsonOpt, parse_time, workstation
+from tui.cli.render import CliError, console, emit_json, styled, warn
 
 
 def _num(value: object) -> str:
@@ -20,7 +20,7 @@ def _num(value: object) -> str:
 
 
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model: name, name@version or id.")],
+    model: Annotated[str, typer.Argument(help="Model: id, name, name@version or name@champion.")],
     start: Annotated[str | None, typer.Option("--from", help="First candle (UTC, ISO).")] = None,
     end: Annotated[str | None, typer.Option("--to", help="End, exclusive (UTC, ISO).")] = None,
     walk_forward: Annotated[
@@ -34,62 +34,47 @@ def evaluate(
 ) -> None:
     """Evaluate a registered model on held-out data (its test part by default) beside the baselines."""
     from engine.params import check_confidence
-    from engine.training.evaluation import evaluate_model, walk_forward_evaluate
+    from engine.service.evaluation import EvaluateRequest
 
     check_confidence(threshold)  # typer takes any float, NaN included
-    with connect() as con:
-        if walk_forward:
-            wf = walk_forward_evaluate(con, model, folds, threshold=threshold)
-        else:
-            ev = evaluate_model(
-                con,
-                model,
-                parse_time(start, "--from") if start else None,
-                parse_time(end, "--to") if end else None,
-                threshold=threshold,
-            )
-    if walk_forward:
+    if walk_forward and (start or end):
+        raise CliError("--walk-forward uses the whole history", "leave --from and --to out")
+    if walk_forward and not 2 <= folds <= 50:
+        raise CliError(f"--folds {folds} is out of range", "give 2 to 50 folds")
+    request = EvaluateRequest(
+        model=model,
+        start=parse_time(start, "--from") if start else None,
+        end=parse_time(end, "--to") if end else None,
+        walk_forward=walk_forward,
+        folds=folds,
+        threshold=threshold,
+    )
+    with workstation() as ws:
+        result = ws.evaluate(request)
+    if result.walk_forward is not None:
+        wf = result.walk_forward
         if as_json:
-            emit_json(
-                {
-                    "model": wf.model,
-                    "folds": [{k: _json(v) for k, v in f.items()} for f in wf.folds],
-                    "mean": {k: _json(v) for k, v in wf.mean.items()},
-                    "std": {k: _json(v) for k, v in wf.std.items()},
-                }
-            )
+            emit_json(wf.model_dump(mode="json"))
             return
         table = Table(
             f"{wf.model}, {len(wf.folds)} folds",
             "mean ± std",
-            *(f"fold {int(f['fold'])}" for f in wf.folds),
+            *(f"fold {int(f['fold'] or 0)}" for f in wf.folds),
         )
         for key in wf.mean:
             table.add_row(
-                key, f"{wf.mean[key]:.4f} ± {wf.std[key]:.4f}", *(_num(f[key]) for f in wf.folds)
+                key,
+                f"{_num(wf.mean[key])} ± {_num(wf.std[key])}",
+                *(_num(f[key]) for f in wf.folds),
             )
         console.print(table)
         return
+    ev = result.held_out
+    assert ev is not None  # mode "held_out"
     if ev.note:
         warn(ev.note)
     if as_json:
-        emit_json(
-            {
-                "model": ev.model,
-                "note": ev.note,
-                "rows": ev.rows,
-                "first": str(ev.first),
-                "last": str(ev.last),
-                "overlaps_training": ev.overlaps_training,
-                "metrics": ev.metrics,
-                "trading": {k: {m: _json(v) for m, v in d.items()} for k, d in ev.trading.items()},
-                "reliability": None
-                if ev.reliability is None
-                else ev.reliability.to_dict("records"),
-                "confusion": None if ev.confusion is None else ev.confusion.to_dict(),
-                "importance": ev.importance,
-            }
-        )
+        emit_json(ev.model_dump(mode="json"))
         return
     console.print(
         styled(
@@ -108,25 +93,28 @@ def evaluate(
     for name, d in ev.trading.items():
         trading.add_row(
             name,
-            f"{d['total_return']:+.2%}",
+            _fmt(d["total_return"], "{:+.2%}"),
             _num(d["sharpe"]),
-            f"{d['max_drawdown']:.2%}",
-            f"{d['trades']:,.0f}",
+            _fmt(d["max_drawdown"], "{:.2%}"),
+            _fmt(d["trades"], "{:,.0f}"),
         )
     console.print(trading)
     if ev.reliability is not None:
         rel = Table("confidence bin", "rows", "mean confidence", "accuracy", "gap")
-        for row in ev.reliability.itertuples(index=False):
+        for row in ev.reliability:
             rel.add_row(
                 row.bin,
                 f"{row.rows:,}",
                 _num(row.confidence),
                 _num(row.accuracy),
-                f"{row.gap:+.4f}",
+                _fmt(row.gap, "{:+.4f}"),
             )
         console.print(rel)
     if ev.confusion is not None:
-        console.print(ev.confusion.to_string())
+        import pandas as pd
+
+        confusion = pd.DataFrame(ev.confusion).rename_axis(index="true", columns="predicted")
+        console.print(confusion.to_string())
     if ev.importance:
         imp = Table("feature", "importance (gain share)")
         for name, value in ev.importance:
@@ -134,7 +122,5 @@ def evaluate(
         console.print(imp)
 
 
-def _json(value: object) -> object:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value if isinstance(value, int | float) else str(value)
+def _fmt(value: object, spec: str) -> str:
+    return spec.format(value) if isinstance(value, int | float) else "–"

@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.cli.options import JsonOpt, UnitOpt, check, connect
-from tui.cli.render import console, emit_json, err, styled
+from tui.cli.options import JsonOpt, UnitOpt, check, workstation
+from tui.cli.render import CliError, console, emit_json, err, styled
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
-ModelArg = Annotated[str, typer.Argument(help="Model: name (newest version), name@version or id.")]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model: id, name (newest version), name@version or name@champion.")
+]
 
 
 def _num(value: float | None) -> str:
@@ -25,30 +27,15 @@ def models_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Registered models with status and test metrics."""
+    from engine.service.registry import ModelListRequest
     from engine.upbit.markets import check_market
-    from store.registry import list_models, model_metrics
 
     if market is not None:  # a filter is a market code too: krw-btc would match nothing
         check_market(market)
-    with connect() as con:
-        records = list_models(con, market)
-        metrics = {r.id: model_metrics(con, r.id) for r in records}
+    with workstation() as ws:
+        listed = ws.model_list(ModelListRequest(market=market))
     if as_json:
-        emit_json(
-            [
-                {
-                    "id": r.id,
-                    "ref": r.ref,
-                    "kind": r.kind,
-                    "market": r.market,
-                    "unit": r.unit,
-                    "status": r.status,
-                    "created_at": r.created_at.isoformat(),
-                    "metrics": metrics[r.id],
-                }
-                for r in records
-            ]
-        )
+        emit_json([item.model_dump(mode="json") for item in listed.items])
         return
     table = Table(
         "id",
@@ -62,10 +49,9 @@ def models_list(
         "test return",
         "created (UTC)",
     )
-    for r in records:
-        test = metrics[r.id].get("test", {})
-        trading = metrics[r.id].get("trading_model", {})
-        ret = trading.get("total_return")
+    for r in listed.items:
+        test = r.metrics.get("test", {})
+        ret = r.metrics.get("trading_model", {}).get("total_return")
         table.add_row(
             str(r.id),
             r.ref,
@@ -81,60 +67,44 @@ def models_list(
     console.print(table)
 
 
+# `models show`'s lines, in order (a field that is null is left out)
+SHOWN = (
+    "ref",
+    "id",
+    "kind",
+    "market",
+    "unit",
+    "status",
+    "created_at",
+    "description",
+    "artifact",
+    "sha256",
+    "size",
+    "integrity",
+    "feature_spec_hash",
+    "label_spec",
+    "params",
+    "search_space",
+    "tags",
+)
+
+
 @models_app.command("show")
 def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
     """One model: specs, parameters, artifact (verified), metrics."""
-    from engine.ops.promotion import artifact_integrity
-    from store.registry import get_model, model_metrics
+    from engine.service.registry import ModelShowRequest
 
-    with connect() as con:
-        record = get_model(con, model)
-        metrics = model_metrics(con, record.id)
-    integrity = artifact_integrity(record)
-    data = {
-        "id": record.id,
-        "ref": record.ref,
-        "kind": record.kind,
-        "market": record.market,
-        "unit": record.unit,
-        "status": record.status,
-        "created_at": record.created_at.isoformat(),
-        "artifact": record.artifact,
-        "sha256": record.sha256,
-        "size": record.size,
-        "integrity": integrity,
-        "feature_spec_hash": record.feature_spec_hash,
-        "label_spec": record.label_spec,
-        "params": {k: v for k, v in record.params.items() if k not in ("columns", "search")},
-        "search_space": record.params.get("search", {}).get("space"),
-        "tags": record.tags,
-        "metrics": metrics,
-    }
+    with workstation() as ws:
+        details = ws.model_show(ModelShowRequest(model=model))
+    data = details.model_dump(mode="json")
     if as_json:
         emit_json(data)
         return
-    for key in (
-        "ref",
-        "id",
-        "kind",
-        "market",
-        "unit",
-        "status",
-        "created_at",
-        "artifact",
-        "sha256",
-        "size",
-        "integrity",
-        "feature_spec_hash",
-        "label_spec",
-        "params",
-        "search_space",
-        "tags",
-    ):
+    for key in SHOWN:
         if data[key] is not None:
             console.print(styled((key, "bold"), f": {data[key]}"), highlight=False)
     table = Table("split", "metric", "value")
-    for split, named in metrics.items():
+    for split, named in details.metrics.items():
         for name, value in named.items():
             table.add_row(split, name, _num(value))
     console.print(table)
@@ -143,11 +113,11 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
 @models_app.command("promote")
 def models_promote(model: ModelArg) -> None:
     """Make MODEL the champion of its market/unit (after verifying its artifact)."""
-    from engine.ops.promotion import promote
+    from engine.service.registry import ModelRefRequest
 
-    with connect() as con:
-        record = promote(con, model)
-    console.print(f"{record.ref} is now the champion of {record.market} unit {record.unit}")
+    with workstation() as ws:
+        moved = ws.model_promote(ModelRefRequest(model=model))
+    console.print(f"{moved.model} is now the champion of {moved.market} unit {moved.unit}")
 
 
 @models_app.command("rollback")
@@ -155,12 +125,12 @@ def models_rollback(
     market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")], unit: UnitOpt = "1"
 ) -> None:
     """Demote the champion of MARKET/UNIT and restore the previous one."""
-    from engine.ops.promotion import rollback
+    from engine.service.registry import RollbackRequest
 
     unit = check(market, unit)
-    with connect() as con:
-        demoted, restored = rollback(con, market, unit)
-    console.print(f"{demoted.ref} rolled back; {restored.ref} is the champion again")
+    with workstation() as ws:
+        moved = ws.model_rollback(RollbackRequest(market=market, unit=unit))
+    console.print(f"{moved.previous} rolled back; {moved.model} is the champion again")
 
 
 @models_app.command("delete")
@@ -170,15 +140,14 @@ def models_delete(
 ) -> None:
     """Delete a model row, its metrics and (if no other row uses it) its artifact file and
     its unpacked copy in the cache."""
-    from engine.ops.promotion import delete
-    from store.registry import get_model
+    from engine.service.registry import ModelRefRequest, ModelShowRequest
 
-    with connect() as con:
-        record = get_model(con, model)
+    with workstation() as ws:
+        record = ws.model_show(ModelShowRequest(model=model, verify=False))
         if not yes and not typer.confirm(f"delete {record.ref} (id {record.id})?", err=True):
             raise typer.Abort()
-        orphan = delete(con, record)
-    err.print(f"deleted {record.ref}" + (" and its artifact" if orphan else ""))
+        deleted = ws.model_delete(ModelRefRequest(model=str(record.id)))
+    err.print(f"deleted {deleted.ref}" + (" and its artifact" if deleted.artifact_removed else ""))
 
 
 @models_app.command("compare")
@@ -187,14 +156,16 @@ def models_compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Test metrics of several models side by side, with their baselines."""
-    from engine.training.evaluation import compare_models
+    from engine.service.registry import ModelCompareRequest
 
-    with connect() as con:
-        frame = compare_models(con, models)
+    if len(models) < 2:
+        raise CliError(f"compare needs two or more models, got {len(models)}", "name another")
+    with workstation() as ws:
+        compared = ws.model_compare(ModelCompareRequest(models=models))
     if as_json:
-        emit_json(frame.to_dict())
+        emit_json(compared.values)
         return
-    table = Table("metric", *frame.columns)
-    for name, row in frame.iterrows():
-        table.add_row(str(name), *(_num(v) for v in row))
+    table = Table("metric", *compared.columns)
+    for name in compared.metrics:
+        table.add_row(name, *(_num(compared.values[c].get(name)) for c in compared.columns))
     console.print(table)
