@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.service.base import StoreHolder
 from engine.service.core import Request, Response, ServiceError, operation
@@ -122,12 +122,16 @@ class BacktestRequest(Request):
 
 
 class Trade(BaseModel):
+    """One round trip at fill prices; `return` after fees, `pnl` the equity it added."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
     entry_ts: datetime
     entry_price: float
     exit_ts: datetime
     exit_price: float
     candles: int
-    return_: float | None = Field(alias="return", serialization_alias="return")
+    return_: float | None = Field(alias="return")
     pnl: float | None
     exit_reason: str
 
@@ -220,7 +224,9 @@ class EvaluationOps(StoreHolder):
                 last=ev.last.to_pydatetime(),
                 overlaps_training=ev.overlaps_training,
                 metrics=finite_metrics(ev.metrics),
-                trading={k: {m: json_value(v) for m, v in d.items()} for k, d in ev.trading.items()},
+                trading={
+                    k: {m: json_value(v) for m, v in d.items()} for k, d in ev.trading.items()
+                },
                 reliability=reliability,
                 confusion=confusion,
                 importance=[(str(n), float(v)) for n, v in ev.importance],

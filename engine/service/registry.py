@@ -49,7 +49,9 @@ def resolve(con: duckdb.DuckDBPyConnection, ref: str) -> ModelRecord:
     except BadReference as exc:
         raise ServiceError(str(exc), exc.hint) from None
     except KeyError as exc:
-        raise NotFound(str(exc.args[0]), "see `upquant models list` (GET /api/v1/ml-models)") from None
+        raise NotFound(
+            str(exc.args[0]), "see `upquant models list` (GET /api/v1/ml-models)"
+        ) from None
 
 
 def canonical(con: duckdb.DuckDBPyConnection, ref: str) -> str:
