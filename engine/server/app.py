@@ -69,8 +69,12 @@ def version() -> str:
         return "0+unknown"
 
 
-def error_response(status: int, message: str, hint: str | None = None) -> web.Response:
-    return web.json_response({"error": message, "hint": hint}, status=status)
+def error_response(
+    status: int, message: str, hint: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    if status == 401:  # RFC 9110: a 401 names the scheme it wants
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return web.json_response({"error": message, "hint": hint}, status=status, headers=headers)
 
 
 def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
@@ -81,7 +85,10 @@ def _http_error(exc: web.HTTPException, request: web.Request) -> web.Response:
         )
     if exc.status == 405:
         return error_response(
-            405, f"{request.method} is not allowed on {request.path}", "see GET /api/v1/docs"
+            405,
+            f"{request.method} is not allowed on {request.path}",
+            "see GET /api/v1/docs",
+            {"Allow": exc.headers.get("Allow", "")},
         )
     if exc.status == 413:
         limit = request.app[META]["max_body"]

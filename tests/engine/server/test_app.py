@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.server import routes as route_table
-from engine.server.app import AUTH, create_app
+from engine.server.app import AUTH, create_app, declared_routes
 from engine.server.routes import Route, add_routes
 from engine.service import OPERATIONS, Workstation
 from engine.service.data import DataStatusRequest
@@ -69,8 +69,10 @@ async def test_ping_needs_no_token_and_everything_else_does(client, tokens) -> N
         ("POST", "/api/v1/ops/data_status"),
         ("POST", "/api/v1/ml-models/1/predict"),
     ]:
-        body = await failure(await client.request(method, path), 401)
+        bare = await client.request(method, path)
+        body = await failure(bare, 401)
         assert "no API token" in body["error"] and "api-token" in body["hint"]
+        assert bare.headers["WWW-Authenticate"] == "Bearer"
         bad = await client.request(method, path, headers=auth(tokens["write"] + "x"))
         assert "not valid" in (await failure(bad, 401))["error"]
         basic = await client.request(method, path, headers={"Authorization": "Basic abc"})
@@ -144,7 +146,9 @@ async def test_unknown_operations_and_paths_answer_404_json(client, tokens) -> N
     assert op["error"] == "no operation 'data_statuz'" and "openapi.json" in op["hint"]
     path = await failure(await client.get("/api/v1/nothing-here", headers=headers), 404)
     assert path["error"] == "no route GET /api/v1/nothing-here"
-    await failure(await client.get("/api/v1/ops/data_status", headers=headers), 405)
+    wrong_method = await client.get("/api/v1/ops/data_status", headers=headers)
+    await failure(wrong_method, 405)
+    assert wrong_method.headers["Allow"] == "POST"
 
 
 async def test_a_bug_answers_500_without_its_traceback(con, tokens, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +185,7 @@ async def test_data_status_over_http_equals_in_process(con, client, tokens) -> N
 
 
 async def test_declared_routes_merge_path_query_and_body(con, tokens, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    declared_routes()  # the package's own routes declared first, in the real table
     monkeypatch.setattr(route_table, "ROUTES", [])
     add_routes([
         Route("GET", "/api/v1/test/status", op="data_status"),
