@@ -170,6 +170,8 @@ def test_registry_evaluation_and_batch_commands(tmp_path: Path, csv_2000: Path) 
     assert upquant(tmp_path, "models", "promote", "xgboost-KRW-BTC-1@2").returncode == 0
     listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
     assert listed == {"xgboost-KRW-BTC-1@1": "retired", "xgboost-KRW-BTC-1@2": "champion"}
+    champion = upquant(tmp_path, "models", "show", "xgboost-KRW-BTC-1@champion", "--json")
+    assert json.loads(champion.stdout)["ref"] == "xgboost-KRW-BTC-1@2"
     compared = json.loads(upquant(tmp_path, "models", "compare", "1", "2", "--json").stdout)
     assert len(compared) == 2 and all("accuracy" in str(c) for c in compared.values())
 
