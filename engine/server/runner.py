@@ -89,7 +89,8 @@ def ensure_local_token(ws: Workstation) -> bool:
     return True
 
 
-def _refuse_second(host: str, port: int) -> None:
+def refuse_second() -> None:
+    """AlreadyRunning when a live server owns this home (its stale server.json is removed)."""
     other = running_server()  # a stale server.json (its process gone) is removed here
     if other is not None:
         raise AlreadyRunning(
@@ -200,7 +201,7 @@ def serve(
     home, or a port that cannot be bound, raises ServiceError with nothing left behind."""
     from engine.service import Workstation
 
-    _refuse_second(host, port)
+    refuse_second()
     _setup_logging(access_log)
     ws = Workstation()
     try:

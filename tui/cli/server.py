@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal, cast
 
 import typer
 from rich.table import Table
@@ -67,7 +67,7 @@ def _uptime(seconds: float) -> str:
 def server_status(as_json: JsonOpt = False) -> None:
     """The running server: URL, pid, uptime, version, store, training jobs (exit 1 when
     none runs)."""
-    from engine.service.system import ServerInfoRequest
+    from engine.service.system import ServerInfo, ServerInfoRequest
     from tui.client import server_client
 
     client = server_client()
@@ -77,7 +77,7 @@ def server_status(as_json: JsonOpt = False) -> None:
             "start one with `upquant serve`; meanwhile commands open the store themselves",
         )
     with client:
-        info = client.server_info(ServerInfoRequest())
+        info = cast("ServerInfo", client.server_info(ServerInfoRequest()))
     if as_json:
         emit_json(info.model_dump(mode="json"))
         return
@@ -137,9 +137,10 @@ def server_stop(
 
 
 ScopeOpt = Annotated[
-    str,
+    Literal["read", "write"],
     typer.Option(
-        "--scope", help="read: only operations that change nothing; write: every operation."
+        "--scope",
+        help="read: only operations that change nothing; write: every operation.",
     ),
 ]
 
@@ -153,10 +154,8 @@ def token_create(
     """Create an API token. Its secret is printed once, now: it cannot be shown again."""
     from engine.service.system import TokenCreateRequest
 
-    if scope not in ("read", "write"):
-        raise CliError(f"--scope {scope!r} is not read or write", "use --scope read or write")
     with workstation() as ws:
-        created = ws.token_create(TokenCreateRequest(name=name, scope=scope))  # type: ignore[arg-type]
+        created = ws.token_create(TokenCreateRequest(name=name, scope=scope))
     if as_json:
         emit_json(created.model_dump(mode="json"))
         return
