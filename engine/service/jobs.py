@@ -105,7 +105,7 @@ class JobManager:
 
                 raise Conflict(
                     f"run {run_id} is {job.state} here",
-                    f"cancel it first: `upquant train --cancel {run_id}`",
+                    f"cancel it first: DELETE /api/v1/training-runs/{run_id}",
                 )
         with self._write:
             config = resume_run(self._con(), run_id, restart, kind=kind, market=market)

@@ -58,7 +58,11 @@ class TrainStarted(Response):
 
 
 class TrainRunRequest(Request):
-    run: int = Field(..., description="The training run's id.")
+    """A run by id, or the latest run of a registered model (`model`, ref or id)."""
+
+    run: int | None = Field(None, description="The training run's id.")
+    model: str | None = None
+    reason: str = Field("cancelled", description="Recorded as the stopped run's error.")
 
 
 class TrainStatusRequest(Request):
@@ -241,7 +245,7 @@ class TrainingOps(StoreHolder):
         from engine.training.kind_params import kind_params
         from engine.upbit.markets import check_market, check_unit
 
-        if request.model is not None:
+        if request.model is not None and request.kind is None:  # retrain its configuration
             from store.registry import get_run
 
             config = get_run(self.con(), self._model_run(request.model)).config
@@ -344,7 +348,8 @@ class TrainingOps(StoreHolder):
             progress=run.progress,
             started=run.started,
             finished=run.finished,
-            error=run.error,
+            # the failure's own message (the row keeps its type too)
+            error=job.error if job is not None and job.error else run.error,
             hint=job.hint if job is not None else None,
             log=run.log,
             checkpoint=run.checkpoint,
@@ -409,12 +414,15 @@ class TrainingOps(StoreHolder):
         """Stop a training job: its run `interrupted`, resumable from its last checkpoint."""
         from store.registry import get_run
 
-        job = self.jobs.cancel(request.run)
+        if request.run is None and request.model is None:
+            raise ServiceError("which run? give run (an id) or model (a ref)")
+        run_id = request.run if request.run is not None else self._model_run(str(request.model))
+        job = self.jobs.cancel(run_id, request.reason)
         if job is None:
-            run = get_run(self.con(), request.run)
+            run = get_run(self.con(), run_id)
             if run.status in ("running", "queued"):
                 raise ServiceError(
-                    f"run {request.run} is run by process {run.pid} on {run.host}, not this one",
+                    f"run {run_id} is run by process {run.pid} on {run.host}, not this one",
                     f"stop it there (Ctrl-C, or `kill {run.pid}`)",
                 )
-        return self.train_status(TrainStatusRequest(run=request.run))
+        return self.train_status(TrainStatusRequest(run=run_id))

@@ -265,7 +265,7 @@ def resume_run(
     if run.status in ("running", "queued"):
         raise TrainingError(
             f"run {run_id} is still {run.status} (process {run.pid} on {run.host}); stop it"
-            f" first (Ctrl-C there, `upquant train --cancel {run_id}` or `kill {run.pid}`)"
+            f" first (Ctrl-C there, DELETE /api/v1/training-runs/{run_id}, or `kill {run.pid}`)"
         )
     if run.status not in ("interrupted", "failed"):
         raise TrainingError(f"run {run_id} is {run.status}; only interrupted or failed runs resume")
