@@ -10,11 +10,16 @@ import typer
 from rich.table import Table
 from typer._click.exceptions import MissingParameter  # typer's own "Missing argument" error
 
-from tui.cli.options import JsonOpt, UnitOpt, check, connect
+from tui.cli.options import JsonOpt, UnitOpt, check, workstation
 from tui.cli.render import console, emit_json, err, styled
 
 if TYPE_CHECKING:
-    from engine.training.train import Progress, TrainReport
+    from engine.service import Workstation
+    from engine.service.training import TrainResult, TrainStartRequest
+    from engine.training.fit import Progress
+
+# how often a followed job's status is asked for
+POLL_S = 0.3
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -115,19 +120,15 @@ def train(
 ) -> None:
     """Train a model on stored candles, evaluate it on the test part beside the baselines, register it; or continue a run that was stopped (--resume RUN)."""
     from engine.params import check_search_args
-    from engine.research.features import DEFAULT_SPEC, load_feature_spec
-    from engine.research.labels import LabelSpec
-    from engine.research.splits import SplitSpec
-    from engine.training.kind_params import kind_params
-    from engine.training.train import train_model
+    from engine.research.features import load_feature_spec
+    from engine.service.training import TrainStartRequest
     from engine.training.tuning import SPACES, describe
 
     if resume is not None:
-        with connect() as con, _progress_display(not as_json) as show:
-            report = train_model(
-                con, kind or "", market or "", unit, resume=resume, restart=restart, progress=show
-            )
-        _show(report, as_json)
+        _run(
+            TrainStartRequest(kind=kind, market=market, unit=unit, resume=resume, restart=restart),
+            as_json,
+        )
         return
     for argument, value in (("kind", kind), ("market", market)):
         if value is None:  # required unless --resume names a run
@@ -135,49 +136,95 @@ def train(
             raise MissingParameter(ctx=ctx, param=param)
     assert kind is not None and market is not None
     unit = check(market, unit)
-    params = kind_params(
-        kind,
-        seed=seed,
-        device=device,
-        epochs=epochs,
-        batch_size=batch_size,
-        window=window,
-        n_estimators=n_estimators,
-    )
-    # train_model checks them too; here before the search space is shown
+    # train_start checks them too; here before the search space is shown
     check_search_args(trials=trials, n_jobs=jobs, tune_folds=tune_folds, timeout=timeout)
     if trials and kind in SPACES and not as_json:
         err.print(styled(("search space", "bold"), f" ({trials} trials, {jobs} in parallel):"))
         for line in describe(SPACES[kind]):
             err.print(f"  {line}")
-    spec = load_feature_spec(feature_spec) if feature_spec else DEFAULT_SPEC
-    with connect() as con, _progress_display(not as_json) as show:
-        report = train_model(
-            con,
-            kind,
-            market,
-            unit,
-            feature_spec=spec,
-            label_spec=LabelSpec(horizon=horizon, threshold=threshold, scheme=scheme),
-            split_spec=SplitSpec(
-                train=train_fraction, validation=validation_fraction, embargo=embargo
-            ),
-            params=params,
-            name=name,
-            promote=promote,
+    spec = load_feature_spec(feature_spec).to_dict() if feature_spec else None
+    _run(
+        TrainStartRequest(
+            kind=kind,
+            market=market,
+            unit=unit,
             members=members,
             method=method,
+            feature_spec=spec,
+            horizon=horizon,
+            threshold=threshold,
+            scheme=scheme,
+            train=train_fraction,
+            validation=validation_fraction,
+            embargo=embargo,
+            seed=seed,
+            device=device,
+            epochs=epochs,
+            batch_size=batch_size,
+            window=window,
+            n_estimators=n_estimators,
             trials=trials,
             timeout=timeout,
-            n_jobs=jobs,
+            jobs=jobs,
             tune_folds=tune_folds,
-            progress=show,
+            name=name,
+            promote=promote,
             restart=restart,
-        )
-    _show(report, as_json)
+        ),
+        as_json,
+    )
 
 
-def _show(report: TrainReport, as_json: bool) -> None:
+def _run(request: TrainStartRequest, as_json: bool) -> None:
+    """Start the job, follow it to its end (drawing its progress), print its report. Without
+    a server this process owns the job for its lifetime: leaving it stops the job."""
+    with workstation() as ws, _progress_display(not as_json) as show:
+        run = ws.train_start(request).run
+        result = _follow(ws, run, show)
+    _show(result, as_json)
+
+
+def _follow(ws: Workstation, run: int, show: Any) -> TrainResult:
+    """Poll run `run`'s status until it ends; Ctrl-C (or SIGTERM) cancels it (interrupted,
+    resumable) and stops the command as before."""
+    import time
+
+    from engine.service import ServiceError
+    from engine.service.training import TrainRunRequest, TrainStatusRequest
+    from engine.training.fit import Progress
+    from store.db import interrupted
+
+    shown = 0
+    try:
+        while True:
+            try:
+                status = ws.train_status(TrainStatusRequest(run=run))
+            except Exception as exc:
+                if interrupted(exc):  # the signal arrived inside the status query
+                    raise KeyboardInterrupt from exc
+                raise
+            if show is not None:
+                for text in status.messages[shown:]:
+                    show(Progress("step", 0, 0, text=text))
+                for p in status.phases:
+                    show(Progress(p.phase, p.done, p.total, dict(p.metrics)))
+            shown = len(status.messages)
+            if status.status == "finished" and status.result is not None:
+                return status.result
+            if status.status == "failed":
+                raise ServiceError(status.error or f"run {run} failed", status.hint)
+            if status.status == "interrupted":
+                raise ServiceError(
+                    f"run {run} was interrupted: {status.error}",
+                    f"continue it with `upquant train --resume {run}`",
+                )
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        ws.train_cancel(TrainRunRequest(run=run, reason="stopped by Ctrl-C or a signal"))
+        raise
+
+
+def _show(report: TrainResult, as_json: bool) -> None:
     if as_json:
         emit_json(report_json(report))
         return
@@ -227,36 +274,39 @@ class _progress_display:
             self.bar.stop()
 
 
-def report_json(report: TrainReport) -> dict[str, Any]:
-    return {
-        "model": report.model.ref,
-        "id": report.model.id,
-        "run": report.run_id,
-        "status": report.model.status,
-        "sha256": report.model.sha256,
-        "rows": report.rows,
-        "metrics": report.metrics,
-        "class_balance": report.class_balance,
-        "search": report.tuning.to_dict() if report.tuning else None,
-    }
+def report_json(report: TrainResult) -> dict[str, Any]:
+    return report.model_dump(
+        mode="json",
+        include={
+            "model",
+            "id",
+            "run",
+            "status",
+            "sha256",
+            "rows",
+            "metrics",
+            "class_balance",
+            "search",
+        },
+    )
 
 
-def print_report(report: TrainReport) -> None:
-    record = report.model
+def print_report(report: TrainResult) -> None:
     r = report.rows
     console.print(
         styled(
-            (record.ref, "bold"),
-            f" (id {record.id}, {record.status}, run {report.run_id}) ·"
+            (report.model, "bold"),
+            f" (id {report.id}, {report.status}, run {report.run}) ·"
             f" {len(report.features)} features · rows train {r['train']:,} / validation"
             f" {r['validation']:,} / test {r['test']:,}",
         )
     )
-    if report.tuning:
-        t = report.tuning
-        done = [x for x in t.trials if x.score is not None]
+    if report.search:
+        t = report.search
+        done = [x for x in t["trials"] if x.get("score") is not None]
         console.print(
-            f"search: {len(done)}/{len(t.trials)} trials, best {t.metric} {t.best_score:.4f}"
+            f"search: {len(done)}/{len(t['trials'])} trials, best {t['metric']}"
+            f" {t['best_score']:.4f}"
         )
     if "test" in report.class_balance:
         balance = report.class_balance["test"]
@@ -267,7 +317,7 @@ def print_report(report: TrainReport) -> None:
     if "baseline_majority_test" in m:
         table = Table("test part", "accuracy", "macro F1", "log-loss")
         for label, key in (
-            (record.ref, "test"),
+            (report.model, "test"),
             ("majority-class baseline", "baseline_majority_test"),
         ):
             table.add_row(
@@ -275,7 +325,7 @@ def print_report(report: TrainReport) -> None:
             )
     else:
         table = Table("test part", "RMSE", "IC", "rank IC", "R²")
-        for label, key in ((record.ref, "test"), ("zero-return baseline", "baseline_zero_test")):
+        for label, key in ((report.model, "test"), ("zero-return baseline", "baseline_zero_test")):
             table.add_row(
                 label,
                 _fmt(m[key]["rmse"]),
@@ -286,7 +336,7 @@ def print_report(report: TrainReport) -> None:
     console.print(table)
     trading = Table("test part, after fees", "total return", "Sharpe", "max drawdown", "trades")
     for name, values in report.trading.items():
-        label = record.ref + " signals" if name == "model" else name.replace("_", "-")
+        label = report.model + " signals" if name == "model" else name.replace("_", "-")
         trading.add_row(
             label,
             _fmt(values.get("total_return"), pct=True),
@@ -296,5 +346,5 @@ def print_report(report: TrainReport) -> None:
         )
     console.print(trading)
     console.print(
-        f"artifact {record.artifact} (sha256 {record.sha256[:16]}…, {record.size:,} bytes)"
+        f"artifact {report.artifact} (sha256 {report.sha256[:16]}…, {report.size:,} bytes)"
     )

@@ -185,27 +185,32 @@ def test_a_run_whose_process_died_reads_as_interrupted_everywhere(con) -> None:
 
 # A signal that lands inside a DuckDB query is swallowed by DuckDB, which raises
 # RuntimeError("Query interrupted") instead of KeyboardInterrupt: the run must still read as
-# interrupted, and the command exit as stopped by that signal. The script parks a real query
-# on the training connection when the first epoch is logged and sends itself SIGTERM while it
-# runs, so the signal always lands inside the query (a real `kill` lands there only sometimes).
+# interrupted, and the command exit as stopped by that signal. `upquant train` queries the
+# store while it follows its job (the job's worker never does), so the script parks a real
+# query on the command's connection once the first epoch is recorded and sends itself
+# SIGTERM while it runs, so the signal always lands inside the query (a real `kill` lands
+# there only sometimes).
 _SIGNAL_IN_A_QUERY = """
 import os, signal, sys, threading
 from tui.cli import main
-import engine.training.train as train
+from engine.service.training import TrainingOps
 
-logged = train.log_epoch
-def log_epoch(con, *args, **kwargs):
-    logged(con, *args, **kwargs)
+followed = TrainingOps.train_status
+def train_status(self, request):
+    status = followed(self, request)
+    if status.latest is None:
+        return status
     done = threading.Event()
     def stop():  # again until the query gives up: a lone signal went unseen once in a loaded full run
         while not done.wait(0.3):
             os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=stop, daemon=True).start()
     try:
-        con.execute("select count(*) from range(1000000000000) t(a) where a % 7 = 3").fetchall()
+        self.con().execute("select count(*) from range(1000000000000) t(a) where a % 7 = 3").fetchall()
     finally:
         done.set()
-train.log_epoch = log_epoch
+    return status
+TrainingOps.train_status = train_status
 sys.argv = ["upquant", *sys.argv[1:]]
 main()
 """
