@@ -217,7 +217,7 @@ class JobManager:
         from engine.training.train import finish_run, register
         from store.registry import beat, update_run
 
-        if final is not None and final[0] == "done":
+        if final is not None and final[0] == "done" and job.stop_reason is None:
             try:
                 with self._write:
                     beat(con, job.run_id)
@@ -290,9 +290,9 @@ class JobManager:
             with self._write:
                 update_run(self._con(), run_id, status="interrupted", error=job.stop_reason)
             return job
-        if not job.done.wait(timeout) and job.process is not None:
-            job.process.kill()
-            job.done.wait(STOP_GRACE_S)
+        if not job.done.wait(min(timeout, STOP_GRACE_S)) and job.process is not None:
+            job.process.kill()  # it did not stop when asked: a cancelled job ends now
+            job.done.wait(max(timeout - STOP_GRACE_S, STOP_GRACE_S))
         return job
 
     def shutdown(self, timeout: float = 30.0) -> None:

@@ -36,6 +36,8 @@ class PipeSink:
         self.conn = conn
 
     def send(self, *event: Any) -> None:
+        if _stopping.is_set() and event[0] != "interrupted":
+            raise KeyboardInterrupt  # the stop signal's own exception was swallowed somewhere
         try:
             self.conn.send(event)
         except (BrokenPipeError, EOFError, OSError):  # the owner is gone: so is this run
@@ -64,7 +66,15 @@ def _watch_parent(parent: int) -> None:
     os._exit(4)
 
 
+# set by the first stop signal: a KeyboardInterrupt raised inside a C callback (numba's
+# compiler, a ctypes hook) is printed and dropped, so the next event raises it again
+_stopping = threading.Event()
+
+
 def _stop(_signum: int, _frame: object) -> None:
+    if _stopping.is_set():  # asked twice: no more grace
+        os._exit(5)
+    _stopping.set()
     raise KeyboardInterrupt
 
 
@@ -90,6 +100,9 @@ def main(
     except Exception as exc:  # noqa: BLE001  the owner records it as the run's error
         sink.send("failed", type(exc).__name__, str(exc), getattr(exc, "hint", None))
     else:
-        sink.send("done", result)
+        if _stopping.is_set():
+            sink.send("interrupted", "stopped by Ctrl-C or a signal")
+        else:
+            sink.send("done", result)
     finally:
         conn.close()
