@@ -21,10 +21,12 @@ from engine.service.core import (
 )
 from engine.service.data import DataOps
 from engine.service.evaluation import EvaluationOps
+from engine.service.features import FeaturesOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
 from engine.service.system import SystemOps
 from engine.service.training import TrainingOps
+from engine.service.upkeep import UpkeepOps
 
 __all__ = [
     "OPERATIONS",
@@ -39,6 +41,15 @@ __all__ = [
 ]
 
 
-class Workstation(TrainingOps, DataOps, PredictionOps, RegistryOps, EvaluationOps, SystemOps):
+class Workstation(
+    TrainingOps,
+    DataOps,
+    FeaturesOps,
+    UpkeepOps,
+    PredictionOps,
+    RegistryOps,
+    EvaluationOps,
+    SystemOps,
+):
     """Every operation, in process (see the module docstring). Closing it stops the training
     jobs it owns (`TrainingOps.close`, first in line for that), then closes the store."""

@@ -307,7 +307,12 @@ class DataOps(StoreHolder):
         import that would change stored candles is refused (nothing written) unless
         `overwrite`."""
         from engine.data.candles import ImportConflict, ValidationFailed, import_candles
+        from engine.upbit.markets import check_market, check_unit
 
+        if request.market is not None:  # a bad argument is named before the file is looked at
+            check_market(request.market)
+        if request.unit is not None:
+            check_unit(request.unit)
         path = local_file(request.path, "import file", exists=True)
         started = time.perf_counter()
         try:

@@ -1,19 +1,19 @@
-"""`upquant features build|list`: feature files from stored candles, and what each feature needs."""
+"""`upquant features build|list`: feature files from stored candles, and what each feature needs.
+
+Both are Workstation operations (engine/service/features.py): the spec file and the output
+file travel as absolute paths; the command renders the answer."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, connect
+from tui.cli.options import JsonOpt, MarketArg, UnitOpt, check, workstation
 from tui.cli.render import console, emit_json, err
-
-if TYPE_CHECKING:
-    from engine.research.features import FeatureSpec
 
 features_app = typer.Typer(help="Feature specs and feature files.", no_args_is_help=True)
 
@@ -32,10 +32,9 @@ def _busy(text: str) -> AbstractContextManager[object]:
     return err.status(text, spinner="dots") if err.is_terminal else nullcontext()
 
 
-def _spec(path: Path | None) -> FeatureSpec:
-    from engine.research.features import DEFAULT_SPEC, load_feature_spec
-
-    return load_feature_spec(path) if path is not None else DEFAULT_SPEC
+def _spec_file(path: Path | None) -> str | None:
+    """The spec file as the operation takes it: absolute (it may run in a server)."""
+    return str(path.expanduser().absolute()) if path is not None else None
 
 
 @features_app.command("build")
@@ -49,27 +48,16 @@ def features_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Compute features of the stored candles of MARKET and write them to a Parquet file."""
-    from engine.research.dataset import build_feature_file
+    from engine.service.features import FeaturesBuildRequest
 
     unit = check(market, unit)
-    feature_spec = _spec(spec)
-    with connect() as con, _busy(f"computing features of {market} {unit}…"):
-        report = build_feature_file(con, market, unit, feature_spec, out)
+    request = FeaturesBuildRequest(
+        market=market, unit=unit, out=str(out.expanduser().absolute()), spec_file=_spec_file(spec)
+    )
+    with workstation() as ws, _busy(f"computing features of {market} {unit}…"):
+        report = ws.features_build(request)
     if as_json:
-        emit_json(
-            {
-                "path": str(report.path),
-                "market": market,
-                "unit": unit,
-                "rows": report.rows,
-                "columns": report.columns,
-                "dropped": report.dropped,
-                "spec_hash": report.spec_hash,
-                "first": report.first.isoformat() if report.first is not None else None,
-                "last": report.last.isoformat() if report.last is not None else None,
-                "seconds": report.seconds,
-            }
-        )
+        emit_json(report.model_dump(mode="json"))
         return
     span = (
         f" from {report.first:%Y-%m-%d %H:%M} to {report.last:%Y-%m-%d %H:%M} UTC"
@@ -98,53 +86,41 @@ def features_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Every feature kind with its parameters, then the spec's columns with their warm-up."""
-    from engine.research.dataset import stored_warmup
-    from engine.research.features import FEATURE_KINDS, describe_spec
+    from engine.service.features import FeaturesListRequest
 
-    feature_spec = _spec(spec)
-    measured: dict[str, int] = {}
     if market is not None:
         unit = check(market, unit)
-        with connect() as con, _busy(f"measuring warm-up on {market} {unit}…"):
-            measured = stored_warmup(con, market, unit, feature_spec)
-    rows = describe_spec(feature_spec)
+    request = FeaturesListRequest(market=market, unit=unit, spec_file=_spec_file(spec))
+    busy = _busy(f"measuring warm-up on {market} {unit}…") if market else nullcontext()
+    with workstation() as ws, busy:
+        listing = ws.features_list(request)
+    measured = market is not None
     if as_json:
-        emit_json(
-            {
-                "kinds": [
-                    {"kind": k.name, "group": k.group, "params": k.defaults, "doc": k.doc}
-                    for k in FEATURE_KINDS.values()
-                ],
-                "spec": {
-                    **feature_spec.to_dict(),
-                    "hash": feature_spec.hash(),
-                    "warmup": feature_spec.warmup(),
-                    "window": feature_spec.window(),
-                },
-                "columns": [
-                    {**r, **({"measured": measured[r["column"]]} if measured else {})} for r in rows
-                ],
-            }
-        )
+        payload = listing.model_dump(mode="json")
+        if not measured:  # a column says `measured` only when it was
+            for column in payload["columns"]:
+                del column["measured"]
+        emit_json(payload)
         return
     kinds = Table("kind", "group", "parameters (defaults)", "what", title="feature kinds")
-    for kind in FEATURE_KINDS.values():
-        params = ", ".join(f"{k}={v}" for k, v in kind.defaults.items()) or "-"
-        kinds.add_row(kind.name, kind.group, params, kind.doc)
+    for kind in listing.kinds:
+        params = ", ".join(f"{k}={v}" for k, v in kind.params.items()) or "-"
+        kinds.add_row(kind.kind, kind.group, params, kind.doc)
     console.print(kinds)
+    spec_info = listing.spec
     title = (
-        f"spec {feature_spec.hash()}: {len(rows)} columns, warm-up {feature_spec.warmup()},"
-        f" live window {feature_spec.window()} candles, max_gap {feature_spec.max_gap},"
-        f" talib {feature_spec.talib}"
+        f"spec {spec_info.hash}: {len(listing.columns)} columns, warm-up {spec_info.warmup},"
+        f" live window {spec_info.window} candles, max_gap {spec_info.max_gap},"
+        f" talib {spec_info.talib}"
     )
     headers = ["column", "kind", "warm-up", "memory"]
     if measured:
         headers.append(f"measured ({market} {unit})")
     columns = Table(*headers, title=title)
-    for r in rows:
-        cells = [r["column"], r["kind"], str(r["warmup"]), str(r["memory"])]
+    for r in listing.columns:
+        cells = [r.column, r.kind, str(r.warmup), str(r.memory)]
         if measured:
-            cells.append(str(measured[r["column"]]))
+            cells.append(str(r.measured))
         columns.add_row(*cells)
     console.print(columns)
     console.print(

@@ -1,4 +1,5 @@
-"""`upquant store ...`: the store's own upkeep (check, and fix what crashes left behind)."""
+"""`upquant store ...`: the store's own upkeep (check, and fix what crashes left behind), as
+the Workstation operations `store_check` and `store_fix` (engine/service/upkeep.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tui.cli.options import JsonOpt
+from tui.cli.options import JsonOpt, workstation
 from tui.cli.render import console, emit_json, err, styled
 
 store_app = typer.Typer(
@@ -34,11 +35,12 @@ def store_check(
     """Check every model's artifact (ok, missing, damaged) and find what crashes left behind:
     unused artifacts, .part files, stale cache entries, checkpoints of finished runs, files
     others may read, a database file grown with free space. Exit 1 while problems remain."""
-    from store.upkeep import check_store
+    from engine.service.upkeep import StoreCheckRequest
 
-    report = check_store(fix=fix)
+    with workstation() as ws:
+        report = (ws.store_fix if fix else ws.store_check)(StoreCheckRequest())
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(report.model_dump(mode="json"))
         raise typer.Exit(1 if report.problems else 0)
 
     console.print(styled(("store", "bold"), f" {report.home}"), highlight=False)
