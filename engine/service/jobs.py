@@ -27,11 +27,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from engine.training.fit import FitInputs, Progress
-
 if TYPE_CHECKING:
     import duckdb
 
+    from engine.training.fit import FitInputs, Progress  # torch: loaded by the worker, not here
     from engine.training.train import TrainReport
 
 # how long a stopped worker gets to say so before it is killed
