@@ -224,7 +224,8 @@ class PredictionOps(StoreHolder):
         frame = result.frame
         rows = [
             PredictionRow(
-                ts=ts.to_pydatetime(), p_sell=s, p_hold=h, p_buy=b, action=str(a), label=label
+                ts=ts.to_pydatetime(), p_sell=s, p_hold=h, p_buy=b, action=str(a),
+                label=label if isinstance(label, str) else None,  # NaN: not resolved yet
             )
             for ts, s, h, b, a, label in zip(
                 frame["ts"],
