@@ -187,26 +187,32 @@ def test_a_run_whose_process_died_reads_as_interrupted_everywhere(con) -> None:
 # RuntimeError("Query interrupted") instead of KeyboardInterrupt: the run must still read as
 # interrupted, and the command exit as stopped by that signal. `upquant train` queries the
 # store while it follows its job (the job's worker never does), so the script parks a real
-# query on the command's connection once the first epoch is recorded and sends itself
-# SIGTERM while it runs, so the signal always lands inside the query (a real `kill` lands
-# there only sometimes).
+# query on the command's connection once the first epoch is recorded and sends itself one
+# SIGTERM while it runs (a real `kill` lands there only sometimes). DuckDB notices a signal
+# only between its tasks, and on a loaded machine it did not within minutes; so if the query
+# still runs after 5 s the script interrupts it the way DuckDB's own `interrupt()` does
+# (InterruptException), and the pending signal then stops the command right after.
 _SIGNAL_IN_A_QUERY = """
 import os, signal, sys, threading
 from tui.cli import main
 from engine.service.training import TrainingOps
 
 followed = TrainingOps.train_status
+parked = []
 def train_status(self, request):
     status = followed(self, request)
-    if status.latest is None:
+    if status.latest is None or parked:  # once: train_cancel asks for the status too
         return status
-    done = threading.Event()
-    def stop():  # again until the query gives up: a lone signal went unseen once in a loaded full run
-        while not done.wait(0.3):
+    parked.append(True)
+    con, done = self.con(), threading.Event()
+    def stop():
+        if not done.wait(0.5):
             os.kill(os.getpid(), signal.SIGTERM)
+        if not done.wait(5):
+            con.interrupt()
     threading.Thread(target=stop, daemon=True).start()
     try:
-        self.con().execute("select count(*) from range(1000000000000) t(a) where a % 7 = 3").fetchall()
+        con.execute("select count(*) from range(1000000000000) t(a) where a % 7 = 3").fetchall()
     finally:
         done.set()
     return status
