@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from store.db import transaction
+from store.db import bump_writes, transaction
 
 CANDLE_COLUMNS = ["market", "unit", "ts", "open", "high", "low", "close", "volume", "value"]
 _VALUES = ["ts", "open", "high", "low", "close", "volume", "value"]
@@ -64,6 +64,13 @@ def upsert_candles(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     if frame.empty:
         return 0
     _check_finite(frame)
+    try:
+        return _upsert(con, frame)
+    finally:  # the series versions a reader cached are stale now (see series_versions)
+        bump_writes()
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
     market, unit = frame["market"].iloc[0], frame["unit"].iloc[0]
     if (frame["market"] == market).all() and (frame["unit"] == unit).all():
         return _upsert_series(con, str(market), str(unit), frame)
@@ -270,7 +277,9 @@ def series_versions(
     them was last written. Every writer of `candles` (upsert_candles, resample) stamps
     `candle_series` in the same statement or transaction (`_touch_series`), so a cache of
     anything computed from a series' candles is current exactly while this is unchanged.
-    Markets without a series are absent."""
+    Markets without a series are absent. Every such write in this process also bumps
+    `store.db.write_generation` once it is done, so the store's owner may keep these in
+    memory while the generation is unchanged (engine.live.predictor does)."""
     rows = con.execute(
         "SELECT market, updated_at FROM candle_series WHERE unit = ? AND list_contains(?, market)",
         [unit, markets],

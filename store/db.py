@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -28,6 +29,27 @@ def home() -> Path:
     return root
 
 
+# This process's count of finished writes to the store (candles, models): a cache of what a
+# write can change (series versions, model references) is current while it is unchanged.
+# Each writer of those tables bumps it after its statements, and `transaction` after every
+# commit or rollback, so a reader that notes it BEFORE querying never keeps a stale answer
+# under a current count. The server is the store's only writer (DESIGN: one owner).
+_writes = itertools.count(1)
+_generation = 0
+
+
+def write_generation() -> int:
+    """The current count of finished writes in this process (see `bump_writes`)."""
+    return _generation
+
+
+def bump_writes() -> None:
+    """Say a write to the store finished (or was rolled back): caches keyed on
+    `write_generation` read the store again."""
+    global _generation
+    _generation = next(_writes)  # itertools.count is atomic under the GIL
+
+
 @contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """All statements inside commit together or not at all: an exception, Ctrl-C included,
@@ -37,8 +59,10 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
     except BaseException:
         con.rollback()
+        bump_writes()
         raise
     con.commit()
+    bump_writes()
 
 
 def db_path() -> Path:

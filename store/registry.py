@@ -238,10 +238,9 @@ def rollback(
             f"{current.ref} is the first champion of {market} unit {unit}; nothing to roll back to"
         )
     restored = earlier[0]
-    con.execute("BEGIN TRANSACTION")
-    con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [current.id])
-    con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [restored.id])
-    con.execute("COMMIT")
+    with transaction(con):  # bumps the write generation: cached `name@champion`s are stale
+        con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [current.id])
+        con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [restored.id])
     return get_model(con, current.id), get_model(con, restored.id)
 
 
@@ -268,11 +267,10 @@ def delete_model(con: duckdb.DuckDBPyConnection, ref: int | str) -> tuple[ModelR
         raise ValueError(
             f"{record.ref} is a member of {', '.join(u.ref for u in users)}; delete those first"
         )
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM metrics WHERE model_id = ?", [record.id])
-    con.execute("UPDATE training_runs SET model_id = NULL WHERE model_id = ?", [record.id])
-    con.execute("DELETE FROM models WHERE id = ?", [record.id])
-    con.execute("COMMIT")
+    with transaction(con):  # bumps the write generation: cached references are stale
+        con.execute("DELETE FROM metrics WHERE model_id = ?", [record.id])
+        con.execute("UPDATE training_runs SET model_id = NULL WHERE model_id = ?", [record.id])
+        con.execute("DELETE FROM models WHERE id = ?", [record.id])
     shared = con.execute("SELECT count(*) FROM models WHERE sha256 = ?", [record.sha256]).fetchall()
     return record, shared[0][0] == 0
 

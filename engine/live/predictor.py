@@ -11,6 +11,12 @@ CLI). Three caches, each keyed so that a cached answer is never stale:
   written candle invalidates everything computed from that series;
 - answers per (model sha256, market, unit, candle ts, series version).
 
+What names the model (`name@champion` -> a registry row, through `store.model_refs.resolve`,
+the one resolver every face uses) and the series versions are kept in memory too, valid while
+`store.db.write_generation` is unchanged: this process is the store's only writer and every
+write of candles or models bumps it once done, so a cached answer to a repeated question
+costs no query at all, and the first question after a write reads the store again.
+
 A past `ts` reads the candles up to and including it only (the newest candle at or before
 it), never a later one. A model that cannot answer (features undefined, a failing or invalid
 output) gives the rule strategy's decision with the reason, as the live engine does. Every
@@ -37,7 +43,9 @@ from engine.research.features import compute_features, compute_latest
 from engine.trading.strategies import SmaCross, threshold_action
 from models import EnsembleModel, Model
 from store.candles import last_candles, load_candles, series_versions
-from store.registry import ModelRecord, get_model
+from store.db import write_generation
+from store.model_refs import resolve
+from store.registry import ModelRecord
 
 
 @dataclass(frozen=True)
@@ -98,20 +106,6 @@ class _Lru(OrderedDict[Hashable, Any]):
             self.popitem(last=False)
 
 
-def resolve(con: duckdb.DuckDBPyConnection, ref: str) -> ModelRecord:
-    """The registry row `ref` names: an id, `name`, `name@version`, or `name@<status>`
-    (`name@champion`: the version of `name` that is champion now). KeyError if none."""
-    name, _, tail = ref.rpartition("@")
-    if not name or tail.isdigit() or ref.isdigit():
-        return get_model(con, ref)
-    rows = con.execute(
-        "SELECT max(id) FROM models WHERE name = ? AND status = ?", [name, tail]
-    ).fetchall()
-    if rows[0][0] is None:
-        raise KeyError(f"no model {name!r} with status {tail!r} (see `upquant models list`)")
-    return get_model(con, int(rows[0][0]))
-
-
 def stacked_probs(model: Model, windows: np.ndarray) -> np.ndarray:
     """(n, 3) probabilities of the newest row of each of `windows` (n, rows, features), in one
     model call: a tabular model predicts the stacked newest rows, a sequence model runs one
@@ -162,12 +156,58 @@ class Predictor:
         self._answers = _Lru(answers)
         self._lock = threading.Lock()
         self._loading = threading.Lock()  # one artifact verified and loaded at a time
+        # what the store said at write generation `_generation`: references and versions
+        self._generation = -1
+        self._refs: dict[str, ModelRecord] = {}
+        self._versions: dict[tuple[str, str], datetime | None] = {}
+
+    # ------------------------------------------------------------- store reads, in memory
+    def _current(self) -> int:
+        """The write generation now, the remembered store reads dropped if it moved on
+        (callers hold the lock)."""
+        generation = write_generation()
+        if generation != self._generation:
+            self._refs.clear()
+            self._versions.clear()
+            self._generation = generation
+        return generation
+
+    def resolve(self, con: duckdb.DuckDBPyConnection, ref: str) -> ModelRecord:
+        """`store.model_refs.resolve(con, ref)`, without a query while no write happened
+        since it was last asked."""
+        with self._lock:
+            generation = self._current()
+            hit = self._refs.get(ref)
+        if hit is not None:
+            return hit
+        record = resolve(con, ref)  # the generation was noted before the query: never stale
+        with self._lock:
+            if self._current() == generation and len(self._refs) < 4096:
+                self._refs[ref] = record
+        return record
+
+    def series_versions(
+        self, con: duckdb.DuckDBPyConnection, markets: list[str], unit: str
+    ) -> dict[str, datetime | None]:
+        """`store.candles.series_versions`, querying only the markets not remembered since
+        the last write."""
+        with self._lock:
+            generation = self._current()
+            found = {m: self._versions[(m, unit)] for m in markets if (m, unit) in self._versions}
+        missing = [m for m in markets if m not in found]
+        if missing:
+            read = series_versions(con, missing, unit)
+            found.update(read)
+            with self._lock:
+                if self._current() == generation and len(self._versions) < 100_000:
+                    self._versions.update({(m, unit): v for m, v in read.items()})
+        return found
 
     # ------------------------------------------------------------------------------ models
     def model(self, con: duckdb.DuckDBPyConnection, ref: str) -> tuple[LoadedModel, str | None]:
         """The model `ref` names, loaded and warmed once per artifact sha256, and the note
         `inference.load_ref` gives when a bad artifact made a bare name use an earlier one."""
-        record = resolve(con, ref)
+        record = self.resolve(con, ref)
         with self._lock:
             hit = self._models.get_fresh(record.sha256)
         if hit is not None:
@@ -234,7 +274,7 @@ class Predictor:
     ) -> dict[str, tuple[_Rows, datetime | None]]:
         """Per market, the decision inputs for its newest candle at or before `until` and
         its series version; the candles of every cache miss in one query."""
-        versions = series_versions(con, markets, unit)
+        versions = self.series_versions(con, markets, unit)
         absent = [m for m in markets if m not in versions]
         if absent:
             raise ValueError(

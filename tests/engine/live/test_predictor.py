@@ -184,3 +184,74 @@ def test_aliases_units_and_unknown_models(store) -> None:  # type: ignore[no-unt
         predictor.predict(con, "no-such-model")
     with pytest.raises(ValueError, match="no KRW-DOGE unit 1 candles"):
         predictor.predict(con, record.ref, "KRW-DOGE")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    """Candles as a shared-format CSV (what `upquant data import` reads)."""
+    out = frame[["ts", "open", "high", "low", "close", "volume"]].rename(columns={"ts": "timestamp"})
+    out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    out.to_csv(path, index=False)
+    return path
+
+
+def test_a_candle_imported_through_the_facade_reaches_the_next_predict(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The server keeps series versions and model references in memory (no query on a
+    repeated question); a candle write through the facade makes the next predict read it."""
+    from engine.service import Workstation
+    from engine.service.data import DataImportRequest
+    from engine.service.prediction import BatchPredictRequest, PredictRequest
+
+    con, record, btc = store
+    ws = Workstation(con)
+    upsert_candles(con, relabel(btc.iloc[:-2], "KRW-ADA"))
+    ask = PredictRequest(model=record.ref, market="KRW-ADA")
+    first = ws.predict(ask)
+    assert first.ts == btc["ts"].iloc[-3] and not first.cached
+    assert ws.predict(ask).cached  # answered from memory
+
+    for newest in (-2, -1):  # each imported candle is the next predict's candle
+        path = write_csv(tmp_path / f"ada{newest}.csv", btc.iloc[newest:][:1])
+        imported = ws.data_import(DataImportRequest(path=str(path), market="KRW-ADA", unit="1"))
+        assert imported.rows_new == 1
+        after = ws.predict(ask)
+        assert after.ts == btc["ts"].iloc[newest] and not after.cached
+        alone = Predictor().predict(con, record.ref, "KRW-ADA")
+        got = after.probabilities
+        assert got is not None and alone.probabilities is not None
+        np.testing.assert_allclose([got.sell, got.hold, got.buy], alone.probabilities, atol=1e-9)
+        batch = ws.batch_predict(BatchPredictRequest(model=record.ref, markets=["KRW-ADA"]))
+        assert batch.predictions[0].ts == after.ts  # the batch path sees it too
+
+
+def test_an_alias_moved_through_the_facade_reaches_the_next_predict(store) -> None:  # type: ignore[no-untyped-def]
+    """`name@champion` is resolved by store.model_refs.resolve (the one resolver) and kept in
+    memory; a promote or rollback through the facade moves the next predict's model."""
+    from engine.service import Workstation
+    from engine.service.prediction import PredictRequest
+    from engine.service.registry import ModelRefRequest, RollbackRequest
+    from store.model_refs import resolve
+
+    con, record, _ = store
+    ws = Workstation(con)
+    alias = f"{record.name}@champion"
+    ask = PredictRequest(model=alias, market="KRW-BTC")
+    assert ws.predict(ask).model == record.ref
+    assert ws.predict(ask).cached
+    other = train_model(
+        con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 5, "device": "cpu"}, promote=False
+    ).model
+    assert ws.predict(ask).model == record.ref  # registered, not promoted: still the champion
+    try:
+        ws.model_promote(ModelRefRequest(model=other.ref))
+        promoted = ws.predict(ask)
+        assert promoted.model == other.ref == resolve(con, alias).ref and not promoted.cached
+        assert promoted.probabilities is not None
+        np.testing.assert_allclose(
+            [promoted.probabilities.sell, promoted.probabilities.hold, promoted.probabilities.buy],
+            Predictor().predict(con, other.ref).probabilities,  # type: ignore[arg-type]
+            atol=1e-9,
+        )
+        ws.model_rollback(RollbackRequest(market="KRW-BTC", unit="1"))
+        assert ws.predict(ask).model == record.ref == resolve(con, alias).ref
+    finally:  # the module's model stays the champion for the other tests
+        ws.model_promote(ModelRefRequest(model=record.ref))
