@@ -47,6 +47,8 @@ from store.db import write_generation
 from store.model_refs import resolve
 from store.registry import ModelRecord
 
+_NONE = object()  # absent from a cache (None is a value: a series without a version)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -374,6 +376,43 @@ class Predictor:
             )
             for market in markets
         ]
+
+    def from_memory(
+        self,
+        ref: str,
+        market: str | None = None,
+        unit: str | None = None,
+        ts: datetime | None = None,
+        threshold: float = 0.5,
+    ) -> Prediction | None:
+        """`predict`'s answer when everything it needs is in memory (the reference, the
+        loaded model, the series version, the feature rows and the answer), without touching
+        the store or the model: cheap enough for the server's event loop. None when any part
+        is missing or the question is bad: ask `predict`, which reads what is missing and
+        says what is wrong."""
+        started = time.perf_counter()
+        until = None if ts is None else _utc(ts)
+        with self._lock:
+            self._current()
+            named = self._refs.get(ref)
+            hit = None if named is None else self._models.get_fresh(named.sha256)
+            if hit is None:
+                return None
+            loaded, note = hit
+            record = loaded.record
+            if unit is not None and unit != record.unit:
+                return None
+            unit, market = record.unit, market or record.market
+            version = self._versions.get((market, unit), _NONE)
+            spec_key = (record.feature_spec_hash, loaded.context, unit, until, market)
+            rows = self._rows.get_fresh(spec_key)
+            if version is _NONE or rows is None or rows[1] != version:
+                return None
+            answer = self._answers.get_fresh((record.sha256, market, unit, rows[0].ts, version))
+            if answer is None:
+                return None
+        latency = (time.perf_counter() - started) * 1000
+        return self._decide(record, note, market, unit, rows[0], answer, True, threshold, latency)
 
     def predict_range(
         self,

@@ -157,6 +157,26 @@ class PredictionOps(StoreHolder):
             predictor = self.__dict__.setdefault("_predictor", Predictor())
         return predictor  # type: ignore[no-any-return]
 
+    def from_memory(self, name: str, request: Request) -> Response | None:
+        """The answer of operation `name` when it needs neither the store nor a model call
+        (a repeated `predict`: everything in the predictor's memory), else None. Never
+        blocks, so the server asks it on its event loop before handing the operation to a
+        worker thread (the hop costs more than such an answer)."""
+        if name != "predict" or not isinstance(request, PredictRequest):
+            return None
+        predictor = self.__dict__.get("_predictor")
+        if predictor is None:
+            return None
+        from engine.upbit.markets import check_market, check_unit
+
+        try:
+            market = check_market(request.market) if request.market else None
+            unit = check_unit(request.unit) if request.unit else None
+        except ValueError:
+            return None  # the operation says what is wrong
+        found = predictor.from_memory(request.model, market, unit, request.ts, request.threshold)
+        return None if found is None else PredictionResult.of(found)
+
     @operation("read")
     def predict(self, request: PredictRequest) -> PredictionResult:
         """A model's decision on one candle: action, probabilities, confidence, latency."""

@@ -208,11 +208,15 @@ def test_a_candle_imported_through_the_facade_reaches_the_next_predict(store, tm
     first = ws.predict(ask)
     assert first.ts == btc["ts"].iloc[-3] and not first.cached
     assert ws.predict(ask).cached  # answered from memory
+    # what the server answers on its event loop: the same, without the store
+    fast, slow = ws.from_memory("predict", ask), ws.predict(ask)
+    assert fast is not None and fast == slow.model_copy(update={"latency_ms": fast.latency_ms})
 
     for newest in (-2, -1):  # each imported candle is the next predict's candle
         path = write_csv(tmp_path / f"ada{newest}.csv", btc.iloc[newest:][:1])
         imported = ws.data_import(DataImportRequest(path=str(path), market="KRW-ADA", unit="1"))
         assert imported.rows_new == 1
+        assert ws.from_memory("predict", ask) is None  # the write made memory stale
         after = ws.predict(ask)
         assert after.ts == btc["ts"].iloc[newest] and not after.cached
         alone = Predictor().predict(con, record.ref, "KRW-ADA")
@@ -243,6 +247,7 @@ def test_an_alias_moved_through_the_facade_reaches_the_next_predict(store) -> No
     assert ws.predict(ask).model == record.ref  # registered, not promoted: still the champion
     try:
         ws.model_promote(ModelRefRequest(model=other.ref))
+        assert ws.from_memory("predict", ask) is None
         promoted = ws.predict(ask)
         assert promoted.model == other.ref == resolve(con, alias).ref and not promoted.cached
         assert promoted.probabilities is not None

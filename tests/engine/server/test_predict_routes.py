@@ -127,3 +127,35 @@ async def test_a_body_that_is_not_a_json_object_is_refused(client) -> None:  # t
     assert not_json.status == 400 and "not JSON" in (await not_json.json())["error"]
     a_list = await client.post("/api/v1/ml-models/1/predict", json=[1])
     assert a_list.status == 400 and "JSON object" in (await a_list.json())["error"]
+
+
+async def test_the_server_answers_a_repeated_predict_from_memory_until_a_write(store) -> None:  # type: ignore[no-untyped-def]
+    """Through `create_app` (auth, the op route and the REST route): a repeated predict is
+    answered from the predictor's memory, identical to the first; a candle written through
+    the API's owner makes the next answer read the new candle."""
+    from engine.server.app import create_app
+    from store.tokens import create_token
+
+    con, record, btc = store
+    upsert_candles(con, btc.iloc[:-1].assign(market="KRW-SOL"))
+    secret = create_token(con, "memory-test", "read")[1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    ws = Workstation(con)
+    async with TestClient(TestServer(create_app(ws), host="127.0.0.1")) as http:
+        ask = {"model": f"{record.name}@champion", "market": "KRW-SOL"}
+        answers = []
+        for path in ("/api/v1/ops/predict", "/api/v1/ops/predict",
+                     f"/api/v1/ml-models/{record.name}@champion/predict"):
+            body = {k: v for k, v in ask.items() if "ml-models" not in path or k != "model"}
+            response = await http.post(path, json=body, headers=headers)
+            assert response.status == 200, await response.text()
+            answers.append(await response.json())
+        assert not answers[0]["cached"] and answers[1]["cached"] and answers[2]["cached"]
+        for again in answers[1:]:
+            assert {**again, "latency_ms": 0, "cached": False} == {**answers[0], "latency_ms": 0}
+        assert pd.Timestamp(answers[0]["ts"]) == btc["ts"].iloc[-2]
+
+        upsert_candles(con, btc.iloc[-1:].assign(market="KRW-SOL"))  # the next candle closes
+        response = await http.post("/api/v1/ops/predict", json=ask, headers=headers)
+        after = await response.json()
+        assert pd.Timestamp(after["ts"]) == btc["ts"].iloc[-1] and not after["cached"]
