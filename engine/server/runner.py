@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from engine.server.lifecycle import (
+    ServerInfo,
     read_token,
     remove_server_info,
     running_server,
@@ -33,6 +34,8 @@ from engine.server.lifecycle import (
 from engine.service.core import ServiceError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from engine.service import Workstation
 
 log = logging.getLogger(__name__)
@@ -125,15 +128,22 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
+@contextlib.asynccontextmanager
+async def listening(
+    ws: Workstation, host: str, port: int, *, access_log: logging.Logger | None = None
+) -> AsyncIterator[ServerInfo]:
+    """Serve `create_app(ws)` on `host`:`port` in the running event loop (port 0: any free
+    one): server.json is written once it listens and removed on the way out, after the
+    requests in flight finished (up to GRACE_S). `upquant serve` and a TUI hosting its own
+    server both run through here."""
     from engine.server.app import create_app
 
     app = create_app(ws)
     runner = web.AppRunner(
         app,
-        handle_signals=False,  # ours below: stop cleanly, whatever the signal
+        handle_signals=False,  # the caller's: `serve` stops cleanly, whatever the signal
         access_log_format=ACCESS_FORMAT,
-        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+        access_log=access_log,
         shutdown_timeout=GRACE_S,
     )
     await runner.setup()
@@ -145,21 +155,36 @@ async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
         except OSError as exc:
             raise ServiceError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                "pick another port (`upquant serve --port N`, 0 for any free one), or stop"
-                " what uses this one",
+                "pick another port (`--port N`, 0 for any free one), or stop what uses"
+                " this one",
             ) from None
         url = url_of(host, _bound_port(runner, port))
         info = this_server(url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        stops = [signal.SIGTERM, signal.SIGINT]
-        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup` keeps ignoring it
-            stops.append(signal.SIGHUP)
-        for signum in stops:
-            loop.add_signal_handler(signum, stop.set)
+        ws.serving(url)
+        write_server_info(info)
+        yield info
+    finally:
         try:
-            ws.serving(url)
-            write_server_info(info)
+            # stop accepting, let in-flight requests finish (GRACE_S), close the app
+            await runner.cleanup()
+        finally:
+            if info is not None:
+                remove_server_info(info.pid)
+
+
+async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    stops = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # `nohup` keeps ignoring it
+        stops.append(signal.SIGHUP)
+    for signum in stops:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with listening(
+            ws, host, port, access_log=logging.getLogger("aiohttp.access") if access_log else None
+        ) as info:
+            url = info.url
             _say(f"upquant server {url} (pid {info.pid}); stop it with `upquant server stop`")
             if not is_loopback(host):
                 _say(
@@ -170,19 +195,12 @@ async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
                 )
             await stop.wait()
             _say("stopping: finishing the requests in flight")
-        finally:
-            for signum in stops:
-                loop.remove_signal_handler(signum)
     finally:
-        try:
-            # stop accepting, let in-flight requests finish (GRACE_S), close the app
-            await runner.cleanup()
-        finally:
-            if info is not None:
-                remove_server_info(info.pid)
+        for signum in stops:
+            loop.remove_signal_handler(signum)
 
 
-def _stop_workstation(ws: Workstation) -> None:
+def stop_workstation(ws: Workstation) -> None:
     """What a stopping server owes the store: jobs interrupted (resumable), the live engine's
     buffered candles and signals written, then the store closed."""
     shutdown_jobs = getattr(ws, "shutdown_jobs", None)
@@ -211,8 +229,8 @@ def serve(
         asyncio.run(_run(ws, host, port, access_log))
     except BaseException:
         with contextlib.suppress(Exception):  # the first failure is the one to report
-            _stop_workstation(ws)
+            stop_workstation(ws)
         raise
-    _stop_workstation(ws)
+    stop_workstation(ws)
     _say("stopped")
     return 0
