@@ -58,17 +58,20 @@ def create_token(con: duckdb.DuckDBPyConnection, name: str, scope: str) -> tuple
     row = con.execute(
         "INSERT INTO api_tokens (name, scope, sha256) VALUES (?, ?, ?) RETURNING id",
         [name.strip(), scope, secret_hash(secret)],
-    ).fetchone()
-    assert row is not None
+    ).fetchall()[0]
     return int(row[0]), secret
 
 
 def verify_token(con: duckdb.DuckDBPyConnection, secret: str) -> TokenRecord | None:
     """The live (not revoked) token whose secret this is, or None."""
     digest = secret_hash(secret)
-    row = con.execute(
+    # fetchall, never fetchone: a result left unread keeps the connection's transaction
+    # open, and a long-lived connection (the server's) then blocks every CHECKPOINT (the WAL
+    # grows for the server's whole life, `store check` fails)
+    rows = con.execute(
         f"SELECT {_COLUMNS}, sha256 FROM api_tokens WHERE sha256 = ?", [digest]
-    ).fetchone()
+    ).fetchall()
+    row = rows[0] if rows else None
     # the lookup is by hash; the constant-time compare guards against a store whose index
     # would answer a near match (and costs nothing)
     if row is None or not hmac.compare_digest(row[-1], digest) or row[5] is not None:
@@ -92,10 +95,10 @@ def list_tokens(con: duckdb.DuckDBPyConnection) -> list[TokenRecord]:
 def revoke_token(con: duckdb.DuckDBPyConnection, token_id: int) -> TokenRecord:
     """Revoke token `token_id` (KeyError when there is none); revoking twice keeps the first
     stamp."""
-    row = con.execute(
+    rows = con.execute(
         f"UPDATE api_tokens SET revoked = coalesce(revoked, ?) WHERE id = ? RETURNING {_COLUMNS}",
         [datetime.now(UTC), token_id],
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         raise KeyError(f"no API token with id {token_id}")
-    return TokenRecord(*row)
+    return TokenRecord(*rows[0])

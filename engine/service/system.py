@@ -137,7 +137,7 @@ class SystemOps(StoreHolder):
         row = (
             self.con()
             .execute("SELECT count(*) FROM training_runs WHERE status IN ('queued', 'running')")
-            .fetchone()
+            .fetchall()[0]  # never fetchone: an unread result keeps a transaction open
         )
         return ServerInfo(
             url=self.served_at,

@@ -61,3 +61,15 @@ def test_mark_used_stamps_last_use(con) -> None:
     assert list_tokens(con)[0].last_used is None
     mark_used(con, token_id)
     assert list_tokens(con)[0].last_used is not None
+
+
+def test_verifying_a_token_leaves_no_transaction_open(con) -> None:
+    """The server verifies its local token on its long-lived root connection at start; a
+    result left unread there kept that connection's transaction open for the server's life,
+    and every CHECKPOINT after a write was refused (found by a restart in tests/e2e)."""
+    token_id, secret = create_token(con, "local", "write")
+    assert verify_token(con, secret) is not None  # on the long-lived connection
+    other = con.cursor()
+    mark_used(other, token_id)  # a write from a request's thread
+    other.execute("CHECKPOINT")  # refused ("other write transactions active") before
+    other.close()
