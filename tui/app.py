@@ -1,7 +1,8 @@
 """UpquantApp: the composition root of the trading workstation.
 
-It opens the engine session in a worker, forwards engine events to the main screen as
-messages, and drives the session's feed; everything it shows comes from the engine.
+It opens the session in a worker and follows it through its view (tui/views.py): a session
+it opened in process (it drives the feed), one the server it hosts runs, or one a running
+server runs (tui/remote.py); the view posts what happens to the main screen as messages.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from textual.binding import Binding, BindingType
 from engine.live.session import REPLAY_CANDLES, Session, open_session
 from tui import messages
 from tui.screens import HelpScreen, MainScreen, binding_rows
+from tui.views import LocalView, SessionView
 
-SessionFactory = Callable[[], Awaitable[Session]]
+# a session opened in process (the TUI drives its feed), or any other view of one
+SessionFactory = Callable[[], Awaitable[Session | SessionView]]
 
 
 class UpquantApp(App[None]):
@@ -53,7 +56,8 @@ class UpquantApp(App[None]):
             replay_delay=replay_delay,
             replay_candles=replay_candles,
         )
-        self.session: Session | None = None
+        self.session: Session | None = None  # the in-process session the TUI opened
+        self.view: SessionView | None = None  # what the screen draws
         self.sub_title = f"{market} {unit}m"
 
     def get_default_screen(self) -> MainScreen:
@@ -69,44 +73,25 @@ class UpquantApp(App[None]):
         self.run_worker(self._run_session(), name="session", group="session", exclusive=True)
 
     async def _run_session(self) -> None:
-        """Open the session, then drive its feed until the replay ends (or forever, live)."""
+        """Open the session, then follow it until its feed ends (or forever, live)."""
         main = self.main_screen
         try:
-            session = await self.session_factory()
+            opened = await self.session_factory()
         except Exception as exc:  # noqa: BLE001 - any failure is shown; the user can quit
             main.post_message(
                 messages.SessionFailed(f"could not start the session: {type(exc).__name__}: {exc}")
             )
             return
-        self.session = session
-        self.sub_title = f"{self.market} {self.unit}m · {session.mode}"
-        engine = session.engine
-        # the snapshot of the window and the subscription happen before the feed starts,
-        # so the screen sees every candle exactly once
-        main.post_message(messages.SessionOpened(session, engine.history.copy()))
-        engine.subscribe(lambda event: main.post_message(messages.from_engine(event)))
+        if isinstance(opened, Session):
+            self.session, self.view = opened, LocalView(opened)
+        else:
+            self.view = opened
+        self.sub_title = f"{self.market} {self.unit}m · {self.view.mode}"
         try:
-            result = await session.runner
+            await self.view.follow(main.post_message)
         except Exception as exc:  # noqa: BLE001 - the screen stays up to show why
             main.post_message(
                 messages.SessionFailed(f"engine stopped: {type(exc).__name__}: {exc}")
-            )
-            return
-        finally:
-            self._flush(session)
-        if session.mode != "live":
-            source = " (demo market)" if session.mode == "demo" else ""
-            main.post_message(messages.SessionEnded(f"replay finished: {result} candles{source}"))
-
-    def _flush(self, session: Session) -> None:
-        """Store closed candles still buffered when the feed ends or the app quits."""
-        try:
-            session.engine.flush()
-        except Exception as exc:  # noqa: BLE001 - shown, not raised, during shutdown
-            self.main_screen.post_message(
-                messages.SessionFailed(
-                    f"could not store the last candles: {type(exc).__name__}: {exc}"
-                )
             )
 
     def action_help(self) -> None:

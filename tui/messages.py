@@ -21,16 +21,17 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from engine.live.engine import EngineEvent
-    from engine.live.session import Session
     from engine.trading.strategies import Signal
+    from tui.views import SessionView
 
 
 class SessionOpened(Message, bubble=False):
-    """The session is built; `history` is the engine's window before the first event."""
+    """The session is built (or, attached, found again after a reconnect); `history` is its
+    window before the first event."""
 
-    def __init__(self, session: Session, history: pd.DataFrame) -> None:
+    def __init__(self, view: SessionView, history: pd.DataFrame) -> None:
         super().__init__()
-        self.session, self.history = session, history
+        self.view, self.history = view, history
 
 
 class SessionFailed(Message, bubble=False):
@@ -47,6 +48,14 @@ class SessionEnded(Message, bubble=False):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class ThresholdChanged(Message, bubble=False):
+    """The session's threshold moved (by this TUI or, attached, by another client)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = threshold
 
 
 class FormingCandle(Message, bubble=False):

@@ -11,8 +11,9 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from engine.live.engine import THRESHOLD_STEP, LiveEngine
+from engine.live.engine import THRESHOLD_STEP
 from tui import messages
+from tui.views import SessionView
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
 
 
@@ -31,7 +32,7 @@ class MainScreen(Screen[None]):
     def __init__(self, market: str, unit: str) -> None:
         super().__init__()
         self.market, self.unit = market, unit
-        self.engine: LiveEngine | None = None
+        self.view: SessionView | None = None  # the session, in process or on a server
         self.live_banner: str | None = None  # a live session's banner while connected
 
     def compose(self) -> ComposeResult:
@@ -57,21 +58,24 @@ class MainScreen(Screen[None]):
 
     @on(messages.SessionOpened)
     def _session_opened(self, message: messages.SessionOpened) -> None:
-        session = message.session
-        self.engine = engine = session.engine
-        self.live_banner = session.banner if session.mode == "live" else None
+        self.view = view = message.view
+        self.live_banner = view.banner if view.mode == "live" else None
         self.query_one(SessionBanner).show(
-            session.banner, "live" if session.mode == "live" else "warning"
+            view.banner, "live" if view.mode == "live" else "warning"
         )
         self.query_one(CandleChart).load(message.history)
         panel = self.query_one(PredictionPanel)
-        if engine.model is not None:
-            panel.model_ref, panel.model_note = engine.model.record.ref, ""
+        if view.model_ref is not None:
+            panel.model_ref, panel.model_note = view.model_ref, ""
         else:
-            panel.model_ref, panel.model_note = f"rule: {engine.rule.name}", engine.no_model_reason
-        panel.threshold = engine.threshold
-        self.query_one(StatusLine).show(f"{session.mode}: waiting for the first closed candle")
+            panel.model_ref, panel.model_note = f"rule: {view.rule}", view.no_model_reason or ""
+        panel.threshold = view.threshold
+        self.query_one(StatusLine).show(f"{view.mode}: waiting for the first closed candle")
         self.refresh_bindings()
+
+    @on(messages.ThresholdChanged)
+    def _threshold_changed(self, message: messages.ThresholdChanged) -> None:
+        self.query_one(PredictionPanel).threshold = message.threshold
 
     @on(messages.FormingCandle)
     def _forming_candle(self, message: messages.FormingCandle) -> None:
@@ -109,18 +113,18 @@ class MainScreen(Screen[None]):
         self.query_one(StatusLine).show(message.text, "error")
         # the banner must not keep saying LIVE over a dead feed
         banner = self.query_one(SessionBanner)
-        opened = self.engine is not None
+        opened = self.view is not None
         banner.show(f"{banner.text} · {message.text}" if opened else message.text, "error")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "threshold":
-            return self.engine is not None or None  # shown, but dimmed until the engine runs
+            return self.view is not None or None  # shown, but dimmed until the session runs
         return True
 
     def action_threshold(self, step: float) -> None:
-        if self.engine is None:
+        if self.view is None:
             return
-        value = self.engine.set_threshold(self.engine.threshold + step)
+        value = self.view.set_threshold(self.view.threshold + step)
         self.query_one(PredictionPanel).threshold = value
 
     def action_toggle_holds(self) -> None:

@@ -1,0 +1,130 @@
+"""What the main screen reads from a session, whoever runs it (`SessionView`), and the
+in-process session seen through it (`LocalView`).
+
+A session runs in this process (the TUI opened it, or the server this TUI hosts runs it and
+the TUI draws the same engine), or in another process's server (tui/remote.py
+RemoteSession, fed by the events WebSocket). The screen does not care which: it reads the
+mode, banner, model or rule and threshold from the view, moves the threshold through it, and
+draws the messages `follow` posts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+from tui import messages
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from textual.message import Message
+
+    from engine.live.session import Session
+
+class SessionView(Protocol):
+    """A session as the screen sees it."""
+
+    @property
+    def mode(self) -> str:
+        """live, replay or demo."""
+        ...
+
+    @property
+    def banner(self) -> str:
+        """What the user must know about where the data comes from."""
+        ...
+
+    @property
+    def model_ref(self) -> str | None:
+        """The model that decides (name@version), None when the rule does."""
+        ...
+
+    @property
+    def rule(self) -> str:
+        """The rule strategy's name (it decides without a model, or when the model fails)."""
+        ...
+
+    @property
+    def no_model_reason(self) -> str | None:
+        """Why no model decides (None when one does)."""
+        ...
+
+    @property
+    def threshold(self) -> float:
+        """The confidence threshold model signals are held to."""
+        ...
+
+    def set_threshold(self, value: float) -> float:
+        """Move the threshold (clamped to its range); the value it now has."""
+        ...
+
+    async def follow(self, post: Callable[[Message], object]) -> None:
+        """Post `SessionOpened` with the window, then every event as its message, until the
+        session's feed ends (a replay played its last candle); raise when the feed fails."""
+        ...
+
+
+class LocalView:
+    """A session in this process: its engine is read directly. `owns_feed`: the TUI opened
+    the session and drives its feed (and flushes it when the feed ends or the TUI quits);
+    otherwise the server this TUI hosts drives it and the view only watches."""
+
+    def __init__(self, session: Session, *, owns_feed: bool = True) -> None:
+        self.session, self.engine, self.owns_feed = session, session.engine, owns_feed
+
+    @property
+    def mode(self) -> str:
+        return self.session.mode
+
+    @property
+    def banner(self) -> str:
+        return self.session.banner
+
+    @property
+    def model_ref(self) -> str | None:
+        return self.engine.model.record.ref if self.engine.model is not None else None
+
+    @property
+    def rule(self) -> str:
+        return self.engine.rule.name
+
+    @property
+    def no_model_reason(self) -> str | None:
+        return None if self.engine.model is not None else self.engine.no_model_reason
+
+    @property
+    def threshold(self) -> float:
+        return self.engine.threshold
+
+    def set_threshold(self, value: float) -> float:
+        return self.engine.set_threshold(value)
+
+    async def follow(self, post: Callable[[Message], object]) -> None:
+        engine = self.engine
+        # the snapshot of the window and the subscription happen before the feed moves on,
+        # so the screen sees every candle exactly once
+        post(messages.SessionOpened(self, engine.history.copy()))
+        # subscribed for the view's life: a status published after the feed ended is shown too
+        engine.subscribe(lambda event: post(messages.from_engine(event)))
+        if not self.owns_feed:
+            await asyncio.Event().wait()  # the server's feed: watched until the TUI quits
+            return
+        try:
+            result = await self.session.runner
+        finally:
+            self._flush(post)
+        if self.mode != "live":
+            source = " (demo market)" if self.mode == "demo" else ""
+            post(messages.SessionEnded(f"replay finished: {result} candles{source}"))
+
+    def _flush(self, post: Callable[[Message], object]) -> None:
+        """Store signals still buffered when the feed ends or the app quits."""
+        try:
+            self.engine.flush()
+        except Exception as exc:  # noqa: BLE001 - shown, not raised, during shutdown
+            post(
+                messages.SessionFailed(
+                    f"could not store the last candles: {type(exc).__name__}: {exc}"
+                )
+            )
