@@ -40,9 +40,17 @@ import pandas as pd
 
 from engine.live.inference import InferenceError, LoadedModel, load_record, load_ref, validate_probs
 from engine.research.features import compute_features, compute_latest
+from engine.research.features.kind import NS_MINUTE, Candles
+from engine.research.features.live import latest_values
 from engine.trading.strategies import SmaCross, threshold_action
 from models import EnsembleModel, Model
-from store.candles import last_candles, load_candles, series_versions
+from store.candles import (
+    last_candle_arrays,
+    last_candles,
+    load_candles,
+    series_versions,
+    unit_minutes,
+)
 from store.db import write_generation
 from store.model_refs import resolve
 from store.registry import ModelRecord
@@ -292,22 +300,72 @@ class Predictor:
                     found[market] = hit
         missing = [m for m in markets if m not in found]
         if missing:
-            candles = last_candles(con, missing, unit, self._history(loaded), until)
-            groups = dict(tuple(candles.groupby("market", sort=False)))
+            if loaded.context == 0 and not loaded.feature_spec.talib:
+                arrays = last_candle_arrays(con, missing, unit, self._history(loaded), until)
+                computed = self._latest_rows(loaded, arrays, missing, unit)
+            else:
+                candles = last_candles(con, missing, unit, self._history(loaded), until)
+                computed = {
+                    str(market): self._rows_of(loaded, series.reset_index(drop=True), unit)
+                    for market, series in candles.groupby("market", sort=False)
+                }
             for market in missing:
-                series = groups.get(market)
-                if series is None or series.empty:
+                rows = computed.get(market)
+                if rows is None:
                     raise ValueError(
                         f"no {market} unit {unit} candle at or before {until}; predict a later ts"
                     )
-                entry = (
-                    self._rows_of(loaded, series.reset_index(drop=True), unit),
-                    versions[market],
-                )
+                entry = (rows, versions[market])
                 found[market] = entry
                 with self._lock:
                     self._rows.put((*spec_key, market), entry)
         return found
+
+    def _latest_rows(
+        self, loaded: LoadedModel, candles: dict[str, np.ndarray], markets: list[str], unit: str
+    ) -> dict[str, _Rows]:
+        """`_rows_of` for every market of `candles` (`store.candles.last_candle_arrays` of
+        `markets`) for a model that reads the newest row only: each market's features
+        computed on slices of the query's columns (`latest_values`, no pandas per market),
+        then checked as `LoadedModel.latest_rows` checks one row."""
+        spec = loaded.feature_spec
+        groups = candles["m"]
+        if len(groups) == 0:
+            return {}
+        starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        ends = np.r_[starts[1:], len(groups)]
+        ts = candles["ts"].astype("datetime64[ns]").view(np.int64)
+        arrays = {c: candles[c] for c in ("open", "high", "low", "close", "volume", "value")}
+        names = [markets[int(i)] for i in groups[starts]]
+        step = unit_minutes(unit) * NS_MINUTE if spec.max_gap is not None else 0
+        columns = list(spec._plan.index)
+        wrong = bool(loaded.columns) and columns != loaded.columns
+        need = spec.warmup()
+        out: dict[str, _Rows] = {}
+        for name, a, b in zip(names, starts, ends, strict=True):
+            closes = arrays["close"][a:b]
+            stamp = pd.Timestamp(int(ts[b - 1]), tz="UTC")
+            if b - a <= need:
+                out[name] = _Rows(stamp, None, f"{b - a} candles, features need {need + 1}", closes)
+                continue
+            try:
+                values = latest_values(
+                    Candles.of_arrays({c: v[a:b] for c, v in arrays.items()}, ts[a:b]),
+                    spec,
+                    step,
+                )
+            except Exception as exc:  # noqa: BLE001 - any feature failure: the rule decides
+                out[name] = _Rows(stamp, None, f"feature computation failed: {exc}", closes)
+                continue
+            error = None
+            if wrong:
+                error = "feature columns differ from the model's training columns"
+            elif not np.isfinite(values).all():
+                bad = sorted(str(columns[i]) for i in np.flatnonzero(~np.isfinite(values)))
+                error = f"features not defined for the model's window: {bad}"
+            window = None if error else values.astype(np.float32)[None, :]
+            out[name] = _Rows(stamp, window, error, closes)
+        return out
 
     # -------------------------------------------------------------------------- predicting
     def predict(

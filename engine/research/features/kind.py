@@ -35,6 +35,16 @@ class Candles:
         )
         self.ts = ts  # int64 ns since the epoch, UTC
 
+    @classmethod
+    def of_arrays(cls, arrays: dict[str, np.ndarray], ts: np.ndarray) -> Candles:
+        """The same from float64 arrays `open`, `high`, `low`, `close`, `volume`, `value`
+        (e.g. slices of one query over many series: no DataFrame per series)."""
+        data = cls.__new__(cls)
+        for name in ("open", "high", "low", "close", "volume", "value"):
+            setattr(data, name, arrays[name])
+        data.ts = ts
+        return data
+
     def __len__(self) -> int:
         return len(self.close)
 

@@ -43,11 +43,19 @@ def compute_latest(
         return compute_features(window, spec, unit=unit).iloc[-1]
     stamps, ts = timestamps(window)
     step = unit_ns(window, unit) if spec.max_gap is not None else 0
-    data = Candles(window, ts)
+    values = latest_values(Candles(window, ts), spec, step)
+    return pd.Series(values, index=spec._plan.index, name=stamps[-1], copy=False)
+
+
+def latest_values(data: Candles, spec: FeatureSpec, step_ns: int) -> np.ndarray:
+    """`compute_latest`'s values (in `spec`'s column order) for one series already held as
+    arrays, ascending: the path of many markets at once (`Candles.of_arrays` over slices of
+    one query's columns, no pandas per market). `step_ns` is the unit's bucket width (0 when
+    the spec has no max_gap); a talib spec takes `compute_latest` instead."""
     plan = spec._plan
     raw = raw_columns(spec, data, plan.depth)
     newest = len(data) - 1
-    since = since_break(ts, step, spec.max_gap)
+    since = since_break(data.ts, step_ns, spec.max_gap)
     newest_since = np.iinfo(np.int64).max if since is None else since[-1]
     values = np.empty(len(plan.info))
     for i, (col, (warmup, memory)) in enumerate(plan.info.items()):
@@ -55,4 +63,4 @@ def compute_latest(
         if newest < max(warmup, memory - 1) or newest_since < memory - 1 or math.isinf(value):
             value = np.nan
         values[i] = value
-    return pd.Series(values, index=plan.index, name=stamps[-1], copy=False)
+    return values

@@ -260,3 +260,43 @@ def test_an_alias_moved_through_the_facade_reaches_the_next_predict(store) -> No
         assert ws.predict(ask).model == record.ref == resolve(con, alias).ref
     finally:  # the module's model stays the champion for the other tests
         ws.model_promote(ModelRefRequest(model=record.ref))
+
+
+def test_the_newest_candles_of_many_markets_equal_each_series_tail(store) -> None:  # type: ignore[no-untyped-def]
+    """`last_candles` reads a bounded span first and re-reads exactly the series it leaves
+    short: a gappy series, a short one, one that ended long before, one that does not exist
+    all come back as the tail of their own full history, and a batch over them answers as
+    the model does on full-history features."""
+    from store.candles import last_candles
+
+    con, record, btc = store
+    upsert_candles(con, relabel(btc.iloc[::3], "KRW-GAPS"))  # two of three buckets missing
+    upsert_candles(con, relabel(btc.iloc[:90], "KRW-SHORT"))
+    upsert_candles(con, relabel(btc.iloc[:1200], "KRW-OLD"))  # ends 1800 candles early
+    markets = ["KRW-GAPS", "KRW-BTC", "KRW-SHORT", "KRW-NONE", "KRW-OLD", "KRW-ETH"]
+    for until in (None, btc["ts"].iloc[-7], btc["ts"].iloc[2000], btc["ts"].iloc[60]):
+        for last in (1, 50, 482):
+            got = last_candles(con, markets, "1", last, until)
+            assert list(dict.fromkeys(got["market"])) == [
+                m for m in markets if m in set(got["market"])
+            ]  # grouped in the order asked
+            for market in markets:
+                end = None if until is None else until + pd.Timedelta(microseconds=1)
+                want = load_candles(con, market, "1", end=end).tail(last).reset_index(drop=True)
+                mine = got[got["market"] == market].reset_index(drop=True)
+                assert list(mine["ts"]) == list(want["ts"]), (market, until, last)
+                for col in ("open", "high", "low", "close", "volume", "value"):
+                    np.testing.assert_array_equal(mine[col].to_numpy(), want[col].to_numpy())
+
+    ts = btc["ts"].iloc[2400]
+    batch = Predictor().predict_markets(
+        con, record.ref, ["KRW-GAPS", "KRW-BTC", "KRW-OLD"], ts=ts.to_pydatetime()
+    )
+    assert [p.ts for p in batch[1:]] == [ts, btc["ts"].iloc[1199]]
+    for got in batch:
+        if got.probabilities is None:  # the gaps break the windows: the rule decides
+            assert got.market == "KRW-GAPS" and got.fallback
+            continue
+        np.testing.assert_allclose(
+            got.probabilities, model_probs(con, record, got.market, got.ts), atol=1e-6
+        )
