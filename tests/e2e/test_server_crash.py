@@ -1,0 +1,157 @@
+"""`kill -9` of a real `upquant serve` while it writes, then a restart on the same home: the
+store opens, nothing committed is lost, nothing half-done appears.
+
+- during a candle import (a ~1M-row file sent by `upquant data import` from another
+  process): the series holds all of the file's candles or none, the candles stored before
+  are byte-for-byte the same;
+- during a training job: its worker does not outlive the server, the run reads
+  `interrupted`, no model of it is registered, `upquant train --resume` completes it and
+  registers exactly one;
+- during alias moves (promote/rollback in a loop from a client): one champion per
+  market/unit afterwards, the one the last answered move (or the move in flight) left, no
+  model row lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import DATA
+from tests.e2e.servers import Server, Servers, alive, store_with_candles, wait_for
+from tests.tui.test_cli import UPQUANT, upquant
+
+pytestmark = pytest.mark.slow
+
+
+def client(home: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """`upquant ARGS` in its own process (it finds the server through server.json)."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [UPQUANT, *args], stdout=sink, stderr=subprocess.STDOUT,
+            env={**os.environ, "UPQUANT_HOME": str(home)},
+        )
+
+
+# --------------------------------------------------------------------------- candle write
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """~1M real KRW-ETH 1-minute candles: the shared file tiled backwards in time (every
+    candle in the past, no duplicate), as a CSV in the shared format; (path, rows)."""
+    raw = pd.read_csv(DATA / "KRW-ETH_1m.csv")
+    stamps = pd.to_datetime(raw["timestamp"])
+    span = stamps.iloc[-1] - stamps.iloc[0] + pd.Timedelta(minutes=1)
+    tiles = []
+    for k in range(20, -1, -1):
+        tile = raw.copy()
+        tile["timestamp"] = (stamps - k * span).dt.strftime("%Y-%m-%d %H:%M:%S")
+        tiles.append(tile)
+    frame = pd.concat(tiles, ignore_index=True)
+    path = tmp_path_factory.mktemp("big") / "eth_tiled.csv"
+    frame.to_csv(path, index=False)
+    return path, len(frame)
+
+
+def _io(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        name, value = line.split(":")
+        if name == key:
+            return int(value)
+    raise KeyError(key)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _export_digest(server: Server, out: Path) -> str:
+    """sha256 of the stored KRW-BTC candles, exported by the server."""
+    answer = server.ok("data_export", {"market": "KRW-BTC", "unit": "1", "out": str(out)})
+    assert answer["rows"] == 3000
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def _series_rows(server: Server, market: str) -> int:
+    rows = [s["rows"] for s in server.ok("data_status", {}) if s["market"] == market]
+    return rows[0] if rows else 0
+
+
+def _stored_bytes(db: Path) -> int:
+    return _size(db) + _size(db.with_name(db.name + ".wal"))
+
+
+# when to kill, watching the server process, its store and its log while the import runs
+KILL_POINTS: dict[str, Callable[[Server, dict[str, int]], bool]] = {
+    # the server is reading the file (the client's request is in flight)
+    "reading": lambda server, base: _io(server.process.pid, "rchar") > base["rchar"] + 16_000_000,
+    # the first blocks of the new candles reach the database file or its WAL
+    "writing": lambda server, base: (
+        _stored_bytes(server.home / "upquant.duckdb") > base["files"] + 2_000_000
+    ),
+    # most of them are written (the commit is near)
+    "written": lambda server, base: (
+        _stored_bytes(server.home / "upquant.duckdb") > base["files"] + 40_000_000
+    ),
+    # the server has answered: the import is committed, and must survive the kill whole
+    "answered": lambda server, base: '"POST /api/v1/ops/data_import' in server.output(),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_server_killed_during_an_import_keeps_all_or_none_of_it(
+    tmp_path: Path, servers: Servers, big_file: tuple[Path, int], point: str
+) -> None:
+    path, rows = big_file
+    home = store_with_candles(tmp_path)
+    server = servers(home)
+    before = _export_digest(server, tmp_path / "before.csv")
+    base = {
+        "rchar": _io(server.process.pid, "rchar"),
+        "files": _stored_bytes(home / "upquant.duckdb"),
+    }
+    importing = client(
+        home, "data", "import", str(path), "--market", "KRW-ETH", "--unit", "1",
+        log=tmp_path / "import.log",
+    )
+    reached = KILL_POINTS[point]
+    wait_for(
+        f"the import to reach {point!r}",
+        lambda: (importing.poll() is not None and point != "answered") or reached(server, base),
+        timeout=300, every=0.002,
+    )
+    finished_first = importing.poll() is not None
+    strays = server.kill()
+    code = importing.wait(timeout=120)
+    # a client whose request died with the server says so (exit 1), one answered exits 0
+    assert code == (0 if finished_first or point == "answered" else 1), (
+        (tmp_path / "import.log").read_text()
+    )
+    servers.strays.extend(strays)
+
+    again = servers(home)  # the store opens
+    status = upquant(home, "data", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    stored = _series_rows(again, "KRW-ETH")
+    assert stored in (0, rows), f"{stored} of {rows} candles after a kill while {point}"
+    if point == "answered":
+        assert stored == rows, "an import the server answered is lost"
+    assert _series_rows(again, "KRW-BTC") == 3000
+    assert _export_digest(again, tmp_path / "after.csv") == before
+    check = again.ok("store_check", {})
+    assert check["problems"] == 0, check
+
+    # the store takes the import again, whole
+    redo = upquant(home, "data", "import", str(path), "--market", "KRW-ETH", "--unit", "1",
+                   "--json", timeout=300)
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    assert _series_rows(again, "KRW-ETH") == rows
+    assert again.stop() == 0, again.output()
+    assert not [pid for pid in strays if alive(pid)]
