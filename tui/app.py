@@ -58,6 +58,7 @@ class UpquantApp(App[None]):
         )
         self.session: Session | None = None  # the in-process session the TUI opened
         self.view: SessionView | None = None  # what the screen draws
+        self.server_note = ""  # e.g. "serving http://127.0.0.1:PORT" while it hosts the server
         self.sub_title = f"{market} {unit}m"
 
     def get_default_screen(self) -> MainScreen:
@@ -86,7 +87,9 @@ class UpquantApp(App[None]):
             self.session, self.view = opened, LocalView(opened)
         else:
             self.view = opened
-        self.sub_title = f"{self.market} {self.unit}m · {self.view.mode}"
+        self.sub_title = " · ".join(
+            part for part in (f"{self.market} {self.unit}m", self.view.mode, self.server_note) if part
+        )
         try:
             await self.view.follow(main.post_message)
         except Exception as exc:  # noqa: BLE001 - the screen stays up to show why

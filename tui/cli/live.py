@@ -35,25 +35,60 @@ def tui(
     offline: OfflineOpt = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.25,
     replay_candles: ReplayCandlesOpt = 2000,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Port of the server this TUI hosts when none runs (0: any free one;"
+            " server.json names it).",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
 ) -> None:
-    """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline."""
+    """Open the workstation: live Upbit candles, champion predictions, signals. Falls back to replay/demo offline.
+
+    With `upquant serve` running it attaches to the server's session (starting one when none
+    runs) and leaves the server running on quit; otherwise it hosts the server itself for as
+    long as it runs, so other terminals' commands still reach the store.
+    """
+    import os
+
     from engine.params import check_session_args
-    from tui.app import UpquantApp
 
     unit = check(market, unit)
     check_session_args(
         threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
     )
-    with connect() as con:
-        UpquantApp(
-            con,
-            market,
-            unit,
-            threshold=threshold,
-            offline=offline,
-            replay_delay=replay_delay,
-            replay_candles=replay_candles,
-        ).run()
+    options = {
+        "threshold": threshold,
+        "offline": offline,
+        "replay_delay": replay_delay,
+        "replay_candles": replay_candles,
+    }
+    if os.environ.get("UPQUANT_SERVER", "").lower() == "off":  # in process, no server
+        from tui.app import UpquantApp
+
+        with connect() as con:
+            UpquantApp(con, market, unit, **options).run()  # type: ignore[arg-type]
+        return
+    _host(market, unit, port, options)
+
+
+def _host(market: str, unit: str, port: int, options: dict[str, object]) -> None:
+    """Own the store and serve it while the TUI runs; the server stops after the session's
+    flush when the TUI quits."""
+    from engine.server.runner import stop_workstation
+    from engine.service import Workstation
+    from tui.app import UpquantApp
+    from tui.host import run_hosted
+
+    ws = Workstation()
+    try:
+        app = UpquantApp(ws.con(), market, unit, **options)  # type: ignore[arg-type]
+        info = asyncio.run(run_hosted(app, ws, port))
+    finally:
+        stop_workstation(ws)
+    err.print(f"stopped the server this TUI hosted at {info.url} (pid {info.pid})")
 
 
 def run(
