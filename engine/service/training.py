@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, RootModel
 from engine.service.base import StoreHolder
 from engine.service.core import NotFound, Request, Response, ServiceError, operation
 from engine.service.jobs import Job, JobManager
+from engine.service.registry import Metrics, finite_metrics
 
 RunStatus = Literal["queued", "running", "finished", "failed", "interrupted"]
 
@@ -96,7 +97,7 @@ class TrainResult(BaseModel):
     artifact: str
     size: int
     rows: dict[str, int]
-    metrics: dict[str, dict[str, float]]
+    metrics: Metrics  # undefined ones (no trades: no Sharpe) null, as JSON carries them
     class_balance: dict[str, dict[str, float]]
     search: dict[str, Any] | None
     features: list[str]
@@ -158,7 +159,7 @@ def _result(job: Job) -> TrainResult | None:
         artifact=str(record.artifact),
         size=record.size,
         rows=report.rows,
-        metrics=report.metrics,
+        metrics=finite_metrics(report.metrics),
         class_balance=report.class_balance,
         search=report.tuning.to_dict() if report.tuning else None,
         features=report.features,

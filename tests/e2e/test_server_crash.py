@@ -15,6 +15,7 @@ store opens, nothing committed is lost, nothing half-done appears.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -155,3 +156,52 @@ def test_a_server_killed_during_an_import_keeps_all_or_none_of_it(
     assert _series_rows(again, "KRW-ETH") == rows
     assert again.stop() == 0, again.output()
     assert not [pid for pid in strays if alive(pid)]
+
+
+# --------------------------------------------------------------------------- training job
+
+# a small network that still takes several epochs (early stopping waits for 3 bad ones)
+TRAIN = ["train", "lstm", "KRW-BTC", "--epochs", "30", "--batch-size", "32", "--device", "cpu"]
+
+
+def test_a_server_killed_during_training_leaves_an_interrupted_run_that_resumes(
+    tmp_path: Path, servers: Servers
+) -> None:
+    home = store_with_candles(tmp_path)
+    server = servers(home)
+    training = client(home, *TRAIN, log=tmp_path / "train.log")
+    status = wait_for(
+        "the run's first epoch",
+        lambda: (answer := server.call("train_status", {"run": 1}))[0] == 200
+        and answer[1]["latest"] is not None
+        and answer[1],
+        timeout=300, every=0.1,
+    )
+    assert status["status"] == "running"
+    workers = [pid for pid in server.kill() if alive(pid)]
+    servers.strays.extend(workers)
+    assert workers, "the job's worker process was not found"
+    # the command that asked for the run says its server is gone (exit 1), no traceback
+    assert training.wait(timeout=120) == 1
+    said = (tmp_path / "train.log").read_text()
+    assert "is not answering" in said and "Traceback" not in said
+    # the worker does not outlive its server (it watches its parent)
+    wait_for("the orphaned worker to stop", lambda: not any(alive(p) for p in workers), 60)
+    assert (home / "runs" / "1" / "checkpoint.pt").exists()
+
+    again = servers(home)
+    run = again.ok("train_status", {"run": 1})
+    assert run["status"] == "interrupted", run
+    assert f"process {server.process.pid}" in run["error"] and "is gone" in run["error"]
+    assert run["model"] is None and again.ok("model_list", {})["items"] == []
+
+    resumed = upquant(home, "train", "--resume", "1", "--json", timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["run"] == 1 and report["model"] == "lstm-KRW-BTC-1@1"
+    models = again.ok("model_list", {})["items"]
+    assert [(m["id"], m["ref"]) for m in models] == [(report["id"], "lstm-KRW-BTC-1@1")]
+    run = again.ok("train_status", {"run": 1})
+    assert run["status"] == "finished" and run["model_id"] == report["id"]
+    assert "resumed from" in (run["log"] or "")
+    assert again.stop() == 0, again.output()
