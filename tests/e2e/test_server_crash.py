@@ -14,12 +14,19 @@ store opens, nothing committed is lost, nothing half-done appears.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.client
+import itertools
 import json
 import os
 import subprocess
+import threading
+import urllib.error
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -205,3 +212,98 @@ def test_a_server_killed_during_training_leaves_an_interrupted_run_that_resumes(
     assert run["status"] == "finished" and run["model_id"] == report["id"]
     assert "resumed from" in (run["log"] or "")
     assert again.stop() == 0, again.output()
+
+
+# --------------------------------------------------------------------------- alias moves
+
+# promotions of each model and rollbacks between them: every model is champion in turn
+MOVES: list[tuple[str, dict[str, Any]]] = [
+    ("model_promote", {"model": "1"}),
+    ("model_promote", {"model": "2"}),
+    ("model_promote", {"model": "3"}),
+    ("model_rollback", {"market": "KRW-BTC", "unit": "1"}),
+    ("model_promote", {"model": "1"}),
+    ("model_rollback", {"market": "KRW-BTC", "unit": "1"}),
+    ("model_promote", {"model": "3"}),
+]
+
+
+@dataclass
+class AliasLoop:
+    """Moves the champion alias over HTTP in a loop (a client thread) until its server dies:
+    who holds it after the last answered move, and the move in flight when the server died."""
+
+    server: Server
+    answered: int = 0
+    holder: int | None = None
+    in_flight: tuple[str, dict[str, Any]] | None = None
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for step in itertools.count():
+                self.in_flight = MOVES[step % len(MOVES)]
+                try:
+                    status, answer = self.server.call(*self.in_flight, timeout=60)
+                except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+                    return  # the server is gone: this move's fate is the store's to tell
+                if status == 200:
+                    self.holder = answer["model_id"]
+                else:  # a rollback with nothing before the champion: nothing moved
+                    assert status == 404 or status == 409, (status, answer)
+                self.in_flight = None
+                self.answered += 1
+        except BaseException as exc:  # noqa: BLE001  the test says it
+            self.error = exc
+
+    def reached(self, moves: int) -> bool:
+        return self.answered >= moves or self.error is not None
+
+    def possible_champions(self) -> set[int]:
+        """The champion the store may hold: the last answered move's, or the one the move in
+        flight makes (a promotion's model; a rollback restores a model older than the
+        champion it demotes)."""
+        assert self.holder is not None
+        possible = {self.holder}
+        if self.in_flight is not None:
+            op, body = self.in_flight
+            if op == "model_promote":
+                possible.add(int(body["model"]))
+            else:
+                possible.update(range(1, self.holder))
+        return possible
+
+
+def test_a_server_killed_during_alias_moves_keeps_one_champion_and_every_model(
+    tmp_path: Path, servers: Servers
+) -> None:
+    home = store_with_candles(tmp_path)
+    for seed in range(3):  # three versions of one name, each with its own artifact
+        trained = upquant(
+            home, "train", "xgboost", "KRW-BTC", "--n-estimators", "20", "--device", "cpu",
+            "--seed", str(seed), "--no-promote", "--json",
+        )
+        assert trained.returncode == 0, trained.stderr
+    server = servers(home)
+    for moves in (5, 17, 31):  # killed at different places of the cycle
+        loop = AliasLoop(server)
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        wait_for(f"{moves} alias moves", functools.partial(loop.reached, moves), 300)
+        servers.strays.extend(server.kill())
+        thread.join(timeout=120)
+        assert not thread.is_alive() and loop.error is None, loop.error
+
+        server = servers(home)
+        models = server.ok("model_list", {})["items"]
+        assert [m["id"] for m in models] == [1, 2, 3]  # no model row lost
+        champions = [m["id"] for m in models if m["status"] == "champion"]
+        assert len(champions) == 1, models
+        assert champions[0] in loop.possible_champions(), (champions, loop)
+        assert {m["status"] for m in models} <= {"champion", "retired", "rolled_back"}, models
+        for model in models:
+            shown = server.ok("model_show", {"model": str(model["id"])})
+            assert shown["integrity"] == "verified", shown
+        # the champion answers by its alias
+        assert server.ok("model_show", {"model": "xgboost-KRW-BTC-1@champion"})["id"] == champions[0]
+    assert server.stop() == 0, server.output()
