@@ -34,7 +34,7 @@ class UpquantApp(App[None]):
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: duckdb.DuckDBPyConnection | None,
         market: str = "KRW-BTC",
         unit: str = "1",
         *,
@@ -46,6 +46,8 @@ class UpquantApp(App[None]):
     ) -> None:
         super().__init__()
         self.market, self.unit = market, unit
+        if session_factory is None and con is None:
+            raise ValueError("UpquantApp needs the store's connection or a session factory")
         self.session_factory: SessionFactory = session_factory or partial(
             open_session,
             con,

@@ -106,3 +106,37 @@ def from_engine(event: EngineEvent) -> Message:
     if isinstance(event, SignalEvent):
         return SignalReceived(event.signal, event.probs)
     return FeedStatus(event.text, event.level, event.connected)
+
+
+def from_wire(frame: Mapping[str, Any]) -> Message | None:
+    """The message for one frame of the server's events stream (`GET /api/v1/events`), the
+    same one `from_engine` makes of the engine event it was; None for a frame that is not an
+    engine event (hello, live, job: the remote session reads those itself)."""
+    import numpy as np
+    import pandas as pd
+
+    from engine.trading.strategies import Signal
+
+    kind = frame.get("type")
+    if kind == "candle":
+        candle = dict(frame["candle"])
+        candle["ts"] = pd.Timestamp(candle["ts"])
+        candle.setdefault("market", frame.get("market"))
+        candle.setdefault("unit", frame.get("unit"))
+        return CandleClosed(candle) if frame["closed"] else FormingCandle(candle)
+    if kind == "signal":
+        fields = frame["signal"]
+        signal = Signal(
+            pd.Timestamp(fields["ts"]),
+            str(fields["market"]),
+            str(fields["action"]),
+            float(fields["confidence"]),
+            str(fields["source"]),
+            str(fields["reason"]),
+            fields.get("model_id"),
+        )
+        probs = frame.get("probs")
+        return SignalReceived(signal, None if probs is None else np.asarray(probs, dtype=float))
+    if kind == "status":
+        return FeedStatus(str(frame["text"]), str(frame.get("level", "info")), frame.get("connected"))
+    return None

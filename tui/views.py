@@ -26,6 +26,12 @@ class SessionView(Protocol):
     """A session as the screen sees it."""
 
     @property
+    def market(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    @property
     def mode(self) -> str:
         """live, replay or demo."""
         ...
@@ -72,6 +78,14 @@ class LocalView:
 
     def __init__(self, session: Session, *, owns_feed: bool = True) -> None:
         self.session, self.engine, self.owns_feed = session, session.engine, owns_feed
+
+    @property
+    def market(self) -> str:
+        return self.engine.market
+
+    @property
+    def unit(self) -> str:
+        return self.engine.unit
 
     @property
     def mode(self) -> str:

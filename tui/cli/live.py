@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Annotated
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tui.cli.options import UnitOpt, check, connect
-from tui.cli.render import console, err
+from tui.cli.render import CliError, console, err
+
+if TYPE_CHECKING:
+    from engine.server.lifecycle import ServerInfo
 
 # the options `tui` and `run` share (the session they open is the same)
 OfflineOpt = Annotated[
@@ -69,12 +73,40 @@ def tui(
         from tui.app import UpquantApp
 
         with connect() as con:
-            UpquantApp(con, market, unit, **options).run()  # type: ignore[arg-type]
+            UpquantApp(con, market, unit, **options).run()
         return
-    _host(market, unit, port, options)
+    from engine.server.lifecycle import running_server
+
+    info = running_server()  # a stale server.json (its process gone) is removed here
+    if info is not None:
+        _attach(info, market, unit, options)
+    else:
+        _host(market, unit, port, options)
 
 
-def _host(market: str, unit: str, port: int, options: dict[str, object]) -> None:
+def _attach(info: ServerInfo, market: str, unit: str, options: dict[str, Any]) -> None:
+    """Be the running server's client: show its session (start one when none runs); the
+    server and its session keep running when the TUI quits."""
+    from engine.server.lifecycle import read_token, token_path
+    from tui.app import UpquantApp
+    from tui.remote import attach
+
+    token = read_token()
+    if token is None:
+        raise CliError(
+            f"the upquant server at {info.url} owns the store, but its token file"
+            f" {token_path()} is missing or unreadable",
+            "run the TUI as the user who started `upquant serve`, or restart the server",
+        )
+    app = UpquantApp(
+        None, market, unit, session_factory=partial(attach, info.url, token, market, unit, **options)
+    )
+    app.server_note = f"attached to {info.url}"
+    app.run()
+    err.print(f"left the server running at {info.url} (pid {info.pid})")
+
+
+def _host(market: str, unit: str, port: int, options: dict[str, Any]) -> None:
     """Own the store and serve it while the TUI runs; the server stops after the session's
     flush when the TUI quits."""
     from engine.server.runner import stop_workstation
@@ -84,7 +116,7 @@ def _host(market: str, unit: str, port: int, options: dict[str, object]) -> None
 
     ws = Workstation()
     try:
-        app = UpquantApp(ws.con(), market, unit, **options)  # type: ignore[arg-type]
+        app = UpquantApp(ws.con(), market, unit, **options)
         info = asyncio.run(run_hosted(app, ws, port))
     finally:
         stop_workstation(ws)

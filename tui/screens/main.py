@@ -63,7 +63,9 @@ class MainScreen(Screen[None]):
         self.query_one(SessionBanner).show(
             view.banner, "live" if view.mode == "live" else "warning"
         )
-        self.query_one(CandleChart).load(message.history)
+        chart = self.query_one(CandleChart)
+        chart.border_title = f"{view.market} · {view.unit}m"  # attached: the server's choice
+        chart.load(message.history)
         panel = self.query_one(PredictionPanel)
         if view.model_ref is not None:
             panel.model_ref, panel.model_note = view.model_ref, ""

@@ -1,0 +1,296 @@
+"""A TUI attached to a running server: the server's live session seen through the API.
+
+`attach(url, token, market, unit, ...)` asks the server for its session (`live_status`) and
+starts one (`live_start`) when none runs; the `RemoteSession` it answers is a `SessionView`
+(tui/views.py) the main screen draws like a session in process. Its window comes from
+`live_history`, its events from the events WebSocket (`GET /api/v1/events`, bearer token as
+for every route), each frame turned into the screen's message by `messages.from_wire`; the
+threshold keys call `live_threshold`, and a threshold moved by another client reaches the
+screen through the stream's `live` frames. When the socket drops, the status line says
+DISCONNECTED and the session reconnects with backoff (0.5 s doubling up to 10 s), reloading
+the window once back, so nothing closed while it was away is missing from the chart.
+Quitting leaves the server and its session running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pandas as pd
+
+from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
+from store.candles import CANDLE_COLUMNS
+from tui import messages
+from tui.client import RemoteError, ServerUnreachable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from textual.message import Message
+
+BACKOFF_S = (0.5, 10.0)  # first wait before a reconnect, and the longest
+HISTORY = 1000  # candles of the server's window the chart loads (it shows fewer)
+OP_TIMEOUT_S = 60.0
+
+
+class RemoteSession:
+    """The server's live session as a SessionView (see the module docstring)."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        status: Mapping[str, Any],
+        *,
+        note: str | None = None,
+    ) -> None:
+        self.http, self.url, self.note = http, url.rstrip("/"), note
+        self.status: dict[str, Any] = dict(status)
+        self._post: Callable[[Message], object] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # --- what the screen reads ----------------------------------------------------------
+
+    @property
+    def market(self) -> str:
+        return str(self.status["market"])
+
+    @property
+    def unit(self) -> str:
+        return str(self.status["unit"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.status.get("mode") or "live")
+
+    @property
+    def banner(self) -> str:
+        return f"{self.status.get('banner') or ''} · server {self.url}"
+
+    @property
+    def model_ref(self) -> str | None:
+        return self.status.get("model_ref")
+
+    @property
+    def rule(self) -> str:
+        return str(self.status.get("rule") or "")
+
+    @property
+    def no_model_reason(self) -> str | None:
+        return self.status.get("no_model_reason")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.status["threshold"])
+
+    def set_threshold(self, value: float) -> float:
+        """Ask the server to move the threshold; the clamped value at once (the screen stays
+        responsive), the server's answer when it comes."""
+        value = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
+        self.status["threshold"] = value
+        task = asyncio.get_running_loop().create_task(self._send_threshold(value))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return value
+
+    async def _send_threshold(self, value: float) -> None:
+        try:
+            status = await self.op("live_threshold", {"threshold": value})
+        except RemoteError as exc:
+            self._say(messages.FeedStatus(f"threshold not changed: {exc}", "error"))
+            return
+        self._live(status)
+
+    # --- following the server's stream --------------------------------------------------
+
+    async def follow(self, post: Callable[[Message], object]) -> None:
+        """Post the window and every event of the server's session until the TUI quits,
+        reconnecting whenever the socket drops; a refused token raises."""
+        self._post = post
+        wait = BACKOFF_S[0]
+        reconnect = False
+        try:
+            while True:
+                try:
+                    await self._stream(post, reconnect)
+                    reason = "the server closed the stream"
+                except (aiohttp.ClientError, OSError, TimeoutError, RemoteError) as exc:
+                    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (
+                        401,
+                        403,
+                    ):
+                        raise RemoteError(
+                            f"the server at {self.url} refused the token ({exc.status})",
+                            "restart the TUI; the server rewrites the local token file on start",
+                            exc.status,
+                        ) from None
+                    if isinstance(exc, RemoteError) and not isinstance(exc, ServerUnreachable):
+                        raise
+                    reason = str(exc) or type(exc).__name__
+                post(
+                    messages.FeedStatus(
+                        f"DISCONNECTED from the server at {self.url} ({reason});"
+                        f" reconnecting in {wait:.1f}s",
+                        "warning",
+                        connected=False,
+                    )
+                )
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, BACKOFF_S[1])
+                reconnect = True
+        finally:
+            await self.close()
+
+    async def _stream(self, post: Callable[[Message], object], reconnect: bool) -> None:
+        events = f"{self.url}/api/v1/events"
+        async with self.http.ws_connect(events, heartbeat=20.0) as sock:
+            hello = await sock.receive_json(timeout=OP_TIMEOUT_S)
+            if hello.get("type") != "hello":
+                raise RemoteError(f"the server's events stream began with {hello!r}")
+            live = hello.get("live")
+            if live and live.get("running"):
+                await self._open(post, live)
+                if reconnect:
+                    post(
+                        messages.FeedStatus(
+                            f"reconnected to the server at {self.url}", "info", connected=True
+                        )
+                    )
+                elif self.note:
+                    post(messages.FeedStatus(self.note, "warning"))
+            else:
+                post(messages.SessionEnded(f"the server at {self.url} runs no session"))
+            async for frame in sock:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break  # closed (1013 when this client fell behind) or an error
+                self._on_frame(post, json.loads(frame.data))
+
+    async def _open(self, post: Callable[[Message], object], live: Mapping[str, Any]) -> None:
+        """Take the session's status, load its window, draw it from the start."""
+        self.status = dict(live)
+        answer = await self.op("live_history", {"last": HISTORY})
+        rows = answer.get("candles", answer) if isinstance(answer, dict) else answer
+        history = pd.DataFrame(list(rows or []), columns=CANDLE_COLUMNS)
+        history["ts"] = pd.to_datetime(history["ts"], utc=True)
+        post(messages.SessionOpened(self, history))
+
+    def _on_frame(self, post: Callable[[Message], object], frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "live":
+            self._live(frame.get("live"))
+            return
+        if kind in ("candle", "signal") and (frame.get("market"), frame.get("unit")) != (
+            self.status.get("market"),
+            self.status.get("unit"),
+        ):
+            return  # another market's session (the multi-market engine is issue 12)
+        message = messages.from_wire(frame)
+        if message is not None:
+            post(message)
+
+    def _live(self, live: Mapping[str, Any] | None) -> None:
+        """A `live` frame (or an answer of a live operation): the session's new status."""
+        if not live or not live.get("running"):
+            if self.status.get("running", True):
+                self.status["running"] = False
+                self._say(messages.SessionEnded(f"the server's session ended ({self.url})"))
+            return
+        if live.get("started") != self.status.get("started") and self._post is not None:
+            # a new session on the server: load its window as if attaching again
+            task = asyncio.get_running_loop().create_task(self._open(self._post, live))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
+        self.status = dict(live)
+        self._say(messages.ThresholdChanged(self.threshold))
+
+    def _say(self, message: Message) -> None:
+        if self._post is not None:
+            self._post(message)
+
+    # --- the operations -----------------------------------------------------------------
+
+    async def op(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await call(self.http, self.url, name, body)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await self.http.close()
+
+
+async def call(
+    http: aiohttp.ClientSession, url: str, name: str, body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """POST /api/v1/ops/{name}: the answer, or RemoteError with the server's error and hint."""
+    try:
+        async with http.post(
+            f"{url}/api/v1/ops/{name}",
+            json=dict(body),
+            timeout=aiohttp.ClientTimeout(total=OP_TIMEOUT_S),
+        ) as answer:
+            text = await answer.text()
+            status = answer.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ServerUnreachable(
+            f"the upquant server at {url} is not answering ({exc or type(exc).__name__})",
+            "check it with `upquant server status`",
+        ) from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise RemoteError(
+            f"the server at {url} answered {status}: {text[:200]}", None, status
+        ) from None
+    if status != 200:
+        error = data.get("error") if isinstance(data, dict) else None
+        hint = data.get("hint") if isinstance(data, dict) else None
+        raise RemoteError(str(error or f"{name} answered {status}"), hint, status)
+    return data
+
+
+async def attach(
+    url: str,
+    token: str,
+    market: str,
+    unit: str,
+    *,
+    threshold: float = 0.5,
+    offline: bool = False,
+    replay_delay: float = 0.25,
+    replay_candles: int = 2000,
+) -> RemoteSession:
+    """The server's session, started with these options when none runs (a running one is
+    shown as it is, with a note when it is not the market or unit asked for)."""
+    url = url.rstrip("/")
+    http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+    try:
+        status = await call(http, url, "live_status", {})
+        note = None
+        if not status.get("running"):
+            start = {
+                "market": market,
+                "unit": unit,
+                "threshold": threshold,
+                "offline": offline,
+                "replay_delay": replay_delay,
+                "replay_candles": replay_candles,
+            }
+            try:
+                status = await call(http, url, "live_start", start)
+            except RemoteError as exc:
+                if exc.status != 409:  # 409: another client started one meanwhile
+                    raise
+                status = await call(http, url, "live_status", {})
+        if (status.get("market"), status.get("unit")) != (market, unit):
+            note = (
+                f"the server runs {status.get('market')} {status.get('unit')}m, not"
+                f" {market} {unit}m: showing its session (one session per server for now)"
+            )
+        return RemoteSession(http, url, status, note=note)
+    except BaseException:
+        await http.close()
+        raise
