@@ -51,6 +51,7 @@ class RemoteSession:
         self.status: dict[str, Any] = dict(status)
         self._post: Callable[[Message], object] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._streamed = False  # whether the current connection got as far as its hello
 
     # --- what the screen reads ----------------------------------------------------------
 
@@ -114,22 +115,17 @@ class RemoteSession:
         reconnect = False
         try:
             while True:
+                self._streamed = False
                 try:
                     await self._stream(post, reconnect)
                     reason = "the server closed the stream"
                 except (aiohttp.ClientError, OSError, TimeoutError, RemoteError) as exc:
-                    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (
-                        401,
-                        403,
-                    ):
-                        raise RemoteError(
-                            f"the server at {self.url} refused the token ({exc.status})",
-                            "restart the TUI; the server rewrites the local token file on start",
-                            exc.status,
-                        ) from None
-                    if isinstance(exc, RemoteError) and not isinstance(exc, ServerUnreachable):
-                        raise
+                    refused = _refusal(self.url, exc)
+                    if refused is not None:
+                        raise refused from None
                     reason = str(exc) or type(exc).__name__
+                if self._streamed:  # it was connected: the next drop starts the backoff over
+                    wait = BACKOFF_S[0]
                 post(
                     messages.FeedStatus(
                         f"DISCONNECTED from the server at {self.url} ({reason});"
@@ -150,18 +146,20 @@ class RemoteSession:
             hello = await sock.receive_json(timeout=OP_TIMEOUT_S)
             if hello.get("type") != "hello":
                 raise RemoteError(f"the server's events stream began with {hello!r}")
+            self._streamed = True
             live = hello.get("live")
             if live and live.get("running"):
                 await self._open(post, live)
-                if reconnect:
-                    post(
-                        messages.FeedStatus(
-                            f"reconnected to the server at {self.url}", "info", connected=True
-                        )
+            if reconnect:
+                post(
+                    messages.FeedStatus(
+                        f"reconnected to the server at {self.url}", "info", connected=True
                     )
-                elif self.note:
-                    post(messages.FeedStatus(self.note, "warning"))
-            else:
+                )
+            elif self.note:
+                post(messages.FeedStatus(self.note, "warning"))
+            if not (live and live.get("running")):
+                self.status["running"] = False
                 post(messages.SessionEnded(f"the server at {self.url} runs no session"))
             async for frame in sock:
                 if frame.type != aiohttp.WSMsgType.TEXT:
@@ -220,6 +218,28 @@ class RemoteSession:
         for task in list(self._pending):
             task.cancel()
         await self.http.close()
+
+
+def _refusal(url: str, exc: BaseException) -> RemoteError | None:
+    """The failure that reconnecting cannot mend (a refused token, a server without the
+    events stream, an operation refused), or None for a dropped or unreachable server."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        if exc.status in (401, 403):
+            return RemoteError(
+                f"the server at {url} refused the token ({exc.status})",
+                "restart the TUI; the server rewrites the local token file on start",
+                exc.status,
+            )
+        if exc.status == 404:
+            return RemoteError(
+                f"the server at {url} has no events stream (/api/v1/events)",
+                "upgrade and restart `upquant serve`, or stop it to let the TUI host its own",
+                404,
+            )
+        return None
+    if isinstance(exc, RemoteError) and not isinstance(exc, ServerUnreachable):
+        return exc
+    return None
 
 
 async def call(
