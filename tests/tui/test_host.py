@@ -73,3 +73,60 @@ async def test_a_hosting_tui_serves_other_terminals_and_frees_the_store_on_quit(
     assert json.loads(local.stdout)[0]["rows"] == 3000
     with connect() as store:
         assert store.execute("SELECT count(*) FROM signals").fetchone() == (200,)
+
+
+def test_upquant_tui_in_a_terminal_hosts_the_server_until_quit(home: Path) -> None:
+    """The command itself, in a pseudo-terminal: server.json names it while it runs, another
+    process's command goes through it, `q` quits, the server stops with it and says so."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    from tests.tui.test_cli import UPQUANT
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(
+        [UPQUANT, "tui", "--offline", "--replay-delay", "0.05", "--replay-candles", "50"],
+        stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        env={**os.environ, "UPQUANT_HOME": str(home), "TERM": "xterm-256color"},
+    )
+    os.close(slave)
+    shown = bytearray()
+
+    def read(seconds: float) -> None:
+        ready, _, _ = select.select([master], [], [], seconds)
+        if ready:
+            try:
+                shown.extend(os.read(master, 1 << 16))
+            except OSError:  # the terminal's other end is gone
+                time.sleep(seconds)
+
+    try:
+        deadline = time.monotonic() + 120
+        while (info := read_server_info(home)) is None or info.pid != process.pid:
+            assert process.poll() is None, shown.decode(errors="replace")
+            assert time.monotonic() < deadline, "no server.json after 120 s"
+            read(0.1)
+        server = upquant(home, "server", "status", "--json")
+        assert server.returncode == 0, server.stderr
+        assert json.loads(server.stdout)["pid"] == process.pid
+        os.write(master, b"q")
+        while process.poll() is None:
+            assert time.monotonic() < deadline, "the TUI did not quit"
+            read(0.1)
+        for _ in range(20):  # what it printed after the terminal was given back
+            read(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        os.close(master)
+    assert process.returncode == 0, shown.decode(errors="replace")
+    assert not (home / "server.json").exists()
+    text = shown.decode(errors="replace")
+    assert "stopped the server this TUI hosted at" in text and str(process.pid) in text
