@@ -52,8 +52,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
         server = started(home)
         read = server.ok("token_create", {"name": "fuzz-read", "scope": "read"})["secret"]
         yield server, {"read": read, "write": server.token}
-        # the server is still whole after the run: it answers, then stops cleanly
+        # the server is still whole after the run: it answers, no request left a transaction
+        # open (store check checkpoints the store, refused while one is), it stops cleanly
         assert server.ok("server_info", {})["pid"] == server.process.pid
+        assert server.ok("store_check", {})["database"] is not None
         assert server.stop() == 0, server.output()
     finally:
         started.cleanup()
