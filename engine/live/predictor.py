@@ -171,8 +171,10 @@ class Predictor:
         rows: int = 4096,
         answers: int = 100_000,
         rule: SmaCross | None = None,
+        settle: bool = False,
     ) -> None:
         self.rule = rule or SmaCross()
+        self.settle = settle  # a long-lived server's: settle_heap after each model load
         self._models = _Lru(models)
         self._rows = _Lru(rows)
         self._answers = _Lru(answers)
@@ -246,7 +248,8 @@ class Predictor:
             self.warm(loaded)
             with self._lock:
                 self._models.put(record.sha256, (loaded, note))
-            settle_heap()
+            if self.settle:
+                settle_heap()
         return loaded, note
 
     def warm(self, loaded: LoadedModel) -> None:

@@ -154,7 +154,9 @@ class PredictionOps(StoreHolder):
         if predictor is None:
             from engine.live.predictor import Predictor
 
-            predictor = self.__dict__.setdefault("_predictor", Predictor())
+            # a server (serving() was called) settles its heap after each model load
+            served = getattr(self, "served_at", None) is not None
+            predictor = self.__dict__.setdefault("_predictor", Predictor(settle=served))
         return predictor  # type: ignore[no-any-return]
 
     def from_memory(self, name: str, request: Request) -> Response | None:
