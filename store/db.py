@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -34,8 +34,8 @@ def home() -> Path:
 # Each writer of those tables bumps it after its statements, and `transaction` after every
 # commit or rollback, so a reader that notes it BEFORE querying never keeps a stale answer
 # under a current count. The server is the store's only writer (DESIGN: one owner).
-_writes = itertools.count(1)
 _generation = 0
+_bumping = threading.Lock()
 
 
 def write_generation() -> int:
@@ -47,7 +47,8 @@ def bump_writes() -> None:
     """Say a write to the store finished (or was rolled back): caches keyed on
     `write_generation` read the store again."""
     global _generation
-    _generation = next(_writes)  # itertools.count is atomic under the GIL
+    with _bumping:  # monotonic even when two writers finish at once
+        _generation += 1
 
 
 @contextmanager
