@@ -3,7 +3,8 @@ store opens, nothing committed is lost, nothing half-done appears.
 
 - during a candle import (a ~1M-row file sent by `upquant data import` from another
   process): the series holds all of the file's candles or none, the candles stored before
-  are byte-for-byte the same;
+  are byte-for-byte the same; an import that overwrites 1M stored candles leaves every old
+  one or every new one; an import the server answered is all there;
 - during a training job: its worker does not outlive the server, the run reads
   `interrupted`, no model of it is registered, `upquant train --resume` completes it and
   registers exactly one;
@@ -80,11 +81,13 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _export_digest(server: Server, out: Path) -> str:
-    """sha256 of the stored KRW-BTC candles, exported by the server."""
-    answer = server.ok("data_export", {"market": "KRW-BTC", "unit": "1", "out": str(out)})
-    assert answer["rows"] == 3000
-    return hashlib.sha256(out.read_bytes()).hexdigest()
+def _export_digest(server: Server, out: Path, market: str = "KRW-BTC", rows: int = 3000) -> str:
+    """sha256 of the stored candles of `market`, exported by the server."""
+    answer = server.ok("data_export", {"market": market, "unit": "1", "out": str(out)})
+    assert answer["rows"] == rows
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    out.unlink()
+    return digest
 
 
 def _series_rows(server: Server, market: str) -> int:
@@ -110,10 +113,12 @@ KILL_POINTS: dict[str, Callable[[Server, dict[str, int]], bool]] = {
     ),
     # the server has answered: the import is committed, and must survive the kill whole
     "answered": lambda server, base: '"POST /api/v1/ops/data_import' in server.output(),
+    # the whole file is read: the server compares it with the stored candles and updates
+    "updating": lambda server, base: _io(server.process.pid, "rchar") > base["rchar"] + base["size"],
 }
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
+@pytest.mark.parametrize("point", ["reading", "writing", "written", "answered"])
 def test_a_server_killed_during_an_import_keeps_all_or_none_of_it(
     tmp_path: Path, servers: Servers, big_file: tuple[Path, int], point: str
 ) -> None:
@@ -124,6 +129,7 @@ def test_a_server_killed_during_an_import_keeps_all_or_none_of_it(
     base = {
         "rchar": _io(server.process.pid, "rchar"),
         "files": _stored_bytes(home / "upquant.duckdb"),
+        "size": path.stat().st_size,
     }
     importing = client(
         home, "data", "import", str(path), "--market", "KRW-ETH", "--unit", "1",
@@ -163,6 +169,46 @@ def test_a_server_killed_during_an_import_keeps_all_or_none_of_it(
     assert _series_rows(again, "KRW-ETH") == rows
     assert again.stop() == 0, again.output()
     assert not [pid for pid in strays if alive(pid)]
+
+
+@pytest.mark.parametrize("point", ["updating", "answered"])
+def test_a_server_killed_during_an_overwriting_import_keeps_every_old_or_every_new_candle(
+    tmp_path: Path, servers: Servers, big_file: tuple[Path, int], point: str
+) -> None:
+    path, rows = big_file
+    home = store_with_candles(tmp_path)
+    stored = upquant(home, "data", "import", str(path), "--market", "KRW-ETH", "--unit", "1")
+    assert stored.returncode == 0, stored.stderr
+    changed = tmp_path / "eth_changed.csv"  # every price 1% higher: every candle updated
+    frame = pd.read_csv(path)
+    for column in ("open", "high", "low", "close"):
+        frame[column] = frame[column] * 1.01
+    frame.to_csv(changed, index=False)
+    server = servers(home)
+    old = _export_digest(server, tmp_path / "eth.csv", "KRW-ETH", rows)
+    base = {"rchar": _io(server.process.pid, "rchar"), "size": changed.stat().st_size}
+    overwrite = ["data", "import", str(changed), "--market", "KRW-ETH", "--unit", "1", "--overwrite"]
+    importing = client(home, *overwrite, log=tmp_path / "import.log")
+    wait_for(
+        f"the import to reach {point!r}",
+        lambda: (importing.poll() is not None and point != "answered")
+        or KILL_POINTS[point](server, base),
+        timeout=300, every=0.002,
+    )
+    servers.strays.extend(server.kill())
+    importing.wait(timeout=120)
+
+    again = servers(home)
+    after = _export_digest(again, tmp_path / "eth.csv", "KRW-ETH", rows)
+    assert again.ok("store_check", {})["problems"] == 0
+    redo = upquant(home, *overwrite, timeout=300)
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    new = _export_digest(again, tmp_path / "eth.csv", "KRW-ETH", rows)
+    assert new != old
+    assert after in (old, new), f"a mix of old and new candles after a kill while {point}"
+    if point == "answered":
+        assert after == new, "an import the server answered is lost"
+    assert again.stop() == 0, again.output()
 
 
 # --------------------------------------------------------------------------- training job
