@@ -35,6 +35,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine.server import routes as route_table
 from engine.server.auth import Authenticator, Forbidden, bearer
+from engine.server.events_routes import OPENAPI as EVENTS_PATHS
+from engine.server.events_routes import add_events_routes
 from engine.server.openapi import Health, Ping, docs_page, document
 from engine.server.routes import Route, takes_list
 from engine.service.core import OPERATIONS, NotFound, Operation, ServiceError, message_of, status_of
@@ -300,6 +302,7 @@ def create_app(
     executor = ThreadPoolExecutor(workers, thread_name_prefix="upquant-op")
     routes = declared_routes()
     doc = document(routes, version())
+    doc["paths"].update(EVENTS_PATHS)  # the WebSocket is no operation: documented by its module
     app[WORKSTATION] = workstation
     app[EXECUTOR] = executor
     app[AUTH] = Authenticator(workstation)
@@ -317,6 +320,7 @@ def create_app(
     app.router.add_post("/api/v1/ops/{name}", op_handler)
     for route in routes:
         app.router.add_route(route.method, route.path, route_handler(route))
+    add_events_routes(app)
 
     async def stop_workers(_app: web.Application) -> None:
         executor.shutdown(wait=True, cancel_futures=True)

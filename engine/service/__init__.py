@@ -22,8 +22,10 @@ from engine.service.core import (
 from engine.service.data import DataOps
 from engine.service.evaluation import EvaluationOps
 from engine.service.features import FeaturesOps
+from engine.service.live import LiveOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
+from engine.service.stored import StoredOps
 from engine.service.system import SystemOps
 from engine.service.training import TrainingOps
 from engine.service.upkeep import UpkeepOps
@@ -49,6 +51,8 @@ class Workstation(
     PredictionOps,
     RegistryOps,
     EvaluationOps,
+    LiveOps,
+    StoredOps,
     SystemOps,
 ):
     """Every operation, in process (see the module docstring). Closing it stops the training

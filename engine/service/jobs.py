@@ -17,6 +17,7 @@ command). If the owner dies without a word, its workers notice and exit, and its
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -73,8 +74,13 @@ class JobManager:
     """The training jobs of one store owner (see the module docstring). `con` gives the
     calling thread's connection to the store."""
 
-    def __init__(self, con: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+    def __init__(
+        self,
+        con: Callable[[], duckdb.DuckDBPyConnection],
+        on_event: Callable[[dict[str, Any]], object] | None = None,
+    ) -> None:
         self._con = con
+        self._on_event = on_event  # each status or progress change, as a `job` event
         self._lock = threading.Lock()  # jobs, queues, devices
         self._write = threading.Lock()  # one job write at a time: no conflicting updates
         self._jobs: dict[int, Job] = {}
@@ -131,6 +137,7 @@ class JobManager:
                 self._queues.setdefault(device, deque()).append(job)
                 with self._write:
                     update_run(con, run_id, status="queued", log=f"queued for {device}")
+                self._notify(job, "queued", message=f"queued for {device}")
                 return run_id
             self._busy[device] = job
             self._launch(job)
@@ -153,6 +160,7 @@ class JobManager:
         send.close()  # the worker holds the only writing end: its exit closes the pipe
         job.inputs = None  # the worker has them
         job.state = "running"
+        self._notify(job, "running")
         thread = threading.Thread(
             target=self._follow, args=(job, receive), name=f"upquant-job-{job.run_id}"
         )
@@ -204,6 +212,8 @@ class JobManager:
                 beat(con, job.run_id)
             elif what == "checkpoint":
                 update_run(con, job.run_id, checkpoint=str(event[1]))
+        if what == "progress":
+            self._notify(job, "running", progress=float(event[1]))
         if what == "notify":
             progress: Progress = event[1]
             if progress.phase == "step":
@@ -211,8 +221,27 @@ class JobManager:
             else:
                 job.phases[progress.phase] = progress
 
+    def _notify(
+        self, job: Job, status: str, progress: float | None = None, message: str | None = None
+    ) -> None:
+        if self._on_event is not None:
+            from engine.service.events import job_event
+
+            with contextlib.suppress(Exception):  # a listener never stops a job
+                self._on_event(job_event(job.run_id, status, progress, message))
+
     def _end(self, con: duckdb.DuckDBPyConnection, job: Job, final: tuple[Any, ...] | None) -> None:
         """Record how the job ended: registered and finished, failed, or interrupted."""
+        try:
+            self._record_end(con, job, final)
+        finally:
+            report = job.report
+            message = f"registered {report.model.ref}" if job.state == "finished" and report else job.error
+            self._notify(job, job.state, 1.0 if job.state == "finished" else None, message)
+
+    def _record_end(
+        self, con: duckdb.DuckDBPyConnection, job: Job, final: tuple[Any, ...] | None
+    ) -> None:
         from engine.training.train import finish_run, register
         from store.registry import beat, update_run
 
@@ -288,6 +317,7 @@ class JobManager:
 
             with self._write:
                 update_run(self._con(), run_id, status="interrupted", error=job.stop_reason)
+            self._notify(job, "interrupted", message=job.stop_reason)
             return job
         if not job.done.wait(min(timeout, STOP_GRACE_S)) and job.process is not None:
             job.process.kill()  # it did not stop when asked: a cancelled job ends now

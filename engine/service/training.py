@@ -178,7 +178,7 @@ class TrainingOps(StoreHolder):
         """This process's training jobs (created on first use)."""
         with self._jobs_lock:
             if self._jobs is None:
-                self._jobs = JobManager(self.con)
+                self._jobs = JobManager(self.con, getattr(self, "publish_event", None))
             return self._jobs
 
     def close(self) -> None:

@@ -1,0 +1,429 @@
+"""Workstation operations on the live engine the server runs: start, status, threshold,
+history, stop (one session per server for now; the multi-market engine is issue 12).
+
+A session runs inside the server's event loop: `start_live` (a coroutine) opens it with
+`engine.live.session.open_session` on the Workstation's store connection and runs its feed
+(live, replay or demo) as a task there; the operations are sync methods the app calls on its
+worker threads, so `live_start` and `live_stop` hand their coroutine to that loop
+(`run_coroutine_threadsafe`) and wait for it. The loop is the server's: `serving` (the
+server listens) or the app's startup records it, and `start_live` takes the running one. A
+one-shot command has no loop and no server to keep a session alive: it is refused, with the
+commands that do run one.
+
+The running session is `ws.live_session` (an `engine.live.session.Session`): a TUI hosting
+the server draws that engine directly. Every engine event goes out on the Workstation's
+`EventHub` (`ws.events`, engine/service/events.py) as a contract dict, and so does every
+change of the session's status (`live` events: opened, ended, threshold moved). When a
+replay ends, the status says so (`running: false`, its mode kept). Stopping cancels the feed
+and flushes what the engine buffered (signals of a replay are written in batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
+from engine.service.base import StoreHolder
+from engine.service.core import Conflict, Request, Response, ServiceError, operation
+from engine.service.events import EventHub, engine_event
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from engine.live.engine import EngineEvent
+    from engine.live.session import Session
+
+log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 300.0  # opening a session may backfill its window from Upbit
+STOP_TIMEOUT_S = 60.0
+HISTORY_MAX = 10_000
+NO_LOOP_HINT = (
+    "a live session runs inside a server: start one with `upquant serve --market KRW-BTC`"
+    " (then POST /api/v1/live), or run `upquant tui`"
+)
+
+
+def check_threshold(value: float) -> float:
+    if not THRESHOLD_MIN <= value <= THRESHOLD_MAX:
+        raise ValueError(
+            f"threshold {value} is out of range: it must be within"
+            f" [{THRESHOLD_MIN}, {THRESHOLD_MAX}]"
+        )
+    return value
+
+
+class LiveStartRequest(Request):
+    market: str = Field(description="Upbit market code, e.g. KRW-BTC.")
+    unit: str = Field("1", description="Candle unit: 1, 3, 5, 10, 15, 30, 60, 240 or D.")
+    threshold: float = Field(
+        0.5, description=f"Confidence threshold, within [{THRESHOLD_MIN}, {THRESHOLD_MAX}]."
+    )
+    offline: bool = Field(False, description="Never contact Upbit: replay stored candles.")
+    replay_delay: float = Field(
+        0.25, ge=0, le=60, description="Seconds between replayed candles (0: as fast as it can)."
+    )
+    replay_candles: int = Field(
+        2000, ge=1, le=1_000_000, description="Stored candles a replay plays (after its window)."
+    )
+
+    @field_validator("market")
+    @classmethod
+    def _market(cls, value: str) -> str:
+        from engine.upbit.markets import check_market
+
+        return check_market(value)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        from engine.upbit.markets import check_unit
+
+        return check_unit(value)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        return check_threshold(value)
+
+
+class LiveStatusRequest(Request):
+    pass
+
+
+class LiveStopRequest(Request):
+    pass
+
+
+class LiveThresholdRequest(Request):
+    threshold: float = Field(
+        description=f"Confidence threshold, within [{THRESHOLD_MIN}, {THRESHOLD_MAX}]."
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        return check_threshold(value)
+
+
+class LiveHistoryRequest(Request):
+    last: int = Field(500, ge=1, le=HISTORY_MAX, description="The newest N candles of the window.")
+
+
+class LiveStatus(Response):
+    """The server's live session (`running: false` when none runs; after one ended, its
+    market, mode and counts stay, with why it ended)."""
+
+    running: bool
+    market: str | None = None
+    unit: str | None = None
+    mode: str | None = Field(default=None, description="live, replay or demo.")
+    banner: str | None = Field(default=None, description="Where the candles come from, and the model.")
+    threshold: float | None = None
+    model_ref: str | None = Field(default=None, description="The champion deciding; None: the rule.")
+    rule: str | None = Field(default=None, description="The rule strategy that decides without a model.")
+    no_model_reason: str | None = None
+    started: datetime | None = None
+    candles_seen: int = Field(default=0, description="Closed candles the engine decided on.")
+    signals: int = Field(default=0, description="Signals it emitted.")
+    ended: str | None = Field(default=None, description="Why the session ended (None while it runs).")
+
+
+class LiveCandle(BaseModel):
+    market: str
+    unit: str
+    ts: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    value: float | None
+
+
+class LiveHistory(Response):
+    """The newest candles of the engine's window (empty when no session runs)."""
+
+    market: str | None
+    unit: str | None
+    candles: list[LiveCandle]
+
+
+@dataclass
+class _Live:
+    """A session the Workstation runs, and what it counted."""
+
+    session: Session
+    started: datetime
+    loop: asyncio.AbstractEventLoop
+    task: asyncio.Task[None] | None = None
+    running: bool = True
+    candles_seen: int = 0
+    signals: int = 0
+    ended: str | None = None
+
+
+def _finite(value: Any) -> float | None:
+    from engine.service.events import _number
+
+    return _number(value)
+
+
+class LiveOps(StoreHolder):
+    live_session: Session | None = None  # the running (or last) session, for a hosting TUI
+    _live: _Live | None = None
+    _hub: EventHub | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _starting = False
+    _live_lock = threading.Lock()
+
+    # --- the hub and the loop --------------------------------------------------------------
+    @property
+    def events(self) -> EventHub:
+        """This Workstation's events (created on first use)."""
+        with self._live_lock:
+            if self._hub is None:
+                self._hub = EventHub()
+            return self._hub
+
+    def publish_event(self, event: dict[str, Any]) -> None:
+        """Publish a contract dict on the hub (from any thread)."""
+        self.events.publish(event)
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run sessions (and deliver events) on `loop`, the server's."""
+        self._loop = loop
+        self.events.attach(loop)
+
+    def serving(self, url: str) -> None:
+        """The server listens (see SystemOps.serving): its loop is the live engine's."""
+        with contextlib.suppress(RuntimeError):
+            self.attach_loop(asyncio.get_running_loop())
+        super().serving(url)  # type: ignore[misc]
+
+    def _on_loop(self, make: Callable[[], Coroutine[Any, Any, LiveStatus]], timeout: float) -> LiveStatus:
+        """Run the coroutine `make()` on the server's loop from a worker thread; its answer."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            raise ServiceError("no server runs this Workstation: a one-shot command cannot keep a live session", NO_LOOP_HINT)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise ServiceError(
+                "a live operation was called on the server's event loop, where it would wait on itself",
+                "await Workstation.start_live / stop_live_async from a coroutine instead",
+            )
+        future = asyncio.run_coroutine_threadsafe(make(), loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise ServiceError(
+                f"the live session did not answer within {timeout:.0f}s", "see the server log"
+            ) from None
+
+    # --- status ------------------------------------------------------------------------------
+    def _status(self) -> LiveStatus:
+        live = self._live
+        if live is None:
+            return LiveStatus(running=False)
+        engine = live.session.engine
+        return LiveStatus(
+            running=live.running,
+            market=engine.market,
+            unit=engine.unit,
+            mode=live.session.mode,
+            banner=live.session.banner,
+            threshold=engine.threshold,
+            model_ref=engine.model.record.ref if engine.model is not None else None,
+            rule=engine.rule.name,
+            no_model_reason=None if engine.model is not None else engine.no_model_reason,
+            started=live.started,
+            candles_seen=live.candles_seen,
+            signals=live.signals,
+            ended=live.ended,
+        )
+
+    def _announce(self) -> LiveStatus:
+        status = self._status()
+        self.events.publish({"type": "live", "live": status.model_dump(mode="json")})
+        return status
+
+    # --- running a session (on the loop) ------------------------------------------------------
+    async def start_live(self, request: LiveStartRequest) -> LiveStatus:
+        """Open a session in the running loop and start its feed; Conflict if one runs."""
+        from engine.live.session import open_session
+
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop.is_closed():
+            self.attach_loop(loop)
+        with self._live_lock:
+            current = self._live
+            if self._starting or (current is not None and current.running):
+                what = (
+                    f"{current.session.engine.market} {current.session.engine.unit}m ({current.session.mode})"
+                    if current is not None and current.running
+                    else "one being opened"
+                )
+                raise Conflict(
+                    f"a live session already runs on this server: {what}",
+                    "one session per server for now: stop it first (DELETE /api/v1/live,"
+                    " or the live_stop operation)",
+                )
+            self._starting = True
+        try:
+            session = await open_session(
+                self.con(),
+                request.market,
+                request.unit,
+                threshold=request.threshold,
+                offline=request.offline,
+                replay_delay=request.replay_delay,
+                replay_candles=request.replay_candles,
+            )
+            live = _Live(session, datetime.now(UTC), loop)
+            session.engine.subscribe(self._listener(live))
+            self._live, self.live_session = live, session
+            live.task = loop.create_task(self._drive(live), name="upquant-live")
+        finally:
+            self._starting = False
+        log.info("live session opened: %s", session.banner)
+        return self._announce()
+
+    def _listener(self, live: _Live) -> Callable[[EngineEvent], None]:
+        from engine.live.engine import CandleEvent, SignalEvent
+
+        engine = live.session.engine
+        hub = self.events
+
+        def listen(event: EngineEvent) -> None:
+            if isinstance(event, CandleEvent) and event.closed:
+                live.candles_seen += 1
+            elif isinstance(event, SignalEvent):
+                live.signals += 1
+            hub.publish(engine_event(event, engine.market, engine.unit))
+
+        return listen
+
+    async def _drive(self, live: _Live) -> None:
+        """Run the session's feed; when it ends (a replay played out, a failure, a stop)
+        flush the engine and say so."""
+        session = live.session
+        reason = "stopped"
+        try:
+            await session.runner
+            reason = f"the {session.mode} ended: {live.candles_seen} candles played"
+        except asyncio.CancelledError:
+            reason = "stopped"
+            raise
+        except Exception as exc:
+            reason = f"failed: {type(exc).__name__}: {exc}"
+            log.exception("the live session failed")
+            self.events.publish(
+                {"type": "status", "text": f"live session {reason}", "level": "error", "connected": None}
+            )
+        finally:
+            try:
+                session.engine.flush()
+            except Exception:
+                log.exception("flushing the live engine failed")
+                reason += " (its buffered signals could not be written: see the server log)"
+            live.running, live.ended = False, reason
+            self._announce()
+
+    async def stop_live_async(self) -> LiveStatus:
+        """Stop the session (its feed cancelled, what it buffered written); its status."""
+        live = self._live
+        if live is not None and live.task is not None and not live.task.done():
+            live.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await live.task
+        if live is not None:
+            live.session.engine.flush()
+        return self._status()
+
+    def stop_live(self) -> None:
+        """The server stops: the session stopped and flushed (from any thread, also after
+        the loop has ended)."""
+        live = self._live
+        if live is None:
+            return
+        task = live.task
+        if task is not None and not task.done() and live.loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not live.loop:
+                asyncio.run_coroutine_threadsafe(self.stop_live_async(), live.loop).result(
+                    STOP_TIMEOUT_S
+                )
+                return
+            task.cancel()
+        live.running = False
+        live.ended = live.ended or "stopped"
+        live.session.engine.flush()
+
+    # --- the operations ------------------------------------------------------------------------
+    @operation("write")
+    def live_start(self, request: LiveStartRequest) -> LiveStatus:
+        """Start the server's live session (live from Upbit, else a replay of stored candles,
+        else a demo market); 409 when one runs."""
+        return self._on_loop(lambda: self.start_live(request), OPEN_TIMEOUT_S)
+
+    @operation("read")
+    def live_status(self, request: LiveStatusRequest) -> LiveStatus:
+        """The server's live session: market, mode, threshold, model, counts (running false
+        when none runs)."""
+        return self._status()
+
+    @operation("write")
+    def live_stop(self, request: LiveStopRequest) -> LiveStatus:
+        """Stop the live session; its buffered candles and signals are written first."""
+        if self._live is None or not self._live.running:
+            return self._status()
+        return self._on_loop(self.stop_live_async, STOP_TIMEOUT_S)
+
+    @operation("write")
+    def live_threshold(self, request: LiveThresholdRequest) -> LiveStatus:
+        """Move the session's confidence threshold (read on its next closed candle)."""
+        live = self._live
+        if live is None or not live.running:
+            raise Conflict("no live session runs", "start one: POST /api/v1/live")
+        live.session.engine.set_threshold(request.threshold)
+        return self._announce()
+
+    @operation("read")
+    def live_history(self, request: LiveHistoryRequest) -> LiveHistory:
+        """The newest candles of the live engine's window (what its features read)."""
+        live = self._live
+        if live is None:
+            return LiveHistory(market=None, unit=None, candles=[])
+        engine = live.session.engine
+        history = engine.history.tail(request.last)  # replaced whole on each candle, never edited
+        candles = [
+            LiveCandle(
+                market=engine.market,
+                unit=engine.unit,
+                ts=row["ts"],
+                open=row["open"],
+                high=row["high"],
+                low=row["low"],
+                close=row["close"],
+                volume=row["volume"],
+                value=_finite(row["value"]),
+            )
+            for row in history.to_dict("records")
+        ]
+        return LiveHistory(market=engine.market, unit=engine.unit, candles=candles)

@@ -1,0 +1,157 @@
+"""Workstation operations that read what the store holds for a chart or a client: which
+series are stored (`markets`), a page of one series' candles (`candles`), and the signals the
+engine emitted (`signals`, newest first). Reads only; each is one query."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from engine.service.base import StoreHolder
+from engine.service.core import Request, Response, operation
+
+PAGE_MAX = 10_000
+
+
+def _utc(stamp: datetime | None) -> datetime | None:
+    return stamp if stamp is None or stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+class MarketsRequest(Request):
+    pass
+
+
+class StoredSeries(BaseModel):
+    market: str
+    unit: str
+    first: datetime
+    last: datetime
+    candles: int
+
+
+class Markets(RootModel[list[StoredSeries]]):
+    """Every stored series (market and unit): its first and last candle, how many."""
+
+
+class CandlesRequest(Request):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    market: str = Field(description="Upbit market code, e.g. KRW-BTC.")
+    unit: str = Field("1", description="Candle unit: 1, 3, 5, 10, 15, 30, 60, 240 or D.")
+    start: datetime | None = Field(default=None, alias="from", description="From this time (inclusive, ISO-8601; UTC if no zone).")
+    end: datetime | None = Field(default=None, alias="to", description="Up to this time (exclusive).")
+    last: int = Field(1000, ge=1, le=PAGE_MAX, description=f"The newest N candles of the range (at most {PAGE_MAX:,}).")
+
+
+class Candle(BaseModel):
+    ts: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    value: float | None
+
+
+class Candles(Response):
+    """A page of one series' stored candles, oldest first: the newest `last` of the range;
+    `more` when older ones are left (ask again with `to` = the first one's ts)."""
+
+    market: str
+    unit: str
+    candles: list[Candle]
+    more: bool
+
+
+class SignalsRequest(Request):
+    market: str | None = Field(default=None, description="One market's signals (all markets without).")
+    action: Literal["buy", "sell", "hold"] | None = Field(default=None, description="Only this action.")
+    last: int = Field(100, ge=1, le=PAGE_MAX, description=f"The newest N (at most {PAGE_MAX:,}).")
+
+
+class StoredSignal(BaseModel):
+    ts: datetime
+    market: str
+    action: str
+    confidence: float | None
+    source: str
+    reason: str | None
+    model_id: int | None
+    mode: str = Field(description="live, replay or demo.")
+
+
+class Signals(RootModel[list[StoredSignal]]):
+    """Stored signals, newest first (a signal records its market, not its candle unit)."""
+
+
+class StoredOps(StoreHolder):
+    @operation("read")
+    def markets(self, request: MarketsRequest) -> Markets:
+        """Every stored series: market, unit, first and last candle, how many candles."""
+        rows = (
+            self.con()
+            .execute(
+                "SELECT market, unit, min(ts), max(ts), count(*) FROM candles"
+                " GROUP BY market, unit ORDER BY market, unit"
+            )
+            .fetchall()
+        )
+        return Markets(
+            [
+                StoredSeries(market=m, unit=u, first=first, last=last, candles=n)
+                for m, u, first, last, n in rows
+            ]
+        )
+
+    @operation("read")
+    def candles(self, request: CandlesRequest) -> Candles:
+        """A page of one series' stored candles: the newest `last` of [from, to), oldest first."""
+        from engine.service.events import _number
+        from engine.upbit.markets import check_unit
+        from store.candles import load_candles
+
+        unit = check_unit(request.unit)
+        frame = load_candles(
+            self.con(),
+            request.market,
+            unit,
+            _utc(request.start),
+            _utc(request.end),
+            last=request.last + 1,
+        )
+        more = len(frame) > request.last
+        frame = frame.tail(request.last)
+        candles = [
+            Candle(
+                ts=row["ts"],
+                open=row["open"],
+                high=row["high"],
+                low=row["low"],
+                close=row["close"],
+                volume=row["volume"],
+                value=_number(row["value"]),
+            )
+            for row in frame.to_dict("records")
+        ]
+        return Candles(market=request.market, unit=unit, candles=candles, more=more)
+
+    @operation("read")
+    def signals(self, request: SignalsRequest) -> Signals:
+        """Stored signals, newest first: of one market, of one action, the newest `last`."""
+        where, params = [], []
+        if request.market:
+            where.append("market = ?")
+            params.append(request.market)
+        if request.action:
+            where.append("action = ?")
+            params.append(request.action)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cursor = self.con().execute(
+            "SELECT ts, market, action, confidence, source, reason, model_id, mode FROM signals"
+            f" {clause} ORDER BY ts DESC LIMIT {int(request.last)}",
+            params,
+        )
+        names = [d[0] for d in cursor.description]
+        return Signals([StoredSignal(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()])
