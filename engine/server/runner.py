@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from engine.service import Workstation
+    from engine.service.live import LiveStartRequest
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,13 @@ async def listening(
                 remove_server_info(info.pid)
 
 
-async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
+async def _run(
+    ws: Workstation,
+    host: str,
+    port: int,
+    access_log: bool,
+    live: LiveStartRequest | None = None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stops = [signal.SIGTERM, signal.SIGINT]
@@ -193,7 +200,15 @@ async def _run(ws: Workstation, host: str, port: int, access_log: bool) -> None:
                     " workstation's API (a read token reads the store, a write token changes"
                     " it and trains). Keep tokens secret, put TLS in front, or bind 127.0.0.1."
                 )
-            await stop.wait()
+            if live is not None:
+                status = await ws.start_live(live)
+                _say(f"live session: {status.banner}")
+            try:
+                await stop.wait()
+            finally:
+                # the session's buffered signals are written before the streams close
+                if ws.live_session is not None:
+                    await ws.stop_live_async()
             _say("stopping: finishing the requests in flight")
     finally:
         for signum in stops:
@@ -213,10 +228,15 @@ def stop_workstation(ws: Workstation) -> None:
 
 
 def serve(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, access_log: bool = True
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    access_log: bool = True,
+    live: LiveStartRequest | None = None,
 ) -> int:
     """Run the server until a signal stops it; 0 after a clean stop. A second server on this
-    home, or a port that cannot be bound, raises ServiceError with nothing left behind."""
+    home, or a port that cannot be bound, raises ServiceError with nothing left behind.
+    `live`: the live session to start once it listens (stopped and flushed on the way out)."""
     from engine.service import Workstation
 
     refuse_second()
@@ -226,7 +246,7 @@ def serve(
         ws.con()  # open (and migrate) the store now: it is this process's until it stops
         if ensure_local_token(ws):
             _say(f"made a write token for local commands: {token_path()} (mode 0600)")
-        asyncio.run(_run(ws, host, port, access_log))
+        asyncio.run(_run(ws, host, port, access_log, live))
     except BaseException:
         with contextlib.suppress(Exception):  # the first failure is the one to report
             stop_workstation(ws)

@@ -18,6 +18,7 @@ from typing import Annotated, Literal, cast
 import typer
 from rich.table import Table
 
+from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from tui.cli.options import JsonOpt, workstation
 from tui.cli.render import CliError, console, emit_json, styled
 
@@ -47,13 +48,61 @@ def serve(
     quiet: Annotated[
         bool, typer.Option("--quiet", help="No log line per request (errors still log).")
     ] = False,
+    market: Annotated[
+        str | None,
+        typer.Option(
+            "--market",
+            help="Run a live session of this market once listening (GET /api/v1/events"
+            " streams it); without it none runs until POST /api/v1/live.",
+        ),
+    ] = None,
+    unit: Annotated[str, typer.Option("--unit", help="Candle unit of the live session.")] = "1",
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            help=f"Confidence threshold of the live session ({THRESHOLD_MIN}..{THRESHOLD_MAX}).",
+        ),
+    ] = 0.5,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never contact Upbit: replay stored candles.")
+    ] = False,
+    replay_delay: Annotated[
+        float, typer.Option("--replay-delay", min=0, help="Seconds between replayed candles.")
+    ] = 0.25,
+    replay_candles: Annotated[
+        int, typer.Option("--replay-candles", min=1, help="Stored candles a replay plays.")
+    ] = 2000,
 ) -> None:
     """Run the upquant server: it owns the store, serves the REST API (/api/v1/docs), and
-    every other command talks to it while it runs. Stop it with Ctrl-C, SIGTERM or
+    every other command talks to it while it runs. With --market it also runs a live
+    session (signals stored, events streamed). Stop it with Ctrl-C, SIGTERM or
     `upquant server stop`."""
     from engine.server.runner import serve as run_server
 
-    raise typer.Exit(run_server(host, port, access_log=not quiet))
+    live = None
+    if market is not None:
+        from pydantic import ValidationError
+
+        from engine.service.live import LiveStartRequest
+
+        try:
+            live = LiveStartRequest(
+                market=market,
+                unit=unit,
+                threshold=threshold,
+                offline=offline,
+                replay_delay=replay_delay,
+                replay_candles=replay_candles,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            option = str(first["loc"][0]).replace("_", "-")
+            raise CliError(
+                f"--{option}: {first['msg'].removeprefix('Value error, ')}",
+                "see `upquant serve --help`",
+            ) from None
+    raise typer.Exit(run_server(host, port, access_log=not quiet, live=live))
 
 
 def _uptime(seconds: float) -> str:

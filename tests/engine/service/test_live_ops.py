@@ -154,7 +154,7 @@ async def test_the_stored_data_routes_answer_what_the_store_holds(api: Api, ws: 
 
     status, none = await api("GET", "/api/v1/signals", "read")
     assert status == 200 and none == []
-    status, started = await api("POST", "/api/v1/live", json={**SLOW, "replay_delay": 0, "replay_candles": 60})
+    status, _started = await api("POST", "/api/v1/live", json={**SLOW, "replay_delay": 0, "replay_candles": 60})
     assert status == 200
     assert ws._live is not None and ws._live.task is not None
     await ws._live.task
