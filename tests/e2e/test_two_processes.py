@@ -73,7 +73,7 @@ def test_commands_from_another_process_answer_as_in_process(
             "live_start", {"market": "KRW-BTC", "unit": "1", "offline": True}
         )
         assert status == 200 and session["running"] and session["mode"] == "replay", session
-        varying |= {"last_update"}  # the replay may write the candles it plays again
+        assert session["model_ref"] == "xgboost-KRW-BTC-1@1", session  # the champion signals
 
     # predict writes to OUT: one file per side, paths of the same length (the same lines)
     out = {"s": tmp_path / "s" / "predictions.csv", "l": tmp_path / "l" / "predictions.csv"}
