@@ -194,7 +194,7 @@ async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_
     upsert_candles(con, shared_candles("KRW-BTC_1m.csv", 3000))
     con.close()
     served = start(
-        home, "--quiet", "--market", "KRW-BTC", "--offline", "--replay-delay", "0.02", "--replay-candles", "1000"
+        home, "--quiet", "--market", "KRW-BTC", "--offline", "--replay-delay", "0.05", "--replay-candles", "2400"
     )
     try:
         token = (home / "api-token").read_text().strip()
@@ -226,7 +226,7 @@ async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_
     ended = [f["live"] for f in streamed if f["type"] == "live" and not f["live"]["running"]]
     assert ended and ended[-1]["ended"] == "stopped"
     played = ended[-1]["signals"]
-    assert 30 <= played < 1000  # stopped mid-replay, with signals still buffered (batches of 50)
+    assert 30 <= played < 2400  # stopped mid-replay, with signals still buffered (batches of 50)
     con = connect()
     try:
         stored = load_signals(con, "KRW-BTC", last=10_000)

@@ -84,12 +84,14 @@ async def test_start_status_history_threshold_conflict_and_stop(api: Api, ws: Wo
     status, body = await api("POST", "/api/v1/live", json={**SLOW, "threshold": 0.1})
     assert status == 422 and "[0.34, 0.95]" in body["error"]
 
-    # the engine's window: stored candles, the same values
+    # the engine's window: a run of consecutive stored candles, the same values
     status, history = await api("GET", "/api/v1/live/history?last=50", "read")
     assert status == 200 and history["market"] == "KRW-BTC" and len(history["candles"]) == 50
-    window = ws.live_session.engine.history.tail(50)
-    assert [pd.Timestamp(c["ts"]) for c in history["candles"]] == list(window["ts"])
-    assert [c["close"] for c in history["candles"]] == list(window["close"])
+    stored = load_candles(con, "KRW-BTC", "1").reset_index(drop=True)
+    shown = [pd.Timestamp(c["ts"]) for c in history["candles"]]
+    first = int(stored.index[stored["ts"] == shown[0]][0])
+    assert list(stored["ts"].iloc[first : first + 50]) == shown
+    assert list(stored["close"].iloc[first : first + 50]) == [c["close"] for c in history["candles"]]
     assert {c["market"] for c in history["candles"]} == {"KRW-BTC"}
 
     # stop: every decided signal is written (replays buffer them in batches of 50)
