@@ -131,10 +131,16 @@ def _say(text: str) -> None:
 
 @contextlib.asynccontextmanager
 async def listening(
-    ws: Workstation, host: str, port: int, *, access_log: logging.Logger | None = None
+    ws: Workstation,
+    host: str,
+    port: int,
+    *,
+    access_log: logging.Logger | None = None,
+    live: LiveStartRequest | None = None,
 ) -> AsyncIterator[ServerInfo]:
     """Serve `create_app(ws)` on `host`:`port` in the running event loop (port 0: any free
-    one): server.json is written once it listens and removed on the way out, after the
+    one): server.json is written once it listens (and the `live` session, if any, runs: a
+    face that finds the server finds its session) and removed on the way out, after the
     requests in flight finished (up to GRACE_S). `upquant serve` and a TUI hosting its own
     server both run through here."""
     from engine.server.app import create_app
@@ -162,6 +168,9 @@ async def listening(
         url = url_of(host, _bound_port(runner, port))
         info = this_server(url)
         ws.serving(url)
+        if live is not None:
+            status = await ws.start_live(live)
+            _say(f"live session: {status.banner}")
         write_server_info(info)
         yield info
     finally:
@@ -189,7 +198,11 @@ async def _run(
         loop.add_signal_handler(signum, stop.set)
     try:
         async with listening(
-            ws, host, port, access_log=logging.getLogger("aiohttp.access") if access_log else None
+            ws,
+            host,
+            port,
+            access_log=logging.getLogger("aiohttp.access") if access_log else None,
+            live=live,
         ) as info:
             url = info.url
             _say(f"upquant server {url} (pid {info.pid}); stop it with `upquant server stop`")
@@ -200,9 +213,6 @@ async def _run(
                     " workstation's API (a read token reads the store, a write token changes"
                     " it and trains). Keep tokens secret, put TLS in front, or bind 127.0.0.1."
                 )
-            if live is not None:
-                status = await ws.start_live(live)
-                _say(f"live session: {status.banner}")
             try:
                 await stop.wait()
             finally:
