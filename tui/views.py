@@ -1,8 +1,8 @@
 """What the main screen reads from a session, whoever runs it (`SessionView`), and the
 in-process session seen through it (`LocalView`).
 
-A session runs in this process (the TUI opened it, or the server this TUI hosts runs it and
-the TUI draws the same engine), or in another process's server (tui/remote.py
+A session runs in this process (the TUI opened it: `LocalView`; or the server this TUI hosts
+runs it and the TUI draws the same engine: `HostedView`), or in another process's server (tui/remote.py
 RemoteSession, fed by the events WebSocket). The screen does not care which: it reads the
 mode, banner, model or rule and threshold from the view, moves the threshold through it, and
 draws the messages `follow` posts.
@@ -11,7 +11,8 @@ draws the messages `follow` posts.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+import json
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tui import messages
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from textual.message import Message
 
     from engine.live.session import Session
+    from engine.service import Workstation
 
 class SessionView(Protocol):
     """A session as the screen sees it."""
@@ -142,3 +144,51 @@ class LocalView:
                     f"could not store the last candles: {type(exc).__name__}: {exc}"
                 )
             )
+
+
+class HostedView(LocalView):
+    """The session the server this TUI hosts runs (`ws.live_session`): drawn from its engine
+    directly, the threshold moved through the facade (so other clients hear of it), and
+    what other clients change (threshold, a stop, a new session) heard on the Workstation's
+    event hub, like any client of the server."""
+
+    def __init__(self, ws: Workstation) -> None:
+        session = ws.live_session
+        if session is None:
+            raise RuntimeError("the hosted server runs no live session")
+        super().__init__(session, owns_feed=False)
+        self.ws = ws
+
+    def set_threshold(self, value: float) -> float:
+        from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
+        from engine.service.live import LiveThresholdRequest
+
+        value = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
+        status = self.ws.live_threshold(LiveThresholdRequest(threshold=value))
+        return float(status.threshold if status.threshold is not None else value)
+
+    async def follow(self, post: Callable[[Message], object]) -> None:
+        hub = self.ws.events
+        listener = hub.subscribe()  # first: no change after the window below is missed
+        try:
+            self._open(post)
+            while (frame := await listener.get()) is not None:
+                event = json.loads(frame)
+                if event.get("type") == "live":
+                    self._live(post, event.get("live") or {})
+        finally:
+            hub.unsubscribe(listener)
+
+    def _open(self, post: Callable[[Message], object]) -> None:
+        post(messages.SessionOpened(self, self.engine.history.copy()))
+        self.engine.subscribe(lambda event: post(messages.from_engine(event)))
+
+    def _live(self, post: Callable[[Message], object], live: dict[str, Any]) -> None:
+        session = self.ws.live_session
+        if live.get("running") and session is not None and session is not self.session:
+            self.session, self.engine = session, session.engine  # another client started it
+            self._open(post)
+        elif not live.get("running"):
+            post(messages.SessionEnded(f"the session ended: {live.get('ended') or 'stopped'}"))
+        elif live.get("threshold") is not None:
+            post(messages.ThresholdChanged(float(live["threshold"])))

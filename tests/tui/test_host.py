@@ -7,23 +7,37 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
+from textual.pilot import Pilot
 
-from engine.server.lifecycle import read_server_info, running_server
+from engine.server.lifecycle import read_server_info, read_token, running_server
 from engine.server.runner import stop_workstation
 from engine.service import Workstation
 from engine.training.train import train_model
 from store.candles import upsert_candles
 from store.db import connect
 from tests.tui.test_cli import upquant
-from tests.tui.test_tui import SIZE, settle
+from tests.tui.test_serve import call
+from tests.tui.test_tui import SIZE
 from tui.app import UpquantApp
-from tui.host import hosting
+from tui.host import hosted_session, hosting
+from tui.views import HostedView
 from tui.widgets import PredictionPanel, SignalLog
 
 MARKET, UNIT = "KRW-BTC", "1"
+
+
+async def until(pilot: Pilot, check: Callable[[], bool], what: str, tries: int = 1200) -> None:
+    """Let the app run until `check()` holds (events cross threads, processes, sockets)."""
+    for _ in range(tries):
+        if check():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"never happened: {what}")
 
 
 async def test_a_hosting_tui_serves_other_terminals_and_frees_the_store_on_quit(
@@ -33,14 +47,23 @@ async def test_a_hosting_tui_serves_other_terminals_and_frees_the_store_on_quit(
     con = ws.con()
     upsert_candles(con, btc_1m.head(3000))
     report = train_model(con, "xgboost", MARKET, UNIT, params={"n_estimators": 10})
-    app = UpquantApp(con, MARKET, UNIT, offline=True, replay_delay=0, replay_candles=200)
+    factory = partial(
+        hosted_session, ws, MARKET, UNIT, offline=True, replay_delay=0.05, replay_candles=2000
+    )
+    app = UpquantApp(None, MARKET, UNIT, session_factory=factory)
     try:
         async with hosting(ws) as info:
             app.server_note = f"serving {info.url}"
             assert running_server() == info and info.pid == os.getpid()
             assert info.url.startswith("http://127.0.0.1:")
             async with app.run_test(size=SIZE) as pilot:
-                await settle(pilot)
+                log, panel = app.screen.query_one(SignalLog), app.screen.query_one(PredictionPanel)
+                await until(pilot, lambda: log.row_count >= 3, "signals of the hosted session")
+                # the TUI draws the server's own session: the same engine
+                session = ws.live_session
+                assert isinstance(app.view, HostedView) and session is not None
+                assert app.view.engine is session.engine and app.view.mode == "replay"
+                assert panel.model_ref == report.model.ref and info.url in app.sub_title
                 # another terminal: its own process, the same home
                 models, data, server = await asyncio.gather(
                     asyncio.to_thread(upquant, home, "models", "list", "--json"),
@@ -56,23 +79,34 @@ async def test_a_hosting_tui_serves_other_terminals_and_frees_the_store_on_quit(
                 assert server.returncode == 0, server.stderr
                 served = json.loads(server.stdout)
                 assert (served["url"], served["pid"]) == (info.url, os.getpid())
-                # the TUI's own session runs beside the server, with the trained champion
-                assert app.view is not None and app.view.mode == "replay"
-                panel = app.screen.query_one(PredictionPanel)
-                assert panel.model_ref == report.model.ref
-                assert app.screen.query_one(SignalLog).row_count == 200
-                assert info.url in app.sub_title
+                # ... sees the same session, and moves its threshold: the TUI shows it
+                token = read_token()
+                assert token is not None
+                code, live = await asyncio.to_thread(call, info.url, "live_status", token, {})
+                assert code == 200 and live["running"] is True and live["mode"] == "replay"
+                assert live["model_ref"] == report.model.ref
+                code, moved = await asyncio.to_thread(
+                    call, info.url, "live_threshold", token, {"threshold": 0.7}
+                )
+                assert code == 200, moved
+                await until(pilot, lambda: panel.threshold == 0.7, "the threshold moved elsewhere")
+                await pilot.press("-")  # and the TUI's key moves the server's threshold
+                assert panel.threshold == session.engine.threshold == 0.65
+                code, live = await asyncio.to_thread(call, info.url, "live_status", token, {})
+                assert live["threshold"] == 0.65
                 await pilot.press("q")
-            assert read_server_info(home) == info  # the server outlives the app's flush
+            assert read_server_info(home) == info  # the server outlives the app...
+            assert session.engine.signals  # ...and its session still plays
     finally:
         stop_workstation(ws)
     assert not (home / "server.json").exists()
-    # the store is free: a local command opens it; the replay's signals were all stored
+    emitted = len(session.engine.signals)
+    # the store is free: a local command opens it; every signal was stored before the stop
     local = await asyncio.to_thread(upquant, home, "data", "status", "--json")
     assert local.returncode == 0, local.stderr
     assert json.loads(local.stdout)[0]["rows"] == 3000
     with connect() as store:
-        assert store.execute("SELECT count(*) FROM signals").fetchone() == (200,)
+        assert store.execute("SELECT count(*) FROM signals").fetchone() == (emitted,)
 
 
 def test_upquant_tui_in_a_terminal_hosts_the_server_until_quit(home: Path) -> None:

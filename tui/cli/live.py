@@ -112,11 +112,13 @@ def _host(market: str, unit: str, port: int, options: dict[str, Any]) -> None:
     from engine.server.runner import stop_workstation
     from engine.service import Workstation
     from tui.app import UpquantApp
-    from tui.host import run_hosted
+    from tui.host import hosted_session, run_hosted
 
     ws = Workstation()
     try:
-        app = UpquantApp(ws.con(), market, unit, **options)
+        ws.con()  # open (and migrate) the store now: it is this process's until the TUI quits
+        factory = partial(hosted_session, ws, market, unit, **options)
+        app = UpquantApp(None, market, unit, session_factory=factory)
         info = asyncio.run(run_hosted(app, ws, port))
     finally:
         stop_workstation(ws)
