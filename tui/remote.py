@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 BACKOFF_S = (0.5, 10.0)  # first wait before a reconnect, and the longest
 HISTORY = 1000  # candles of the server's window the chart loads (it shows fewer)
 OP_TIMEOUT_S = 60.0
+OPEN_TIMEOUT_S = 300.0  # how long a session another client opens may take (the server's own)
 
 
 class RemoteSession:
@@ -160,7 +161,9 @@ class RemoteSession:
                 post(messages.FeedStatus(self.note, "warning"))
             if not (live and live.get("running")):
                 self.status["running"] = False
-                post(messages.SessionEnded(f"the server at {self.url} runs no session"))
+                ended = (live or {}).get("ended")
+                last = f" (its last one ended: {ended})" if ended else ""
+                post(messages.SessionEnded(f"the server at {self.url} runs no session{last}"))
             async for frame in sock:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     break  # closed (1013 when this client fell behind) or an error
@@ -194,7 +197,8 @@ class RemoteSession:
         if not live or not live.get("running"):
             if self.status.get("running", True):
                 self.status["running"] = False
-                self._say(messages.SessionEnded(f"the server's session ended ({self.url})"))
+                ended = (live or {}).get("ended") or "stopped"
+                self._say(messages.SessionEnded(f"the server's session ended: {ended}"))
             return
         if live.get("started") != self.status.get("started") and self._post is not None:
             # a new session on the server: load its window as if attaching again
@@ -243,14 +247,18 @@ def _refusal(url: str, exc: BaseException) -> RemoteError | None:
 
 
 async def call(
-    http: aiohttp.ClientSession, url: str, name: str, body: Mapping[str, Any]
+    http: aiohttp.ClientSession,
+    url: str,
+    name: str,
+    body: Mapping[str, Any],
+    timeout: float = OP_TIMEOUT_S,
 ) -> dict[str, Any]:
     """POST /api/v1/ops/{name}: the answer, or RemoteError with the server's error and hint."""
     try:
         async with http.post(
             f"{url}/api/v1/ops/{name}",
             json=dict(body),
-            timeout=aiohttp.ClientTimeout(total=OP_TIMEOUT_S),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as answer:
             text = await answer.text()
             status = answer.status
@@ -270,6 +278,18 @@ async def call(
         hint = data.get("hint") if isinstance(data, dict) else None
         raise RemoteError(str(error or f"{name} answered {status}"), hint, status)
     return data
+
+
+async def _opened(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The status of the session another client (or the server itself, `serve --market`)
+    is opening: asked again until it runs (opening may backfill Upbit candles)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + OPEN_TIMEOUT_S
+    while True:
+        status = await call(http, url, "live_status", {})
+        if status.get("running") or status.get("ended") or loop.time() > deadline:
+            return status
+        await asyncio.sleep(0.2)
 
 
 async def attach(
@@ -300,11 +320,11 @@ async def attach(
                 "replay_candles": replay_candles,
             }
             try:
-                status = await call(http, url, "live_start", start)
+                status = await call(http, url, "live_start", start, OPEN_TIMEOUT_S)
             except RemoteError as exc:
-                if exc.status != 409:  # 409: another client started one meanwhile
+                if exc.status != 409:  # 409: one runs, or is being opened, meanwhile
                     raise
-                status = await call(http, url, "live_status", {})
+                status = await _opened(http, url)
         if (status.get("market"), status.get("unit")) != (market, unit):
             note = (
                 f"the server runs {status.get('market')} {status.get('unit')}m, not"
