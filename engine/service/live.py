@@ -312,7 +312,8 @@ class LiveOps(StoreHolder):
                 live.candles_seen += 1
             elif isinstance(event, SignalEvent):
                 live.signals += 1
-            hub.publish(engine_event(event, engine.market, engine.unit))
+            if hub.subscribers:  # nobody listening: no frame to build
+                hub.publish(engine_event(event, engine.market, engine.unit))
 
         return listen
 
