@@ -5,7 +5,7 @@
     GET    /api/v1/data/status        per series: rows, first/last, gaps, last update
     GET    /api/v1/signals            ?market&action&last: stored signals, newest first
     GET    /api/v1/live               the live session's status (running false: none)
-    POST   /api/v1/live               start one {market, unit, threshold, offline, ...} (409: one runs)
+    POST   /api/v1/live               start one {market, unit, threshold, ...}; 409: one runs
     DELETE /api/v1/live               stop it (its buffered signals written)
     PUT    /api/v1/live/threshold     {threshold}: move its confidence threshold
     GET    /api/v1/live/history       ?last: the newest candles of the engine's window

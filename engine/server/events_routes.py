@@ -37,12 +37,14 @@ OPENAPI: dict[str, Any] = {
     PATH: {
         "get": {
             "operationId": "events",
-            "summary": "The server's events as a WebSocket (hello, candle, signal, status, live, job)",
+            "summary": "The events WebSocket: hello, candle, signal, status, live, job",
             "description": __doc__,
             "tags": ["events"],
             "x-scope": "read",
             "responses": {
-                "101": {"description": "Switching to the WebSocket protocol; JSON text frames follow"},
+                "101": {
+                    "description": "Switching to the WebSocket protocol; JSON text frames follow"
+                },
                 "401": {"description": "No API token, or an unknown or revoked one"},
             },
         }

@@ -81,9 +81,17 @@ def engine_event(event: EngineEvent, market: str, unit: str) -> dict[str, Any]:
     }
 
 
-def job_event(run: int, status: str, progress: float | None = None, message: str | None = None) -> dict[str, Any]:
+def job_event(
+    run: int, status: str, progress: float | None = None, message: str | None = None
+) -> dict[str, Any]:
     """The contract dict of a training run's status or progress."""
-    return {"type": "job", "run": int(run), "status": status, "progress": progress, "message": message}
+    return {
+        "type": "job",
+        "run": int(run),
+        "status": status,
+        "progress": progress,
+        "message": message,
+    }
 
 
 class Subscriber:

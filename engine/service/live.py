@@ -127,15 +127,23 @@ class LiveStatus(Response):
     market: str | None = None
     unit: str | None = None
     mode: str | None = Field(default=None, description="live, replay or demo.")
-    banner: str | None = Field(default=None, description="Where the candles come from, and the model.")
+    banner: str | None = Field(
+        default=None, description="Where the candles come from, and the model."
+    )
     threshold: float | None = None
-    model_ref: str | None = Field(default=None, description="The champion deciding; None: the rule.")
-    rule: str | None = Field(default=None, description="The rule strategy that decides without a model.")
+    model_ref: str | None = Field(
+        default=None, description="The champion deciding; None: the rule."
+    )
+    rule: str | None = Field(
+        default=None, description="The rule strategy that decides without a model."
+    )
     no_model_reason: str | None = None
     started: datetime | None = None
     candles_seen: int = Field(default=0, description="Closed candles the engine decided on.")
     signals: int = Field(default=0, description="Signals it emitted.")
-    ended: str | None = Field(default=None, description="Why the session ended (None while it runs).")
+    ended: str | None = Field(
+        default=None, description="Why the session ended (None while it runs)."
+    )
 
 
 class LiveCandle(BaseModel):
@@ -210,18 +218,23 @@ class LiveOps(StoreHolder):
             self.attach_loop(asyncio.get_running_loop())
         super().serving(url)  # type: ignore[misc]
 
-    def _on_loop(self, make: Callable[[], Coroutine[Any, Any, LiveStatus]], timeout: float) -> LiveStatus:
+    def _on_loop(
+        self, make: Callable[[], Coroutine[Any, Any, LiveStatus]], timeout: float
+    ) -> LiveStatus:
         """Run the coroutine `make()` on the server's loop from a worker thread; its answer."""
         loop = self._loop
         if loop is None or loop.is_closed() or not loop.is_running():
-            raise ServiceError("no server runs this Workstation: a one-shot command cannot keep a live session", NO_LOOP_HINT)
+            raise ServiceError(
+                "no server runs this Workstation: a one-shot command cannot keep a live session",
+                NO_LOOP_HINT,
+            )
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
             raise ServiceError(
-                "a live operation was called on the server's event loop, where it would wait on itself",
+                "a live operation was called on the server's event loop (it would wait on itself)",
                 "await Workstation.start_live / stop_live_async from a coroutine instead",
             )
         future = asyncio.run_coroutine_threadsafe(make(), loop)
@@ -271,11 +284,10 @@ class LiveOps(StoreHolder):
         with self._live_lock:
             current = self._live
             if self._starting or (current is not None and current.running):
-                what = (
-                    f"{current.session.engine.market} {current.session.engine.unit}m ({current.session.mode})"
-                    if current is not None and current.running
-                    else "one being opened"
-                )
+                what = "one being opened"
+                if current is not None and current.running:
+                    engine = current.session.engine
+                    what = f"{engine.market} {engine.unit}m ({current.session.mode})"
                 raise Conflict(
                     f"a live session already runs on this server: {what}",
                     "one session per server for now: stop it first (DELETE /api/v1/live,"
@@ -332,7 +344,12 @@ class LiveOps(StoreHolder):
             reason = f"failed: {type(exc).__name__}: {exc}"
             log.exception("the live session failed")
             self.events.publish(
-                {"type": "status", "text": f"live session {reason}", "level": "error", "connected": None}
+                {
+                    "type": "status",
+                    "text": f"live session {reason}",
+                    "level": "error",
+                    "connected": None,
+                }
             )
         finally:
             try:

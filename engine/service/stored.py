@@ -40,9 +40,20 @@ class CandlesRequest(Request):
 
     market: str = Field(description="Upbit market code, e.g. KRW-BTC.")
     unit: str = Field("1", description="Candle unit: 1, 3, 5, 10, 15, 30, 60, 240 or D.")
-    start: datetime | None = Field(default=None, alias="from", description="From this time (inclusive, ISO-8601; UTC if no zone).")
-    end: datetime | None = Field(default=None, alias="to", description="Up to this time (exclusive).")
-    last: int = Field(1000, ge=1, le=PAGE_MAX, description=f"The newest N candles of the range (at most {PAGE_MAX:,}).")
+    start: datetime | None = Field(
+        default=None,
+        alias="from",
+        description="From this time (inclusive, ISO-8601; UTC if no zone).",
+    )
+    end: datetime | None = Field(
+        default=None, alias="to", description="Up to this time (exclusive)."
+    )
+    last: int = Field(
+        1000,
+        ge=1,
+        le=PAGE_MAX,
+        description=f"The newest N candles of the range (at most {PAGE_MAX:,}).",
+    )
 
 
 class Candle(BaseModel):
@@ -66,8 +77,12 @@ class Candles(Response):
 
 
 class SignalsRequest(Request):
-    market: str | None = Field(default=None, description="One market's signals (all markets without).")
-    action: Literal["buy", "sell", "hold"] | None = Field(default=None, description="Only this action.")
+    market: str | None = Field(
+        default=None, description="One market's signals (all markets without)."
+    )
+    action: Literal["buy", "sell", "hold"] | None = Field(
+        default=None, description="Only this action."
+    )
     last: int = Field(100, ge=1, le=PAGE_MAX, description=f"The newest N (at most {PAGE_MAX:,}).")
 
 
@@ -154,4 +169,6 @@ class StoredOps(StoreHolder):
             params,
         )
         names = [d[0] for d in cursor.description]
-        return Signals([StoredSignal(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()])
+        return Signals(
+            [StoredSignal(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+        )

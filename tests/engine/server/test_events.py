@@ -33,7 +33,13 @@ from tests.conftest import shared_candles
 pytestmark = pytest.mark.slow
 
 FRAME_WAIT_S = 240.0  # a hang guard, never a speed check
-REPLAY = {"market": "KRW-BTC", "unit": "1", "offline": True, "replay_delay": 0, "replay_candles": 150}
+REPLAY = {
+    "market": "KRW-BTC",
+    "unit": "1",
+    "offline": True,
+    "replay_delay": 0,
+    "replay_candles": 150,
+}
 
 
 @pytest.fixture
@@ -76,7 +82,9 @@ async def until(sock: aiohttp.ClientWebSocketResponse, last: Any) -> list[dict[s
             return frames
 
 
-async def test_hello_comes_first_and_the_stream_needs_a_token(client: TestClient, tokens: dict[str, str]) -> None:
+async def test_hello_comes_first_and_the_stream_needs_a_token(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as bare:
         await client.ws_connect("/api/v1/events")
     assert bare.value.status == 401
@@ -96,7 +104,10 @@ async def test_hello_comes_first_and_the_stream_needs_a_token(client: TestClient
 
 
 async def test_a_replay_streams_the_candles_and_signals_the_store_then_holds(
-    client: TestClient, tokens: dict[str, str], ws: Workstation, con  # type: ignore[no-untyped-def]
+    client: TestClient,
+    tokens: dict[str, str],
+    ws: Workstation,
+    con,  # type: ignore[no-untyped-def]
 ) -> None:
     sock = await client.ws_connect("/api/v1/events", headers=bearer(tokens["read"]))
     assert (await frame(sock))["type"] == "hello"
@@ -120,15 +131,27 @@ async def test_a_replay_streams_the_candles_and_signals_the_store_then_holds(
     assert [pd.Timestamp(f["signal"]["ts"]) for f in signals] == list(stored["ts"])
     assert [f["signal"]["action"] for f in signals] == list(stored["action"])
     assert [f["signal"]["source"] for f in signals] == list(stored["source"])
-    assert all(f["probs"] is None and f["signal"]["market"] == "KRW-BTC" for f in signals)  # no model: the rule
+    assert all(
+        f["probs"] is None and f["signal"]["market"] == "KRW-BTC" for f in signals
+    )  # no model: the rule
 
 
 def forming(ts: pd.Timestamp, close: float, market: str = "KRW-BTC") -> dict[str, Any]:
-    candle = {"ts": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": close, "volume": 3.0, "value": None}
+    candle = {
+        "ts": ts,
+        "open": 1.0,
+        "high": 2.0,
+        "low": 0.5,
+        "close": close,
+        "volume": 3.0,
+        "value": None,
+    }
     return engine_event(CandleEvent(candle, closed=False), market, "1")
 
 
-async def test_a_reader_behind_loses_forming_candles_only(client: TestClient, tokens: dict[str, str], ws: Workstation) -> None:
+async def test_a_reader_behind_loses_forming_candles_only(
+    client: TestClient, tokens: dict[str, str], ws: Workstation
+) -> None:
     sock = await client.ws_connect("/api/v1/events", headers=bearer(tokens["read"]))
     assert (await frame(sock))["type"] == "hello"
     hub = ws.events
@@ -140,9 +163,21 @@ async def test_a_reader_behind_loses_forming_candles_only(client: TestClient, to
         for tick in range(5):
             hub.publish(forming(ts, 100.0 + minute + tick / 10))
             hub.publish(forming(ts, 200.0 + minute + tick / 10, "KRW-ETH"))
-        candle = {"ts": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": 100.0 + minute, "volume": 3.0, "value": 4.0}
+        candle = {
+            "ts": ts,
+            "open": 1.0,
+            "high": 2.0,
+            "low": 0.5,
+            "close": 100.0 + minute,
+            "volume": 3.0,
+            "value": 4.0,
+        }
         hub.publish(engine_event(CandleEvent(candle, closed=True), "KRW-BTC", "1"))
-        hub.publish(engine_event(SignalEvent(Signal(ts, "KRW-BTC", "hold", 0.0, "rule", "why"), None), "KRW-BTC", "1"))
+        hub.publish(
+            engine_event(
+                SignalEvent(Signal(ts, "KRW-BTC", "hold", 0.0, "rule", "why"), None), "KRW-BTC", "1"
+            )
+        )
     hub.publish({"type": "status", "text": "end of burst", "level": "info", "connected": None})
     frames = await until(sock, lambda f: f["type"] == "status")
     await sock.close()
@@ -150,7 +185,11 @@ async def test_a_reader_behind_loses_forming_candles_only(client: TestClient, to
     closed = [f for f in frames if f["type"] == "candle" and f["closed"]]
     assert [f["candle"]["close"] for f in closed] == [100.0 + m for m in range(60)]
     assert len([f for f in frames if f["type"] == "signal"]) == 60
-    kept = [(f["market"], f["candle"]["close"]) for f in frames if f["type"] == "candle" and not f["closed"]]
+    kept = [
+        (f["market"], f["candle"]["close"])
+        for f in frames
+        if f["type"] == "candle" and not f["closed"]
+    ]
     assert kept == [("KRW-BTC", 159.4), ("KRW-ETH", 259.4)]  # only the newest price of each
 
 
@@ -162,7 +201,15 @@ async def test_a_reader_too_far_behind_is_closed_with_1013_and_may_come_back(
     assert (await frame(sock))["type"] == "hello"
     start = pd.Timestamp("2026-01-01", tz="UTC")
     for minute in range(21):  # one closed candle more than it may hold
-        candle = {"ts": start + pd.Timedelta(minutes=minute), "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1, "value": 1}
+        candle = {
+            "ts": start + pd.Timedelta(minutes=minute),
+            "open": 1,
+            "high": 1,
+            "low": 1,
+            "close": 1,
+            "volume": 1,
+            "value": 1,
+        }
         ws.events.publish(engine_event(CandleEvent(candle, closed=True), "KRW-BTC", "1"))
     message = await sock.receive(timeout=FRAME_WAIT_S)
     assert message.type == aiohttp.WSMsgType.CLOSE and message.data == 1013, message
@@ -172,29 +219,51 @@ async def test_a_reader_too_far_behind_is_closed_with_1013_and_may_come_back(
     await again.close()
 
 
-async def test_job_frames_follow_a_tiny_training_run(client: TestClient, tokens: dict[str, str]) -> None:
+async def test_job_frames_follow_a_tiny_training_run(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
     sock = await client.ws_connect("/api/v1/events", headers=bearer(tokens["read"]))
     assert (await frame(sock))["type"] == "hello"
     body = {"kind": "xgboost", "market": "KRW-BTC", "n_estimators": 20, "device": "cpu"}
-    answer = await client.post("/api/v1/ops/train_start", json=body, headers=bearer(tokens["write"]))
+    answer = await client.post(
+        "/api/v1/ops/train_start", json=body, headers=bearer(tokens["write"])
+    )
     assert answer.status == 200, await answer.text()
     run = (await answer.json())["run"]
-    frames = await until(sock, lambda f: f["type"] == "job" and f["status"] not in ("queued", "running"))
+    frames = await until(
+        sock, lambda f: f["type"] == "job" and f["status"] not in ("queued", "running")
+    )
     await sock.close()
     jobs = [f for f in frames if f["type"] == "job"]
     assert {f["run"] for f in jobs} == {run}
     assert jobs[0]["status"] == "running"
-    assert jobs[-1] == {"type": "job", "run": run, "status": "finished", "progress": 1.0, "message": "registered xgboost-KRW-BTC-1@1"}
+    assert jobs[-1] == {
+        "type": "job",
+        "run": run,
+        "status": "finished",
+        "progress": 1.0,
+        "message": "registered xgboost-KRW-BTC-1@1",
+    }
 
 
-async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_signal(home: Path) -> None:
+async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_signal(
+    home: Path,
+) -> None:
     from tests.tui.test_serve import start
 
     con = connect()
     upsert_candles(con, shared_candles("KRW-BTC_1m.csv", 3000))
     con.close()
     served = start(
-        home, "--quiet", "--market", "KRW-BTC", "--offline", "--replay-delay", "0.05", "--replay-candles", "2400"
+        home,
+        "--quiet",
+        "--market",
+        "KRW-BTC",
+        "--offline",
+        "--replay-delay",
+        "0.05",
+        "--replay-candles",
+        "2400",
     )
     try:
         token = (home / "api-token").read_text().strip()
@@ -205,9 +274,13 @@ async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_
             hello = await frame(sock)
             assert hello["type"] == "hello"
             live = hello["live"]
-            if not live["running"]:  # server.json is written once it listens, the session opens next
+            if not live[
+                "running"
+            ]:  # server.json is written once it listens, the session opens next
                 live = (await until(sock, lambda f: f["type"] == "live"))[-1]["live"]
-            assert live["running"] is True and live["mode"] == "replay" and live["market"] == "KRW-BTC"
+            assert (
+                live["running"] is True and live["mode"] == "replay" and live["market"] == "KRW-BTC"
+            )
             streamed: list[dict[str, Any]] = []
             while len([f for f in streamed if f["type"] == "signal"]) < 30:
                 streamed.append(await frame(sock))
@@ -234,7 +307,11 @@ async def test_serve_with_a_market_streams_its_session_and_sigterm_stores_every_
         con.close()
     assert len(stored) == played  # every signal played is stored
     # the stream joined a running session: what it showed is a run of what is stored
-    shown = [(pd.Timestamp(f["signal"]["ts"]), f["signal"]["action"]) for f in streamed if f["type"] == "signal"]
+    shown = [
+        (pd.Timestamp(f["signal"]["ts"]), f["signal"]["action"])
+        for f in streamed
+        if f["type"] == "signal"
+    ]
     kept = list(zip(stored["ts"], stored["action"], strict=True))
     first = kept.index(shown[0])
     assert kept[first : first + len(shown)] == shown and first + len(shown) == len(kept)

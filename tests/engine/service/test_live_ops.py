@@ -25,14 +25,22 @@ pytestmark = pytest.mark.slow
 
 STORED = 1500
 # a replay slow enough to be running through the whole test (a candle every 30 s)
-SLOW = {"market": "KRW-BTC", "unit": "1", "offline": True, "replay_delay": 30.0, "replay_candles": 200}
+SLOW = {
+    "market": "KRW-BTC",
+    "unit": "1",
+    "offline": True,
+    "replay_delay": 30.0,
+    "replay_candles": 200,
+}
 
 
 class Api:
     def __init__(self, client: TestClient, tokens: dict[str, str]) -> None:
         self.client, self.tokens = client, tokens
 
-    async def __call__(self, method: str, path: str, scope: str = "write", **kwargs: Any) -> tuple[int, Any]:
+    async def __call__(
+        self, method: str, path: str, scope: str = "write", **kwargs: Any
+    ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.tokens[scope]}"}
         async with self.client.request(method, path, headers=headers, **kwargs) as response:
             text = await response.text()
@@ -57,7 +65,9 @@ async def api(ws: Workstation, con) -> AsyncIterator[Api]:  # type: ignore[no-un
     await client.close()
 
 
-async def test_start_status_history_threshold_conflict_and_stop(api: Api, ws: Workstation, con) -> None:  # type: ignore[no-untyped-def]
+async def test_start_status_history_threshold_conflict_and_stop(
+    api: Api, ws: Workstation, con
+) -> None:  # type: ignore[no-untyped-def]
     status, idle = await api("GET", "/api/v1/live", "read")
     assert status == 200 and idle["running"] is False and idle["market"] is None
 
@@ -73,7 +83,11 @@ async def test_start_status_history_threshold_conflict_and_stop(api: Api, ws: Wo
     assert ws.live_session is not None and ws.live_session.engine.market == "KRW-BTC"
 
     status, second = await api("POST", "/api/v1/live", json={**SLOW, "market": "KRW-ETH"})
-    assert status == 409 and "already runs" in second["error"] and "DELETE /api/v1/live" in second["hint"]
+    assert (
+        status == 409
+        and "already runs" in second["error"]
+        and "DELETE /api/v1/live" in second["hint"]
+    )
 
     status, moved = await api("PUT", "/api/v1/live/threshold", json={"threshold": 0.7})
     assert status == 200 and moved["threshold"] == 0.7
@@ -91,7 +105,9 @@ async def test_start_status_history_threshold_conflict_and_stop(api: Api, ws: Wo
     shown = [pd.Timestamp(c["ts"]) for c in history["candles"]]
     first = int(stored.index[stored["ts"] == shown[0]][0])
     assert list(stored["ts"].iloc[first : first + 50]) == shown
-    assert list(stored["close"].iloc[first : first + 50]) == [c["close"] for c in history["candles"]]
+    assert list(stored["close"].iloc[first : first + 50]) == [
+        c["close"] for c in history["candles"]
+    ]
     assert {c["market"] for c in history["candles"]} == {"KRW-BTC"}
 
     # stop: every decided signal is written (replays buffer them in batches of 50)
@@ -109,7 +125,9 @@ async def test_start_status_history_threshold_conflict_and_stop(api: Api, ws: Wo
     assert status == 200 and again["market"] == "KRW-ETH" and again["started"] != started["started"]
 
 
-async def test_a_replay_that_plays_out_says_so_and_stores_every_signal(api: Api, ws: Workstation, con) -> None:  # type: ignore[no-untyped-def]
+async def test_a_replay_that_plays_out_says_so_and_stores_every_signal(
+    api: Api, ws: Workstation, con
+) -> None:  # type: ignore[no-untyped-def]
     body = {**SLOW, "replay_delay": 0, "replay_candles": 120}
     status, started = await api("POST", "/api/v1/ops/live_start", json=body)
     assert status == 200 and started["running"] is True
@@ -125,7 +143,9 @@ async def test_a_replay_that_plays_out_says_so_and_stores_every_signal(api: Api,
     assert set(stored["mode"]) == {"replay"}
 
 
-async def test_the_stored_data_routes_answer_what_the_store_holds(api: Api, ws: Workstation, con) -> None:  # type: ignore[no-untyped-def]
+async def test_the_stored_data_routes_answer_what_the_store_holds(
+    api: Api, ws: Workstation, con
+) -> None:  # type: ignore[no-untyped-def]
     status, markets = await api("GET", "/api/v1/markets", "read")
     assert status == 200
     btc = shared_candles("KRW-BTC_1m.csv", STORED)
@@ -143,7 +163,9 @@ async def test_the_stored_data_routes_answer_what_the_store_holds(api: Api, ws: 
     assert {c["value"] for c in page["candles"]} == {None}  # unknown in the shared files
     start, end = btc["ts"].iloc[10].isoformat(), btc["ts"].iloc[20].isoformat()
     status, span = await api(
-        "GET", "/api/v1/candles", "read",
+        "GET",
+        "/api/v1/candles",
+        "read",
         params={"market": "KRW-BTC", "from": start, "to": end, "last": "5000"},
     )
     assert status == 200 and span["more"] is False
@@ -152,11 +174,16 @@ async def test_the_stored_data_routes_answer_what_the_store_holds(api: Api, ws: 
     assert status == 422 and "last" in big["error"]
 
     status, data = await api("GET", "/api/v1/data/status", "read")
-    assert status == 200 and [(s["market"], s["rows"]) for s in data] == [("KRW-BTC", STORED), ("KRW-ETH", 300)]
+    assert status == 200 and [(s["market"], s["rows"]) for s in data] == [
+        ("KRW-BTC", STORED),
+        ("KRW-ETH", 300),
+    ]
 
     status, none = await api("GET", "/api/v1/signals", "read")
     assert status == 200 and none == []
-    status, _started = await api("POST", "/api/v1/live", json={**SLOW, "replay_delay": 0, "replay_candles": 60})
+    status, _started = await api(
+        "POST", "/api/v1/live", json={**SLOW, "replay_delay": 0, "replay_candles": 60}
+    )
     assert status == 200
     assert ws._live is not None and ws._live.task is not None
     await ws._live.task
@@ -172,9 +199,17 @@ async def test_the_stored_data_routes_answer_what_the_store_holds(api: Api, ws: 
     assert status == 200 and other == []
 
     status, doc = await api("GET", "/api/v1/openapi.json", "read")
-    for path in ("/api/v1/markets", "/api/v1/candles", "/api/v1/signals", "/api/v1/live", "/api/v1/events"):
+    for path in (
+        "/api/v1/markets",
+        "/api/v1/candles",
+        "/api/v1/signals",
+        "/api/v1/live",
+        "/api/v1/events",
+    ):
         assert path in doc["paths"], path
-    assert {"from", "to", "last"} <= {p["name"] for p in doc["paths"]["/api/v1/candles"]["get"]["parameters"]}
+    assert {"from", "to", "last"} <= {
+        p["name"] for p in doc["paths"]["/api/v1/candles"]["get"]["parameters"]
+    }
     assert "101" in doc["paths"]["/api/v1/events"]["get"]["responses"]
 
 
@@ -182,5 +217,7 @@ def test_a_one_shot_workstation_refuses_to_start_a_session(ws: Workstation) -> N
     with pytest.raises(ServiceError) as refused:
         ws.live_start(LiveStartRequest(market="KRW-BTC", unit="1", offline=True))
     assert "one-shot" in str(refused.value)
-    assert "upquant serve --market" in (refused.value.hint or "") and "upquant tui" in (refused.value.hint or "")
+    assert "upquant serve --market" in (refused.value.hint or "") and "upquant tui" in (
+        refused.value.hint or ""
+    )
     assert ws.live_status(LiveStatusRequest()).running is False
