@@ -1,7 +1,8 @@
 """A property-based run of the server's own OpenAPI document (schemathesis) against a real
-`upquant serve` on 127.0.0.1 with a real store (candles, a trained model): every operation,
-with valid and invalid requests, answers no 5xx and an answer its document describes (status
-and body); once with a read token, once with a write token. Bounded: a few derandomized
+`upquant serve` on 127.0.0.1 with a real store (candles, a trained model) and a replay
+session running: every operation, with valid and invalid requests, answers no 5xx and an
+answer its document describes (status and body); once with a read token, once with a write
+token. Bounded: a few derandomized
 examples per operation and mode, so it runs in seconds and the same way every time.
 
 The write run leaves out what destroys or reaches beyond the store: revoking tokens, deleting
@@ -51,6 +52,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
     try:
         server = started(home)
         read = server.ok("token_create", {"name": "fuzz-read", "scope": "read"})["secret"]
+        # a replay session runs meanwhile: the live operations act on a real one
+        server.ok("live_start", {"market": "KRW-BTC", "unit": "1", "offline": True})
         yield server, {"read": read, "write": server.token}
         # the server is still whole after the run: it answers, no request left a transaction
         # open (store check checkpoints the store, refused while one is), it stops cleanly
