@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.server.lifecycle import read_token
+from engine.server.lifecycle import read_server_info, read_token
 from store.candles import upsert_candles
 from store.db import connect
-from tests.tui.test_host import until
+from tests.tui.test_host import Terminal, until
 from tests.tui.test_serve import Served, call, ping, start
 from tests.tui.test_tui import SIZE
 from tui import messages
@@ -141,6 +141,23 @@ async def test_a_running_session_is_shown_and_a_dropped_server_reads_disconnecte
             if server is not None and server.process.poll() is None:
                 server.process.kill()
                 server.process.communicate()
+
+
+def test_upquant_tui_in_a_terminal_attaches_and_leaves_the_server_running(
+    served: Served,
+) -> None:
+    """The command itself: with a server running, `upquant tui` is its client (it hosts
+    nothing), and quitting says the server was left running, which it is."""
+    tui = Terminal(served.home, "tui", "--offline", "--replay-delay", "0.2")
+    tui.until(lambda: "attached to" in tui.text, "the TUI attached")
+    token = read_token(served.home)
+    assert token is not None
+    assert status_of(served.url, token)["running"] is True  # the TUI started the session
+    assert tui.quit() == 0, tui.text
+    assert "left the server running at" in tui.text and str(served.process.pid) in tui.text
+    assert served.process.poll() is None and ping(served.url)["ok"] is True
+    assert status_of(served.url, token)["running"] is True
+    assert read_server_info(served.home).pid == served.process.pid  # type: ignore[union-attr]
 
 
 def test_wire_frames_become_the_engines_messages() -> None:

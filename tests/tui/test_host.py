@@ -5,8 +5,15 @@ session's flush, server.json goes and the store is free for a local command."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -20,7 +27,7 @@ from engine.service import Workstation
 from engine.training.train import train_model
 from store.candles import upsert_candles
 from store.db import connect
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import UPQUANT, upquant
 from tests.tui.test_serve import call
 from tests.tui.test_tui import SIZE
 from tui.app import UpquantApp
@@ -109,58 +116,67 @@ async def test_a_hosting_tui_serves_other_terminals_and_frees_the_store_on_quit(
         assert store.execute("SELECT count(*) FROM signals").fetchone() == (emitted,)
 
 
-def test_upquant_tui_in_a_terminal_hosts_the_server_until_quit(home: Path) -> None:
-    """The command itself, in a pseudo-terminal: server.json names it while it runs, another
-    process's command goes through it, `q` quits, the server stops with it and says so."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import subprocess
-    import termios
-    import time
+class Terminal:
+    """`upquant ARGS` in a pseudo-terminal of 120x40 on `home`: what it shows, keys sent."""
 
-    from tests.tui.test_cli import UPQUANT
+    def __init__(self, home: Path, *args: str) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.master, self.shown = master, bytearray()
+        self.process = subprocess.Popen(
+            [UPQUANT, *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+            env={**os.environ, "UPQUANT_HOME": str(home), "TERM": "xterm-256color"},
+        )
+        os.close(slave)
+        self.deadline = time.monotonic() + 120
 
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen(
-        [UPQUANT, "tui", "--offline", "--replay-delay", "0.05", "--replay-candles", "50"],
-        stdin=slave, stdout=slave, stderr=slave, close_fds=True,
-        env={**os.environ, "UPQUANT_HOME": str(home), "TERM": "xterm-256color"},
-    )
-    os.close(slave)
-    shown = bytearray()
+    @property
+    def text(self) -> str:
+        return self.shown.decode(errors="replace")
 
-    def read(seconds: float) -> None:
-        ready, _, _ = select.select([master], [], [], seconds)
+    def read(self, seconds: float = 0.1) -> None:
+        ready, _, _ = select.select([self.master], [], [], seconds)
         if ready:
             try:
-                shown.extend(os.read(master, 1 << 16))
+                self.shown.extend(os.read(self.master, 1 << 16))
             except OSError:  # the terminal's other end is gone
                 time.sleep(seconds)
 
-    try:
-        deadline = time.monotonic() + 120
-        while (info := read_server_info(home)) is None or info.pid != process.pid:
-            assert process.poll() is None, shown.decode(errors="replace")
-            assert time.monotonic() < deadline, "no server.json after 120 s"
-            read(0.1)
-        server = upquant(home, "server", "status", "--json")
-        assert server.returncode == 0, server.stderr
-        assert json.loads(server.stdout)["pid"] == process.pid
-        os.write(master, b"q")
-        while process.poll() is None:
-            assert time.monotonic() < deadline, "the TUI did not quit"
-            read(0.1)
-        for _ in range(20):  # what it printed after the terminal was given back
-            read(0.05)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        os.close(master)
-    assert process.returncode == 0, shown.decode(errors="replace")
+    def until(self, check: Callable[[], bool], what: str) -> None:
+        while not check():
+            assert self.process.poll() is None, f"exited {self.process.returncode}: {self.text}"
+            assert time.monotonic() < self.deadline, f"never happened: {what}"
+            self.read()
+
+    def quit(self) -> int:
+        """Press q; the exit code once it is gone (what it printed after the TUI read)."""
+        try:
+            os.write(self.master, b"q")
+            while self.process.poll() is None:
+                assert time.monotonic() < self.deadline, "the TUI did not quit"
+                self.read()
+            for _ in range(20):
+                self.read(0.05)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait()
+            os.close(self.master)
+        return self.process.returncode
+
+
+def test_upquant_tui_in_a_terminal_hosts_the_server_until_quit(home: Path) -> None:
+    """The command itself, in a pseudo-terminal: server.json names it while it runs, another
+    process's command goes through it, `q` quits, the server stops with it and says so."""
+    tui = Terminal(home, "tui", "--offline", "--replay-delay", "0.05", "--replay-candles", "50")
+    tui.until(
+        lambda: (info := read_server_info(home)) is not None and info.pid == tui.process.pid,
+        "server.json names the TUI",
+    )
+    server = upquant(home, "server", "status", "--json")
+    assert server.returncode == 0, server.stderr
+    assert json.loads(server.stdout)["pid"] == tui.process.pid
+    assert tui.quit() == 0, tui.text
     assert not (home / "server.json").exists()
-    text = shown.decode(errors="replace")
-    assert "stopped the server this TUI hosted at" in text and str(process.pid) in text
+    assert "stopped the server this TUI hosted at" in tui.text
+    assert str(tui.process.pid) in tui.text
