@@ -1,9 +1,11 @@
 """The workstation's messages, one class per event, and the one boundary where engine events
-become messages (`from_engine`).
+become messages: `from_engine` for an engine in this process, `from_wire` beside it for the
+same events as the server's events stream carries them (a TUI attached to a server).
 
 The engine knows nothing of Textual: it calls its subscribers with plain events
-(engine/live/engine.py). The app turns each into one of these and posts it to the main
-screen, in the order things happen, so the screen never races the engine. Forming-candle
+(engine/live/engine.py). The session's view (tui/views.py, tui/remote.py) turns each into
+one of these and posts it to the main screen, in the order things happen, so the screen
+never races the engine. Forming-candle
 updates arrive many times a second on a live feed; an update still waiting in the queue is
 replaced by the next one (`can_replace`): the chart only ever draws the newest forming bar.
 """
