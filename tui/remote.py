@@ -7,8 +7,9 @@ starts one (`live_start`) when none runs; the `RemoteSession` it answers is a `S
 for every route), each frame turned into the screen's message by `messages.from_wire`; the
 threshold keys call `live_threshold`, and a threshold moved by another client reaches the
 screen through the stream's `live` frames. When the socket drops, the status line says
-DISCONNECTED and the session reconnects with backoff (0.5 s doubling up to 10 s), reloading
-the window once back, so nothing closed while it was away is missing from the chart.
+DISCONNECTED and the session reconnects with backoff (0.5 s doubling up to 10 s), to where
+server.json then says the server answers (a restart on another port), reloading the window
+once back, so nothing closed while it was away is missing from the chart.
 Quitting leaves the server and its session running.
 """
 
@@ -44,11 +45,13 @@ class RemoteSession:
         self,
         http: aiohttp.ClientSession,
         url: str,
+        token: str,
         status: Mapping[str, Any],
         *,
         note: str | None = None,
     ) -> None:
         self.http, self.url, self.note = http, url.rstrip("/"), note
+        self._token = token
         self.status: dict[str, Any] = dict(status)
         self._post: Callable[[Message], object] | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -127,19 +130,37 @@ class RemoteSession:
                     reason = str(exc) or type(exc).__name__
                 if self._streamed:  # it was connected: the next drop starts the backoff over
                     wait = BACKOFF_S[0]
+                was, delay = self.url, wait
+                if await self._relocate():
+                    reason += f"; it now answers at {self.url}"
+                    delay = 0.0
                 post(
                     messages.FeedStatus(
-                        f"DISCONNECTED from the server at {self.url} ({reason});"
-                        f" reconnecting in {wait:.1f}s",
+                        f"DISCONNECTED from the server at {was} ({reason});"
+                        f" reconnecting in {delay:.1f}s",
                         "warning",
                         connected=False,
                     )
                 )
-                await asyncio.sleep(wait)
+                await asyncio.sleep(delay)
                 wait = min(wait * 2, BACKOFF_S[1])
                 reconnect = True
         finally:
             await self.close()
+
+    async def _relocate(self) -> bool:
+        """Follow the server to where server.json now says it answers (restarted on another
+        port, or with a new token); True when it moved."""
+        from engine.server.lifecycle import read_token, running_server
+
+        info = running_server()
+        token = read_token()
+        if info is None or token is None or (info.url, token) == (self.url, self._token):
+            return False
+        await self.http.close()
+        self.http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
+        self.url, self._token = info.url.rstrip("/"), token
+        return True
 
     async def _stream(self, post: Callable[[Message], object], reconnect: bool) -> None:
         events = f"{self.url}/api/v1/events"
@@ -330,7 +351,7 @@ async def attach(
                 f"the server runs {status.get('market')} {status.get('unit')}m, not"
                 f" {market} {unit}m: showing its session (one session per server for now)"
             )
-        return RemoteSession(http, url, status, note=note)
+        return RemoteSession(http, url, token, status, note=note)
     except BaseException:
         await http.close()
         raise

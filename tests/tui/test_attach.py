@@ -99,7 +99,8 @@ async def test_a_running_session_is_shown_and_a_dropped_server_reads_disconnecte
 ) -> None:
     """`upquant serve --market KRW-BTC --offline` runs its own session: a TUI asking for
     KRW-ETH shows that one and says so; the server stopping reads DISCONNECTED until a server
-    is back on the same port, whose new session the TUI then draws by itself."""
+    is back on the same port, whose new session the TUI then draws by itself, and follows a
+server restarted on another port (server.json says where)."""
     with connect() as con:
         upsert_candles(con, btc_1m.head(STORED))
     options = ("--market", MARKET, "--offline", "--replay-delay", "0.2")
@@ -109,6 +110,7 @@ async def test_a_running_session_is_shown_and_a_dropped_server_reads_disconnecte
     factory = partial(attach, served.url, token, "KRW-ETH", UNIT, offline=True)
     app = UpquantApp(None, "KRW-ETH", UNIT, session_factory=factory)
     again: Served | None = None
+    moved: Served | None = None
     try:
         async with app.run_test(size=SIZE) as pilot:
             log, status = app.screen.query_one(SignalLog), app.screen.query_one(StatusLine)
@@ -135,9 +137,21 @@ async def test_a_running_session_is_shown_and_a_dropped_server_reads_disconnecte
             await until(pilot, lambda: not status.text.startswith("DISCONNECTED"), "reconnected")
             seen = log.row_count
             await until(pilot, lambda: log.row_count > seen, "signals of the new session")
+            # stopped again, and back on another port: server.json says where
+            code, err = again.stop(signal.SIGTERM)
+            assert code == 0, err
+            await until(pilot, lambda: status.text.startswith("DISCONNECTED"), "DISCONNECTED")
+            moved = start(home, *options)
+            await until(
+                pilot,
+                lambda: view.url == moved.url and not status.text.startswith("DISCONNECTED"),
+                "the TUI followed the server to its new port",
+            )
+            seen = log.row_count
+            await until(pilot, lambda: log.row_count > seen, "signals from the moved server")
             await pilot.press("q")
     finally:
-        for server in (served, again):
+        for server in (served, again, moved):
             if server is not None and server.process.poll() is None:
                 server.process.kill()
                 server.process.communicate()
