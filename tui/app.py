@@ -46,18 +46,20 @@ class UpquantApp(App[None]):
     ) -> None:
         super().__init__()
         self.market, self.unit = market, unit
-        if session_factory is None and con is None:
-            raise ValueError("UpquantApp needs the store's connection or a session factory")
-        self.session_factory: SessionFactory = session_factory or partial(
-            open_session,
-            con,
-            market,
-            unit,
-            threshold=threshold,
-            offline=offline,
-            replay_delay=replay_delay,
-            replay_candles=replay_candles,
-        )
+        if session_factory is None:
+            if con is None:
+                raise ValueError("UpquantApp needs the store's connection or a session factory")
+            session_factory = partial(
+                open_session,
+                con,
+                market,
+                unit,
+                threshold=threshold,
+                offline=offline,
+                replay_delay=replay_delay,
+                replay_candles=replay_candles,
+            )
+        self.session_factory: SessionFactory = session_factory
         self.session: Session | None = None  # the in-process session the TUI opened
         self.view: SessionView | None = None  # what the screen draws
         self.server_note = ""  # e.g. "serving http://127.0.0.1:PORT" while it hosts the server

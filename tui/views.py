@@ -21,8 +21,18 @@ if TYPE_CHECKING:
 
     from textual.message import Message
 
+    from engine.live.engine import EngineEvent
     from engine.live.session import Session
     from engine.service import Workstation
+
+def _poster(post: Callable[[Message], object]) -> Callable[[EngineEvent], None]:
+    """An engine listener posting each event as its message."""
+
+    def listen(event: EngineEvent) -> None:
+        post(messages.from_engine(event))
+
+    return listen
+
 
 class SessionView(Protocol):
     """A session as the screen sees it."""
@@ -122,7 +132,7 @@ class LocalView:
         # so the screen sees every candle exactly once
         post(messages.SessionOpened(self, engine.history.copy()))
         # subscribed for the view's life: a status published after the feed ended is shown too
-        engine.subscribe(lambda event: post(messages.from_engine(event)))
+        engine.subscribe(_poster(post))
         if not self.owns_feed:
             await asyncio.Event().wait()  # the server's feed: watched until the TUI quits
             return
@@ -181,7 +191,7 @@ class HostedView(LocalView):
 
     def _open(self, post: Callable[[Message], object]) -> None:
         post(messages.SessionOpened(self, self.engine.history.copy()))
-        self.engine.subscribe(lambda event: post(messages.from_engine(event)))
+        self.engine.subscribe(_poster(post))
 
     def _live(self, post: Callable[[Message], object], live: dict[str, Any]) -> None:
         session = self.ws.live_session

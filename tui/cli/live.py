@@ -63,7 +63,7 @@ def tui(
     check_session_args(
         threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
     )
-    options = {
+    options: dict[str, Any] = {
         "threshold": threshold,
         "offline": offline,
         "replay_delay": replay_delay,
