@@ -14,6 +14,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import duckdb
+
 from engine.service.core import ServiceError
 from store.tokens import TokenRecord, mark_used, secret_hash, verify_token
 
@@ -71,7 +73,13 @@ class Authenticator:
         token = verify_token(con, secret)
         if token is None:
             raise Unauthorized("the API token is not valid (unknown or revoked)", TOKEN_HINT)
-        mark_used(con, token.id)
+        try:
+            mark_used(con, token.id)
+        except duckdb.TransactionException:
+            # requests verified at the same moment on other threads stamp the same row, and
+            # DuckDB refuses all but one ("Conflict on update"): the stamp is best-effort,
+            # one of them stands; the request must not fail for it
+            pass
         with self._lock:
             self._cache[secret_hash(secret)] = (
                 secret_hash(secret), token, time.monotonic() + self._ttl
