@@ -101,3 +101,28 @@ def test_commands_from_another_process_answer_as_in_process(
         assert session["candles_seen"] > 0, session
         assert server.call("live_stop", {})[0] == 200
     assert server.stop() == 0, server.output()
+
+
+def test_run_follows_the_servers_session_and_leaves_the_server_running(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """`upquant run` while a server owns the store: it starts the server's session (a replay
+    here), prints its buy/sell signals as they stream, and ends with the replay; the server
+    goes on, and every signal printed is one the server stored."""
+    home = store_with_candles(tmp_path)
+    server = servers(home)
+    ran = upquant(home, "run", "--market", "KRW-BTC", "--offline", "--replay-delay", "0.02",
+                  "--replay-candles", "300", timeout=300)
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+    assert f"attached to {server.url}" in ran.stderr
+    assert "the replay ended: 300 candles played" in ran.stderr
+    assert f"the server at {server.url} keeps running" in ran.stdout
+    assert server.process.poll() is None
+    stored = server.ok("signals", {"market": "KRW-BTC", "last": 1000})
+    rows = stored["signals"] if isinstance(stored, dict) else stored
+    kept = {(row["ts"][:16].replace("T", " "), row["action"].upper()) for row in rows}
+    printed = [line.split()[:4] for line in ran.stdout.splitlines() if " KRW-BTC " in line]
+    assert printed, ran.stdout  # the sma-cross rule trades in 300 candles of KRW-BTC 1m
+    for date, time, market, action in printed:
+        assert market == "KRW-BTC" and (f"{date} {time}", action) in kept, (date, time, action)
+    assert server.stop() == 0, server.output()

@@ -4,7 +4,9 @@ headless."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -137,7 +139,11 @@ def run(
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
     replay_candles: ReplayCandlesOpt = 2000,
 ) -> None:
-    """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal."""
+    """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal.
+
+    With `upquant serve` running it follows the server's session instead (starting one when
+    none runs) until the session ends or Ctrl-C; the server keeps running.
+    """
     from engine.live.engine import SignalEvent, StatusEvent
     from engine.live.session import open_session
     from engine.params import check_session_args
@@ -150,11 +156,8 @@ def run(
     def show(event: object) -> None:
         if isinstance(event, StatusEvent):
             err.print(event.text, style="yellow" if event.level != "info" else None)
-        elif isinstance(event, SignalEvent) and event.signal.action != "hold":
-            s = event.signal
-            console.print(
-                f"{s.ts:%Y-%m-%d %H:%M} {s.market} {s.action.upper():4} {s.confidence:.2f} {s.source}: {s.reason}"
-            )
+        elif isinstance(event, SignalEvent):
+            show_signal(event.signal)
 
     async def main(con) -> Counter:
         session = await open_session(
@@ -171,8 +174,80 @@ def run(
         await session.runner
         return Counter(s.action for s in session.engine.signals)
 
+    import os
+
+    if os.environ.get("UPQUANT_SERVER", "").lower() != "off":
+        from engine.server.lifecycle import running_server
+
+        info = running_server()  # a stale server.json (its process gone) is removed here
+        if info is not None:  # the server owns the store: follow its session instead
+            options = {
+                "threshold": threshold,
+                "offline": offline,
+                "replay_delay": replay_delay,
+                "replay_candles": replay_candles,
+            }
+            counts = asyncio.run(_follow_server(info, market, unit, options, show_signal))
+            console.print(
+                f"signals seen: {sum(counts.values()):,} (buy {counts['buy']}, sell"
+                f" {counts['sell']}, hold {counts['hold']}); the server at {info.url} keeps"
+                " running"
+            )
+            return
     with connect() as con:
         counts = asyncio.run(main(con))
     console.print(
         f"signals: {sum(counts.values()):,} (buy {counts['buy']}, sell {counts['sell']}, hold {counts['hold']})"
     )
+
+
+def show_signal(s: Any) -> None:
+    """One line per buy or sell signal, as `upquant run` prints them (holds are counted only)."""
+    if s.action != "hold":
+        console.print(
+            f"{s.ts:%Y-%m-%d %H:%M} {s.market} {s.action.upper():4} {s.confidence:.2f}"
+            f" {s.source}: {s.reason}"
+        )
+
+
+async def _follow_server(
+    info: ServerInfo,
+    market: str,
+    unit: str,
+    options: dict[str, Any],
+    show: Callable[[Any], None],
+) -> Counter:
+    """`upquant run` while a server owns the store: its session (started with these options
+    when none runs) followed over the events stream until the session ends (a replay played
+    out, or stopped) or Ctrl-C; the server keeps running either way."""
+    from engine.server.lifecycle import read_token, token_path
+    from tui import messages
+    from tui.remote import attach
+
+    token = read_token()
+    if token is None:
+        raise CliError(
+            f"the upquant server at {info.url} owns the store, but its token file"
+            f" {token_path()} is missing or unreadable",
+            "run as the user who started `upquant serve`, or restart the server",
+        )
+    session = await attach(info.url, token, market, unit, **options)
+    err.print(f"attached to {info.url}: {session.banner}")
+    if session.note:
+        err.print(session.note, style="yellow")
+    counts: Counter = Counter()
+    follow = asyncio.ensure_future(session.follow(lambda m: post(m)))
+
+    def post(message: object) -> None:
+        if isinstance(message, messages.SignalReceived):
+            counts[message.signal.action] += 1
+            show(message.signal)
+        elif isinstance(message, messages.FeedStatus):
+            err.print(message.text, style="yellow" if message.level != "info" else None)
+        elif isinstance(message, messages.SessionEnded):
+            err.print(message.text)
+            follow.cancel()
+
+    with contextlib.suppress(asyncio.CancelledError):
+        await follow
+    return counts
