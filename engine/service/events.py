@@ -40,7 +40,7 @@ def _iso(value: Any) -> str | None:
     return stamp.isoformat()
 
 
-def _number(value: Any) -> float | None:
+def finite_or_null(value: Any) -> float | None:
     """A finite float, or None (JSON has no NaN: an unknown `value` is null)."""
     if value is None:
         return None
@@ -50,7 +50,10 @@ def _number(value: Any) -> float | None:
 
 def candle_fields(candle: Any) -> dict[str, Any]:
     """A candle (dict or row) as the contract's candle object: ts ISO, the numbers."""
-    return {"ts": _iso(candle["ts"]), **{name: _number(candle.get(name)) for name in CANDLE_FIELDS}}
+    return {
+        "ts": _iso(candle["ts"]),
+        **{name: finite_or_null(candle.get(name)) for name in CANDLE_FIELDS},
+    }
 
 
 def engine_event(event: EngineEvent, market: str, unit: str) -> dict[str, Any]:
@@ -68,10 +71,10 @@ def engine_event(event: EngineEvent, market: str, unit: str) -> dict[str, Any]:
     if isinstance(event, SignalEvent):
         signal = dict(vars(event.signal))
         signal["ts"] = _iso(signal["ts"])
-        signal["confidence"] = _number(signal.get("confidence"))
+        signal["confidence"] = finite_or_null(signal.get("confidence"))
         if signal.get("model_id") is not None:
             signal["model_id"] = int(signal["model_id"])
-        probs = None if event.probs is None else [_number(p) for p in event.probs]
+        probs = None if event.probs is None else [finite_or_null(p) for p in event.probs]
         return {"type": "signal", "market": market, "unit": unit, "signal": signal, "probs": probs}
     return {
         "type": "status",

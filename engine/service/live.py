@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from engine.service.base import StoreHolder
 from engine.service.core import Conflict, Request, Response, ServiceError, operation
 from engine.service.events import EventHub, engine_event
+from engine.service.stored import Candle, candle_records
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -146,16 +147,9 @@ class LiveStatus(Response):
     )
 
 
-class LiveCandle(BaseModel):
+class LiveCandle(Candle):
     market: str
     unit: str
-    ts: datetime
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    value: float | None
 
 
 class LiveHistory(Response):
@@ -178,12 +172,6 @@ class _Live:
     candles_seen: int = 0
     signals: int = 0
     ended: str | None = None
-
-
-def _finite(value: Any) -> float | None:
-    from engine.service.events import _number
-
-    return _number(value)
 
 
 class LiveOps(StoreHolder):
@@ -431,17 +419,7 @@ class LiveOps(StoreHolder):
         engine = live.session.engine
         history = engine.history.tail(request.last)  # replaced whole on each candle, never edited
         candles = [
-            LiveCandle(
-                market=engine.market,
-                unit=engine.unit,
-                ts=row["ts"],
-                open=row["open"],
-                high=row["high"],
-                low=row["low"],
-                close=row["close"],
-                volume=row["volume"],
-                value=_finite(row["value"]),
-            )
-            for row in history.to_dict("records")
+            LiveCandle(market=engine.market, unit=engine.unit, **record)
+            for record in candle_records(history)
         ]
         return LiveHistory(market=engine.market, unit=engine.unit, candles=candles)

@@ -5,12 +5,15 @@ engine emitted (`signals`, newest first). Reads only; each is one query."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from engine.service.base import StoreHolder
 from engine.service.core import Request, Response, operation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PAGE_MAX = 10_000
 
@@ -64,6 +67,20 @@ class Candle(BaseModel):
     close: float
     volume: float
     value: float | None
+
+
+def candle_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The candles of `frame` (store.candles columns) as Candle fields; an unknown `value`
+    is None (JSON has no NaN)."""
+    from engine.service.events import finite_or_null
+
+    return [
+        {
+            **{name: row[name] for name in ("ts", "open", "high", "low", "close", "volume")},
+            "value": finite_or_null(row["value"]),
+        }
+        for row in frame.to_dict("records")
+    ]
 
 
 class Candles(Response):
@@ -123,7 +140,6 @@ class StoredOps(StoreHolder):
     @operation("read")
     def candles(self, request: CandlesRequest) -> Candles:
         """A page of one series' stored candles: the newest `last` of [from, to), oldest first."""
-        from engine.service.events import _number
         from engine.upbit.markets import check_unit
         from store.candles import load_candles
 
@@ -138,18 +154,7 @@ class StoredOps(StoreHolder):
         )
         more = len(frame) > request.last
         frame = frame.tail(request.last)
-        candles = [
-            Candle(
-                ts=row["ts"],
-                open=row["open"],
-                high=row["high"],
-                low=row["low"],
-                close=row["close"],
-                volume=row["volume"],
-                value=_number(row["value"]),
-            )
-            for row in frame.to_dict("records")
-        ]
+        candles = [Candle(**record) for record in candle_records(frame)]
         return Candles(market=request.market, unit=unit, candles=candles, more=more)
 
     @operation("read")
