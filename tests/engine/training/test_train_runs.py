@@ -191,11 +191,19 @@ def test_a_run_whose_process_died_reads_as_interrupted_everywhere(con) -> None:
 # SIGTERM while it runs (a real `kill` lands there only sometimes). DuckDB notices a signal
 # only between its tasks, and on a loaded machine it did not within minutes; so if the query
 # still runs after 5 s the script interrupts it the way DuckDB's own `interrupt()` does
-# (InterruptException), and the pending signal then stops the command right after.
+# (InterruptException), and the pending signal then stops the command right after. The job
+# must outlast all that: with TRAIN's 30 epochs and early stopping (about 10 s in all on CI)
+# the worker finished while the query was parked, and the run read `finished`, rightly; so
+# the script turns early stopping off and asks for 3000 epochs.
+_LONG_TRAIN = [*TRAIN[:3], "--epochs", "3000", *TRAIN[5:]]
 _SIGNAL_IN_A_QUERY = """
 import os, signal, sys, threading
 from tui.cli import main
 from engine.service.training import TrainingOps
+import engine.training.kind_params as kp
+
+chosen = kp.kind_params
+kp.kind_params = lambda kind, **given: {**chosen(kind, **given), "patience": 100000}
 
 followed = TrainingOps.train_status
 parked = []
@@ -225,7 +233,7 @@ main()
 @pytest.mark.slow
 def test_a_signal_inside_a_query_interrupts_the_run(store: Path) -> None:
     stopped = subprocess.run(
-        [str(Path(UPQUANT).with_name("python")), "-c", _SIGNAL_IN_A_QUERY, *TRAIN],
+        [str(Path(UPQUANT).with_name("python")), "-c", _SIGNAL_IN_A_QUERY, *_LONG_TRAIN],
         env={**os.environ, "UPQUANT_HOME": str(store)},
         check=False,
         capture_output=True,
