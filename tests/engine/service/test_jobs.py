@@ -94,6 +94,10 @@ def test_progress_shows_while_it_runs_and_a_cancelled_run_resumes(ws: Workstatio
     assert running.status == "running" and running.latest is not None
     assert running.latest.split == "epoch" and "val_loss" in running.latest.metrics
     assert [p.phase for p in running.phases] == ["epoch"]
+    worker = ws.jobs.get(run)
+    assert worker is not None and worker.process is not None and worker.process.pid is not None
+    if sys.platform == "linux":  # the job runs on the CPU the server leaves (SCHED_IDLE)
+        assert os.sched_getscheduler(worker.process.pid) == os.SCHED_IDLE
     cancelled = ws.train_cancel(TrainRunRequest(run=run))
     assert cancelled.status == "interrupted" and cancelled.error == "cancelled"
     assert cancelled.checkpoint and Path(cancelled.checkpoint).exists()
