@@ -5,15 +5,29 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-SIGNAL_COLUMNS = ["ts", "market", "source", "action", "confidence", "model_id", "reason", "mode"]
+SIGNAL_COLUMNS = [
+    "ts",
+    "market",
+    "unit",
+    "source",
+    "action",
+    "confidence",
+    "model_id",
+    "reason",
+    "mode",
+]
 
 
 def insert_signals(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> None:
+    """Append signals (a frame with SIGNAL_COLUMNS; `unit` may be missing: null)."""
     if frame.empty:
         return
+    if "unit" not in frame:
+        frame = frame.assign(unit=None)
+    columns = ", ".join(SIGNAL_COLUMNS)
     con.register("_signal_batch", frame[SIGNAL_COLUMNS])
     try:
-        con.execute(f"INSERT INTO signals SELECT {', '.join(SIGNAL_COLUMNS)} FROM _signal_batch")
+        con.execute(f"INSERT INTO signals ({columns}) SELECT {columns} FROM _signal_batch")
     finally:
         con.unregister("_signal_batch")
 

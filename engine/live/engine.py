@@ -189,5 +189,6 @@ class LiveEngine:
         if self._pending_signals:
             frame = pd.DataFrame([vars(signal) for signal in self._pending_signals])
             frame["mode"] = self.mode
+            frame["unit"] = self.unit
             insert_signals(self.con, frame)
         self._pending_signals.clear()

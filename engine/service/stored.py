@@ -97,6 +97,10 @@ class SignalsRequest(Request):
     market: str | None = Field(
         default=None, description="One market's signals (all markets without)."
     )
+    unit: str | None = Field(
+        default=None,
+        description="Only signals decided on this candle unit (1, 3, ..., 240 or D).",
+    )
     action: Literal["buy", "sell", "hold"] | None = Field(
         default=None, description="Only this action."
     )
@@ -106,6 +110,7 @@ class SignalsRequest(Request):
 class StoredSignal(BaseModel):
     ts: datetime
     market: str
+    unit: str | None = Field(description="The candle unit decided on (null: not recorded).")
     action: str
     confidence: float | None
     source: str
@@ -115,7 +120,7 @@ class StoredSignal(BaseModel):
 
 
 class Signals(RootModel[list[StoredSignal]]):
-    """Stored signals, newest first (a signal records its market, not its candle unit)."""
+    """Stored signals, newest first."""
 
 
 class StoredOps(StoreHolder):
@@ -159,17 +164,22 @@ class StoredOps(StoreHolder):
 
     @operation("read")
     def signals(self, request: SignalsRequest) -> Signals:
-        """Stored signals, newest first: of one market, of one action, the newest `last`."""
+        """Stored signals, newest first: of one market, unit or action, the newest `last`."""
         where, params = [], []
         if request.market:
             where.append("market = ?")
             params.append(request.market)
+        if request.unit:
+            from engine.upbit.markets import check_unit
+
+            where.append("unit = ?")
+            params.append(check_unit(request.unit))
         if request.action:
             where.append("action = ?")
             params.append(request.action)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         cursor = self.con().execute(
-            "SELECT ts, market, action, confidence, source, reason, model_id, mode FROM signals"
+            "SELECT ts, market, unit, action, confidence, source, reason, model_id, mode FROM signals"
             f" {clause} ORDER BY ts DESC LIMIT {int(request.last)}",
             params,
         )

@@ -192,6 +192,13 @@ async def test_the_stored_data_routes_answer_what_the_store_holds(
     assert status == 200 and len(newest) == 10
     assert [pd.Timestamp(s["ts"]) for s in newest] == list(stored["ts"].iloc[::-1].head(10))
     assert all(s["mode"] == "replay" and s["market"] == "KRW-BTC" for s in newest)
+    assert {s["unit"] for s in newest} == {"1"} and set(stored["unit"]) == {"1"}
+    status, by_unit = await api("GET", "/api/v1/signals?unit=1&last=1000", "read")
+    assert status == 200 and len(by_unit) == min(len(stored), 1000)
+    status, other_unit = await api("GET", "/api/v1/signals?unit=60", "read")
+    assert status == 200 and other_unit == []
+    status, bad_unit = await api("GET", "/api/v1/signals?unit=7", "read")
+    assert status in (400, 422) and "unit" in bad_unit["error"].lower()
     holds = int((stored["action"] == "hold").sum())
     status, only = await api("GET", "/api/v1/signals?action=hold&last=1000", "read")
     assert status == 200 and len(only) == holds and {s["action"] for s in only} <= {"hold"}
