@@ -3,7 +3,7 @@
     GET    /api/v1/markets            stored series: market, unit, first, last, candles
     GET    /api/v1/candles            ?market&unit&from&to&last: a page of one series' candles
     GET    /api/v1/data/status        per series: rows, first/last, gaps, last update
-    GET    /api/v1/signals            ?market&action&last: stored signals, newest first
+    GET    /api/v1/signals            ?market&unit&action&last: stored signals, newest first
     GET    /api/v1/live               the live session's status (running false: none)
     POST   /api/v1/live               start one {market, unit, threshold, ...}; 409: one runs
     DELETE /api/v1/live               stop it (its buffered signals written)
