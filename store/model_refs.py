@@ -2,9 +2,10 @@
 
 A model reference is one of: an id (`12`), a name (`xgb-btc`: its newest version), an exact
 version (`xgb-btc@3`) or an alias (`xgb-btc@champion`: the champion of the market/unit that
-`xgb-btc` serves, whatever its name). `resolve` is the one place that reads a reference;
-every face (CLI, API, live) goes through it, so they agree on what a name means. The aliases
-are the registry's statuses that name one model per market/unit: `champion` today.
+`xgb-btc` serves, whatever its name; `@challenger` and `@shadow` likewise, the name's own
+holder first, else the newest). `resolve` is the one place that reads a reference; every face
+(CLI, API, live) goes through it, so they agree on what a name means. Who holds an alias is
+the alias history's answer (`store.registry`, the `aliases` view).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any
 import duckdb
 
 from store.db import transaction
-from store.registry import ModelRecord, get_model
+from store.registry import ALIASES, ModelRecord, get_model
 
-ALIASES = ("champion",)
 # Tags the trainer writes (the model's data split and run): the evaluation and held-out rules
 # read them, so an edit may add and change other tags but never these.
 SYSTEM_TAGS = frozenset(
@@ -33,7 +33,10 @@ SYSTEM_TAGS = frozenset(
 )
 # Statuses an edit may set by hand; `champion` moves only by promotion or rollback.
 EDITABLE_STATUSES = ("candidate", "retired")
-REF_HINT = "use an id, a name, name@<version> or name@champion (see `upquant models list`)"
+REF_HINT = (
+    "use an id, a name, name@<version>, name@champion, name@challenger or name@shadow"
+    " (see `upquant models list`)"
+)
 
 
 class BadReference(ValueError):
@@ -67,18 +70,23 @@ def resolve(con: duckdb.DuckDBPyConnection, ref: str | int) -> ModelRecord:
         return get_model(con, ref)
     if tail not in ALIASES:
         raise BadReference(f"unknown alias {tail!r} in {ref!r}; aliases: {', '.join(ALIASES)}")
-    # one indexed query: the alias holder of any market/unit `name` serves, `name`'s own first
+    # one query: the alias holder of any market/unit `name` serves, `name`'s own first
     rows = con.execute(
-        "SELECT id FROM models WHERE status = ? AND (market, unit) IN"
+        "SELECT a.model_id FROM aliases a JOIN models m ON m.id = a.model_id"
+        " WHERE a.alias = ? AND (a.market, a.unit) IN"
         " (SELECT market, unit FROM models WHERE name = ?)"
-        " ORDER BY (name = ?) DESC, id DESC LIMIT 1",
+        " ORDER BY (m.name = ?) DESC, a.model_id DESC LIMIT 1",
         [tail, name, name],
     ).fetchall()
     if not rows:
         newest = get_model(con, name)  # KeyError when the name is unknown
+        how = (
+            f"promote one: `upquant models promote {newest.ref}`"
+            if tail == "champion"
+            else f"give one the alias: `upquant models alias {newest.ref} {tail}`"
+        )
         raise KeyError(
-            f"no {tail} for {newest.market} unit {newest.unit}, the market of {name!r}"
-            f" (promote one: `upquant models promote {newest.ref}`)"
+            f"no {tail} for {newest.market} unit {newest.unit}, the market of {name!r} ({how})"
         )
     return get_model(con, int(rows[0][0]))
 

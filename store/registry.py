@@ -1,8 +1,20 @@
-"""Rows of the model registry (`models`, `metrics`, `training_runs`) and champion lookup."""
+"""Rows of the model registry (`models`, `metrics`, `training_runs`), and its aliases with
+their history (`alias_events`).
+
+Aliases: per market/unit one `champion` (moving it takes it from its holder), and any number
+of `challenger`s and `shadow`s (held per model). A model holds at most one alias; a move to
+another releases the one it held. Every move appends events to `alias_events` and nothing
+rewrites them: `_append_event` is the table's only writer, an INSERT (DuckDB has no triggers
+to enforce it; tests/store/test_aliases.py checks the code base has no other). Who holds what
+is derived from the events (the `aliases` view). A model's `status` reads `champion` while it
+holds that alias; otherwise its stored state: `candidate`, `retired` (has served as champion),
+`rolled_back`.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +57,14 @@ _COLUMNS = (
 )
 
 
+# The models as read: `status` is `champion` for the holder of that alias (from its history).
+_ROWS = (
+    "(SELECT models.* REPLACE (CASE WHEN holder IS NULL THEN models.status ELSE 'champion' END"
+    " AS status) FROM models LEFT JOIN (SELECT model_id AS holder FROM aliases"
+    " WHERE alias = 'champion') ON holder = models.id) AS models"
+)
+
+
 def _record(row: tuple) -> ModelRecord:
     values = list(row)
     for i in (6, 8, 9, 16):
@@ -77,8 +97,9 @@ def register_model(
     """Insert a model row with the next version of `name` and its metrics, in one transaction;
     with `run_id`, the run's per-epoch metrics and the run are linked to the model and the run
     is marked finished; with `promote`, the model becomes champion of its market/unit (the old
-    champion `retired`). All of it lands together or not at all, Ctrl-C included."""
-    with transaction(con):
+    champion `retired`, the move in the alias history). All of it lands together or not at
+    all, Ctrl-C included."""
+    with _moving, transaction(con):
         version = con.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?", [name]
         ).fetchall()[0][0]
@@ -125,22 +146,22 @@ def register_model(
                 [model_id, datetime.now(UTC), run_id],
             )
         if promote:
-            _make_champion(con, model_id, market, unit)
+            _move(con, get_model(con, model_id), "champion", "user", "registered as champion")
     return get_model(con, model_id)
 
 
 def get_model(con: duckdb.DuckDBPyConnection, ref: int | str) -> ModelRecord:
     """Look a model up by id, `name` (newest version) or `name@version`; KeyError if absent."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        rows = con.execute(f"SELECT {_COLUMNS} FROM models WHERE id = ?", [int(ref)]).fetchall()
+        rows = con.execute(f"SELECT {_COLUMNS} FROM {_ROWS} WHERE id = ?", [int(ref)]).fetchall()
     elif "@" in ref:
         name, version = ref.rsplit("@", 1)
         rows = con.execute(
-            f"SELECT {_COLUMNS} FROM models WHERE name = ? AND version = ?", [name, int(version)]
+            f"SELECT {_COLUMNS} FROM {_ROWS} WHERE name = ? AND version = ?", [name, int(version)]
         ).fetchall()
     else:
         rows = con.execute(
-            f"SELECT {_COLUMNS} FROM models WHERE name = ? ORDER BY version DESC LIMIT 1", [ref]
+            f"SELECT {_COLUMNS} FROM {_ROWS} WHERE name = ? ORDER BY version DESC LIMIT 1", [ref]
         ).fetchall()
     if not rows:
         raise KeyError(f"no model {ref!r} in the registry (see `upquant models list`)")
@@ -158,33 +179,25 @@ def list_models(
         where.append("unit = ?")
         params.append(unit)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = con.execute(f"SELECT {_COLUMNS} FROM models {clause} ORDER BY id", params).fetchall()
+    rows = con.execute(f"SELECT {_COLUMNS} FROM {_ROWS} {clause} ORDER BY id", params).fetchall()
     return [_record(r) for r in rows]
 
 
 def champion(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> ModelRecord | None:
+    """The holder of the `champion` alias of market/unit, or None."""
     rows = con.execute(
-        f"SELECT {_COLUMNS} FROM models WHERE market = ? AND unit = ? AND status = 'champion'"
-        " ORDER BY id DESC LIMIT 1",
+        "SELECT model_id FROM aliases WHERE alias = 'champion' AND market = ? AND unit = ?",
         [market, unit],
     ).fetchall()
-    return _record(rows[0]) if rows else None
+    return get_model(con, int(rows[0][0])) if rows else None
 
 
-def set_champion(con: duckdb.DuckDBPyConnection, model_id: int) -> None:
-    """Make `model_id` the champion of its market/unit; the previous champion becomes `retired`."""
-    record = get_model(con, model_id)
-    with transaction(con):
-        _make_champion(con, model_id, record.market, record.unit)
-
-
-def _make_champion(con: duckdb.DuckDBPyConnection, model_id: int, market: str, unit: str) -> None:
-    con.execute(
-        "UPDATE models SET status = 'retired' WHERE market = ? AND unit = ? AND status = 'champion'"
-        " AND id <> ?",
-        [market, unit, model_id],
-    )
-    con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [model_id])
+def set_champion(
+    con: duckdb.DuckDBPyConnection, model_id: int, *, by: str = "user", reason: str | None = None
+) -> list[AliasEvent]:
+    """Make `model_id` the champion of its market/unit (the previous one stays `retired`); the
+    events appended, none when it already is."""
+    return move_alias(con, model_id, "champion", by=by, reason=reason)
 
 
 def model_metrics(con: duckdb.DuckDBPyConnection, model_id: int) -> dict[str, dict[str, float]]:
@@ -199,13 +212,225 @@ def model_metrics(con: duckdb.DuckDBPyConnection, model_id: int) -> dict[str, di
     return out
 
 
+# --- aliases and their history -----------------------------------------------------------------
+ALIASES = ("champion", "challenger", "shadow")
+MOVERS = ("user", "gate", "schedule", "drift")  # who moved an alias
+# One move at a time in this process (the store's one owner): a move reads the holders, then
+# appends; two at once could both take the champion alias from the same holder.
+_moving = threading.RLock()
+
+
+class AliasRefused(ValueError):
+    """A move the aliases' rules forbid (releasing the champion, a move of the champion's
+    model to another alias, releasing an alias the model does not hold); `hint` says what to
+    do instead."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One move: `model_id` gained `alias` (None: released), `previous_model_id` lost it."""
+
+    id: int
+    market: str
+    unit: str
+    alias: str
+    model_id: int | None
+    previous_model_id: int | None
+    model_ref: str | None
+    previous_ref: str | None
+    moved_at: datetime
+    moved_by: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class AliasHolder:
+    market: str
+    unit: str
+    alias: str
+    model_id: int
+    ref: str
+    since: datetime
+
+
+_EVENT_COLUMNS = (
+    "id, market, unit, alias, model_id, previous_model_id, model_ref, previous_ref, moved_at,"
+    " moved_by, reason"
+)
+_ALIAS_ORDER = "CASE alias WHEN 'champion' THEN 0 WHEN 'challenger' THEN 1 ELSE 2 END"
+
+
+def alias_holders(
+    con: duckdb.DuckDBPyConnection,
+    market: str | None = None,
+    unit: str | None = None,
+    model_id: int | None = None,
+) -> list[AliasHolder]:
+    """Who holds which alias now (of market/unit, or of one model): champion first."""
+    where, params = [], []
+    for column, value in (("market", market), ("unit", unit), ("model_id", model_id)):
+        if value is not None:
+            where.append(f"a.{column} = ?")
+            params.append(value)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = con.execute(
+        "SELECT a.market, a.unit, a.alias, a.model_id,"
+        " coalesce(m.name || '@' || m.version, a.model_ref), a.since"
+        f" FROM aliases a LEFT JOIN models m ON m.id = a.model_id {clause}"
+        f" ORDER BY a.market, a.unit, {_ALIAS_ORDER}, a.event_id",
+        params,
+    ).fetchall()
+    return [AliasHolder(*row) for row in rows]
+
+
+def model_aliases(con: duckdb.DuckDBPyConnection, model_id: int) -> list[str]:
+    """The aliases model `model_id` holds (at most one, by the rules of a move)."""
+    return [h.alias for h in alias_holders(con, model_id=model_id)]
+
+
+def aliases_by_model(con: duckdb.DuckDBPyConnection) -> dict[int, list[str]]:
+    """Every holder's aliases, by model id (one query for a listing)."""
+    out: dict[int, list[str]] = {}
+    for model_id, alias in con.execute(
+        f"SELECT model_id, alias FROM aliases ORDER BY {_ALIAS_ORDER}"
+    ).fetchall():
+        out.setdefault(int(model_id), []).append(str(alias))
+    return out
+
+
+def alias_history(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str, limit: int | None = None
+) -> list[AliasEvent]:
+    """The alias moves of market/unit, newest first (at most `limit`)."""
+    rows = con.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM alias_events WHERE market = ? AND unit = ?"
+        " ORDER BY id DESC LIMIT ?",
+        [market, unit, limit if limit is not None else 2**62],
+    ).fetchall()
+    return [AliasEvent(*row) for row in rows]
+
+
+def _append_event(
+    con: duckdb.DuckDBPyConnection,
+    seat: ModelRecord,
+    alias: str,
+    to: ModelRecord | None,
+    previous: ModelRecord | None,
+    by: str,
+    reason: str | None,
+) -> AliasEvent:
+    """Append one move to the history: the only statement that writes `alias_events`, and an
+    INSERT. Nothing updates or deletes an event (see the module docstring)."""
+    rows = con.execute(
+        "INSERT INTO alias_events (market, unit, alias, model_id, previous_model_id, model_ref,"
+        " previous_ref, moved_at, moved_by, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" RETURNING {_EVENT_COLUMNS}",
+        [
+            seat.market,
+            seat.unit,
+            alias,
+            to.id if to else None,
+            previous.id if previous else None,
+            to.ref if to else None,
+            previous.ref if previous else None,
+            datetime.now(UTC),
+            by,
+            reason,
+        ],
+    ).fetchall()
+    return AliasEvent(*rows[0])
+
+
+def _check_move(alias: str, by: str) -> None:
+    if alias not in ALIASES:
+        raise AliasRefused(f"unknown alias {alias!r}", f"aliases: {', '.join(ALIASES)}")
+    if by not in MOVERS:
+        raise ValueError(f"an alias is moved by {', '.join(MOVERS)}, not {by!r}")
+
+
+def move_alias(
+    con: duckdb.DuckDBPyConnection,
+    model_id: int,
+    alias: str,
+    *,
+    by: str = "user",
+    reason: str | None = None,
+) -> list[AliasEvent]:
+    """Give `alias` to model `model_id` (of its own market/unit, by construction): `champion`
+    is taken from its holder, `challenger` and `shadow` are the model's own; the alias it held
+    before is released. Returns the events appended, in order; none when it holds it already.
+    AliasRefused for a move of the champion's model to another alias."""
+    _check_move(alias, by)
+    with _moving, transaction(con):  # bumps the write generation: cached `name@alias`es are stale
+        return _move(con, get_model(con, model_id), alias, by, reason)
+
+
+def _move(
+    con: duckdb.DuckDBPyConnection, record: ModelRecord, alias: str, by: str, reason: str | None
+) -> list[AliasEvent]:
+    held = model_aliases(con, record.id)
+    if alias in held:
+        return []
+    if "champion" in held:
+        raise AliasRefused(
+            f"{record.ref} is the champion of {record.market} unit {record.unit}: it takes"
+            f" no {alias} alias",
+            "promote another model or roll back first",
+        )
+    events = [
+        _append_event(con, record, other, None, record, by, f"moved to {alias}") for other in held
+    ]
+    if alias == "champion":
+        before = champion(con, record.market, record.unit)
+        events.append(_append_event(con, record, alias, record, before, by, reason))
+        # its state once it no longer holds the alias: served as champion (not rolled back)
+        con.execute("UPDATE models SET status = 'retired' WHERE id = ?", [record.id])
+    else:
+        events.append(_append_event(con, record, alias, record, None, by, reason))
+    return events
+
+
+def release_alias(
+    con: duckdb.DuckDBPyConnection,
+    model_id: int,
+    alias: str,
+    *,
+    by: str = "user",
+    reason: str | None = None,
+) -> AliasEvent:
+    """Take `challenger` or `shadow` from model `model_id` (the champion alias only moves:
+    promote another model or roll back). AliasRefused when it does not hold it."""
+    _check_move(alias, by)
+    if alias == "champion":
+        raise AliasRefused(
+            "the champion alias is not released, it moves",
+            "promote another model or roll back",
+        )
+    with _moving, transaction(con):
+        record = get_model(con, model_id)
+        held = model_aliases(con, record.id)
+        if alias not in held:
+            raise AliasRefused(
+                f"{record.ref} holds no {alias} alias (it holds {', '.join(held) or 'none'})",
+                f"see `upquant models history {record.market} --unit {record.unit}`",
+            )
+        return _append_event(con, record, alias, None, record, by, reason)
+
+
 # --- champions over time ------------------------------------------------------------------------
 def previous_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list[ModelRecord]:
-    """Earlier models of the same market/unit that served as champion (`retired`), newest first:
-    the fallbacks when `record` cannot be loaded."""
+    """Earlier champions of the same market/unit that no user rolled back (`retired`), the
+    latest to serve first (by the alias history; ones from before it, newest first, last): the
+    fallbacks when `record` cannot be loaded, and where a rollback goes."""
     rows = con.execute(
-        f"SELECT {_COLUMNS} FROM models WHERE market = ? AND unit = ? AND status = 'retired'"
-        " AND id <> ? ORDER BY id DESC",
+        f"SELECT {_COLUMNS} FROM {_ROWS} LEFT JOIN (SELECT model_id AS served, max(id) AS last"
+        " FROM alias_events WHERE alias = 'champion' GROUP BY model_id) ON served = models.id"
+        " WHERE market = ? AND unit = ? AND status = 'retired' AND id <> ?"
+        " ORDER BY last DESC NULLS LAST, id DESC",
         [record.market, record.unit, record.id],
     ).fetchall()
     return [_record(r) for r in rows]
@@ -215,7 +440,7 @@ def fallback_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list
     """What to load when `record`'s artifact is bad, in order: its earlier versions (newest
     first; not ones a user rolled back), then the earlier champions of its market/unit."""
     versions = con.execute(
-        f"SELECT {_COLUMNS} FROM models WHERE name = ? AND version < ? AND status <> 'rolled_back'"
+        f"SELECT {_COLUMNS} FROM {_ROWS} WHERE name = ? AND version < ? AND status <> 'rolled_back'"
         " ORDER BY version DESC",
         [record.name, record.version],
     ).fetchall()
@@ -225,22 +450,31 @@ def fallback_models(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> list
 
 
 def rollback(
-    con: duckdb.DuckDBPyConnection, market: str, unit: str
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    *,
+    by: str = "user",
+    reason: str | None = None,
 ) -> tuple[ModelRecord, ModelRecord]:
-    """Demote the champion of market/unit (`rolled_back`) and restore the newest retired model
-    before it; returns (demoted, restored). KeyError when there is nothing to roll back to."""
-    current = champion(con, market, unit)
-    if current is None:
-        raise KeyError(f"no champion for {market} unit {unit} to roll back")
-    earlier = [r for r in previous_models(con, current) if r.id < current.id]
-    if not earlier:
-        raise KeyError(
-            f"{current.ref} is the first champion of {market} unit {unit}; nothing to roll back to"
-        )
-    restored = earlier[0]
-    with transaction(con):  # bumps the write generation: cached `name@champion`s are stale
-        con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [current.id])
-        con.execute("UPDATE models SET status = 'champion' WHERE id = ?", [restored.id])
+    """Move the champion alias of market/unit back to its previous holder (by the history; not
+    one rolled back before) and mark the demoted one `rolled_back`; returns (demoted,
+    restored). KeyError when there is nothing to roll back to."""
+    _check_move("champion", by)
+    with _moving:
+        current = champion(con, market, unit)
+        if current is None:
+            raise KeyError(f"no champion for {market} unit {unit} to roll back")
+        earlier = previous_models(con, current)
+        if not earlier:
+            raise KeyError(
+                f"{current.ref} is the only champion of {market} unit {unit} that was not"
+                " rolled back; nothing to roll back to"
+            )
+        restored = earlier[0]
+        with transaction(con):  # bumps the write generation: cached `name@champion`s are stale
+            _move(con, restored, "champion", by, reason or f"rollback of {current.ref}")
+            con.execute("UPDATE models SET status = 'rolled_back' WHERE id = ?", [current.id])
     return get_model(con, current.id), get_model(con, restored.id)
 
 
@@ -254,23 +488,27 @@ def ensembles_using(con: duckdb.DuckDBPyConnection, model_id: int) -> list[Model
 
 
 def delete_model(con: duckdb.DuckDBPyConnection, ref: int | str) -> tuple[ModelRecord, bool]:
-    """Delete a model row and its metrics; returns (record, whether its artifact file is no
+    """Delete a model row and its metrics, releasing its challenger or shadow alias (an event
+    each; the history keeps its moves); returns (record, whether its artifact file is no
     longer referenced by any row). A champion or an ensemble member cannot be deleted."""
-    record = get_model(con, ref)
-    if record.status == "champion":
-        raise ValueError(
-            f"{record.ref} is the champion of {record.market} unit {record.unit};"
-            " promote another model or roll back first"
-        )
-    users = ensembles_using(con, record.id)
-    if users:
-        raise ValueError(
-            f"{record.ref} is a member of {', '.join(u.ref for u in users)}; delete those first"
-        )
-    with transaction(con):  # bumps the write generation: cached references are stale
-        con.execute("DELETE FROM metrics WHERE model_id = ?", [record.id])
-        con.execute("UPDATE training_runs SET model_id = NULL WHERE model_id = ?", [record.id])
-        con.execute("DELETE FROM models WHERE id = ?", [record.id])
+    with _moving:  # no move between the check and the delete
+        record = get_model(con, ref)
+        if record.status == "champion":
+            raise ValueError(
+                f"{record.ref} is the champion of {record.market} unit {record.unit};"
+                " promote another model or roll back first"
+            )
+        users = ensembles_using(con, record.id)
+        if users:
+            raise ValueError(
+                f"{record.ref} is a member of {', '.join(u.ref for u in users)}; delete those first"
+            )
+        with transaction(con):  # bumps the write generation: cached references are stale
+            for alias in model_aliases(con, record.id):
+                _append_event(con, record, alias, None, record, "user", f"{record.ref} deleted")
+            con.execute("DELETE FROM metrics WHERE model_id = ?", [record.id])
+            con.execute("UPDATE training_runs SET model_id = NULL WHERE model_id = ?", [record.id])
+            con.execute("DELETE FROM models WHERE id = ?", [record.id])
     shared = con.execute("SELECT count(*) FROM models WHERE sha256 = ?", [record.sha256]).fetchall()
     return record, shared[0][0] == 0
 

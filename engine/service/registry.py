@@ -1,8 +1,11 @@
 """Workstation operations on the model registry: list, show, register, update (description,
-tags, status, alias moves), promote, rollback, delete, compare, and a model's metrics.
+tags, status, alias moves), promote, rollback, alias, unalias, the alias history, delete,
+compare, and a model's metrics.
 
 Models are named by any reference `store.model_refs.resolve` reads (id, name, name@version,
-name@champion). The rules (the promotion gate, what may be deleted) are `engine.ops.promotion`'s
+name@champion, name@challenger, name@shadow). Aliases (one champion per market/unit, any
+number of challengers and shadows) move by `model_alias`, `model_unalias`, promote and
+rollback; every move is appended to the history `alias_history` reads. The rules (the promotion gate, what may be deleted) are `engine.ops.promotion`'s
 and `store.registry`'s; these operations add the answers every face shows and the statuses
 (404, 409) a refusal answers with.
 """
@@ -22,9 +25,13 @@ from engine.service.core import Conflict, NotFound, Request, Response, ServiceEr
 if TYPE_CHECKING:
     import duckdb
 
-    from store.registry import ModelRecord
+    from store.registry import AliasEvent, AliasRefused, ModelRecord
 
-ModelRef = Field(description="Model: id, name (newest version), name@version or name@champion.")
+ModelRef = Field(
+    description="Model: id, name (newest version), name@version or name@<alias> (champion,"
+    " challenger, shadow)."
+)
+AliasName = Literal["champion", "challenger", "shadow"]
 Metrics = dict[str, dict[str, float | None]]
 
 
@@ -75,7 +82,9 @@ class ModelListRequest(Request):
     unit: str | None = Field(None, description="Only this candle unit.")
     kind: str | None = Field(None, description="Only this model kind, e.g. xgboost.")
     status: str | None = Field(
-        None, description="Only this status or alias: candidate, champion, retired, rolled_back."
+        None,
+        description="Only this status or alias: candidate, champion, retired, rolled_back,"
+        " challenger, shadow.",
     )
     limit: int | None = Field(None, ge=1, le=1000, description="At most this many (default: all).")
     offset: int = Field(0, ge=0, description="Skip this many first (oldest first, by id).")
@@ -90,6 +99,9 @@ class ModelSummary(BaseModel):
     market: str
     unit: str
     status: str
+    aliases: list[str] = Field(
+        default_factory=list, description="The aliases it holds: champion, challenger, shadow."
+    )
     created_at: datetime
     description: str | None
     metrics: Metrics = Field(description="Final metrics by split (test, validation, trading_*).")
@@ -134,8 +146,33 @@ class ModelRegisterRequest(Request):
     description: str | None = Field(None, max_length=2000)
 
 
-class AliasMove(BaseModel):
-    """Who holds an alias of a market/unit after a promotion or rollback, and who held it."""
+class AliasEventInfo(BaseModel):
+    """One move in the alias history: `model` gained `alias` (null: released), `previous`
+    lost it (null: nobody held it)."""
+
+    id: int
+    market: str
+    unit: str
+    alias: str
+    model: str | None
+    model_id: int | None
+    previous: str | None
+    previous_id: int | None
+    at: datetime
+    by: str = Field(description="Who moved it: user, gate, schedule or drift.")
+    reason: str | None
+
+
+class AliasHolderInfo(BaseModel):
+    alias: str
+    model: str
+    model_id: int
+    since: datetime
+
+
+class AliasMove(Response):
+    """Who holds an alias of a market/unit after a move, who held it, and the events the move
+    appended to the history (none: it held the alias already)."""
 
     alias: str
     market: str
@@ -145,6 +182,39 @@ class AliasMove(BaseModel):
     previous: str | None
     previous_id: int | None
     previous_status: str | None = Field(description="What the previous holder is now.")
+    events: list[AliasEventInfo] = Field(default_factory=list)
+
+
+class ModelAliasRequest(Request):
+    model: str = ModelRef
+    alias: AliasName = Field(
+        description="champion (promote: taken from its holder), challenger or shadow (the"
+        " model's own; the alias it held before is released)."
+    )
+    reason: str | None = Field(None, max_length=500, description="Why, kept in the history.")
+
+
+class ModelUnaliasRequest(Request):
+    model: str = ModelRef
+    alias: Literal["challenger", "shadow"] = Field(
+        description="The alias to release (champion only moves: promote another or roll back)."
+    )
+    reason: str | None = Field(None, max_length=500, description="Why, kept in the history.")
+
+
+class AliasHistoryRequest(Request):
+    market: str = Field(description="Market, e.g. KRW-BTC.")
+    unit: str = "1"
+    limit: int | None = Field(None, ge=1, le=10000, description="At most this many newest moves.")
+
+
+class AliasHistory(Response):
+    """The holders of a market/unit's aliases now, and its moves, newest first."""
+
+    market: str
+    unit: str
+    holders: list[AliasHolderInfo]
+    events: list[AliasEventInfo]
 
 
 class ModelUpdateRequest(Request):
@@ -156,12 +226,18 @@ class ModelUpdateRequest(Request):
         None, description="Merged into the model's tags; a null value removes that tag."
     )
     status: Literal["candidate", "retired"] | None = None
-    alias: Literal["champion"] | None = Field(
-        None, description="Move this alias here (champion: promote, artifact verified first)."
+    alias: AliasName | None = Field(
+        None,
+        description="Move this alias here (artifact verified first; champion: promote, taken"
+        " from its holder).",
+    )
+    unalias: Literal["challenger", "shadow"] | None = Field(
+        None, description="Release this alias of the model."
     )
     rollback: bool = Field(
         False, description="This model is the champion: give the alias back to the previous one."
     )
+    reason: str | None = Field(None, max_length=500, description="Why the move, kept in history.")
 
 
 class ModelUpdated(ModelDetails):
@@ -171,6 +247,7 @@ class ModelUpdated(ModelDetails):
 class RollbackRequest(Request):
     market: str
     unit: str = "1"
+    reason: str | None = Field(None, max_length=500, description="Why, kept in the history.")
 
 
 class ModelDeleted(Response):
@@ -214,8 +291,10 @@ def _description(record: ModelRecord) -> str | None:
     return None if value is None else str(value)
 
 
-def summary(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> dict[str, Any]:
-    from store.registry import model_metrics
+def summary(
+    con: duckdb.DuckDBPyConnection, record: ModelRecord, aliases: list[str] | None = None
+) -> dict[str, Any]:
+    from store.registry import model_aliases, model_metrics
 
     return {
         "id": record.id,
@@ -226,6 +305,7 @@ def summary(con: duckdb.DuckDBPyConnection, record: ModelRecord) -> dict[str, An
         "market": record.market,
         "unit": record.unit,
         "status": record.status,
+        "aliases": model_aliases(con, record.id) if aliases is None else aliases,
         "created_at": record.created_at,
         "description": _description(record),
         "metrics": finite_metrics(model_metrics(con, record.id)),
@@ -251,26 +331,52 @@ def details(con: duckdb.DuckDBPyConnection, record: ModelRecord, verify: bool) -
     }
 
 
+def event_info(event: AliasEvent) -> AliasEventInfo:
+    return AliasEventInfo(
+        id=event.id,
+        market=event.market,
+        unit=event.unit,
+        alias=event.alias,
+        model=event.model_ref,
+        model_id=event.model_id,
+        previous=event.previous_ref,
+        previous_id=event.previous_model_id,
+        at=event.moved_at,
+        by=event.moved_by,
+        reason=event.reason,
+    )
+
+
+def refused(exc: AliasRefused) -> Conflict:
+    """An alias move the rules forbid, as the 409 every face shows."""
+    return Conflict(str(exc), exc.hint)
+
+
 class RegistryOps(StoreHolder):
     @operation("read")
     def model_list(self, request: ModelListRequest) -> ModelList:
         """Registered models with status and final metrics, filtered and paged."""
         from engine.upbit.markets import check_market, check_unit
-        from store.registry import list_models
+        from store.registry import aliases_by_model, list_models
 
         market = check_market(request.market) if request.market else None
         unit = check_unit(request.unit) if request.unit else None
         con = self.con()
+        held = aliases_by_model(con)
         records = [
             r
             for r in list_models(con, market, unit)
             if (request.kind is None or r.kind == request.kind)
-            and (request.status is None or r.status == request.status)
+            and (
+                request.status is None
+                or r.status == request.status
+                or request.status in held.get(r.id, [])
+            )
         ]
         end = None if request.limit is None else request.offset + request.limit
         page = records[request.offset : end]
         return ModelList(
-            items=[ModelSummary(**summary(con, r)) for r in page],
+            items=[ModelSummary(**summary(con, r, held.get(r.id, []))) for r in page],
             total=len(records),
             limit=request.limit,
             offset=request.offset,
@@ -376,11 +482,13 @@ class RegistryOps(StoreHolder):
 
         con = self.con()
         record = resolve(con, request.model)
-        if request.alias is not None and request.rollback:
-            raise ServiceError("give alias or rollback, not both", "one move per request")
+        if sum((request.alias is not None, request.unalias is not None, request.rollback)) > 1:
+            raise ServiceError("give one of alias, unalias or rollback", "one move per request")
         moved = None
-        if request.alias == "champion":
-            moved = self._promote(record)
+        if request.alias is not None:
+            moved = self._move(record, request.alias, request.reason)
+        elif request.unalias is not None:
+            moved = self._release(record, request.unalias, request.reason)
         elif request.rollback:
             if record.status != "champion":
                 raise Conflict(
@@ -388,7 +496,7 @@ class RegistryOps(StoreHolder):
                     " there is nothing of it to roll back",
                     "roll back the champion (GET /api/v1/ml-models?status=champion)",
                 )
-            moved = self._rollback(record.market, record.unit)
+            moved = self._rollback(record.market, record.unit, request.reason)
         record = resolve(con, str(record.id))
         if request.status is not None and record.status == "champion":
             raise Conflict(
@@ -402,16 +510,20 @@ class RegistryOps(StoreHolder):
             record = update_model(con, record.id, tags=tags or None, status=request.status)
         return ModelUpdated(**details(con, record, verify=False), moved=moved)
 
-    def _promote(self, record: ModelRecord) -> AliasMove:
-        from engine.ops.promotion import promote
-        from store.registry import champion, get_model
+    def _move(self, record: ModelRecord, alias: str, reason: str | None) -> AliasMove:
+        """Give `alias` to `record` (artifact verified first), by the user."""
+        from engine.ops.promotion import move
+        from store.registry import AliasRefused, champion, get_model
 
         con = self.con()
-        before = champion(con, record.market, record.unit)
-        promote(con, str(record.id))
+        before = champion(con, record.market, record.unit) if alias == "champion" else None
+        try:
+            events = move(con, record, alias, by="user", reason=reason)
+        except AliasRefused as exc:
+            raise refused(exc) from None
         previous = None if before is None or before.id == record.id else get_model(con, before.id)
         return AliasMove(
-            alias="champion",
+            alias=alias,
             market=record.market,
             unit=record.unit,
             model=record.ref,
@@ -419,17 +531,41 @@ class RegistryOps(StoreHolder):
             previous=previous.ref if previous else None,
             previous_id=previous.id if previous else None,
             previous_status=previous.status if previous else None,
+            events=[event_info(e) for e in events],
         )
 
-    def _rollback(self, market: str, unit: str) -> AliasMove:
-        from engine.ops.promotion import rollback
+    def _release(self, record: ModelRecord, alias: str, reason: str | None) -> AliasMove:
+        from engine.ops.promotion import release
+        from store.registry import AliasRefused
 
         try:
-            demoted, restored = rollback(self.con(), market, unit)
+            event = release(self.con(), record, alias, by="user", reason=reason)
+        except AliasRefused as exc:
+            raise refused(exc) from None
+        return AliasMove(
+            alias=alias,
+            market=record.market,
+            unit=record.unit,
+            model=record.ref,
+            model_id=record.id,
+            previous=record.ref,
+            previous_id=record.id,
+            previous_status=record.status,
+            events=[event_info(event)],
+        )
+
+    def _rollback(self, market: str, unit: str, reason: str | None = None) -> AliasMove:
+        from engine.ops.promotion import rollback
+        from store.registry import alias_history
+
+        con = self.con()
+        try:
+            demoted, restored = rollback(con, market, unit, by="user", reason=reason)
         except KeyError as exc:
             raise Conflict(
                 str(exc.args[0]), "promote a model instead (PUT with alias: champion)"
             ) from None
+        newest = alias_history(con, market, unit, limit=1)
         return AliasMove(
             alias="champion",
             market=restored.market,
@@ -439,19 +575,50 @@ class RegistryOps(StoreHolder):
             previous=demoted.ref,
             previous_id=demoted.id,
             previous_status=demoted.status,
+            events=[event_info(e) for e in newest],
         )
 
     @operation("write")
     def model_promote(self, request: ModelRefRequest) -> AliasMove:
         """Make a model the champion of its market/unit (after verifying its artifact)."""
-        return self._promote(resolve(self.con(), request.model))
+        return self._move(resolve(self.con(), request.model), "champion", None)
 
     @operation("write")
     def model_rollback(self, request: RollbackRequest) -> AliasMove:
-        """Demote the champion of a market/unit and restore the previous one."""
+        """Move the champion alias of a market/unit back to its previous holder."""
         from engine.upbit.markets import check_market, check_unit
 
-        return self._rollback(check_market(request.market), check_unit(request.unit))
+        return self._rollback(
+            check_market(request.market), check_unit(request.unit), request.reason
+        )
+
+    @operation("write")
+    def model_alias(self, request: ModelAliasRequest) -> AliasMove:
+        """Give a model an alias of its market/unit: champion (promote), challenger or shadow."""
+        return self._move(resolve(self.con(), request.model), request.alias, request.reason)
+
+    @operation("write")
+    def model_unalias(self, request: ModelUnaliasRequest) -> AliasMove:
+        """Release a model's challenger or shadow alias (champion only moves)."""
+        return self._release(resolve(self.con(), request.model), request.alias, request.reason)
+
+    @operation("read")
+    def alias_history(self, request: AliasHistoryRequest) -> AliasHistory:
+        """Who holds the aliases of a market/unit now, and every move, newest first."""
+        from engine.upbit.markets import check_market, check_unit
+        from store.registry import alias_history, alias_holders
+
+        market, unit = check_market(request.market), check_unit(request.unit)
+        con = self.con()
+        return AliasHistory(
+            market=market,
+            unit=unit,
+            holders=[
+                AliasHolderInfo(alias=h.alias, model=h.ref, model_id=h.model_id, since=h.since)
+                for h in alias_holders(con, market, unit)
+            ],
+            events=[event_info(e) for e in alias_history(con, market, unit, request.limit)],
+        )
 
     @operation("write")
     def model_delete(self, request: ModelRefRequest) -> ModelDeleted:

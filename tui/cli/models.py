@@ -1,9 +1,10 @@
-"""`upquant models ...`: the model registry (list, show, promote, rollback, delete, compare)."""
+"""`upquant models ...`: the model registry (list, show, promote, rollback, alias, unalias,
+history, delete, compare)."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -13,8 +14,13 @@ from tui.cli.render import CliError, console, emit_json, err, styled
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 ModelArg = Annotated[
-    str, typer.Argument(help="Model: id, name (newest version), name@version or name@champion.")
+    str,
+    typer.Argument(
+        help="Model: id, name (newest version), name@version or name@<alias> (champion,"
+        " challenger, shadow)."
+    ),
 ]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why; kept in the history.")]
 
 
 def _num(value: float | None) -> str:
@@ -44,6 +50,7 @@ def models_list(
         "market",
         "unit",
         "status",
+        "aliases",
         "test acc",
         "test F1",
         "test return",
@@ -59,6 +66,7 @@ def models_list(
             r.market,
             r.unit,
             r.status,
+            ", ".join(r.aliases) or "–",
             _num(test.get("accuracy")),
             _num(test.get("f1_macro")),
             "–" if ret is None else f"{ret:+.2%}",
@@ -75,6 +83,7 @@ SHOWN = (
     "market",
     "unit",
     "status",
+    "aliases",
     "created_at",
     "description",
     "artifact",
@@ -101,7 +110,7 @@ def models_show(model: ModelArg, as_json: JsonOpt = False) -> None:
         emit_json(data)
         return
     for key in SHOWN:
-        if data[key] is not None:
+        if data[key] is not None and data[key] != []:
             console.print(styled((key, "bold"), f": {data[key]}"), highlight=False)
     table = Table("split", "metric", "value")
     for split, named in details.metrics.items():
@@ -122,15 +131,106 @@ def models_promote(model: ModelArg) -> None:
 
 @models_app.command("rollback")
 def models_rollback(
-    market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")], unit: UnitOpt = "1"
+    market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")],
+    unit: UnitOpt = "1",
+    reason: ReasonOpt = None,
 ) -> None:
-    """Demote the champion of MARKET/UNIT and restore the previous one."""
+    """Move the champion alias of MARKET/UNIT back to its previous holder."""
     from engine.service.registry import RollbackRequest
 
     unit = check(market, unit)
     with workstation() as ws:
-        moved = ws.model_rollback(RollbackRequest(market=market, unit=unit))
+        moved = ws.model_rollback(RollbackRequest(market=market, unit=unit, reason=reason))
     console.print(f"{moved.previous} rolled back; {moved.model} is the champion again")
+
+
+AliasArg = Annotated[
+    Literal["champion", "challenger", "shadow"],
+    typer.Argument(help="champion (promote), challenger or shadow."),
+]
+
+
+@models_app.command("alias")
+def models_alias(
+    model: ModelArg, alias: AliasArg, reason: ReasonOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Give MODEL the ALIAS of its market/unit (artifact verified first): champion is taken
+    from its holder; challenger and shadow are the model's own (it releases the alias it
+    held). Every move is kept in `upquant models history`."""
+    from engine.service.registry import ModelAliasRequest
+
+    with workstation() as ws:
+        moved = ws.model_alias(ModelAliasRequest(model=model, alias=alias, reason=reason))
+    if as_json:
+        emit_json(moved.model_dump(mode="json"))
+        return
+    if not moved.events:
+        console.print(f"{moved.model} is already the {alias} of {moved.market} unit {moved.unit}")
+        return
+    taken = f" (from {moved.previous})" if moved.previous else ""
+    article = "the" if alias == "champion" else "a"
+    console.print(
+        f"{moved.model} is now {article} {alias} of {moved.market} unit {moved.unit}{taken}",
+        highlight=False,
+    )
+
+
+@models_app.command("unalias")
+def models_unalias(
+    model: ModelArg,
+    alias: Annotated[
+        Literal["challenger", "shadow"],
+        typer.Argument(help="challenger or shadow (champion only moves: promote or rollback)."),
+    ],
+    reason: ReasonOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take ALIAS (challenger or shadow) from MODEL."""
+    from engine.service.registry import ModelUnaliasRequest
+
+    with workstation() as ws:
+        moved = ws.model_unalias(ModelUnaliasRequest(model=model, alias=alias, reason=reason))
+    if as_json:
+        emit_json(moved.model_dump(mode="json"))
+        return
+    console.print(
+        f"{moved.model} is no longer a {alias} of {moved.market} unit {moved.unit}", highlight=False
+    )
+
+
+@models_app.command("history")
+def models_history(
+    market: Annotated[str, typer.Argument(help="Market, e.g. KRW-BTC.")],
+    unit: UnitOpt = "1",
+    limit: Annotated[int | None, typer.Option(help="Only the newest N moves.", min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Who holds the aliases of MARKET/UNIT now, and every move (newest first): from, to,
+    when, by whom (user, gate, schedule, drift) and why."""
+    from engine.service.registry import AliasHistoryRequest
+
+    unit = check(market, unit)
+    with workstation() as ws:
+        history = ws.alias_history(AliasHistoryRequest(market=market, unit=unit, limit=limit))
+    if as_json:
+        emit_json(history.model_dump(mode="json"))
+        return
+    holders = Table("alias", "model", "since (UTC)", title=f"{history.market} unit {history.unit}")
+    for h in history.holders:
+        holders.add_row(h.alias, h.model, f"{h.since:%Y-%m-%d %H:%M:%S}")
+    console.print(holders)
+    table = Table("#", "when (UTC)", "alias", "from", "to", "by", "reason")
+    for e in history.events:
+        table.add_row(
+            str(e.id),
+            f"{e.at:%Y-%m-%d %H:%M:%S}",
+            e.alias,
+            e.previous or "–",
+            e.model or "–",
+            e.by,
+            e.reason or "",
+        )
+    console.print(table)
 
 
 @models_app.command("delete")
