@@ -307,8 +307,8 @@ class AliasLoop:
 
     def possible_champions(self) -> set[int]:
         """The champion the store may hold: the last answered move's, or the one the move in
-        flight makes (a promotion's model; a rollback restores a model older than the
-        champion it demotes)."""
+        flight makes (a promotion's model; a rollback restores an earlier holder of the
+        alias, by its history: any other model)."""
         assert self.holder is not None
         possible = {self.holder}
         if self.in_flight is not None:
@@ -316,7 +316,7 @@ class AliasLoop:
             if op == "model_promote":
                 possible.add(int(body["model"]))
             else:
-                possible.update(range(1, self.holder))
+                possible.update(m for m in (1, 2, 3) if m != self.holder)
         return possible
 
 
