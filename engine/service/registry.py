@@ -5,9 +5,10 @@ compare, and a model's metrics.
 Models are named by any reference `store.model_refs.resolve` reads (id, name, name@version,
 name@champion, name@challenger, name@shadow). Aliases (one champion per market/unit, any
 number of challengers and shadows) move by `model_alias`, `model_unalias`, promote and
-rollback; every move is appended to the history `alias_history` reads. The rules (the promotion gate, what may be deleted) are `engine.ops.promotion`'s
-and `store.registry`'s; these operations add the answers every face shows and the statuses
-(404, 409) a refusal answers with.
+rollback; every move is appended to the history `alias_history` reads. The rules (the
+promotion gate, what may be deleted, how aliases move) are `engine.ops.promotion`'s and
+`store.registry`'s; these operations add the answers every face shows and the statuses (404,
+409) a refusal answers with.
 """
 
 from __future__ import annotations
