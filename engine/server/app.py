@@ -180,6 +180,11 @@ async def call(request: web.Request, op: Operation, payload: dict[str, Any]) -> 
         parsed = op.request.model_validate(payload)
     except ValidationError as exc:
         raise _invalid(exc, op.request) from None
+    if token.scope != "write" and getattr(parsed, "writes", False):  # e.g. a walk-forward job
+        raise Forbidden(
+            f"this {op.name} changes the store and token {token.name!r} may only read",
+            "use a write-scope token (`upquant token create NAME --scope write`)",
+        )
     ws = request.app[WORKSTATION]
     ready = getattr(ws, "from_memory", None)  # a repeated predict: answered on the loop
     if op.scope == "read" and ready is not None:
@@ -230,9 +235,10 @@ def route_handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamR
         for param in route.params:
             _put(payload, route.field_of(param), request.match_info[param], "path")
         result: Any = await call(request, op, payload)
+        status = 202 if route.accepted is not None and route.accepted(result) else route.status
         if route.transform is not None:
             result = route.transform(result)
-        return _answer(result, route.status)
+        return _answer(result, status)
 
     return handle
 

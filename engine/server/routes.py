@@ -20,8 +20,10 @@ imports every module of the package, so declaring is all it takes::
               status=202),
     ])
 
-`status` is the success status (202 for a job started); `transform` turns the operation's
-response into what the route answers (documented with `response` when its shape differs).
+`status` is the success status (202 for a job started); `accepted` says when an answer is
+202 instead (a job that did not end while the request waited); `transform` turns the
+operation's response into what the route answers (documented with `response` when its shape
+differs).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Route:
     op: str
     fields: dict[str, str] = field(default_factory=dict)
     status: int = 200
+    accepted: Callable[[Any], bool] | None = None
     transform: Callable[[BaseModel], Any] | None = None
     response: type[BaseModel] | None = None
     summary: str | None = None
