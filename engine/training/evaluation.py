@@ -5,8 +5,10 @@ retraining with mean ± std over folds."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.connection import Connection
 from typing import Any
 
 import duckdb
@@ -27,7 +29,7 @@ from engine.research.splits import Split, WalkForwardSpec
 from engine.trading.backtest import DEFAULT_FEE
 from engine.training.batch import predict_rows, predict_values
 from engine.training.train import TrainingError, clone, load_data, trading_report
-from store.registry import get_model
+from store.registry import ModelRecord, get_model
 
 
 @dataclass
@@ -163,16 +165,29 @@ class WalkForwardEvaluation:
     std: dict[str, float]
 
 
-def walk_forward_evaluate(
+@dataclass
+class WalkForwardInputs:
+    """What a walk-forward retrains on, read from the store by its owner (`gather_walk_forward`)
+    and handed to `fit_walk_forward`, which never opens the store (a job's worker process)."""
+
+    record: ModelRecord
+    labels: LabelSpec
+    candles: pd.DataFrame
+    data: Any  # engine.research.dataset's feature matrix and labels
+    folds: int
+    threshold: float
+    fee: float
+
+
+def gather_walk_forward(
     con: duckdb.DuckDBPyConnection,
     ref: str,
     folds: int = 5,
     *,
     threshold: float = 0.5,
     fee: float = DEFAULT_FEE,
-) -> WalkForwardEvaluation:
-    """Retrain `ref`'s kind and parameters on each walk-forward fold (expanding window,
-    purged) and score its test block: model and baseline metrics, then mean ± std."""
+) -> WalkForwardInputs:
+    """The candles and feature matrix `ref`'s walk-forward retrains on (its whole history)."""
     record = get_model(con, ref)
     if record.kind == "ensemble":
         raise TrainingError("walk-forward retrains single models; evaluate each ensemble member")
@@ -181,8 +196,19 @@ def walk_forward_evaluate(
         LabelSpec.from_dict(record.label_spec),
     )
     candles, data = load_data(con, record.market, record.unit, spec, labels)
+    return WalkForwardInputs(record, labels, candles, data, folds, threshold, fee)
+
+
+def fit_walk_forward(
+    inputs: WalkForwardInputs,
+    on_fold: Callable[[int, int, dict[str, float]], object] | None = None,
+) -> WalkForwardEvaluation:
+    """Retrain on each fold (expanding window, purged) and score its test block: model and
+    baseline metrics, then mean ± std. `on_fold(done, total, row)` after each fold."""
+    record, labels, candles, data = inputs.record, inputs.labels, inputs.candles, inputs.data
+    splits = list(walk_forward_dataset(data, WalkForwardSpec(folds=inputs.folds)))
     out: list[dict[str, float]] = []
-    for fold in walk_forward_dataset(data, WalkForwardSpec(folds=folds)):
+    for fold in splits:
         model = clone(record)
         validation = fold.validation if len(fold.validation) else fold.train[-1:]
         model.fit(data.X[fold.train], data.y[fold.train], data.X[validation], data.y[validation])
@@ -203,12 +229,14 @@ def walk_forward_evaluate(
             scored = regression_metrics(y, predict_values(model, data.X, fold.test))
             row.update(mse=scored["mse"], ic=scored["ic"], rank_ic=scored["rank_ic"])
         trading = trading_report(
-            candles, data, fold, probs, threshold=threshold, fee=fee, unit=record.unit
+            candles, data, fold, probs, threshold=inputs.threshold, fee=inputs.fee, unit=record.unit
         )
         for name, metrics in trading.items():  # the model and every baseline, same metrics
             for metric in FOLD_TRADING_METRICS:
                 row[f"{name}_{metric}"] = float(metrics[metric])
         out.append(row)
+        if on_fold is not None:
+            on_fold(len(out), len(splits), row)
     keys = [k for k in out[0] if k not in ("fold", "test_rows")]
     with warnings.catch_warnings():  # a metric undefined in every fold (no trade) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -217,6 +245,52 @@ def walk_forward_evaluate(
             k: float(np.nanstd([r[k] for r in out], ddof=1)) if len(out) > 1 else 0.0 for k in keys
         }
     return WalkForwardEvaluation(record.ref, out, mean, std)
+
+
+def walk_forward_evaluate(
+    con: duckdb.DuckDBPyConnection,
+    ref: str,
+    folds: int = 5,
+    *,
+    threshold: float = 0.5,
+    fee: float = DEFAULT_FEE,
+) -> WalkForwardEvaluation:
+    """Retrain `ref`'s kind and parameters on each walk-forward fold (expanding window,
+    purged) and score its test block, in this thread: `gather_walk_forward` then
+    `fit_walk_forward` (a job runs the second in a worker, `walk_forward_worker`)."""
+    return fit_walk_forward(gather_walk_forward(con, ref, folds, threshold=threshold, fee=fee))
+
+
+def walk_forward_worker(
+    conn: Connection, parent: int, run_id: int, inputs: WalkForwardInputs
+) -> None:
+    """The target of a walk-forward job's spawned process (`engine.service.evaluation`): fit
+    every fold of `inputs`, never opening the store, and answer over `conn` with ("fold",
+    done, total) after each fold, then one final ("done", WalkForwardEvaluation), ("failed",
+    type, message, hint) or ("interrupted", reason). It stops on SIGTERM (a cancel) and ends
+    with its owner, as a training job's worker does (`engine.training.worker`)."""
+    import signal
+    import threading
+
+    from engine.training import worker
+
+    threading.Thread(target=worker._watch_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGTERM, worker._stop)
+    sink = worker.PipeSink(conn)
+    try:
+        worker.lower_priority()
+        result = fit_walk_forward(inputs, lambda done, total, _row: sink.send("fold", done, total))
+    except KeyboardInterrupt:
+        sink.send("interrupted", "stopped by Ctrl-C or a signal")
+    except Exception as exc:  # noqa: BLE001  the owner records it as the run's error
+        sink.send("failed", type(exc).__name__, str(exc), getattr(exc, "hint", None))
+    else:
+        if worker._stopping.is_set():
+            sink.send("interrupted", "stopped by Ctrl-C or a signal")
+        else:
+            sink.send("done", result)
+    finally:
+        conn.close()
 
 
 def compare_models(con: duckdb.DuckDBPyConnection, refs: list[str]) -> pd.DataFrame:
