@@ -3,6 +3,18 @@
 with mean ± std) and `backtest` (a rule's or a model's signals beside buy-and-hold and
 no-trade, with fees, slippage and the trade lists).
 
+A walk-forward evaluation is a job (`EvaluationJobs`): this process, which holds the store,
+reads the candles and feature matrix (`engine.training.evaluation.gather_walk_forward`) and
+hands them to a `spawn`ed worker (`walk_forward_worker`) that never opens DuckDB, fits every
+fold and reports each one; a thread per job records its progress and its result in
+`evaluation_runs` (store.evaluation_runs), so the run can be read after the request, after a
+restart, or from another process. `evaluate` starts it and waits up to `wait` seconds: done
+by then, it answers the result as a synchronous evaluation would; otherwise the run, its
+status and its status URL (`evaluation_status`, `evaluation_cancel`). One walk-forward fits at
+a time per owner (a second one is `queued`); a cancel, a shutdown (the server's SIGTERM, the
+end of a one-shot command) or an owner killed leaves it `interrupted`. Starting one writes
+to the store: over HTTP it needs a write-scope token (`EvaluateRequest.writes`).
+
 The numbers are `engine.training.evaluation`'s and `engine.trading.backtest`'s; these
 operations turn them into JSON-safe responses (NaN is null, durations ISO 8601) and carry
 the warnings a command prints, so every face shows the same thing.
@@ -10,17 +22,29 @@ the warnings a command prints, so every face shows the same thing.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.service.base import StoreHolder
-from engine.service.core import Request, Response, ServiceError, operation
+from engine.service.core import Conflict, NotFound, Request, Response, ServiceError, operation
 from engine.service.registry import ModelRef, canonical, finite, finite_metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import duckdb
+
     from engine.trading.backtest import BacktestReport
+    from engine.training.evaluation import WalkForwardEvaluation, WalkForwardInputs
 
 Value = float | str | None
 Threshold = Field(0.5, ge=0.0, le=1.0, description="Confidence a buy/sell must reach, in [0, 1].")
@@ -54,12 +78,24 @@ class EvaluateRequest(Request):
     walk_forward: bool = Field(False, description="Retrain per walk-forward fold instead.")
     folds: int = Field(5, ge=2, le=50, description="Walk-forward folds.")
     threshold: float = Threshold
+    wait: float = Field(
+        5.0,
+        ge=0.0,
+        le=600.0,
+        description="Walk-forward: seconds to wait for the job before answering its run"
+        " (202 over HTTP); 0 answers at once.",
+    )
 
     @model_validator(mode="after")
     def _range_or_folds(self) -> EvaluateRequest:
         if self.walk_forward and (self.start is not None or self.end is not None):
             raise ValueError("walk-forward uses the whole history: leave start and end out")
         return self
+
+    @property
+    def writes(self) -> bool:
+        """A walk-forward starts a job recorded in the store: it needs a write-scope token."""
+        return self.walk_forward
 
 
 class ReliabilityRow(BaseModel):
@@ -94,12 +130,48 @@ class WalkForwardResult(BaseModel):
     std: dict[str, float | None]
 
 
+RunStatus = Literal["queued", "running", "finished", "failed", "interrupted"]
+
+
 class EvaluationResult(Response):
-    """`held_out` (one range) or `walk_forward` (folds), as `mode` says."""
+    """`held_out` (one range) or `walk_forward` (folds), as `mode` says. A walk-forward is a
+    job: `run`, `status` and `status_url` name it; `walk_forward` is null while it runs
+    (the route answers 202 then)."""
 
     mode: Literal["held_out", "walk_forward"]
     held_out: HeldOutEvaluation | None = None
     walk_forward: WalkForwardResult | None = None
+    run: int | None = None  # the walk-forward's evaluation run
+    status: RunStatus | None = None
+    status_url: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.held_out is None and self.walk_forward is None
+
+
+class EvaluationRunRequest(Request):
+    run: int = Field(description="The evaluation run's id.")
+    reason: str = Field("cancelled", description="Cancel: recorded as the stopped run's error.")
+
+
+class EvaluationRunStatus(Response):
+    """A walk-forward evaluation run: how far it got, how it ended, its result."""
+
+    run: int
+    model: str
+    model_id: int
+    folds: int
+    threshold: float
+    status: RunStatus
+    folds_done: int
+    folds_total: int | None
+    progress: float | None = Field(description="folds_done / folds_total.")
+    started: datetime
+    finished: datetime | None
+    error: str | None
+    hint: str | None = None
+    result: WalkForwardResult | None = None
 
 
 # --- backtest -----------------------------------------------------------------------------------
@@ -173,26 +245,318 @@ def _trades(report: BacktestReport) -> dict[str, list[Trade]]:
     }
 
 
+def walk_forward_result(wf: WalkForwardEvaluation) -> WalkForwardResult:
+    """A walk-forward's numbers as JSON carries them (NaN null)."""
+    return WalkForwardResult(
+        model=wf.model,
+        folds=[{k: finite(v) for k, v in f.items()} for f in wf.folds],
+        mean={k: finite(v) for k, v in wf.mean.items()},
+        std={k: finite(v) for k, v in wf.std.items()},
+    )
+
+
+# how long a stopped worker gets to say so before it is killed (as a training job's)
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class EvaluationJob:
+    """A walk-forward this process owns: its run, state and worker."""
+
+    run_id: int
+    inputs: WalkForwardInputs | None
+    state: str = "queued"
+    process: BaseProcess | None = None
+    error: str | None = None
+    hint: str | None = None
+    stop_reason: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.done.is_set()
+
+
+class EvaluationJobs:
+    """The walk-forward jobs of one store owner (see the module docstring): one fits at a
+    time, the rest wait in line. `con` gives the calling thread's connection to the store."""
+
+    def __init__(self, con: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+        self._con = con
+        self._lock = threading.Lock()  # jobs, queue, busy
+        self._write = threading.Lock()  # one run update at a time
+        self._jobs: dict[int, EvaluationJob] = {}
+        self._queue: deque[EvaluationJob] = deque()
+        self._busy: EvaluationJob | None = None
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def start(self, ref: str, folds: int, threshold: float) -> int:
+        """Read what `ref`'s walk-forward fits on, record its run and start (or queue) it;
+        returns the run id. A model that cannot be walked forward fails here, recording
+        nothing."""
+        from engine.training.evaluation import gather_walk_forward
+        from store.evaluation_runs import start_evaluation_run
+
+        if self._closed:
+            raise ServiceError("the job owner is shutting down", "start the evaluation again later")
+        inputs = gather_walk_forward(self._con(), ref, folds, threshold=threshold)
+        record = inputs.record
+        with self._write:
+            run_id = start_evaluation_run(self._con(), record.id, record.ref, folds, threshold)
+        job = EvaluationJob(run_id, inputs)
+        with self._lock:
+            self._jobs[run_id] = job
+            if self._busy is None and not self._closed:
+                self._busy = job
+                self._launch(job)
+            else:
+                self._queue.append(job)
+        return run_id
+
+    def _launch(self, job: EvaluationJob) -> None:
+        """Spawn the job's worker and the thread that records its events (under `_lock`)."""
+        from engine.training.evaluation import walk_forward_worker
+
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        job.process = context.Process(
+            target=walk_forward_worker,
+            args=(send, os.getpid(), job.run_id, job.inputs),
+            name=f"upquant-evaluate-{job.run_id}",
+        )
+        job.process.start()
+        send.close()  # the worker holds the only writing end: its exit closes the pipe
+        job.inputs = None
+        job.state = "running"
+        thread = threading.Thread(
+            target=self._follow, args=(job, receive), name=f"upquant-evaluation-{job.run_id}"
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _follow(self, job: EvaluationJob, receive: Connection) -> None:
+        """Record the worker's folds until its final event, or its exit."""
+        from store.evaluation_runs import update_evaluation_run
+
+        con = self._con()
+        final: tuple[Any, ...] | None = None
+        try:
+            with self._write:
+                update_evaluation_run(con, job.run_id, status="running")
+            while final is None:
+                try:
+                    event = receive.recv()
+                except (EOFError, OSError):  # the worker exited without a final word
+                    break
+                if event[0] == "fold":
+                    with self._write:
+                        update_evaluation_run(
+                            con, job.run_id, folds_done=int(event[1]), folds_total=int(event[2])
+                        )
+                else:
+                    final = event
+            self._record_end(con, job, final)
+        finally:
+            receive.close()
+            process = job.process
+            if process is not None:
+                process.join(STOP_GRACE_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+            job.done.set()
+            self._next()
+
+    def _record_end(
+        self, con: duckdb.DuckDBPyConnection, job: EvaluationJob, final: tuple[Any, ...] | None
+    ) -> None:
+        from store.evaluation_runs import update_evaluation_run
+
+        if final is not None and final[0] == "done" and job.stop_reason is None:
+            result = walk_forward_result(final[1]).model_dump(mode="json")
+            with self._write:
+                update_evaluation_run(con, job.run_id, status="finished", result=result)
+            job.state = "finished"
+            return
+        if final is not None and final[0] == "failed" and job.stop_reason is None:
+            _, kind, message, hint = final
+            job.state, job.error, job.hint = "failed", message, hint
+            with self._write:
+                update_evaluation_run(con, job.run_id, status="failed", error=f"{kind}: {message}")
+            return
+        reason = job.stop_reason or (
+            final[1]
+            if final is not None and final[0] == "interrupted"
+            else f"its worker process exited with code {job.process and job.process.exitcode}"
+        )
+        job.state, job.error = "interrupted", reason
+        with self._write:
+            update_evaluation_run(con, job.run_id, status="interrupted", error=reason)
+
+    def _next(self) -> None:
+        with self._lock:
+            if self._busy is not None and self._busy.finished:
+                self._busy = None
+            while self._queue and self._busy is None and not self._closed:
+                job = self._queue.popleft()
+                if not job.finished:
+                    self._busy = job
+                    self._launch(job)
+
+    def get(self, run_id: int) -> EvaluationJob | None:
+        with self._lock:
+            return self._jobs.get(run_id)
+
+    def wait(self, run_id: int, timeout: float) -> bool:
+        """Whether run `run_id`'s job (this process's) ends within `timeout` seconds."""
+        job = self.get(run_id)
+        return job is None or job.done.wait(timeout)
+
+    def cancel(self, run_id: int, reason: str = "cancelled", timeout: float = 30.0) -> bool:
+        """Stop run `run_id`'s job (its run `interrupted`); returns once it has stopped,
+        False when this process does not run it."""
+        from store.evaluation_runs import update_evaluation_run
+
+        with self._lock:
+            job = self._jobs.get(run_id)
+            if job is None:
+                return False
+            if job.finished:
+                return True
+            job.stop_reason = job.stop_reason or reason
+            queued = job.state == "queued"
+            if queued:
+                if job in self._queue:
+                    self._queue.remove(job)
+                job.state, job.error, job.inputs = "interrupted", job.stop_reason, None
+                job.done.set()
+            elif job.process is not None and job.process.is_alive():
+                job.process.terminate()  # SIGTERM: the worker stops as on Ctrl-C
+        if queued:
+            with self._write:
+                update_evaluation_run(
+                    self._con(), run_id, status="interrupted", error=job.stop_reason
+                )
+            return True
+        if not job.done.wait(min(timeout, STOP_GRACE_S)) and job.process is not None:
+            job.process.kill()  # it did not stop when asked: a cancelled job ends now
+            job.done.wait(max(timeout - STOP_GRACE_S, STOP_GRACE_S))
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop every job (their runs `interrupted`); none starts afterwards."""
+        with self._lock:
+            self._closed = True
+            jobs = [job for job in self._jobs.values() if not job.finished]
+        for job in sorted(jobs, key=lambda j: j.state != "queued"):
+            self.cancel(job.run_id, "stopped: its owner shut down", timeout)
+        for thread in self._threads:
+            thread.join(STOP_GRACE_S)
+
+
 class EvaluationOps(StoreHolder):
+    _evaluations: EvaluationJobs | None = None
+    _evaluations_lock = threading.Lock()
+
+    @property
+    def evaluations(self) -> EvaluationJobs:
+        """This process's walk-forward jobs (created on first use)."""
+        with self._evaluations_lock:
+            if self._evaluations is None:
+                self._evaluations = EvaluationJobs(self.con)
+            return self._evaluations
+
+    def close(self) -> None:
+        """Stop the walk-forward jobs this process owns (runs `interrupted`), then go on."""
+        if self._evaluations is not None:
+            self._evaluations.shutdown()
+        super().close()
+
+    def _run_status(self, run_id: int) -> EvaluationRunStatus:
+        from store.evaluation_runs import get_evaluation_run
+
+        try:
+            run = get_evaluation_run(self.con(), run_id)
+        except KeyError:
+            raise NotFound(
+                f"no evaluation run {run_id}",
+                "start one: POST /api/v1/ml-models/{id}/evaluate with walk_forward true",
+            ) from None
+        job = self._evaluations.get(run_id) if self._evaluations is not None else None
+        total = run.folds_total
+        return EvaluationRunStatus(
+            run=run.id,
+            model=run.model,
+            model_id=run.model_id,
+            folds=run.folds,
+            threshold=run.threshold,
+            status=cast(RunStatus, run.status),
+            folds_done=run.folds_done,
+            folds_total=total,
+            progress=run.folds_done / total if total else (1.0 if run.status == "finished" else 0.0),
+            started=run.started,
+            finished=run.finished,
+            error=run.error,
+            hint=job.hint if job is not None else None,
+            result=WalkForwardResult.model_validate(run.result) if run.result else None,
+        )
+
+    @operation("read")
+    def evaluation_status(self, request: EvaluationRunRequest) -> EvaluationRunStatus:
+        """A walk-forward evaluation run: status, folds done, and its result once finished."""
+        return self._run_status(request.run)
+
+    @operation("write")
+    def evaluation_cancel(self, request: EvaluationRunRequest) -> EvaluationRunStatus:
+        """Cancel a walk-forward evaluation run (it reads `interrupted`); a run that has ended
+        is answered as it is."""
+        status = self._run_status(request.run)
+        if status.status in ("queued", "running"):
+            if not self.evaluations.cancel(request.run, request.reason):
+                from store.evaluation_runs import get_evaluation_run
+
+                run = get_evaluation_run(self.con(), request.run)
+                raise Conflict(
+                    f"evaluation run {request.run} is run by process {run.pid} on {run.host}",
+                    "cancel it through the server that runs it",
+                )
+            status = self._run_status(request.run)
+        return status
+
+    def _walk_forward(self, ref: str, request: EvaluateRequest) -> EvaluationResult:
+        from engine.training.train import TrainingError
+
+        try:
+            run = self.evaluations.start(ref, request.folds, request.threshold)
+        except TrainingError as exc:
+            raise ServiceError(str(exc), getattr(exc, "hint", None)) from exc
+        self.evaluations.wait(run, request.wait)
+        status = self._run_status(run)
+        url = f"/api/v1/evaluation-runs/{run}"
+        if status.status == "failed":
+            raise ServiceError(status.error or f"evaluation run {run} failed", status.hint)
+        if status.status == "interrupted":
+            raise ServiceError(f"evaluation run {run} was interrupted: {status.error}", None)
+        return EvaluationResult(
+            mode="walk_forward",
+            walk_forward=status.result if status.status == "finished" else None,
+            run=run,
+            status=status.status,
+            status_url=url,
+        )
+
     @operation("read")
     def evaluate(self, request: EvaluateRequest) -> EvaluationResult:
         """Evaluate a model on held-out data (its test part by default) beside the baselines,
-        or retrain it per walk-forward fold (mean ± std)."""
-        from engine.training.evaluation import evaluate_model, walk_forward_evaluate
+        or retrain it per walk-forward fold (mean ± std) as a job: its result when it ends
+        within `wait` seconds, else its run and status URL (HTTP 202)."""
+        from engine.training.evaluation import evaluate_model
 
         con = self.con()
         ref = canonical(con, request.model)
         if request.walk_forward:
-            wf = walk_forward_evaluate(con, ref, request.folds, threshold=request.threshold)
-            return EvaluationResult(
-                mode="walk_forward",
-                walk_forward=WalkForwardResult(
-                    model=wf.model,
-                    folds=[{k: finite(v) for k, v in f.items()} for f in wf.folds],
-                    mean={k: finite(v) for k, v in wf.mean.items()},
-                    std={k: finite(v) for k, v in wf.std.items()},
-                ),
-            )
+            return self._walk_forward(ref, request)
         _ordered(request.start, request.end)
         ev = evaluate_model(con, ref, request.start, request.end, threshold=request.threshold)
         reliability = None

@@ -163,8 +163,8 @@ async def test_metrics_evaluate_and_backtest(api: Api) -> None:
         "POST", at(f"{NAME}@1", "/evaluate"), "read", json={"start": train_from}
     )
     assert status == 200 and body["held_out"]["overlaps_training"] is True
-    status, body = await api.call(
-        "POST", at(f"{NAME}@1", "/evaluate"), "read", json={"walk_forward": True, "folds": 2}
+    status, body = await api.call(  # a walk-forward is a job: a write token, 200 once done
+        "POST", at(f"{NAME}@1", "/evaluate"), json={"walk_forward": True, "folds": 2, "wait": 600}
     )
     assert status == 200 and body["mode"] == "walk_forward"
     assert len(body["walk_forward"]["folds"]) == 2
