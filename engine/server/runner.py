@@ -219,6 +219,7 @@ async def _run(
                 # the session's buffered signals are written before the streams close
                 if ws.live_session is not None:
                     await ws.stop_live_async()
+                await ws.stop_feeds_async()  # `data stream` feeds: their candles written
             _say("stopping: finishing the requests in flight")
     finally:
         for signum in stops:

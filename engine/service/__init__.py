@@ -22,6 +22,7 @@ from engine.service.core import (
 from engine.service.data import DataOps
 from engine.service.evaluation import EvaluationOps
 from engine.service.features import FeaturesOps
+from engine.service.feeds import FeedOps
 from engine.service.live import LiveOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
@@ -51,6 +52,7 @@ class Workstation(
     PredictionOps,
     RegistryOps,
     EvaluationOps,
+    FeedOps,
     LiveOps,
     StoredOps,
     SystemOps,
