@@ -1,10 +1,14 @@
 """`upquant evaluate MODEL`: held-out metrics with baselines, calibration, importance; or
-walk-forward retraining with mean ± std."""
+walk-forward retraining with mean ± std.
+
+A walk-forward is a job of the store's owner (the server, or this command when none runs):
+the command starts it, follows its run (a progress bar of folds on a terminal) and prints
+its result; Ctrl-C (or SIGTERM) cancels the run and exits 130."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -50,7 +54,10 @@ def evaluate(
         threshold=threshold,
     )
     with workstation() as ws:
-        result = ws.evaluate(request)
+        if walk_forward:
+            result = _follow(ws, ws.evaluate(request.model_copy(update={"wait": 0.0})), as_json)
+        else:
+            result = ws.evaluate(request)
     if result.walk_forward is not None:
         wf = result.walk_forward
         if as_json:
@@ -120,6 +127,48 @@ def evaluate(
         for name, value in ev.importance:
             imp.add_row(name, f"{value:.4f}")
         console.print(imp)
+
+
+def _follow(ws: Any, started: Any, as_json: bool) -> Any:
+    """Poll walk-forward run `started.run` until it ends: the finished result, or the run's
+    error; Ctrl-C (or SIGTERM) cancels the run and stops the command as before."""
+    import time
+
+    from engine.service import ServiceError
+    from engine.service.evaluation import EvaluationRunRequest
+    from engine.training.fit import Progress
+    from store.db import interrupted
+    from tui.cli.train import POLL_S, _progress_display
+
+    run = started.run
+    if not started.pending or run is None:
+        return started
+    try:
+        with _progress_display(not as_json) as show:
+            while True:
+                try:
+                    status = ws.evaluation_status(EvaluationRunRequest(run=run))
+                except Exception as exc:
+                    if interrupted(exc):  # the signal arrived inside the status query
+                        raise KeyboardInterrupt from exc
+                    raise
+                if show is not None and status.folds_total:
+                    show(Progress("fold", status.folds_done, status.folds_total, {}))
+                if status.status == "finished" and status.result is not None:
+                    return started.model_copy(
+                        update={"walk_forward": status.result, "status": "finished"}
+                    )
+                if status.status == "failed":
+                    raise ServiceError(status.error or f"evaluation run {run} failed", status.hint)
+                if status.status == "interrupted":
+                    raise ServiceError(
+                        f"evaluation run {run} was interrupted: {status.error}",
+                        "evaluate it again",
+                    )
+                time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        ws.evaluation_cancel(EvaluationRunRequest(run=run, reason="stopped by Ctrl-C or a signal"))
+        raise
 
 
 def _fmt(value: object, spec: str) -> str:
