@@ -166,6 +166,11 @@ def document(routes: list[Route], version: str) -> dict[str, Any]:
             entry["parameters"] = params
         answer = ref(route.response or op.response, "serialization")
         entry["responses"] = _responses(route.status, answer, codes)
+        if route.accepted is not None:  # a job that had not ended when the request stopped waiting
+            entry["responses"]["202"] = {
+                "description": "Accepted: the job runs on; follow its status_url",
+                "content": {"application/json": {"schema": answer}},
+            }
         paths.setdefault(route.path, {})[route.method.lower()] = entry
     paths["/api/v1/ping"] = {
         "get": {

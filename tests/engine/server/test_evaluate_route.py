@@ -123,3 +123,7 @@ async def test_cancel_unknown_runs_and_scopes(home: Path) -> None:
             assert status == 403 and "write-scope token" in body["hint"], body
         status, body = await api.call("GET", "/api/v1/evaluation-runs/2", "read")
         assert status == 404  # the refused ones started nothing
+        status, doc = await api.call("GET", "/api/v1/openapi.json", "read")
+        answers = doc["paths"]["/api/v1/ml-models/{id}/evaluate"]["post"]["responses"]
+        assert {"200", "202", "403"} <= set(answers)
+        assert set(doc["paths"]["/api/v1/evaluation-runs/{run}"]) == {"get", "delete"}
