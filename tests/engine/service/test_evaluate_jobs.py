@@ -1,11 +1,16 @@
 """Walk-forward evaluations as jobs (engine.service.evaluation): real XGBoost models trained on
 real candles, each walk-forward fitted in a spawned worker process and recorded in the store
 (`evaluation_runs`): the result equals the in-thread computation, progress counts folds, a
-cancel or a shutdown leaves the run interrupted, a second one queues, and a new process reads
-a stored result."""
+cancel, a shutdown or an owner killed (no orphan worker left) leaves the run interrupted, a
+second one queues, and a new process reads a stored result."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,6 +25,7 @@ from engine.service.evaluation import (
     walk_forward_result,
 )
 from engine.training.evaluation import walk_forward_evaluate
+from store.processes import _running
 from tests.engine.service import test_registry_ops
 from tests.engine.service.test_registry_ops import NAME
 
@@ -109,3 +115,33 @@ def test_what_cannot_be_walked_forward_fails_at_once(ws: Workstation) -> None:
         EvaluateRequest.model_validate(
             {"model": NAME, "walk_forward": True, "start": "2024-01-01T00:00:00Z"}
         )
+
+
+_OWNER = """
+import json, sys, time
+from engine.service import Workstation
+from engine.service.evaluation import EvaluateRequest
+ws = Workstation()
+run = ws.evaluate(EvaluateRequest(model="xgb@1", walk_forward=True, folds=3, wait=0)).run
+print(json.dumps({"run": run, "worker": ws.evaluations.get(run).process.pid}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_owner_killed_leaves_no_worker_and_an_interrupted_run(ws: Workstation) -> None:
+    ws.close()  # the store is the owner's below
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),  # UPQUANT_HOME: this test's copy of the store
+    )
+    assert owner.stdout is not None
+    started = json.loads(owner.stdout.readline())
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    wait_for(lambda: not _running(started["worker"]), timeout=30)  # no orphan worker
+    with Workstation() as again:
+        run = again.evaluation_status(EvaluationRunRequest(run=started["run"]))
+        assert run.status == "interrupted" and "is gone" in (run.error or ""), run
+        assert run.result is None
