@@ -256,14 +256,22 @@ class FeedOps(LiveOps):
         from engine.data.backfill import krw_markets
         from engine.data.feed import LiveFeed
         from engine.upbit.client import ws_url
-        from engine.upbit.errors import redact
+        from engine.upbit.errors import UpbitError, redact
 
         loop = asyncio.get_running_loop()
         if self._loop is None or self._loop.is_closed():
             self.attach_loop(loop)
         markets = list(request.markets)
         if request.all_krw:
-            markets = list(dict.fromkeys([*markets, *await krw_markets()]))
+            try:
+                listed = await krw_markets()
+            except (UpbitError, OSError) as exc:
+                raise ServiceError(
+                    f"could not list Upbit's KRW markets: {exc}",
+                    "check the server's network and its UPQUANT_UPBIT_REST_URL, or name the"
+                    " markets",
+                ) from None
+            markets = list(dict.fromkeys([*markets, *listed]))
         if not markets and not request.watch:
             raise ServiceError(
                 "no market to stream", "name markets (KRW-BTC KRW-ETH) or pass all_krw"

@@ -6,8 +6,8 @@ token. Bounded: a few derandomized
 examples per operation and mode, so it runs in seconds and the same way every time.
 
 The write run leaves out what destroys or reaches beyond the store: revoking tokens, deleting
-models, store_fix, importing or fetching candles (a file, Upbit), and what writes files at a
-path the request names (data_export, features_build)."""
+models, store_fix, importing, fetching or streaming candles (a file, Upbit), and what writes
+files at a path the request names (data_export, features_build)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("UPQUANT_FUZZ_EXAMPLES", "8"))
 NOT_IN_THE_WRITE_RUN = {
     "token_revoke", "model_delete", "delete_ml_models_id", "store_fix", "data_import",
-    "data_fetch", "data_export", "features_build",
+    "data_fetch", "data_export", "features_build", "feed_start", "post_feeds",
 }
 CHECKS = [not_a_server_error, response_schema_conformance]
 

@@ -159,6 +159,17 @@ async def test_bad_requests_are_refused_and_a_running_feed_keeps_running(
     assert fake.ws_connects == 1  # nothing refused reached Upbit, nothing was restarted
 
 
+async def test_all_krw_asks_the_servers_upbit_for_its_markets(
+    served: tuple[Api, Workstation], fake: FakeUpbit
+) -> None:
+    api, _ws = served
+    status, started = await api("POST", "/api/v1/feeds", json={"all_krw": True})
+    assert status == 201, started
+    assert started["markets"] == ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-XRP"]
+    status, stopped = await api("DELETE", f"/api/v1/feeds/{started['id']}")
+    assert status == 200 and stopped["markets"] == started["markets"]
+
+
 async def test_server_shutdown_stops_every_feed_with_its_candles_written(
     served: tuple[Api, Workstation], fake: FakeUpbit, con
 ) -> None:  # type: ignore[no-untyped-def]
