@@ -100,22 +100,8 @@ def test_a_stream_that_never_connects_fails_with_a_hint(tmp_path: Path) -> None:
     assert "\nhint: check the network" in result.stderr
 
 
-@pytest.mark.slow
-def test_a_stream_is_refused_while_a_server_owns_the_store(tmp_path: Path) -> None:
-    from tests.tui.test_serve import start
-
-    server = start(tmp_path)
-    try:
-        # a socket nobody answers: were the stream not refused, it would fail differently
-        env = {"UPQUANT_UPBIT_WS_URL": "ws://127.0.0.1:9/websocket/v1"}
-        result = upquant(tmp_path, "data", "stream", "KRW-BTC", "--for", "2", env=env)
-    finally:
-        code, _err = server.stop()
-    assert result.returncode == 1 and code == 0
-    first, hint = result.stderr.strip().split("\n")
-    assert first.startswith(f"error: a server at {server.url} owns the store"), first
-    assert "`upquant tui`" in hint and "`upquant serve`" in hint
-    assert "never connected" not in result.stderr
+# `data stream` while a server owns the store (the server records it, this command follows):
+# tests/tui/test_stream_via_server.py
 
 
 # --------------------------------------------------------------------------- interrupts

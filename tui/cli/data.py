@@ -3,8 +3,9 @@ resample, status).
 
 Every command but `stream` is a Workstation operation (engine/service/data.py): the command
 parses options, resolves paths, calls the operation and renders its answer. `stream` is an
-open-ended live feed into the store: it runs in this process, and only when no server owns
-the store (the server runs the live feed itself)."""
+open-ended live feed into the store: with no server it runs in this process; while a server
+owns the store the server records it (the feed operations, engine/service/feeds.py) and the
+command follows it, with the same output, `--json` and exit codes."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from tui.cli.render import CliError, console, emit_json, err, fail_json
 
 if TYPE_CHECKING:
     from engine.service.data import DataFetch, DataImport, FetchProgress
+    from tui.client import HttpWorkstation
 
 data_app = typer.Typer(
     help="Candles in the store: import, fetch and stream from Upbit, export, resample, status.",
@@ -264,24 +266,111 @@ def _print_fetch(report: DataFetch) -> None:
     )
 
 
-def _refuse_under_server() -> None:
-    """`data stream` writes the store itself: refused while a server owns it (the server
-    runs the live feed; a second writer could not open the store anyway)."""
+POLL_S = 0.5  # how often `data stream` asks a server's feed for news
+
+
+def _server_client() -> HttpWorkstation | None:
+    """The running server's client when one owns the store (UPQUANT_SERVER=off: never)."""
+    import os
+
+    if os.environ.get("UPQUANT_SERVER", "").lower() == "off":
+        return None
+    from tui.client import server_client
+
+    return server_client()
+
+
+def _say(text: str, level: str) -> None:
+    """One status line of a feed, as it happens (problems in yellow)."""
+    err.print(text, style="yellow" if level != "info" else None, highlight=False, soft_wrap=True)
+
+
+def _summarize(summary: dict[str, int], interrupted: bool, as_json: bool) -> None:
+    """The stream's counts, the same in process and through a server; Ctrl-C: then 130."""
+    if interrupted:
+        if as_json:
+            emit_json({**summary, "interrupted": True})
+        else:
+            console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
+        raise KeyboardInterrupt
+    if as_json:
+        emit_json(summary)
+    else:
+        console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
+
+
+def _never_connected(url: str, seconds: float, problems: list[str], server: bool) -> CliError:
+    last = f"; last: {problems[-1]}" if problems else ""
+    where = (
+        "the server's network and its UPQUANT_UPBIT_WS_URL (the server streams)"
+        if server
+        else "the network and UPQUANT_UPBIT_WS_URL"
+    )
+    return CliError(
+        f"the stream never connected to Upbit at {url} in {seconds:.0f}s; nothing was"
+        f" recorded{last}",
+        f"check {where}; `upquant data fetch` backfills over REST when the socket is blocked",
+    )
+
+
+def _stream_via_server(
+    client: HttpWorkstation,
+    markets: list[str],
+    unit: str,
+    all_krw: bool,
+    watch: list[str],
+    seconds: float | None,
+    as_json: bool,
+) -> None:
+    """`data stream` while a server owns the store: the server records a feed of these
+    markets; its status lines are followed here (polled) until --for elapses, the feed ends
+    by itself, or Ctrl-C; then the feed is stopped (what it buffered written) and its counts
+    printed as in process."""
+    from engine.service.feeds import (
+        FeedStartRequest,
+        FeedStatus,
+        FeedStatusRequest,
+        FeedStopRequest,
+    )
+
+    started = client.feed_start(
+        FeedStartRequest(markets=markets, unit=unit, watch=watch, all_krw=all_krw)
+    )
+    began = time.monotonic()
+    seen = 0
+
+    def show(status: FeedStatus) -> None:
+        nonlocal seen
+        for message in status.messages:
+            if message.seq > seen:
+                _say(message.text, message.level)
+                seen = message.seq
+
+    show(started)
+    interrupted = False
     try:
-        from engine.server import lifecycle
-    except ImportError:  # no server support in this build: nothing can be running
-        return
-    running = getattr(lifecycle, "running_server", None)
-    server = running() if callable(running) else None
-    if server:
-        url = getattr(server, "url", None)
-        where = f" at {url}" if url else ""
-        raise CliError(
-            f"a server{where} owns the store and records its live candles; `upquant data"
-            " stream` would be a second writer",
-            "watch the live feed in `upquant tui` (it connects to the server), or stop"
-            " `upquant serve` to stream in this process",
-        )
+        while True:
+            left = None if seconds is None else seconds - (time.monotonic() - began)
+            if left is not None and left <= 0:
+                break
+            time.sleep(POLL_S if left is None else min(POLL_S, left))
+            request = FeedStatusRequest(feed=started.id, after=seen)
+            (status,) = client.feed_status(request).feeds
+            show(status)
+            if not status.running:  # it ended by itself: a refused subscription, a failure
+                break
+    except KeyboardInterrupt:  # the way to stop an open-ended stream: summary, then 130
+        interrupted = True
+        client.close()  # a request cut short leaves its connection unusable: a new one
+    final = client.feed_stop(FeedStopRequest(feed=started.id))
+    show(final)
+    if final.error is not None and not interrupted:
+        raise CliError(final.error, final.hint)
+    stats = final.stats
+    summary = {"markets": len(final.markets), **stats.model_dump()}
+    if stats.connects == 0 and not interrupted:
+        raise _never_connected(final.upbit, time.monotonic() - began, final.problems, True)
+    _summarize(summary, interrupted, as_json)
 
 
 @data_app.command("stream")
@@ -305,15 +394,40 @@ def data_stream(
     as_json: JsonOpt = False,
 ) -> None:
     """Record live candles into the store over one Upbit WebSocket (UPQUANT_UPBIT_WS_URL),
-    reconnecting after drops and backfilling what they missed over REST."""
-    from engine.data.backfill import krw_markets
-    from engine.data.feed import LiveFeed
+    reconnecting after drops and backfilling what they missed over REST.
 
-    _refuse_under_server()
+    With `upquant serve` running, the server records the stream (this command starts a
+    feed there, prints its status lines and stops it when done): the feed then uses the
+    server's environment, its UPQUANT_UPBIT_WS_URL and UPQUANT_UPBIT_REST_URL, not this
+    terminal's."""
     unit = check(None, unit)
     chosen = list(dict.fromkeys(markets or []))
     for market in [*chosen, *(watch or [])]:
         check(market, unit)
+    if not chosen and not watch and not all_krw:
+        raise CliError("no market to stream", "name markets (KRW-BTC KRW-ETH) or pass --all-krw")
+    remote = _server_client()
+    if remote is not None:  # the server owns the store: it records, this terminal follows
+        with remote:
+            _stream_via_server(
+                remote, chosen, unit, all_krw, list(dict.fromkeys(watch or [])), seconds, as_json
+            )
+        return
+    _stream_in_process(chosen, unit, all_krw, watch or [], seconds, as_json)
+
+
+def _stream_in_process(
+    chosen: list[str],
+    unit: str,
+    all_krw: bool,
+    watch: list[str],
+    seconds: float | None,
+    as_json: bool,
+) -> None:
+    """`data stream` with no server: the feed runs here, on the store this process opens."""
+    from engine.data.backfill import krw_markets
+    from engine.data.feed import LiveFeed
+
     if all_krw:
         chosen = list(dict.fromkeys([*chosen, *asyncio.run(krw_markets())]))
     if not chosen and not watch:
@@ -324,12 +438,10 @@ def data_stream(
     def status(text: str, level: str) -> None:
         if level != "info":
             problems.append(text)
-        err.print(
-            text, style="yellow" if level != "info" else None, highlight=False, soft_wrap=True
-        )
+        _say(text, level)
 
     with connect() as con:
-        feed = LiveFeed(con, chosen, unit, watch=watch or (), on_status=status)
+        feed = LiveFeed(con, chosen, unit, watch=watch, on_status=status)
 
         async def main() -> None:
             task = asyncio.create_task(feed.run())
@@ -358,27 +470,12 @@ def data_stream(
         "backfilled": stats.backfilled,
         "malformed": stats.malformed,
     }
-    if interrupted:
-        if as_json:
-            emit_json({**summary, "interrupted": True})
-        else:
-            console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
-        raise KeyboardInterrupt
-    if stats.connects == 0:
+    if stats.connects == 0 and not interrupted:
         from engine.upbit.client import ws_url
         from engine.upbit.errors import redact
 
-        last = f"; last: {problems[-1]}" if problems else ""
-        raise CliError(
-            f"the stream never connected to Upbit at {redact(ws_url())} in"
-            f" {time.monotonic() - started:.0f}s; nothing was recorded{last}",
-            "check the network and UPQUANT_UPBIT_WS_URL; `upquant data fetch` backfills over"
-            " REST when the socket is blocked",
-        )
-    if as_json:
-        emit_json(summary)
-    else:
-        console.print(", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in summary.items()))
+        raise _never_connected(redact(ws_url()), time.monotonic() - started, problems, False)
+    _summarize(summary, interrupted, as_json)
 
 
 @data_app.command("export")
