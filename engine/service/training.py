@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, BeforeValidator, Field, RootModel
 
 from engine.service.base import StoreHolder
 from engine.service.core import NotFound, Request, Response, ServiceError, operation
 from engine.service.jobs import Job, JobManager
-from engine.service.registry import Metrics, finite_metrics
+from engine.service.registry import Metrics, finite, finite_metrics
 
 RunStatus = Literal["queued", "running", "finished", "failed", "interrupted"]
 
@@ -73,17 +73,26 @@ class TrainStatusRequest(Request):
     model: str | None = None
 
 
+def _finite(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Metrics as JSON carries them: a diverged fit's NaN or inf loss is null."""
+    return {name: finite(value) for name, value in metrics.items()}
+
+
 class PhaseProgress(BaseModel):
     phase: str
     done: int
     total: int
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Annotated[dict[str, float | None], BeforeValidator(_finite)] = Field(
+        default_factory=dict, description="null where undefined (a NaN or inf loss)."
+    )
 
 
 class EpochMetrics(BaseModel):
     step: int
     split: str
-    metrics: dict[str, float]
+    metrics: Annotated[dict[str, float | None], BeforeValidator(_finite)] = Field(
+        description="null where undefined (a NaN or inf loss)."
+    )
 
 
 class TrainResult(BaseModel):
@@ -355,7 +364,7 @@ class TrainingOps(StoreHolder):
             log=run.log,
             checkpoint=run.checkpoint,
             phases=[
-                PhaseProgress(phase=p.phase, done=p.done, total=p.total, metrics=p.metrics)
+                PhaseProgress(phase=p.phase, done=p.done, total=p.total, metrics=dict(p.metrics))
                 for p in (job.phases.values() if job is not None else ())
             ],
             messages=list(job.messages) if job is not None else [],

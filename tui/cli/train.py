@@ -206,8 +206,9 @@ def _follow(ws: Workstation, run: int, show: Any) -> TrainResult:
             if show is not None:
                 for text in status.messages[shown:]:
                     show(Progress("step", 0, 0, text=text))
-                for p in status.phases:
-                    show(Progress(p.phase, p.done, p.total, dict(p.metrics)))
+                for p in status.phases:  # an undefined metric (null) reads as NaN
+                    metrics = {k: float("nan") if v is None else v for k, v in p.metrics.items()}
+                    show(Progress(p.phase, p.done, p.total, metrics))
             shown = len(status.messages)
             if status.status == "finished" and status.result is not None:
                 return status.result

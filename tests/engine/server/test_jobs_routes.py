@@ -96,3 +96,20 @@ async def test_errors_answer_json(api: Api) -> None:
     assert status == 404 and "no training run 99" in body["error"]
     status, body = await api.call("POST", f"{BASE}/xgboost-KRW-BTC-1/train", json={"epochs": "x"})
     assert status == 422
+
+
+async def test_a_diverged_fits_nan_loss_reads_as_null(api: Api) -> None:
+    """A NaN or inf loss (a diverged network) is null in a run's status and history, and the
+    answer still validates as the HTTP client reads it (it failed on NaN before)."""
+    from engine.service.training import TrainHistory, TrainStatus
+    from store.registry import log_epoch
+
+    con = connect()
+    log_epoch(con, 1, 20, {"loss": float("nan"), "val_loss": float("inf"), "acc": 0.5})
+    status, shown = await api.call("GET", "/api/v1/training-runs/1", "read")
+    assert status == 200 and shown["latest"]["step"] == 20, shown
+    assert shown["latest"]["metrics"] == {"loss": None, "val_loss": None, "acc": 0.5}
+    TrainStatus.model_validate(shown)
+    status, history = await api.call("GET", f"{BASE}/xgboost-KRW-BTC-1/training-history", "read")
+    assert status == 200 and history[0]["epochs"][-1]["metrics"]["loss"] is None
+    TrainHistory.model_validate(history)
