@@ -28,33 +28,33 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
 from engine.service.core import NotFound, Request, Response, ServiceError, operation
 from engine.service.events import candle_fields
-from engine.service.live import LiveOps
+from engine.service.live import LiveOps, LoopWords
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-
     from engine.data.feed import LiveFeed
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 START_TIMEOUT_S = 120.0  # resolving --all-krw asks Upbit for its market list
 STOP_TIMEOUT_S = 60.0
 MESSAGES_KEPT = 500  # status lines a feed keeps for followers that poll
 PROBLEMS_KEPT = 20
-NO_LOOP_HINT = (
-    "a feed runs inside a server: start one with `upquant serve`, then `upquant data stream`"
-    " (or POST /api/v1/feeds); without a server `upquant data stream` runs in process"
+FEED_WORDS = LoopWords(
+    kept="a feed",
+    operation="a feed operation",
+    awaitable="Workstation.start_feed / stop_feed_async",
+    answering="the feed",
+    hint="a feed runs inside a server: start one with `upquant serve`, then `upquant data stream`"
+    " (or POST /api/v1/feeds); without a server `upquant data stream` runs in process",
 )
 
 
@@ -224,32 +224,6 @@ class FeedOps(LiveOps):
             )
         return running
 
-    def _feed_on_loop(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
-        """Run the coroutine `make()` on the server's loop from a worker thread; its answer."""
-        loop = self._loop
-        if loop is None or loop.is_closed() or not loop.is_running():
-            raise ServiceError(
-                "no server runs this Workstation: a one-shot command cannot keep a feed",
-                NO_LOOP_HINT,
-            )
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            raise ServiceError(
-                "a feed operation was called on the server's event loop (it would wait on itself)",
-                "await Workstation.start_feed / stop_feed_async from a coroutine instead",
-            )
-        future = asyncio.run_coroutine_threadsafe(make(), loop)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
-            raise ServiceError(
-                f"the feed did not answer within {timeout:.0f}s", "see the server log"
-            ) from None
-
     # --- running a feed (on the loop) -----------------------------------------------------------
     async def start_feed(self, request: FeedStartRequest) -> FeedStatus:
         """Start a feed in the running loop (on this Workstation's store); its status."""
@@ -387,7 +361,7 @@ class FeedOps(LiveOps):
     def feed_start(self, request: FeedStartRequest) -> FeedStatus:
         """Start recording live candles of markets into the store on the server (one Upbit
         WebSocket, the server's UPQUANT_UPBIT_WS_URL); the feed's id and status."""
-        return self._feed_on_loop(lambda: self.start_feed(request), START_TIMEOUT_S)
+        return self._on_loop(lambda: self.start_feed(request), START_TIMEOUT_S, FEED_WORDS)
 
     @operation("read")
     def feed_status(self, request: FeedStatusRequest) -> Feeds:
@@ -402,4 +376,4 @@ class FeedOps(LiveOps):
     def feed_stop(self, request: FeedStopRequest) -> FeedStatus:
         """Stop a feed: what it buffered is written; its final counts (it is gone after)."""
         self._feed(request.feed)  # NotFound before the loop is asked
-        return self._feed_on_loop(lambda: self.stop_feed_async(request.feed), STOP_TIMEOUT_S)
+        return self._on_loop(lambda: self.stop_feed_async(request.feed), STOP_TIMEOUT_S, FEED_WORDS)

@@ -27,7 +27,7 @@ import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -45,12 +45,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 OPEN_TIMEOUT_S = 300.0  # opening a session may backfill its window from Upbit
 STOP_TIMEOUT_S = 60.0
 HISTORY_MAX = 10_000
 NO_LOOP_HINT = (
     "a live session runs inside a server: start one with `upquant serve --market KRW-BTC`"
     " (then POST /api/v1/live), or run `upquant tui`"
+)
+
+
+@dataclass(frozen=True)
+class LoopWords:
+    """How the errors of `LiveOps._on_loop` name what runs on the server's loop."""
+
+    kept: str  # "... a one-shot command cannot keep {kept}"
+    operation: str  # "{operation} was called on the server's event loop"
+    awaitable: str  # "await {awaitable} from a coroutine instead"
+    answering: str  # "{answering} did not answer within N s"
+    hint: str  # how to get a server
+
+
+LIVE_WORDS = LoopWords(
+    kept="a live session",
+    operation="a live operation",
+    awaitable="Workstation.start_live / stop_live_async",
+    answering="the live session",
+    hint=NO_LOOP_HINT,
 )
 
 
@@ -207,14 +228,19 @@ class LiveOps(StoreHolder):
         super().serving(url)  # type: ignore[misc]
 
     def _on_loop(
-        self, make: Callable[[], Coroutine[Any, Any, LiveStatus]], timeout: float
-    ) -> LiveStatus:
-        """Run the coroutine `make()` on the server's loop from a worker thread; its answer."""
+        self,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        timeout: float,
+        words: LoopWords | None = None,
+    ) -> T:
+        """Run the coroutine `make()` on the server's loop from a worker thread; its answer.
+        `words` name what runs there in the errors (the live session by default)."""
+        words = words or LIVE_WORDS
         loop = self._loop
         if loop is None or loop.is_closed() or not loop.is_running():
             raise ServiceError(
-                "no server runs this Workstation: a one-shot command cannot keep a live session",
-                NO_LOOP_HINT,
+                f"no server runs this Workstation: a one-shot command cannot keep {words.kept}",
+                words.hint,
             )
         try:
             running = asyncio.get_running_loop()
@@ -222,8 +248,9 @@ class LiveOps(StoreHolder):
             running = None
         if running is loop:
             raise ServiceError(
-                "a live operation was called on the server's event loop (it would wait on itself)",
-                "await Workstation.start_live / stop_live_async from a coroutine instead",
+                f"{words.operation} was called on the server's event loop (it would wait on"
+                " itself)",
+                f"await {words.awaitable} from a coroutine instead",
             )
         future = asyncio.run_coroutine_threadsafe(make(), loop)
         try:
@@ -231,7 +258,7 @@ class LiveOps(StoreHolder):
         except FutureTimeout:
             future.cancel()
             raise ServiceError(
-                f"the live session did not answer within {timeout:.0f}s", "see the server log"
+                f"{words.answering} did not answer within {timeout:.0f}s", "see the server log"
             ) from None
 
     # --- status ------------------------------------------------------------------------------
