@@ -394,12 +394,10 @@ def data_stream(
     as_json: JsonOpt = False,
 ) -> None:
     """Record live candles into the store over one Upbit WebSocket (UPQUANT_UPBIT_WS_URL),
-    reconnecting after drops and backfilling what they missed over REST.
-
-    With `upquant serve` running, the server records the stream (this command starts a
-    feed there, prints its status lines and stops it when done): the feed then uses the
-    server's environment, its UPQUANT_UPBIT_WS_URL and UPQUANT_UPBIT_REST_URL, not this
-    terminal's."""
+    reconnecting after drops and backfilling what they missed over REST. With `upquant serve`
+    running, the server records the stream (this command starts a feed there, prints its
+    status lines and stops it when done): the feed then uses the server's environment, its
+    UPQUANT_UPBIT_WS_URL and UPQUANT_UPBIT_REST_URL, not this terminal's."""
     unit = check(None, unit)
     chosen = list(dict.fromkeys(markets or []))
     for market in [*chosen, *(watch or [])]:

@@ -28,7 +28,11 @@ def evaluate(
     start: Annotated[str | None, typer.Option("--from", help="First candle (UTC, ISO).")] = None,
     end: Annotated[str | None, typer.Option("--to", help="End, exclusive (UTC, ISO).")] = None,
     walk_forward: Annotated[
-        bool, typer.Option("--walk-forward", help="Retrain per walk-forward fold.")
+        bool,
+        typer.Option(
+            "--walk-forward",
+            help="Retrain per walk-forward fold, as a job (its run stored; Ctrl-C cancels it).",
+        ),
     ] = False,
     folds: Annotated[int, typer.Option(help="Walk-forward folds.")] = 5,
     threshold: Annotated[
