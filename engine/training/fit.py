@@ -244,9 +244,9 @@ def fit_run(run_id: int, config: dict[str, Any], inputs: FitInputs, sink: RunSin
             def on_trial(trial: Trial) -> None:
                 done[0] += 1
                 score = {"loss": trial.score} if trial.score is not None else {}
-                sink.notify(Progress("trial", done[0], total, score))  # first, as for epochs
                 sink.epoch(trial.number, {**score}, split="trial")
                 sink.progress(0.5 * done[0] / total)
+                sink.notify(Progress("trial", done[0], total, score))
 
             tuning = tune(
                 kind,
@@ -272,13 +272,11 @@ def fit_run(run_id: int, config: dict[str, Any], inputs: FitInputs, sink: RunSin
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal epochs_run
             epochs_run = epoch + 1
-            # the phase first: its owner applies events in order, so a status that shows
-            # this epoch's stored metrics shows the epoch phase too
-            sink.notify(Progress("epoch", epochs_run, total_epochs, metrics))
             sink.epoch(epoch, metrics)
             base = 0.5 if tuning is not None else 0.0
             done = min(1.0, epochs_run / total_epochs)
             sink.progress(base + (1 - base) * 0.9 * done)
+            sink.notify(Progress("epoch", epochs_run, total_epochs, metrics))
 
         try:
             model.fit(

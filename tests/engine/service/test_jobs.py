@@ -90,7 +90,9 @@ def test_a_refused_run_fails_at_once_with_the_reason(ws: Workstation) -> None:
 
 def test_progress_shows_while_it_runs_and_a_cancelled_run_resumes(ws: Workstation) -> None:
     run = ws.train_start(TrainStartRequest(**LSTM)).run
-    running = wait_for(lambda: (s := status(ws, run)).latest is not None and s)
+    # the owner stores an epoch's metrics, then its progress, then its phase, one event at a
+    # time: wait until the status shows both
+    running = wait_for(lambda: (s := status(ws, run)).latest is not None and s.phases and s)
     assert running.status == "running" and running.latest is not None
     assert running.latest.split == "epoch" and "val_loss" in running.latest.metrics
     assert [p.phase for p in running.phases] == ["epoch"]
