@@ -9,6 +9,7 @@ operation is.
 
 from __future__ import annotations
 
+from engine.service.ab import ABOps
 from engine.service.core import (
     OPERATIONS,
     Conflict,
@@ -24,8 +25,11 @@ from engine.service.evaluation import EvaluationOps
 from engine.service.features import FeaturesOps
 from engine.service.feeds import FeedOps
 from engine.service.live import LiveOps
+from engine.service.monitoring import MonitoringOps
+from engine.service.outcomes import OutcomeOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
+from engine.service.retraining import RetrainOps
 from engine.service.stored import StoredOps
 from engine.service.system import SystemOps
 from engine.service.training import TrainingOps
@@ -51,6 +55,10 @@ class Workstation(
     UpkeepOps,
     PredictionOps,
     RegistryOps,
+    OutcomeOps,
+    ABOps,
+    MonitoringOps,
+    RetrainOps,
     EvaluationOps,
     FeedOps,
     LiveOps,

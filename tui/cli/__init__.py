@@ -17,7 +17,22 @@ import duckdb
 import typer
 
 from store.db import explain, interrupted
-from tui.cli import backtest, data, evaluate, features, live, models, predict, server, store, train
+from tui.cli import (  # noqa: F401 - they add `models` commands
+    backtest,
+    data,
+    evaluate,
+    features,
+    live,
+    models,
+    models_ab,
+    models_metrics,
+    models_ops,
+    models_retrain,
+    predict,
+    server,
+    store,
+    train,
+)
 from tui.cli.render import ReportedFailure, error_line, is_user_error, report_failure, styled
 
 # debug: the root command's --debug flag; signal: the signal that stopped the command
