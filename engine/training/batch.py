@@ -94,7 +94,8 @@ def predict_range(
 ) -> Predictions:
     """Probabilities of model `ref` for every stored candle of `market` with start <= ts < end
     whose features are defined (warm-up read from earlier candles). Stored in `predictions`
-    (replacing earlier rows of the same model, market and range) and, with `out`, written to
+    as source 'batch' (replacing earlier batch rows of the same model, market and range; the
+    live log's rows are never touched) and, with `out`, written to
     Parquet or CSV. `label` is the resolved label where the candles after it are stored.
     `preloaded`: what `load_ref(con, ref)` gave a caller already (the artifact is read once)."""
     loaded, note = preloaded or load_ref(con, ref)
@@ -132,9 +133,7 @@ def predict_range(
     labels = make_label_frame(candles, label_spec, unit=unit)
     label_values = labels["label"].to_numpy()[rows]
     if label_spec.is_classification:
-        resolved = [
-            CLASSES[int(v)] if np.isfinite(v) else None for v in label_values.astype(float)
-        ]
+        resolved = [CLASSES[int(v)] if np.isfinite(v) else None for v in label_values.astype(float)]
     else:
         resolved = [f"{v:.6g}" if np.isfinite(v) else None for v in label_values.astype(float)]
     frame = pd.DataFrame(
@@ -182,14 +181,14 @@ def _store(
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
-            "DELETE FROM predictions WHERE model_id = ? AND market = ? AND unit = ?"
-            " AND ts BETWEEN ? AND ?",
+            "DELETE FROM predictions WHERE source = 'batch' AND model_id = ? AND market = ?"
+            " AND unit = ? AND ts BETWEEN ? AND ?",
             [model_id, market, unit, frame["ts"].iloc[0], frame["ts"].iloc[-1]],
         )
         con.register("_predictions", rows)
         con.execute(
-            "INSERT INTO predictions (ts, market, model_id, probs, label_resolved, unit)"
-            " SELECT ts, market, model_id, probs, label_resolved, unit FROM _predictions"
+            "INSERT INTO predictions (ts, market, model_id, probs, label_resolved, unit, source)"
+            " SELECT ts, market, model_id, probs, label_resolved, unit, 'batch' FROM _predictions"
         )
         con.unregister("_predictions")
         con.execute("COMMIT")

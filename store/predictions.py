@@ -1,0 +1,168 @@
+"""The live prediction log in `predictions` (source 'live', migration 010): appending the rows
+the live engine makes (one per model and closed candle, idempotent under a replay of the same
+candles) and reading a model's rows back. The resolver (engine.ops.outcomes) fills their
+outcomes; batch predictions (source 'batch') are engine.training.batch's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from store.db import bump_writes
+
+LIVE_COLUMNS = [
+    "ts",
+    "market",
+    "unit",
+    "model_id",
+    "role",
+    "mode",
+    "probs",
+    "action",
+    "confidence",
+    "threshold",
+    "acted",
+    "latency_ms",
+    "fallback",
+]
+
+# what `load_live_predictions` answers, in this order
+LOADED_COLUMNS = [
+    *LIVE_COLUMNS,
+    "label_resolved",
+    "outcome_return",
+    "resolved_at",
+]
+
+_SCHEMA = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("market", pa.string()),
+        ("unit", pa.string()),
+        ("model_id", pa.int64()),
+        ("role", pa.string()),
+        ("mode", pa.string()),
+        ("probs", pa.list_(pa.float64())),
+        ("action", pa.string()),
+        ("confidence", pa.float64()),
+        ("threshold", pa.float64()),
+        ("acted", pa.bool_()),
+        ("latency_ms", pa.float64()),
+        ("fallback", pa.string()),
+    ]
+)
+
+
+def _probs_column(values: pd.Series) -> list[list[float] | None]:
+    out: list[list[float] | None] = []
+    for value in values:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            out.append(None)
+            continue
+        row = [float(v) for v in value]
+        if len(row) != 3:
+            raise ValueError(
+                f"a live prediction's probs must be 3 floats (sell, hold, buy), got {row}"
+            )
+        out.append(row)
+    return out
+
+
+def _optional(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
+
+
+def _arrow_batch(frame: pd.DataFrame) -> pa.Table:
+    missing = [c for c in ("ts", "market", "unit", "model_id") if c not in frame]
+    if missing:
+        raise ValueError(f"live predictions need columns {missing} (have {list(frame.columns)})")
+    columns = {}
+    for name in LIVE_COLUMNS:
+        series = _optional(frame, name)
+        if name == "probs":
+            columns[name] = pa.array(_probs_column(series), type=_SCHEMA.field(name).type)
+        elif name == "ts":
+            ts = pd.to_datetime(series, utc=True)
+            columns[name] = pa.array(ts, type=_SCHEMA.field(name).type)
+        else:
+            values = series.astype(object).where(series.notna(), None).tolist()
+            columns[name] = pa.array(values, type=_SCHEMA.field(name).type)
+    return pa.table(columns, schema=_SCHEMA)
+
+
+def insert_live_predictions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> int:
+    """Append live predictions (a frame with LIVE_COLUMNS: probs a list of 3 floats, or None
+    when the model gave no answer; role, mode, action, confidence, threshold, acted,
+    latency_ms and fallback may be missing: null) as source 'live', in one INSERT. A row whose
+    (model_id, market, unit, ts) already has a live row, or repeats an earlier row of the same
+    frame, is skipped: replaying the same candles appends nothing. Returns the rows inserted."""
+    if frame.empty:
+        return 0
+    batch = _arrow_batch(frame)
+    columns = ", ".join(LIVE_COLUMNS)
+    selected = ", ".join(f"b.{c}" for c in LIVE_COLUMNS)
+    con.register("_live_prediction_batch", batch)
+    try:
+        inserted = con.execute(
+            f"INSERT INTO predictions ({columns}, source)"
+            f" SELECT {selected}, 'live' FROM ("
+            "   SELECT * FROM _live_prediction_batch"
+            "   QUALIFY row_number() OVER (PARTITION BY model_id, market, unit, ts) = 1"
+            " ) b"
+            " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
+            "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
+            "   AND p.ts = b.ts)"
+        ).fetchone()
+    finally:
+        con.unregister("_live_prediction_batch")
+    bump_writes()
+    return int(inserted[0]) if inserted else 0
+
+
+def load_live_predictions(
+    con: duckdb.DuckDBPyConnection,
+    model_id: int,
+    *,
+    market: str | None = None,
+    unit: str | None = None,
+    since: datetime | pd.Timestamp | None = None,
+    last: int | None = None,
+    resolved: bool | None = None,
+) -> pd.DataFrame:
+    """Model `model_id`'s live rows (LOADED_COLUMNS), ascending ts: of one market/unit when
+    given, from `since` on, the newest `last` of them, only resolved (True) or only pending
+    (False) rows. `probs` is a list of 3 floats or None."""
+    clauses = ["source = 'live'", "model_id = ?"]
+    params: list[object] = [int(model_id)]
+    if market is not None:
+        clauses.append("market = ?")
+        params.append(market)
+    if unit is not None:
+        clauses.append("unit = ?")
+        params.append(unit)
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(pd.Timestamp(since).to_pydatetime())
+    if resolved is True:
+        clauses.append("label_resolved IS NOT NULL")
+    elif resolved is False:
+        clauses.append("label_resolved IS NULL")
+    columns = ", ".join(LOADED_COLUMNS)
+    where = " AND ".join(clauses)
+    limit = "" if last is None else f" LIMIT {max(int(last), 0)}"
+    frame = con.execute(
+        f"SELECT {columns} FROM (SELECT {columns} FROM predictions WHERE {where}"
+        f" ORDER BY ts DESC, market, unit{limit}) ORDER BY ts, market, unit",
+        params,
+    ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["resolved_at"] = pd.to_datetime(frame["resolved_at"], utc=True)
+    frame["probs"] = [
+        [float(v) for v in p] if isinstance(p, (list, tuple, np.ndarray)) else None
+        for p in frame["probs"]
+    ]
+    return frame
