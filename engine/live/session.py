@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 
 from engine.live.engine import LiveEngine
-from engine.live.inference import load_champion
+from engine.live.seats import load_seats
 from engine.live.sources import demo_candles, replay, upbit_live
 from engine.research.features import warm_up
 from engine.upbit.markets import unit_minutes
@@ -90,14 +90,23 @@ async def open_session(
     """Build the engine for `market`/`unit` and the coroutine that feeds it."""
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
-    model, model_reason = await asyncio.to_thread(load_champion, con.cursor(), market, unit)
+    seats = await asyncio.to_thread(load_seats, con.cursor(), market, unit)
+    model, model_reason = seats.champion, seats.champion_reason
+    if seats.shadows:
+        model_reason += f" · {len(seats.shadows)} in shadow"
     reason = (
         "OFFLINE (--offline): Upbit not contacted"
         if offline
         else await probe_upbit(market, unit, probe_timeout)
     )
     engine = LiveEngine(
-        con, market, unit, model=model, threshold=threshold, no_model_reason=model_reason
+        con,
+        market,
+        unit,
+        model=model,
+        threshold=threshold,
+        no_model_reason=model_reason,
+        shadows=list(seats.shadows),
     )
     if reason is None:
         from engine.upbit.errors import UpbitError
