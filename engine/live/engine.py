@@ -95,6 +95,7 @@ class LiveEngine:
         self.flushed: list[Callable[[], None]] = []
         self._pending_signals: list[Signal] = []
         self._pending_predictions: list[dict[str, Any]] = []
+        self._unlogged = 0  # candles decided since the prediction log was last written
         self._next_seats: Seats | None = None
         self.signals: deque[Signal] = deque(maxlen=self.keep_signals)
         self.set_threshold(self.threshold)
@@ -175,13 +176,14 @@ class LiveEngine:
         self.signals.append(signal)
         if self.persist_signals:
             self._pending_signals.append(signal)
-            if len(self._pending_signals) >= self.signal_batch and not self.shadows:
-                self._flush_signals()
+            self._unlogged += 1
+            if len(self._pending_signals) >= self.signal_batch:
+                self._write_signals()  # stored before any shadow predicts
         self.publish(SignalEvent(signal, probs))
         if self.shadows:
             await self._predict_shadows(ts, features)
-            if self.persist_signals and len(self._pending_signals) >= self.signal_batch:
-                self._flush_signals()
+        if self._unlogged >= self.signal_batch:
+            self._write_predictions()
         return signal
 
     def flush(self) -> None:
@@ -361,12 +363,20 @@ class LiveEngine:
             return InferenceError(f"feature computation failed: {exc}")
 
     def _flush_signals(self) -> None:
+        self._write_signals()
+        self._write_predictions()
+
+    def _write_signals(self) -> None:
         if self._pending_signals:
             frame = pd.DataFrame([vars(signal) for signal in self._pending_signals])
             frame["mode"] = self.mode
             frame["unit"] = self.unit
             insert_signals(self.con, frame)
         self._pending_signals.clear()
+
+    def _write_predictions(self) -> None:
+        """Append the buffered predictions to the live log, then tell `flushed`."""
+        self._unlogged = 0
         if self._pending_predictions:
             from store.predictions import insert_live_predictions
 
