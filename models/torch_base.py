@@ -237,6 +237,74 @@ class SequenceModel(Model):
                 self.sigma_ = float(self.y_scale_)
         return self
 
+    def update(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int = 2,
+        lr_factor: float = 0.1,
+        on_epoch: EpochHook | None = None,
+    ) -> Self:
+        """A new model: this one's network fine-tuned for `epochs` epochs on (X, y) at
+        `lr_factor` times its learning rate (online update); this one is left untouched.
+
+        X holds `window - 1` context rows before the first row to learn from: as in `fit`,
+        row t's sample is the window ending at t, so the first window - 1 labels of y are
+        not learned. The scaler (and a regressor's target scaling and `sigma_`) stay this
+        model's: the inputs mean what they meant to it. Seeded like `fit`; every epoch is
+        kept (no validation part to stop on: the bound is `epochs`)."""
+        if not 1 <= int(epochs) <= 1000:
+            raise ValueError(f"epochs must be 1 to 1000, got {epochs}")
+        if not 0 < float(lr_factor) <= 1:
+            raise ValueError(f"lr_factor must lie in (0, 1], got {lr_factor}")
+        p = self.params
+        window = int(p["window"])
+        X = check_features(X, self.n_features_, where="X")
+        y = check_labels(y, self.task, len(X), where="y")
+        if len(X) < window:
+            raise ValueError(
+                f"{len(X)} rows are too few for window {window}: an online update needs"
+                f" {window - 1} context rows and at least one row to learn from"
+            )
+        new = copy.copy(self)
+        new.params = dict(p)
+        new.net_ = copy.deepcopy(self.net_).to("cpu")
+        device = torch.device(new.device)
+        cuda = device.type == "cuda"
+        new.net_.to(device)
+        torch.manual_seed(int(p["seed"]))
+        optimiser = torch.optim.AdamW(
+            new.net_.parameters(),
+            lr=float(p["lr"]) * float(lr_factor),
+            weight_decay=float(p["weight_decay"]),
+        )
+        shuffle = torch.Generator().manual_seed(int(p["seed"]))
+        samples = windows(self.scaler_.transform(X), window, pad=False)
+        targets = new._targets(y[window - 1 :])
+        loss_fn: nn.Module = nn.MSELoss() if self.task == "regression" else nn.CrossEntropyLoss()
+        batch = int(p["batch_size"])
+        with deterministic(not cuda):
+            for epoch in range(int(epochs)):
+                new.net_.train()
+                order = torch.randperm(len(samples), generator=shuffle)
+                total = 0.0
+                for start in range(0, len(order), batch):
+                    rows = order[start : start + batch].numpy()
+                    xb = torch.from_numpy(np.ascontiguousarray(samples[rows])).to(device)
+                    yb = targets[rows].to(device)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss = loss_fn(new._head(new.net_(xb)), yb)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(new.net_.parameters(), 1.0)
+                    optimiser.step()
+                    total += float(loss.detach()) * len(rows)
+                if on_epoch is not None:
+                    on_epoch(epoch, {"train_loss": total / max(len(order), 1)})
+        new.net_.eval()
+        new.net_.to("cpu" if not cuda else device)
+        return new
+
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         if self.task == "regression":
             return torch.from_numpy(((y - self.y_mean_) / self.y_scale_).astype(np.float32))

@@ -127,6 +127,40 @@ class XGBoostModel(Model):
             self.sigma_ = float(np.std(residual)) if len(residual) else float(np.std(y_train))
         return self
 
+    def update(self, X: np.ndarray, y: np.ndarray, *, rounds: int) -> XGBoostModel:
+        """A new model: this one's boosting continued for `rounds` more rounds on (X, y) with
+        the same parameters (online update); this one is left untouched.
+
+        It starts from the rounds this model predicts with (up to its early-stopping best),
+        so its first rounds give exactly this model's output; every new round is kept (no
+        validation part to stop on: the bound is `rounds`). A regressor keeps its
+        validation residual `sigma_` (the update's rows are in-sample)."""
+        if not 1 <= int(rounds) <= 10_000:
+            raise ValueError(f"rounds must be 1 to 10000, got {rounds}")
+        X = check_features(X, self.n_features_, where="X")
+        y = check_labels(y, self.task, len(X), where="y")
+        if len(X) == 0:
+            raise ValueError("an online update needs at least one row")
+        params = {
+            k: v
+            for k, v in self._estimator().get_xgb_params().items()
+            if v is not None and k != "device"
+        }
+        params["device"] = "cpu" if self.device == "cpu" else self.device
+        start = self.booster_[: self.best_iteration_ + 1]  # a copy: this model keeps its own
+        start.set_param({"device": params["device"]})
+        booster = xgb.train(
+            params, xgb.DMatrix(X, label=y), num_boost_round=int(rounds), xgb_model=start
+        )
+        booster.set_param({"device": "cpu"})
+        new = type(self)(**self.params)
+        new.booster_ = booster
+        new.best_iteration_ = booster.num_boosted_rounds() - 1
+        new.n_features_ = self.n_features_
+        if hasattr(self, "sigma_"):
+            new.sigma_ = self.sigma_
+        return new
+
     def _raw(self, X: np.ndarray) -> np.ndarray:
         # inplace_predict skips the DMatrix copy: single-row latency is ~10x lower
         return np.asarray(

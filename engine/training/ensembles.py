@@ -18,8 +18,20 @@ from engine.training.batch import predict_rows
 from models import EnsembleModel, Model, create_model
 from store.registry import ModelRecord, get_model
 
-# Keys of a registry row's params that describe the run, not the model's constructor.
-RUN_KEYS = {"split", "columns", "search", "trials", "members", "method", "C", "stack_folds"}
+# Keys of a registry row's params that describe the run, not the model's constructor (an
+# online update's record of what it learned from, engine.training.online, included).
+RUN_KEYS = {
+    "split",
+    "columns",
+    "search",
+    "trials",
+    "members",
+    "method",
+    "C",
+    "stack_folds",
+    "online_update_of",
+    "online_update",
+}
 
 
 def model_params(record: ModelRecord) -> dict[str, Any]:
