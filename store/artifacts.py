@@ -8,6 +8,13 @@ plain relative names that our packer writes are accepted, all checked before any
 written, into a fresh directory that replaces the cache entry atomically (a tar that is
 hashed right can still be crafted; `tarfile`'s own filters have been bypassed). The registry
 names an artifact relative to the store, so a moved or restored `$UPQUANT_HOME` keeps working.
+
+With an artifact key configured (store/crypto.py) the tar is written encrypted, and the sha256
+that names and verifies the file is that of the encrypted bytes: integrity is checked before
+anything is decrypted, then decryption authenticates. Plain artifacts keep loading beside
+encrypted ones. What is decrypted, where: an encrypted artifact's files are written, for the
+time a load takes, into a fresh private directory (0700, files 0600) under `cache/`, and
+removed once loaded (`unpacked_artifact`); a plain artifact's unpacked copy stays cached.
 """
 
 from __future__ import annotations
@@ -19,9 +26,20 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from store.crypto import (
+    KeyConfigError,
+    KeyMismatch,
+    SealError,
+    configured_key,
+    is_sealed,
+    seal,
+    unseal,
+)
 from store.db import home
 
 ARTIFACTS = "artifacts"
@@ -33,6 +51,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class ArtifactError(Exception):
     """An artifact is missing, truncated, does not match its recorded sha256, or cannot be
     unpacked and loaded as the model it claims to be."""
+
+
+class ArtifactLocked(ArtifactError):
+    """An encrypted artifact that is intact (its sha256 matches) but cannot be decrypted
+    here: no artifact key is configured, the configured key is another one, or the key
+    setting itself is unusable. Setting the right key opens it; nothing is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +135,14 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def store_artifact(directory: Path) -> Artifact:
-    """Pack `directory` and write it as `<sha256>.tar` atomically (temp file + rename). A file
-    of that name is kept only if it still hashes right: a damaged one is rewritten, not
-    registered again."""
+    """Pack `directory` and write it as `<sha256>.tar` atomically (temp file + rename),
+    encrypted when an artifact key is configured (KeyConfigError if that setting cannot be
+    used: nothing is written then). A file of that name is kept only if it still hashes
+    right: a damaged one is rewritten, not registered again."""
+    key = configured_key()
     data = _pack(directory)
+    if key is not None:
+        data = seal(data, key)  # a fresh nonce: the same model encrypts differently
     digest = hashlib.sha256(data).hexdigest()
     target = artifacts_dir() / f"{digest}.tar"
     if not _intact(target, digest, len(data)):
@@ -150,6 +178,31 @@ def read_artifact(path: Path | str, sha256: str, size: int) -> bytes:
             f"artifact {path} sha256 is {actual[:12]}…, registry says {sha256[:12]}…"
         )
     return data
+
+
+def artifact_tar(data: bytes, where: Path | str) -> bytes:
+    """The plain tar of an artifact file's verified bytes (`read_artifact`): `data` itself
+    for a plain artifact, else decrypted with the configured key. ArtifactLocked if that key
+    is missing, another one or unusable; ArtifactError if decryption fails to authenticate."""
+    if not is_sealed(data):
+        return data
+    try:
+        return unseal(data, configured_key(), where)
+    except KeyMismatch as exc:
+        raise ArtifactLocked(str(exc)) from None
+    except KeyConfigError as exc:
+        raise ArtifactLocked(
+            f"artifact {where} is encrypted and the artifact key setting cannot be used: {exc};"
+            f" {exc.hint}"
+        ) from None
+    except SealError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def artifact_contents(path: Path | str, sha256: str, size: int) -> dict[str, bytes]:
+    """The files of the artifact at `path` by relative name: its size and sha256 checked
+    first, then decrypted if it is encrypted, then its tar checked (`artifact_files`)."""
+    return artifact_files(artifact_tar(read_artifact(path, sha256, size), path), path)
 
 
 def artifact_files(data: bytes, where: Path | str) -> dict[str, bytes]:
@@ -245,17 +298,23 @@ def unpack(files: dict[str, bytes], into: Path) -> Path:
     into.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}.", suffix=PART))
     try:
-        for name, content in files.items():
-            target = fresh.joinpath(*PurePosixPath(name).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            with os.fdopen(os.open(target, flags, 0o600), "wb") as handle:
-                handle.write(content)
+        _write_files(fresh, files)
         _replace_dir(fresh, into, files)
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
     return into
+
+
+def _write_files(fresh: Path, files: dict[str, bytes]) -> None:
+    """Write `files` into the new, empty, private directory `fresh` (files 0600, never
+    through a link)."""
+    for name, content in files.items():
+        target = fresh.joinpath(*PurePosixPath(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(target, flags, 0o600), "wb") as handle:
+            handle.write(content)
 
 
 def _replace_dir(fresh: Path, into: Path, files: dict[str, bytes]) -> None:
@@ -277,12 +336,45 @@ def _replace_dir(fresh: Path, into: Path, files: dict[str, bytes]) -> None:
 
 def open_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Path:
     """Verify the artifact at `path` and unpack it as `into`; raises ArtifactError if it is
-    bad or cannot be unpacked (nothing is written outside `into`)."""
-    files = artifact_files(read_artifact(path, sha256, size), path)
+    bad or cannot be unpacked (nothing is written outside `into`). An encrypted artifact is
+    decrypted into `into` too, which then holds it plain: loads use `unpacked_artifact`."""
+    files = artifact_contents(path, sha256, size)
     try:
         return unpack(files, into)
     except OSError as exc:
         raise ArtifactError(f"artifact {path} cannot be unpacked into {into}: {exc}") from exc
+
+
+@contextmanager
+def unpacked_artifact(path: Path | str, sha256: str, size: int, into: Path) -> Iterator[Path]:
+    """The verified artifact at `path` as a directory, for the time of a load: a plain one
+    unpacked as `into` (a cache entry that stays, as `open_artifact`); an encrypted one
+    decrypted into a fresh private directory beside `into`, removed on leaving, so no
+    decrypted copy stays on disk (one left by a crash is a `.part` entry `store check --fix`
+    removes). ArtifactError (ArtifactLocked for a key problem) if it cannot be opened."""
+    data = read_artifact(path, sha256, size)
+    if not is_sealed(data):
+        files = artifact_files(data, path)
+        try:
+            directory = unpack(files, into)
+        except OSError as exc:
+            raise ArtifactError(f"artifact {path} cannot be unpacked into {into}: {exc}") from exc
+        yield directory
+        return
+    files = artifact_files(artifact_tar(data, path), path)
+    try:
+        into.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(dir=into.parent, prefix=f".{into.name}.", suffix=PART))
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path} cannot be unpacked beside {into}: {exc}") from exc
+    try:
+        try:
+            _write_files(fresh, files)
+        except OSError as exc:
+            raise ArtifactError(f"artifact {path} cannot be unpacked into {fresh}: {exc}") from exc
+        yield fresh
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def discard_artifact(path: Path | str, sha256: str) -> None:

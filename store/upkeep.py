@@ -4,7 +4,13 @@ crashes and deletions leave behind under `$UPQUANT_HOME`, found and (with `fix`)
 Left behind: artifacts no model uses (an ensemble's members count as used), temporary `.part`
 files and directories, cache entries no model uses or that differ from their artifact,
 checkpoint directories of runs that finished or are gone, files group or others may read, and
-a database file grown far beyond what it keeps. That one is compacted by copying the store
+a database file grown far beyond what it keeps.
+
+An encrypted artifact's sha256 is checked without the key (it is the encrypted file's); with
+the key it was written with, its contents are checked too; with another key configured it
+is reported `wrong-key`, with an unusable key setting `key-error` (and that setting is a
+finding of its own). A cache entry of an encrypted artifact is a decrypted copy left on disk
+(loads keep none): it goes. That one is compacted by copying the store
 into a new file, which replaces it only once every table, row and sequence is verified the
 same; the old file stays beside it until the replaced store verifies again.
 
@@ -36,6 +42,15 @@ from store.artifacts import (
     read_artifact,
     remove_tree,
 )
+from store.crypto import (
+    ArtifactKey,
+    KeyConfigError,
+    SealError,
+    configured_key,
+    is_sealed,
+    sealed_key_id,
+    unseal,
+)
 from store.db import DB_FILENAME, PRIVATE_UMASK, connect, home
 from store.registry import ModelRecord, list_models
 
@@ -50,7 +65,9 @@ _ARTIFACT_NAME = re.compile(r"([0-9a-f]{64})\.tar")
 
 @dataclass
 class ArtifactCheck:
-    """One registered model's artifact file: `ok`, `missing` or `damaged` (saying why)."""
+    """One registered model's artifact file: `ok`, `missing` or `damaged` (saying why); an
+    encrypted one also `wrong-key` (another key is configured) or `key-error` (the key
+    setting cannot be used)."""
 
     model: str
     id: int
@@ -125,8 +142,10 @@ def check_store(fix: bool = False) -> StoreReport:
             int(i): str(s)
             for i, s in con.execute("SELECT id, status FROM training_runs").fetchall()
         }
-        report.artifacts = [_check_artifact(r) for r in records]
+        key, key_problem = _key()
+        report.artifacts = [_check_artifact(r, key, key_problem) for r in records]
         report.findings = [
+            *([key_problem] if key_problem else []),
             *_artifact_leftovers(root, records),
             *_cache_leftovers(root, records),
             *_run_leftovers(root, runs),
@@ -168,15 +187,46 @@ def _used(records: list[ModelRecord]) -> set[str]:
     return shas
 
 
-def _check_artifact(record: ModelRecord) -> ArtifactCheck:
+def _key() -> tuple[ArtifactKey | None, Finding | None]:
+    """The configured artifact key, or the finding that says why its setting is unusable."""
+    try:
+        return configured_key(), None
+    except KeyConfigError as exc:
+        return None, Finding("key", exc.variable, f"{exc}; {exc.hint}", fixable=False)
+
+
+def _check_artifact(
+    record: ModelRecord, key: ArtifactKey | None, key_problem: Finding | None
+) -> ArtifactCheck:
     path = artifact_path(record.artifact, record.sha256)
     check = ArtifactCheck(record.ref, record.id, str(path), "ok")
     if not path.exists():
         check.status, check.detail = "missing", f"{path} does not exist"
         return check
     try:
-        artifact_files(read_artifact(path, record.sha256, record.size), path)
-    except ArtifactError as exc:
+        data = read_artifact(path, record.sha256, record.size)  # integrity first, keyless
+        if not is_sealed(data):
+            artifact_files(data, path)
+            return check
+        written_with = sealed_key_id(data)
+        if key_problem is not None:
+            check.status = "key-error"
+            check.detail = f"encrypted (key id {written_with}); {key_problem.detail}"
+        elif key is None:
+            check.detail = (
+                f"encrypted (key id {written_with}): sha256 verified; its contents are"
+                " checked with the key only"
+            )
+        elif written_with != key.id:
+            check.status = "wrong-key"
+            check.detail = (
+                f"encrypted with key id {written_with}; the configured key ({key.source})"
+                f" has id {key.id}"
+            )
+        else:
+            artifact_files(unseal(data, key, path), path)
+            check.detail = f"encrypted (key id {written_with})"
+    except (ArtifactError, SealError) as exc:
         check.status, check.detail = "damaged", str(exc)
     return check
 
@@ -225,7 +275,11 @@ def _cache_leftovers(root: Path, records: list[ModelRecord]) -> Iterator[Finding
             continue
         path = artifact_path(None, entry.name)
         try:
-            files = artifact_files(read_artifact(path, entry.name, path.stat().st_size), path)
+            data = read_artifact(path, entry.name, path.stat().st_size)
+            if is_sealed(data):
+                yield _finding(root, "cache", entry, "a decrypted copy of an encrypted artifact")
+                continue
+            files = artifact_files(data, path)
         except (ArtifactError, OSError):
             yield _finding(root, "cache", entry, "its artifact is missing or damaged")
             continue

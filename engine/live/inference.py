@@ -16,7 +16,7 @@ import pandas as pd
 
 from engine.research.features import FeatureSpec
 from models import EnsembleModel, Model, load_model
-from store.artifacts import ArtifactError, artifact_path, cache_dir, open_artifact
+from store.artifacts import ArtifactError, artifact_path, cache_dir, unpacked_artifact
 from store.registry import ModelRecord, champion, fallback_models, get_model
 
 
@@ -73,19 +73,20 @@ def _open(kind: str, artifact: str | None, sha256: str, size: int) -> Any:
     """The model in the artifact `artifact` names, found in the current store. Whatever keeps
     a verified artifact from loading refuses it (ArtifactError), so that callers fall back to
     an earlier version instead of failing: a tar whose sha256 is registered can still have
-    been crafted."""
+    been crafted. An encrypted artifact is decrypted only for the time of the load (the model
+    holds everything in memory once loaded)."""
     path = artifact_path(artifact, sha256)
-    directory = open_artifact(path, sha256, size, cache_dir() / sha256)
-    try:
-        if kind == "ensemble":
-            return EnsembleModel.load(directory, load_member=_load_member)
-        return load_model(kind, directory)
-    except ArtifactError:
-        raise
-    except Exception as exc:
-        raise ArtifactError(
-            f"artifact {path} does not load as a {kind} model: {type(exc).__name__}: {exc}"
-        ) from exc
+    with unpacked_artifact(path, sha256, size, cache_dir() / sha256) as directory:
+        try:
+            if kind == "ensemble":
+                return EnsembleModel.load(directory, load_member=_load_member)
+            return load_model(kind, directory)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(
+                f"artifact {path} does not load as a {kind} model: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _load_member(ref: dict[str, Any]) -> Model:
