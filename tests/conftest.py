@@ -50,6 +50,9 @@ def shared_candles(name: str, rows: int | None = None, market: str = "KRW-BTC", 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("UPQUANT_HOME", str(tmp_path))
+    # a developer's artifact key must not change what the tests write (plain, deterministic)
+    monkeypatch.delenv("UPQUANT_ARTIFACT_KEY", raising=False)
+    monkeypatch.delenv("UPQUANT_ARTIFACT_KEY_FILE", raising=False)
     return tmp_path
 
 

@@ -29,7 +29,7 @@ class ArtifactState(BaseModel):
     model: str
     id: int
     path: str
-    status: str  # ok, missing, damaged
+    status: str  # ok, missing, damaged, wrong-key (encrypted with another key), key-error
     detail: str
 
 
@@ -51,7 +51,7 @@ class DatabaseFile(BaseModel):
 
 
 class StoreCheck(Response):
-    """Artifacts (ok, missing, damaged), what is left behind (found, fixed, kept), the
+    """Artifacts (ok, missing, damaged, wrong-key, key-error), what is left behind (found, fixed, kept), the
     database file's size; `problems` counts what is still wrong (the command exits 1)."""
 
     home: str
