@@ -330,12 +330,13 @@ def store_drift_event(con: duckdb.DuckDBPyConnection, event: DriftEvent) -> int:
 def trade_returns(
     actions: np.ndarray, outcome_returns: np.ndarray, fee: float = DEFAULT_FEE
 ) -> np.ndarray:
-    """The paper trade of each non-hold action, held over the label horizon, after a fee per
-    side (engine.trading.backtest's trade return): buy (1 + r)(1 - fee)^2 - 1, sell the mirror
-    (1 - r)(1 - fee)^2 - 1; hold NaN (no trade). `r` the close-to-close outcome return."""
-    side = np.where(actions == "buy", 1.0, np.where(actions == "sell", -1.0, np.nan))
+    """Per row, the paper trade of a `buy` as engine/trading/backtest.py trades spot Upbit
+    (long/flat, a fee per side): a long round trip over the label horizon,
+    `(1 + r)(1 - fee)^2 - 1`, `r` the close-to-close outcome return; `sell` (flat) and `hold`
+    trade nothing: NaN. The same trades as the shadow evidence (engine.ops.ab)."""
+    bought = np.asarray(actions, dtype=object) == "buy"
     r = np.asarray(outcome_returns, dtype=np.float64)
-    return (1.0 + side * r) * (1.0 - fee) ** 2 - 1.0
+    return np.where(bought, (1.0 + r) * (1.0 - fee) ** 2 - 1.0, np.nan)
 
 
 @dataclass
@@ -353,7 +354,7 @@ class _Watch:
 class PerformanceMonitor:
     """Performance drift per model: ADWIN on the 0/1 correctness of its resolved predictions
     (argmax of probs against the resolved label) and on its paper trades' returns (its own
-    buy/sell actions, `trade_returns`, or a `trade_return` column when the frame has one),
+    buy actions, `trade_returns`, or a `trade_return` column when the frame has one),
     optionally Page–Hinkley (direction down) beside it. Feed `update` the model's resolved
     rows; rows at or before the newest candle already seen are skipped. After a detection the
     stream's detectors start afresh, so one change raises one event, not a storm. With

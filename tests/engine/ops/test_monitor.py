@@ -45,7 +45,7 @@ SD = 0.01  # trade return sd
 FEE = 0.0005
 # Delays (candles after the change until the event) measured on these streams over seeds
 # 0..39 with ADWIN (delta 0.002): correctness 111..591 (median 207), PnL (half the candles
-# trade) 224..674 (median 382); no event on any stationary stream. The bounds leave a margin
+# buy) 224..681 (median 380); no event on any stationary stream. The bounds leave a margin
 # over the largest, the medians over theirs.
 BOUND = {"correctness": 800, "pnl": 1000}
 MEDIAN = {"correctness": 350, "pnl": 550}
@@ -53,8 +53,8 @@ MEDIAN = {"correctness": 350, "pnl": 550}
 
 def resolved_stream(seed: int, accuracy_after: float = 0.6, pnl_after: float = 0.2) -> pd.DataFrame:
     """N resolved predictions of one model: correct with probability 0.6, then
-    `accuracy_after` from candle CHANGE on; half of them trade (buy or sell), each trade's
-    return after fees N(0.2 sd, sd), then N(pnl_after sd, sd)."""
+    `accuracy_after` from candle CHANGE on; half of them buy (a trade), the rest sell or hold
+    (flat: no trade); each trade's return after fees N(0.2 sd, sd), then N(pnl_after sd, sd)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, N)
     after = np.arange(N) >= CHANGE
@@ -62,10 +62,10 @@ def resolved_stream(seed: int, accuracy_after: float = 0.6, pnl_after: float = 0
     predicted = np.where(correct, labels, (labels + rng.integers(1, 3, N)) % 3)
     probs = np.full((N, 3), 0.25)
     probs[np.arange(N), predicted] = 0.5
-    side = np.where(rng.random(N) < 0.5, 1.0, -1.0)
     trade = rng.normal(np.where(after, pnl_after, 0.2) * SD, SD)
-    outcome = side * ((1.0 + trade) / (1.0 - FEE) ** 2 - 1.0)  # the return that trade made
-    acts = rng.random(N) < 0.5
+    outcome = (1.0 + trade) / (1.0 - FEE) ** 2 - 1.0  # the return that made the trade's
+    buys = rng.random(N) < 0.5
+    flat = np.where(rng.random(N) < 0.5, "sell", "hold")
     return pd.DataFrame(
         {
             "ts": pd.date_range("2025-01-01", periods=N, freq="min", tz="UTC"),
@@ -73,7 +73,7 @@ def resolved_stream(seed: int, accuracy_after: float = 0.6, pnl_after: float = 0
             "unit": "1",
             "probs": list(probs),
             "label_resolved": CLASSES[labels],
-            "action": np.where(acts, np.where(side > 0, "buy", "sell"), "hold"),
+            "action": np.where(buys, "buy", flat),
             "outcome_return": outcome,
         }
     )
@@ -129,11 +129,11 @@ def test_page_hinkley_beside_adwin_and_the_stream_conventions() -> None:
     assert {e.stream for e in events} == {"pnl"}
     assert "page-hinkley" in {e.detector for e in events}
     assert all(0 <= delay(frame, e) <= BOUND["pnl"] for e in events)
-    # the trade convention: a buy earns r, a sell -r, each after a fee per side; hold no trade
+    # the trade convention (long/flat spot): a buy earns r after a fee per side; sell and hold
+    # trade nothing
     returns = trade_returns(np.array(["buy", "sell", "hold"]), np.array([0.01, 0.01, 0.01]))
     assert returns[0] == pytest.approx(1.01 * (1 - FEE) ** 2 - 1)
-    assert returns[1] == pytest.approx(0.99 * (1 - FEE) ** 2 - 1)
-    assert np.isnan(returns[2])
+    assert np.isnan(returns[1:]).all()
     # rows without an answer or without an outcome are not observations; old rows are skipped
     monitor = PerformanceMonitor()
     rows = resolved_stream(0).iloc[:40].copy()
