@@ -28,6 +28,38 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class ShadowStream:
+    """The candles behind a shadow record: each one's true class (CLASSES index), the
+    market's move over the horizon, and both models' probabilities."""
+
+    labels: np.ndarray
+    move: np.ndarray
+    champion_proba: np.ndarray
+    challenger_proba: np.ndarray
+
+
+def shadow_stream(
+    seed: int,
+    n_candles: int = 2000,
+    champion_noise: float = 1.0,
+    challenger_noise: float = 1.0,
+    signal: float = 1.0,
+) -> ShadowStream:
+    """The market and both models' probabilities, candle by candle (what `shadow_record`
+    scores; scripts/bench_gate.py stores it as live predictions to run the real path)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0.0, signal, (n_candles, 3))  # sell, hold, buy logits of the market
+    labels = (rng.random(n_candles)[:, None] > np.cumsum(_softmax(truth), axis=1)).sum(axis=1)
+    size = np.abs(rng.normal(0.004, 0.002, n_candles))
+    move = np.where(
+        labels == 2, size, np.where(labels == 0, -size, rng.normal(0, 0.001, n_candles))
+    )
+    champion = _softmax(truth + rng.normal(0.0, champion_noise, truth.shape))
+    challenger = _softmax(truth + rng.normal(0.0, challenger_noise, truth.shape))
+    return ShadowStream(labels, move, champion, challenger)
+
+
 def shadow_record(
     seed: int,
     n_candles: int = 2000,
@@ -38,20 +70,13 @@ def shadow_record(
 ) -> ShadowRecord:
     """Both models on the same `n_candles`; a model acts (buys or sells one candle) when its
     probability of buy or sell reaches `act_at`."""
-    rng = np.random.default_rng(seed)
-    truth = rng.normal(0.0, signal, (n_candles, 3))  # sell, hold, buy logits of the market
-    labels = (rng.random(n_candles)[:, None] > np.cumsum(_softmax(truth), axis=1)).sum(axis=1)
-    size = np.abs(rng.normal(0.004, 0.002, n_candles))
-    move = np.where(
-        labels == 2, size, np.where(labels == 0, -size, rng.normal(0, 0.001, n_candles))
-    )
+    stream = shadow_stream(seed, n_candles, champion_noise, challenger_noise, signal)
 
-    def model(noise: float) -> tuple[np.ndarray, np.ndarray]:
-        proba = _softmax(truth + rng.normal(0.0, noise, truth.shape))
+    def model(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         acted = np.maximum(proba[:, 0], proba[:, 2]) >= act_at
         side = np.where(proba[:, 2] >= proba[:, 0], 1.0, -1.0)
-        return log_loss_rows(proba, labels), (side * move - FEE)[acted]
+        return log_loss_rows(proba, stream.labels), (side * stream.move - FEE)[acted]
 
-    champion_loss, champion_trades = model(champion_noise)
-    challenger_loss, challenger_trades = model(challenger_noise)
+    champion_loss, champion_trades = model(stream.champion_proba)
+    challenger_loss, challenger_trades = model(stream.challenger_proba)
     return ShadowRecord(champion_loss, challenger_loss, champion_trades, challenger_trades)
