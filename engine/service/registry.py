@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from engine.service.base import StoreHolder
 from engine.service.core import Conflict, NotFound, Request, Response, ServiceError, operation
+from engine.service.outcomes import LIVE_WINDOW, LiveMetricsInfo, live_metrics_info
 
 if TYPE_CHECKING:
     import duckdb
@@ -274,6 +275,12 @@ class EpochMetrics(BaseModel):
     metrics: dict[str, float | None]
 
 
+class ModelMetricsRequest(ModelRefRequest):
+    last: int = Field(
+        LIVE_WINDOW, ge=1, le=100_000, description="Live metrics over its newest N live rows."
+    )
+
+
 class ModelMetrics(Response):
     model: str
     model_id: int
@@ -281,8 +288,8 @@ class ModelMetrics(Response):
     validation: dict[str, float | None]
     splits: Metrics = Field(description="Every stored split: baselines and trading reports too.")
     epochs: list[EpochMetrics] = Field(description="Per epoch (or trial) of its training run.")
-    live: dict[str, float | None] | None = Field(
-        description="Live metrics (none are recorded yet: null)."
+    live: LiveMetricsInfo | None = Field(
+        description="Live metrics of its newest live predictions (null: it has none)."
     )
 
 
@@ -659,8 +666,10 @@ class RegistryOps(StoreHolder):
         )
 
     @operation("read")
-    def model_metrics(self, request: ModelRefRequest) -> ModelMetrics:
-        """A model's metrics: test, validation, every stored split, per epoch of its run."""
+    def model_metrics(self, request: ModelMetricsRequest) -> ModelMetrics:
+        """A model's metrics: stored (test, validation, every split, per epoch) and live.
+
+        Live: over its newest live predictions (engine.ops.live_metrics); null without any."""
         from store.registry import model_metrics, run_epochs
 
         con = self.con()
@@ -680,5 +689,6 @@ class RegistryOps(StoreHolder):
             validation=splits.get("validation", {}),
             splits=splits,
             epochs=epochs,
-            live=None,
+            # in process, a plain ModelRefRequest asks for the default window
+            live=live_metrics_info(con, record.id, last=getattr(request, "last", LIVE_WINDOW)),
         )
