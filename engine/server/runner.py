@@ -5,8 +5,10 @@ process), opens the store through `engine.service.Workstation` and keeps it for 
 life, makes sure the local faces have a write token (`$UPQUANT_HOME/api-token`), binds the
 API (`create_app`) and only then writes server.json, so a face never finds a server that is
 not listening. SIGTERM, SIGINT and SIGHUP stop it cleanly: no new connections, in-flight
-requests finish (up to `GRACE_S`), training jobs stop (their runs `interrupted`, resumable),
-a live engine flushes what it buffered, the store closes, and server.json goes.
+requests finish (up to `GRACE_S`), the retrain scheduler stops (it starts the retrains that
+schedules make due while the server listens: `engine.service.retraining`), training jobs stop
+(their runs `interrupted`, resumable), a live engine flushes what it buffered, the store
+closes, and server.json goes.
 """
 
 from __future__ import annotations
@@ -144,8 +146,10 @@ async def listening(
     requests in flight finished (up to GRACE_S). `upquant serve` and a TUI hosting its own
     server both run through here."""
     from engine.server.app import create_app
+    from engine.service.retraining import RetrainScheduler
 
     app = create_app(ws)
+    scheduler = RetrainScheduler(ws)  # scheduled retrains, while it serves
     runner = web.AppRunner(
         app,
         handle_signals=False,  # the caller's: `serve` stops cleanly, whatever the signal
@@ -168,6 +172,7 @@ async def listening(
         url = url_of(host, _bound_port(runner, port))
         info = this_server(url)
         ws.serving(url)
+        scheduler.start()
         if live is not None:
             status = await ws.start_live(live)
             _say(f"live session: {status.banner}")
@@ -175,6 +180,7 @@ async def listening(
         yield info
     finally:
         try:
+            await scheduler.stop()  # no retrain starts while the jobs are being stopped
             # stop accepting, let in-flight requests finish (GRACE_S), close the app
             await runner.cleanup()
         finally:

@@ -93,10 +93,21 @@ class JobManager:
     def start(self, settings: dict[str, Any]) -> int:
         """A new run with `settings` (`engine.training.train.prepare_run`'s arguments):
         started, or queued behind its device's job; returns its run id."""
+        run_id, config = self.prepare(settings)
+        return self._enqueue(run_id, config)
+
+    def prepare(self, settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """`start`'s first half: the run's row created, with its settings (run id, settings);
+        `enqueue` them next. A caller that must know the run even when its start fails (a
+        retrain reports it) calls both."""
         from engine.training.train import prepare_run
 
         with self._write:
-            run_id, config = prepare_run(self._con(), **settings)
+            return prepare_run(self._con(), **settings)
+
+    def enqueue(self, run_id: int, config: dict[str, Any]) -> int:
+        """`start`'s second half: the prepared run started, or queued behind its device's job
+        (a failure to read what it learns from marks it failed and raises)."""
         return self._enqueue(run_id, config)
 
     def resume(self, run_id: int, restart: bool = False, kind: str = "", market: str = "") -> int:

@@ -349,6 +349,8 @@ class TrainingOps(StoreHolder):
         status = run.status
         if job is not None and job.finished and status in ("running", "queued"):
             status = job.state  # its end is being written
+        elif job is not None and not job.finished and status == "finished":
+            status = "running"  # registered; a retrain's challenger alias is still moving
         return TrainStatus(
             run=run.id,
             status=cast(RunStatus, status),

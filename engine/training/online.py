@@ -23,7 +23,7 @@ is judged only live, by the gate, on candles after everything it learned from (i
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,6 +106,8 @@ def online_update(
         raise TrainingError("epochs are for torch models; an xgboost update takes rounds")
     if record.kind in TORCH_KINDS and rounds is not None:
         raise TrainingError("rounds are for xgboost models; a torch update takes epochs")
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
     start_after = boundary(record, after)
     feature_spec = FeatureSpec.from_dict(record.feature_spec)
     label_spec = LabelSpec.from_dict(record.label_spec)

@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from engine.live.inference import load_record
 from engine.params import check_model_params, check_training_args
 from engine.research.dataset import Dataset, build_dataset
 from engine.research.features import DEFAULT_SPEC, FeatureSpec
@@ -54,8 +55,10 @@ from store.registry import (
     champion,
     claim_run,
     clear_run_epochs,
+    get_model,
     get_run,
     log_epoch,
+    move_alias,
     register_model,
     start_run,
     update_run,
@@ -197,9 +200,14 @@ def prepare_run(
     threshold: float = 0.5,
     fee: float = DEFAULT_FEE,
     restart: bool = False,
+    last: int | None = None,
+    retrain: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The arguments of a new run checked, and its `running` row with its settings (run id,
-    settings); what `train_model` takes, less the progress hook and `resume`."""
+    settings); what `train_model` takes, less the progress hook and `resume`. `last`: learn
+    from only the newest `last` candles; `retrain`: the run retrains a champion
+    (`engine.service.retraining`: `by`, `reason`, `of`), its model registered as a challenger
+    and never promoted."""
     if restart:
         raise TrainingError("restart goes with resume: `upquant train --resume RUN --restart`")
     if kind not in ALL_KINDS:
@@ -241,6 +249,13 @@ def prepare_run(
         # the candles the interrupted one did, whatever was imported or streamed since
         "until": _candles_end(con, market, unit),
     }
+    if last is not None:
+        if last < 1:
+            raise ValueError(f"last must be a positive number of candles, got {last}")
+        config["last"] = int(last)
+    if retrain is not None:
+        config["retrain"] = dict(retrain)
+        config["promote"] = False
     run_id = start_run(con, kind, market, unit, config)
     return run_id, config
 
@@ -311,7 +326,9 @@ def gather_inputs(con: duckdb.DuckDBPyConnection, config: dict[str, Any]) -> Fit
     """What run `config` learns from, read from the store: its candles (up to its `until`)
     and, for an ensemble, its members' registry rows."""
     market, unit, until = config["market"], config["unit"], config.get("until")
-    candles = load_candles(con, market, unit, end=pd.Timestamp(until) if until else None)
+    candles = load_candles(
+        con, market, unit, end=pd.Timestamp(until) if until else None, last=config.get("last")
+    )
     if candles.empty:
         raise no_candles(market, unit)
     members: list[ModelRecord] = []
@@ -324,13 +341,17 @@ def register(
     con: duckdb.DuckDBPyConnection, run_id: int, config: dict[str, Any], result: FitResult
 ) -> TrainReport:
     """Register what run `run_id` made (model row, metrics, the run linked: one transaction),
-    champion as `config["promote"]` says (None: when its market/unit has none yet)."""
+    champion as `config["promote"]` says (None: when its market/unit has none yet). A
+    retrain's model (`config["retrain"]`) is never promoted: it takes the `challenger` alias
+    (by and reason the retrain's, artifact verified first) in a second transaction."""
     kind, market, unit = config["kind"], config["market"], config["unit"]
-    do_promote = (
-        champion(con, market, unit) is None
-        if config["promote"] is None
-        else bool(config["promote"])
-    )
+    retrain = config.get("retrain")
+    if retrain:
+        do_promote = False
+    elif config["promote"] is None:
+        do_promote = champion(con, market, unit) is None
+    else:
+        do_promote = bool(config["promote"])
     record = register_model(
         con,
         name=config["name"] or f"{kind}-{market}-{unit}",
@@ -347,9 +368,15 @@ def register(
         status="candidate",
         metrics=result.metrics,
         promote=do_promote,
-        tags=result.tags,
+        tags={**result.tags, "retrain_of": retrain["of"]} if retrain else result.tags,
         run_id=run_id,
     )
+    if retrain:
+        load_record(record)  # an alias goes only to an artifact that loads and verifies
+        move_alias(
+            con, record.id, "challenger", by=str(retrain["by"]), reason=retrain.get("reason")
+        )
+        record = get_model(con, record.id)
     return TrainReport(
         model=record,
         run_id=run_id,
