@@ -174,3 +174,31 @@ def test_online_update_refuses_too_few_rows_and_updates_an_update(
     with pytest.raises(TrainingError, match=r"has 0 resolved rows"):
         online_update(con, first.ref, rounds=3)
     con.close()
+
+
+def test_online_update_fine_tunes_a_registered_torch_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPQUANT_HOME", str(tmp_path))
+    con = connect()
+    candles = shared_candles("KRW-BTC_1m.csv", 2600)
+    upsert_candles(con, candles.iloc[:2000])
+    params = {"window": 8, "hidden": 4, "layers": 1, "epochs": 1, "device": "cpu"}
+    train_model(con, "lstm", "KRW-BTC", "1", params=params, name="lstm")
+    upsert_candles(con, candles.iloc[2000:])
+    parent = get_model(con, "lstm@1")
+    weights = {k: v.clone() for k, v in load_record(parent).model.net_.state_dict().items()}
+    with pytest.raises(TrainingError, match="rounds are for xgboost"):
+        online_update(con, "lstm", rounds=5)
+    child = online_update(con, "lstm", epochs=1)
+    assert (child.kind, child.parent_id, child.params["online_update"]["epochs"]) == (
+        "lstm", parent.id, 1
+    )  # fmt: skip
+    tags = child.tags or {}
+    assert pd.Timestamp(tags["update_from"]) > pd.Timestamp((parent.tags or {})["validation_to"])
+    assert child.params["online_update"]["rows"] == tags["update_rows"] >= MIN_UPDATE_ROWS
+    tuned = load_record(child).model.net_.state_dict()
+    assert any(not torch.equal(tuned[k], weights[k]) for k in weights)  # it learned
+    for name, value in load_record(parent).model.net_.state_dict().items():
+        assert torch.equal(value, weights[name])  # the parent's artifact is untouched
+    con.close()
