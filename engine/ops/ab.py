@@ -42,7 +42,6 @@ The evidence's rules (each chosen so a skeptical reviewer cannot object to what 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -62,7 +61,10 @@ if TYPE_CHECKING:
     from store.registry import AliasEvent, ModelRecord
 
 LIVE_WINDOW = 500  # the newest live rows the side-by-side metrics read per model
-ROW_COLUMNS = ("ts", "probs", "action", "label_resolved", "outcome_return")
+# a live row as the evidence reads it: its probabilities one column per class of CLASSES
+# (NaN: the model gave no answer)
+PROBA_COLUMNS = ("p_sell", "p_hold", "p_buy")
+ROW_COLUMNS = ("ts", *PROBA_COLUMNS, "action", "label_resolved", "outcome_return")
 HELD = "held"  # shadow_evidence's default role: the alias the challenger holds now
 
 
@@ -87,7 +89,7 @@ class Evidence:
     challenger_unanswered: int  # ... the challenger gave no answer (both: counted in each)
     in_sample: int  # ... a model trained or validated on them
     same_labels: bool  # both models' label specs are the same
-    ts: np.ndarray  # the paired candles, ascending
+    ts: np.ndarray  # the paired candles, ascending (datetime64, UTC)
     champion_loss: np.ndarray  # log-loss per paired candle
     challenger_loss: np.ndarray
     champion_zero_one: np.ndarray  # 1.0 where the most probable class was wrong
@@ -197,8 +199,9 @@ def pair_rows(
     seen_until: datetime | None = None,
     same_labels: bool = True,
 ) -> Evidence:
-    """The evidence from two models' resolved live rows (columns ROW_COLUMNS; probs a list of
-    3 floats for CLASSES or None): pure, the store-free half of `shadow_evidence`.
+    """The evidence from two models' live rows (columns ROW_COLUMNS: the probabilities as
+    p_sell, p_hold, p_buy, NaN when it gave no answer; rows without label_resolved are not
+    resolved yet): pure, the store-free half of `shadow_evidence`.
     `seen_until`: the last candle either model trained or validated on, plus its label
     horizon; candles up to it are left out. `role`: only the challenger's rows made in it
     (they need a `role` column). `since`/`until`: only candles from / up to them."""
@@ -217,8 +220,8 @@ def pair_rows(
         right = right[in_role]
     both = left.merge(right, on="ts", suffixes=("_a", "_b"), validate="one_to_one")
     resolved_both = len(both)
-    unanswered_a = both["probs_a"].isna().to_numpy()
-    unanswered_b = both["probs_b"].isna().to_numpy()
+    unanswered_a = both[[f"{c}_a" for c in PROBA_COLUMNS]].isna().any(axis=1).to_numpy()
+    unanswered_b = both[[f"{c}_b" for c in PROBA_COLUMNS]].isna().any(axis=1).to_numpy()
     if seen_until is not None:
         seen = (both["ts"] <= pd.Timestamp(seen_until)).to_numpy()
     else:
@@ -230,7 +233,7 @@ def pair_rows(
     labels = _class_indices(paired["label_resolved_a"])
     losses = {}
     for side in ("a", "b"):
-        proba = np.array(paired[f"probs_{side}"].tolist(), dtype=np.float64).reshape(-1, 3)
+        proba = paired[[f"{c}_{side}" for c in PROBA_COLUMNS]].to_numpy(dtype=np.float64)
         if not np.isfinite(proba).all():
             raise ValueError("a live prediction's probabilities are not finite")
         losses[side] = (
@@ -260,7 +263,7 @@ def pair_rows(
         challenger_unanswered=int(unanswered_b.sum()),
         in_sample=in_sample,
         same_labels=same_labels,
-        ts=paired["ts"].to_numpy(),
+        ts=paired["ts"].dt.tz_convert(None).to_numpy(),  # UTC, as datetime64
         champion_loss=losses["a"][0],
         challenger_loss=losses["b"][0],
         champion_zero_one=losses["a"][1],
@@ -283,20 +286,15 @@ def _resolved(
         frame = frame[frame["ts"] >= pd.Timestamp(since)]
     if until is not None:
         frame = frame[frame["ts"] <= pd.Timestamp(until)]
-    frame["probs"] = [None if _missing(p) else p for p in frame["probs"]]
     return frame
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _class_indices(labels: pd.Series) -> np.ndarray:
-    index = {name: i for i, name in enumerate(CLASSES)}
-    unknown = sorted(set(labels) - set(index))
-    if unknown:
+    codes = pd.Categorical(labels, categories=list(CLASSES)).codes
+    if (codes < 0).any():
+        unknown = sorted(set(labels[codes < 0]))
         raise ValueError(f"resolved labels must be one of {', '.join(CLASSES)}, got {unknown}")
-    return np.array([index[v] for v in labels], dtype=np.int64)
+    return codes.astype(np.int64)
 
 
 def shadow_evidence(
@@ -315,7 +313,6 @@ def shadow_evidence(
     prediction log: the candles both resolved, the challenger's rows made in `role` (default
     HELD: the alias it holds now, every row when it holds none; '*': any role), from `since`
     up to `until` (default: every candle). See the module docstring for every rule."""
-    from store.predictions import load_live_predictions
     from store.registry import alias_holders, get_model
 
     champion, challenger = get_model(con, champion_id), get_model(con, challenger_id)
@@ -331,10 +328,7 @@ def shadow_evidence(
     elif role == "*":
         role = None
     horizon = max(1, int(champion.label_spec.get("horizon", 1)))
-    rows = [
-        load_live_predictions(con, r.id, market=market, unit=unit, since=since, resolved=True)
-        for r in (champion, challenger)
-    ]
+    rows = [resolved_rows(con, r.id, market, unit, since, until) for r in (champion, challenger)]
     return pair_rows(
         rows[0],
         rows[1],
@@ -350,6 +344,39 @@ def shadow_evidence(
         seen_until=trained_until(champion, challenger),
         same_labels=champion.label_spec == challenger.label_spec,
     )
+
+
+def resolved_rows(
+    con: duckdb.DuckDBPyConnection,
+    model_id: int,
+    market: str,
+    unit: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pd.DataFrame:
+    """A model's resolved live rows of `market`/`unit` as `pair_rows` reads them (ROW_COLUMNS
+    and role), ascending ts: the probabilities split into columns in the query, so a long
+    record loads without a loop over its rows."""
+    clauses = [
+        "source = 'live'",
+        "model_id = ?",
+        "market = ?",
+        "unit = ?",
+        "label_resolved IS NOT NULL",
+    ]
+    params: list[object] = [int(model_id), market, unit]
+    for clause, value in (("ts >= ?", since), ("ts <= ?", until)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(_timestamp(value))
+    frame = con.execute(
+        "SELECT ts, probs[1] AS p_sell, probs[2] AS p_hold, probs[3] AS p_buy, action,"
+        " label_resolved, outcome_return, role FROM predictions"
+        f" WHERE {' AND '.join(clauses)} ORDER BY ts",
+        params,
+    ).df()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
 
 
 def trained_until(*records: ModelRecord) -> datetime | None:
@@ -528,12 +555,12 @@ def ab_report(
     settings: OpsSettings,
     *,
     fee: float = DEFAULT_FEE,
-    last: int = LIVE_WINDOW,
+    last: int | None = LIVE_WINDOW,
     now: datetime | None = None,
 ) -> ABReport:
     """Champion, challengers and shadows of `market`/`unit` side by side: each one's live
-    metrics (its newest `last` rows) and each challenger's and shadow's evidence and gate
-    decision. `now`: only candles up to it count (a replay's clock)."""
+    metrics (its newest `last` rows; None: none read) and each challenger's and shadow's
+    evidence and gate decision. `now`: only candles up to it count (a replay's clock)."""
     from engine.ops.live_metrics import live_metrics
     from store.registry import alias_holders
 
@@ -541,6 +568,8 @@ def ab_report(
     candidates = n_candidates(con, market, unit)
 
     def live(model_id: int) -> dict[str, Any] | None:
+        if last is None:
+            return None
         metrics = live_metrics(con, model_id, market=market, unit=unit, last=last, fee=fee)
         data = metrics.to_dict()
         return data if data.get("n_predictions") else None
@@ -647,9 +676,10 @@ def gate_check(
     *,
     now: datetime | None = None,
     fee: float = DEFAULT_FEE,
+    last: int | None = LIVE_WINDOW,
 ) -> GateRun:
     """Run the gate for every challenger of `market`/`unit` (candles up to `now`, default:
-    all). With `settings.auto_promote` the best one it promotes takes the champion alias
+    all; `last=None` skips the live metrics, which the gate does not use). With `settings.auto_promote` the best one it promotes takes the champion alias
     (`engine.ops.promotion.move`, by 'gate', the decision's reason in the history; a model
     whose artifact no longer loads is passed over for the next best); without it nothing
     moves and the run says which it recommends. Shadows are never promoted. The caller
@@ -659,7 +689,7 @@ def gate_check(
     from store.registry import champion, get_model
 
     checked_at = now or datetime.now(UTC)
-    report = ab_report(con, market, unit, settings, fee=fee, now=now)
+    report = ab_report(con, market, unit, settings, fee=fee, now=now, last=last)
     previous = report.champion.ref if report.champion else None
 
     def run(chosen: Contender | None, text: str, events: list[AliasEvent] | None = None) -> GateRun:

@@ -53,10 +53,14 @@ T0 = pd.Timestamp("2030-01-01", tz="UTC")  # live candles long after every train
 
 # --- pure: pairing and trades -------------------------------------------------------------------
 def rows(ts: list[int], probs: list, actions: list, labels: list, returns: list) -> pd.DataFrame:
+    """Live rows as pair_rows reads them (None: no answer)."""
+    proba = np.array([[np.nan] * 3 if p is None else p for p in probs])
     return pd.DataFrame(
         {
             "ts": [T0 + pd.Timedelta(minutes=m) for m in ts],
-            "probs": probs,
+            "p_sell": proba[:, 0],
+            "p_hold": proba[:, 1],
+            "p_buy": proba[:, 2],
             "action": actions,
             "label_resolved": labels,
             "outcome_return": returns,
@@ -162,7 +166,10 @@ def stream_rows(stream: ShadowStream, proba: np.ndarray, start: pd.Timestamp = T
     return pd.DataFrame(
         {
             "ts": pd.date_range(start, periods=n, freq="min"),
-            "probs": list(proba),
+            "p_sell": proba[:, 0],
+            "p_hold": proba[:, 1],
+            "p_buy": proba[:, 2],
+            "probs": list(proba),  # as the engine logs them (what insert_live_predictions takes)
             "action": actions_of(proba),
             "label_resolved": np.array(CLASSES)[stream.labels],
             "outcome_return": stream.move,
@@ -318,8 +325,9 @@ def test_the_gate_promotes_a_clearly_better_challenger_with_its_reason(store) ->
     assert run.text.startswith("promoted ab@2 over ab@1: challenger promoted")
     assert [e.moved_by for e in run.events] == ["gate", "gate"]  # challenger released, promoted
     # the new champion has no challenger: the next run moves nothing
-    again = gate_check(store, MARKET, UNIT, auto())
+    again = gate_check(store, MARKET, UNIT, auto(), last=None)  # no live metrics read
     assert not again.moved and again.report.challengers == []
+    assert again.report.champion.live is None and again.text == "ab@2 stays champion: no challenger"
 
 
 def test_no_promotion_without_the_minimum_evidence(store) -> None:
