@@ -163,7 +163,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = bench(args.quick)
     table = [(m, r, t, None if t == "-" else _met(r, t)) for m, r, t in rows]
-    print_table(table, f"({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print_table(
+        table, f"({os.cpu_count()} CPUs, load average {load}, Python {sys.version.split()[0]})"
+    )
 
 
 def _met(result: str, target: str) -> bool:

@@ -116,11 +116,11 @@ def insert_live_predictions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame)
             " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
             "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
             "   AND p.ts = b.ts)"
-        ).fetchone()
+        ).fetchall()
     finally:
         con.unregister("_live_prediction_batch")
     bump_writes()
-    return int(inserted[0]) if inserted else 0
+    return int(inserted[0][0]) if inserted else 0
 
 
 def load_live_predictions(

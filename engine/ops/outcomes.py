@@ -11,11 +11,13 @@ their forecast into classes: the forward log return beyond +/- the model's `thre
 parameter (the label spec's threshold when the model has none; models.base.return_to_proba).
 
 Cost: one read of each series' candles per call, the labels of each model over them
-(vectorised), and one `UPDATE ... FROM` of every resolved row at once.
+(vectorised, on slices of the candles around the pending rows), and one `UPDATE ... FROM`
+of every resolved row at once, joined on row ids.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -118,6 +120,68 @@ def _filters(
     return " AND ".join(where), params
 
 
+def _pending_rows(
+    con: duckdb.DuckDBPyConnection, market: str, unit: str, model_ids: list[int]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per model, the pending live rows of one series, ascending: (epoch microseconds of
+    their ts, their row ids), read in one scan for all its models."""
+    found = con.execute(
+        "SELECT model_id, epoch_us(ts) AS us, rowid AS row FROM predictions"
+        " WHERE source = 'live' AND label_resolved IS NULL AND market = ? AND unit = ?"
+        " AND list_contains(?, model_id) ORDER BY model_id, us",
+        [market, unit, model_ids],
+    ).fetchnumpy()
+    ids = np.asarray(found["model_id"], dtype=np.int64)
+    us = np.asarray(found["us"], dtype=np.int64)
+    rows = np.asarray(found["row"], dtype=np.int64)
+    out = {}
+    for model_id in model_ids:
+        lo, hi = np.searchsorted(ids, [model_id, model_id + 1])
+        out[model_id] = us[lo:hi], rows[lo:hi]
+    return out
+
+
+# Pending rows far apart (a row left pending by a gap long ago, and the newest rows) are
+# labelled on separate slices of the candles, so a call costs what its pending rows need, not
+# the whole series since the oldest of them; slices closer than this many candles are one.
+MERGE_CANDLES = 4096
+
+
+def _outcomes_at(
+    candles: pd.DataFrame, pending: np.ndarray, spec: LabelSpec, unit: str, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(positions in `pending`, class index, outcome return) of the `pending` rows (epoch
+    microseconds, ascending) whose label the candles define; None when none does. Each row is labelled on a
+    slice holding its label's whole reach (the trailing window before it, the horizon after
+    it), which gives the value the whole series gives: labels are window-exact."""
+    candle_us = pd.DatetimeIndex(candles["ts"]).as_unit("us").asi8
+    n = len(candle_us)
+    at = np.searchsorted(candle_us, pending)
+    stored = at < n
+    stored[stored] = candle_us[at[stored]] == pending[stored]
+    which = np.flatnonzero(stored)
+    at = at[stored]  # positions of the pending rows' own candles; the others stay pending
+    if len(at) == 0:
+        return None
+    low = np.maximum(at - spec.lookback() - 1, 0)
+    high = np.minimum(at + spec.horizon, n - 1)
+    reach = np.maximum.accumulate(high)
+    cuts = np.flatnonzero(low[1:] > reach[:-1] + MERGE_CANDLES) + 1
+    bounds = np.concatenate([[0], cuts, [len(at)]])
+    label = np.full(len(at), np.nan)
+    outcome = np.full(len(at), np.nan)
+    for first, last in itertools.pairwise(bounds):
+        a, b = int(low[first]), int(reach[last - 1]) + 1
+        sliced = label_outcomes(candles.iloc[a:b], spec, unit=unit, regression_threshold=threshold)
+        rows = at[first:last] - a
+        label[first:last] = sliced["label"].to_numpy()[rows]
+        outcome[first:last] = sliced["outcome_return"].to_numpy()[rows]
+    known = ~np.isnan(label)
+    if not known.any():
+        return None
+    return which[known], label[known].astype(np.int8), outcome[known]
+
+
 def _series_start(
     con: duckdb.DuckDBPyConnection, market: str, unit: str, first: pd.Timestamp, lookback: int
 ) -> pd.Timestamp | None:
@@ -143,8 +207,8 @@ _KEEP_JOIN_SIDES = "join_order,build_side_probe_side"
 def _probing_the_table(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Within: joins keep the sides the query names (FROM's table probes, the batch builds);
     the connection's own setting is restored after."""
-    before = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()
-    previous = str(before[0]) if before and before[0] else ""
+    before = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()
+    previous = str(before[0][0]) if before and before[0][0] else ""
     disabled = f"{previous},{_KEEP_JOIN_SIDES}" if previous else _KEEP_JOIN_SIDES
     con.execute(f"SET disabled_optimizers = '{disabled}'")
     try:
@@ -191,21 +255,22 @@ def resolve_outcomes(
         candles = load_candles(con, market, unit, start)
         if candles.empty:
             continue
-        for model_id, since in members:
+        waiting = _pending_rows(con, market, unit, [m for m, _ in members])
+        for model_id, _ in members:
             spec, threshold = records[model_id] or (LabelSpec(), 0.0)
-            outcomes = label_outcomes(candles, spec, unit=unit, regression_threshold=threshold)
-            known = outcomes[(outcomes.index >= since) & outcomes["label"].notna().to_numpy()]
-            if known.empty:
+            us, row_ids = waiting[model_id]
+            known = _outcomes_at(candles, us, spec, unit, threshold)
+            if known is None:
                 continue
+            which, label, outcome = known
             parts.append(
                 pd.DataFrame(
                     {
-                        "model_id": np.full(len(known), model_id, dtype=np.int64),
-                        "market": market,
-                        "unit": unit,
-                        "ts": known.index,
-                        "label": known["label"].to_numpy().astype(np.int8),
-                        "outcome_return": known["outcome_return"].to_numpy(),
+                        "row_id": row_ids[which],
+                        "model_id": np.full(len(which), model_id, dtype=np.int64),
+                        "us": us[which],
+                        "label": label,
+                        "outcome_return": outcome,
                     }
                 )
             )
@@ -220,23 +285,24 @@ def resolve_outcomes(
                     "UPDATE predictions AS p SET label_resolved = ?[o.label + 1],"
                     " outcome_return = o.outcome_return, resolved_at = ?"
                     " FROM _outcome_batch AS o"
-                    " WHERE p.source = 'live' AND p.label_resolved IS NULL"
-                    " AND p.model_id = o.model_id AND p.market = o.market AND p.unit = o.unit"
-                    " AND p.ts = o.ts",
+                    " WHERE p.rowid = o.row_id AND p.label_resolved IS NULL"
+                    # a row id read above names the same row unless a checkpoint compacted
+                    # the table in between: then nothing is updated, and the next call does it
+                    " AND p.model_id = o.model_id AND epoch_us(p.ts) = o.us",
                     [list(CLASSES), stamp],
-                ).fetchone()
+                ).fetchall()
         finally:
             con.unregister("_outcome_batch")
         bump_writes()
-        resolved = int(done[0]) if done else 0
+        resolved = int(done[0][0]) if done else 0
     where, params = _filters(model_ids, markets)
     pending = con.execute(
         f"SELECT count(*) FROM predictions WHERE {where} AND label_resolved IS NULL", params
-    ).fetchone()
+    ).fetchall()
     unknown = tuple(sorted(m for m, r in records.items() if r is None))
     return ResolveReport(
         resolved=resolved,
-        pending=int(pending[0]) if pending else 0,
+        pending=int(pending[0][0]) if pending else 0,
         groups=len(groups),
         seconds=time.perf_counter() - started,
         unknown_models=unknown,

@@ -220,3 +220,26 @@ def test_a_batch_predict_never_deletes_the_live_log(con: duckdb.DuckDBPyConnecti
     )
     assert counts == {"batch": again.stored, "live": 50}
     pd.testing.assert_frame_equal(load_live_predictions(con, report.model.id), before)
+
+
+def test_pending_rows_far_apart_are_labelled_on_slices_as_on_the_series(
+    con: duckdb.DuckDBPyConnection, candles: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.ops import outcomes
+
+    monkeypatch.setattr(outcomes, "MERGE_CANDLES", 0)  # every separate reach its own slice
+    spec = {**SPECS["barrier"][0], "max_gap": 3}
+    record = register(con, "sliced", spec, {})
+    stored = pd.concat([candles[:200], candles[210:]])
+    upsert_candles(con, stored)
+    insert_live_predictions(con, live_rows(candles["ts"][FIRST:LAST], record.id))
+    resolve_outcomes(con)  # leaves the rows before the hole pending for good
+    insert_live_predictions(con, live_rows(candles["ts"][LAST:390], record.id))
+    report = resolve_outcomes(con)
+    assert report.resolved == 390 - LAST
+    rows = load_live_predictions(con, record.id).set_index("ts")
+    on_stored = rows.index[rows.index.isin(stored["ts"])]
+    expected = expected_labels(stored, spec, {})[on_stored]
+    assert rows["label_resolved"][on_stored].tolist() == expected.tolist()
+    # undefined: the 7 rows whose horizon crosses the hole, the 20 whose trailing window does
+    assert expected.isna().sum() == 7 + 20
