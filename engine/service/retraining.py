@@ -522,9 +522,13 @@ class RetrainScheduler:
         """One look: a retrain started for each due market/unit (blocking: store and job)."""
         out: list[RetrainStarted | RetrainRefused] = []
         for market, unit, schedule in self.due():
-            result = self.ws.retrain(
-                market, unit, by="schedule", reason=f"schedule {schedule}", at=self.clock()
-            )
+            try:
+                result = self.ws.retrain(
+                    market, unit, by="schedule", reason=f"schedule {schedule}", at=self.clock()
+                )
+            except (ValueError, KeyError) as exc:  # a bad row: the other market/units go on
+                self._say(market, unit, f"scheduled retrain of {market} unit {unit}: {exc}")
+                continue
             if isinstance(result, RetrainRefused):
                 self._say(market, unit, f"scheduled retrain refused: {result.message}")
             else:

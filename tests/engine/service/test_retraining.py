@@ -92,7 +92,9 @@ def ended(ws: Workstation, run: int) -> TrainStatus:
         status = ws.train_status(TrainStatusRequest(run=run))
         return status if status.status not in ("queued", "running") else None
 
-    return wait_for(done)
+    status = wait_for(done)
+    assert status is not None
+    return status
 
 
 def moves(ws: Workstation) -> list[tuple[str, str | None, str, str | None]]:
@@ -336,8 +338,10 @@ def test_the_commands(home: Path) -> None:
     assert (answer["champion"], answer["by"], answer["reason"]) == (f"{NAME}@1", "user", "by hand")
     assert answer["result"]["model"] == f"{NAME}@2" and answer["result"]["status"] == "candidate"
 
-    updated = upquant(home, "models", "online-update", f"{NAME}@1", "--rounds", "3", "--json")
-    assert updated.returncode == 0, updated.stderr
+    updated = runner.invoke(
+        app, ["models", "online-update", f"{NAME}@1", "--rounds", "3", "--json"]
+    )
+    assert updated.exit_code == 0, updated.output
     child = json.loads(updated.stdout)
     assert (child["model"], child["parent"], child["aliases"]) == (
         f"{NAME}@3", f"{NAME}@1", ["challenger"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from models.lstm import LSTMModel
 from models.xgb import XGBoostModel
 from store.candles import load_candles, upsert_candles
 from store.db import connect
-from store.registry import alias_history, champion, get_model
+from store.registry import ModelRecord, alias_history, champion, get_model
 from tests.conftest import shared_candles
 
 FIRST = 3000  # candles the parent is trained on
@@ -137,7 +138,8 @@ def test_online_update_learns_only_resolved_rows_after_validation(
     assert "validation_to" not in tags and "run_id" not in tags and "test_from" not in tags
 
     # its booster continues the parent's
-    mine, theirs = load_record(child).model, load_record(parent).model
+    mine: Any = load_record(child).model
+    theirs: Any = load_record(parent).model
     used = theirs.best_iteration_ + 1
     assert mine.booster_.num_boosted_rounds() == used + 5
 
@@ -176,6 +178,12 @@ def test_online_update_refuses_too_few_rows_and_updates_an_update(
     con.close()
 
 
+def _net(record: ModelRecord) -> torch.nn.Module:
+    model = load_record(record).model
+    assert isinstance(model, LSTMModel)
+    return model.net_
+
+
 def test_online_update_fine_tunes_a_registered_torch_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,7 +195,7 @@ def test_online_update_fine_tunes_a_registered_torch_model(
     train_model(con, "lstm", "KRW-BTC", "1", params=params, name="lstm")
     upsert_candles(con, candles.iloc[2000:])
     parent = get_model(con, "lstm@1")
-    weights = {k: v.clone() for k, v in load_record(parent).model.net_.state_dict().items()}
+    weights = {k: v.clone() for k, v in _net(parent).state_dict().items()}
     with pytest.raises(TrainingError, match="rounds are for xgboost"):
         online_update(con, "lstm", rounds=5)
     child = online_update(con, "lstm", epochs=1)
@@ -197,8 +205,8 @@ def test_online_update_fine_tunes_a_registered_torch_model(
     tags = child.tags or {}
     assert pd.Timestamp(tags["update_from"]) > pd.Timestamp((parent.tags or {})["validation_to"])
     assert child.params["online_update"]["rows"] == tags["update_rows"] >= MIN_UPDATE_ROWS
-    tuned = load_record(child).model.net_.state_dict()
+    tuned = _net(child).state_dict()
     assert any(not torch.equal(tuned[k], weights[k]) for k in weights)  # it learned
-    for name, value in load_record(parent).model.net_.state_dict().items():
+    for name, value in _net(parent).state_dict().items():
         assert torch.equal(value, weights[name])  # the parent's artifact is untouched
     con.close()
