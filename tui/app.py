@@ -15,7 +15,8 @@ import duckdb
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from engine.live.session import REPLAY_CANDLES, Session, open_session
+from engine.live.session import REPLAY_CANDLES, Session
+from engine.service.modelops import open_managed_session
 from tui import messages
 from tui.screens import HelpScreen, MainScreen, binding_rows
 from tui.views import LocalView, SessionView
@@ -50,7 +51,7 @@ class UpquantApp(App[None]):
             if con is None:
                 raise ValueError("UpquantApp needs the store's connection or a session factory")
             session_factory = partial(
-                open_session,
+                open_managed_session,
                 con,
                 market,
                 unit,

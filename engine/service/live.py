@@ -16,6 +16,10 @@ the server draws that engine directly. Every engine event goes out on the Workst
 change of the session's status (`live` events: opened, ended, threshold moved). When a
 replay ends, the status says so (`running: false`, its mode kept). Stopping cancels the feed
 and flushes what the engine buffered (signals of a replay are written in batches).
+
+Every session runs its model operations (engine/service/modelops.py): outcomes resolved,
+drift watched, the promotion gate, guards on the champion, new seats when an alias moves;
+a drift event may start a retrain through this Workstation (`retrain`, when it can train).
 """
 
 from __future__ import annotations
@@ -156,6 +160,10 @@ class LiveStatus(Response):
     model_ref: str | None = Field(
         default=None, description="The champion deciding; None: the rule."
     )
+    shadows: list[str] = Field(
+        default_factory=list,
+        description="The challengers and shadows predicting on the same candles (`ref role`).",
+    )
     rule: str | None = Field(
         default=None, description="The rule strategy that decides without a model."
     )
@@ -275,6 +283,7 @@ class LiveOps(StoreHolder):
             banner=live.session.banner,
             threshold=engine.threshold,
             model_ref=engine.model.record.ref if engine.model is not None else None,
+            shadows=[f"{seat.model.record.ref} {seat.role}" for seat in engine.shadows],
             rule=engine.rule.name,
             no_model_reason=None if engine.model is not None else engine.no_model_reason,
             started=live.started,
@@ -319,6 +328,9 @@ class LiveOps(StoreHolder):
                 replay_delay=request.replay_delay,
                 replay_candles=request.replay_candles,
             )
+            from engine.service.modelops import manage
+
+            await manage(session, retrain=self._retrain_words)
             live = _Live(session, datetime.now(UTC), loop)
             session.engine.subscribe(self._listener(live))
             self._live, self.live_session = live, session
@@ -327,6 +339,18 @@ class LiveOps(StoreHolder):
             self._starting = False
         log.info("live session opened: %s", session.banner)
         return self._announce()
+
+    def _retrain_words(self, market: str, unit: str, by: str, reason: str) -> str:
+        """Start a retrain of market/unit's champion for the session's model operations
+        (a drift event); what happened, in words."""
+        retrain = getattr(self, "retrain", None)
+        if retrain is None:
+            return "no retrain: this Workstation cannot train"
+        answer = retrain(market, unit, by=by, reason=reason)
+        run = getattr(answer, "run", None)
+        if hasattr(answer, "status_url"):
+            return f"retrain started: run {run} ({answer.status_url})"
+        return f"no retrain: {getattr(answer, 'message', answer)}"
 
     def _listener(self, live: _Live) -> Callable[[EngineEvent], None]:
         from engine.live.engine import CandleEvent, SignalEvent

@@ -145,8 +145,8 @@ def run(
     none runs) until the session ends or Ctrl-C; the server keeps running.
     """
     from engine.live.engine import SignalEvent, StatusEvent
-    from engine.live.session import open_session
     from engine.params import check_session_args
+    from engine.service.modelops import open_managed_session
 
     unit = check(market, unit)
     check_session_args(
@@ -160,7 +160,7 @@ def run(
             show_signal(event.signal)
 
     async def main(con) -> Counter:
-        session = await open_session(
+        session = await open_managed_session(
             con,
             market,
             unit,
