@@ -72,25 +72,21 @@ def _probs_column(values: pd.Series) -> list[list[float] | None]:
     return out
 
 
-def _optional(frame: pd.DataFrame, column: str) -> pd.Series:
-    return frame[column] if column in frame else pd.Series([None] * len(frame), index=frame.index)
-
-
 def _arrow_batch(frame: pd.DataFrame) -> pa.Table:
     missing = [c for c in ("ts", "market", "unit", "model_id") if c not in frame]
     if missing:
         raise ValueError(f"live predictions need columns {missing} (have {list(frame.columns)})")
     columns = {}
     for name in LIVE_COLUMNS:
-        series = _optional(frame, name)
-        if name == "probs":
-            columns[name] = pa.array(_probs_column(series), type=_SCHEMA.field(name).type)
+        kind = _SCHEMA.field(name).type
+        if name not in frame:
+            columns[name] = pa.nulls(len(frame), kind)
+        elif name == "probs":
+            columns[name] = pa.array(_probs_column(frame[name]), type=kind)
         elif name == "ts":
-            ts = pd.to_datetime(series, utc=True)
-            columns[name] = pa.array(ts, type=_SCHEMA.field(name).type)
-        else:
-            values = series.astype(object).where(series.notna(), None).tolist()
-            columns[name] = pa.array(values, type=_SCHEMA.field(name).type)
+            columns[name] = pa.array(pd.to_datetime(frame[name], utc=True), type=kind)
+        else:  # NaN, None and pandas' NA are null
+            columns[name] = pa.array(frame[name].tolist(), type=kind, from_pandas=True)
     return pa.table(columns, schema=_SCHEMA)
 
 
@@ -105,6 +101,10 @@ def insert_live_predictions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame)
     batch = _arrow_batch(frame)
     columns = ", ".join(LIVE_COLUMNS)
     selected = ", ".join(f"b.{c}" for c in LIVE_COLUMNS)
+    # the batch's time range as constants: the scan for earlier rows skips, by the row
+    # groups' min/max ts, all of the log outside it (a candle's rows: ~1 ms, not ~150 ms
+    # against 1M stored rows)
+    ts = pd.to_datetime(frame["ts"], utc=True)
     con.register("_live_prediction_batch", batch)
     try:
         inserted = con.execute(
@@ -114,8 +114,10 @@ def insert_live_predictions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame)
             "   QUALIFY row_number() OVER (PARTITION BY model_id, market, unit, ts) = 1"
             " ) b"
             " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
+            "   AND p.ts BETWEEN ? AND ?"
             "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
-            "   AND p.ts = b.ts)"
+            "   AND p.ts = b.ts)",
+            [ts.min().to_pydatetime(), ts.max().to_pydatetime()],
         ).fetchall()
     finally:
         con.unregister("_live_prediction_batch")
