@@ -1,14 +1,16 @@
-"""Benchmark of resolving the live prediction log's outcomes (issue 11, target <= 2 s for 1M
+"""Benchmark of resolving the live prediction log's outcomes (issue 11: <= 2 s for 1M
 stored predictions).
 
 Store: a fresh temporary one holding the four real series of ../shared/data/upbit (KRW-BTC
 and KRW-ETH, 1- and 60-minute: 160,756 candles) and, per series, MODELS_PER_SERIES registered
 models with different label specs (fixed horizon, volatility-scaled fixed horizon, triple
 barrier with and without a volatility window, regression), each with one pending live
-prediction on every candle: 7 x 160,756 = 1,125,292 stored predictions. The measure is one
-`resolve_outcomes` call over all of them (each series' candles read once, every model's
-labels, one UPDATE), timed after a warm-up call on a small store (numba's kernels compiled,
-as in a running server); `quick` uses one model per series (160,756 predictions).
+prediction on every candle, appended candle by candle as the live engine does (a candle's
+rows of all the series' models together): 7 x 160,756 = 1,125,292 stored predictions. The
+measure is one `resolve_outcomes` call over all of them (each series' candles read once,
+every model's labels, one UPDATE), after numba's label kernels are loaded (as in a running
+server); then the next call, with only the rows that cannot resolve left. `quick`: one model
+per series (160,756 predictions).
 
     .venv/bin/python scripts/bench_ops_resolve.py [--quick]
 """
@@ -22,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -66,17 +70,17 @@ def read_series(market: str, unit: str, name: str) -> pd.DataFrame:
     return frame
 
 
-def build_store(con: object, models_per_series: int) -> int:
-    """Candles of the four series and one pending live prediction per candle and model;
-    returns the predictions stored."""
+def build_store(con: duckdb.DuckDBPyConnection, models_per_series: int) -> int:
+    """Candles of the four series and one pending live prediction per candle and model,
+    appended candle by candle as the live engine does (each candle's rows of all the series'
+    models together); returns the predictions stored."""
     stored = 0
-    probs = [0.2, 0.3, 0.5]
     for market, unit, name in SERIES:
         candles = read_series(market, unit, name)
-        upsert_candles(con, candles)  # type: ignore[arg-type]
-        for k, (spec, params) in enumerate(SPECS[:models_per_series]):
-            record = register_model(
-                con,  # type: ignore[arg-type]
+        upsert_candles(con, candles)
+        ids = [
+            register_model(
+                con,
                 name=f"bench-{market}-{unit}-{k}",
                 kind="xgboost",
                 market=market,
@@ -90,27 +94,27 @@ def build_store(con: object, models_per_series: int) -> int:
                 size=0,
                 status="ready",
                 metrics={},
-            )
-            n = len(candles)
-            stored += insert_live_predictions(
-                con,  # type: ignore[arg-type]
-                pd.DataFrame(
-                    {
-                        "ts": candles["ts"],
-                        "market": market,
-                        "unit": unit,
-                        "model_id": record.id,
-                        "role": "shadow",
-                        "mode": "replay",
-                        "probs": [probs] * n,
-                        "action": "buy",
-                        "confidence": 0.5,
-                        "threshold": 0.5,
-                        "acted": False,
-                        "latency_ms": 1.0,
-                    }
-                ),
-            )
+            ).id
+            for k, (spec, params) in enumerate(SPECS[:models_per_series])
+        ]
+        n = len(candles)
+        rows = pd.DataFrame(
+            {
+                "ts": np.repeat(candles["ts"].to_numpy(), len(ids)),
+                "market": market,
+                "unit": unit,
+                "model_id": np.tile(ids, n),
+                "role": "shadow",
+                "mode": "replay",
+                "probs": [[0.2, 0.3, 0.5]] * (n * len(ids)),
+                "action": "buy",
+                "confidence": 0.5,
+                "threshold": 0.5,
+                "acted": False,
+                "latency_ms": 1.0,
+            }
+        )
+        stored += insert_live_predictions(con, rows)
     return stored
 
 

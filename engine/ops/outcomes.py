@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -196,30 +195,6 @@ def _series_start(
     return pd.Timestamp(rows[0][0]) if rows else None
 
 
-# The hash join of the UPDATE must probe with the table and build on the batch: the table's
-# scan then hands the update its row ids in storage order. Built on the table (what the join
-# order optimizer picks when the batch is about as large: the benchmark's case), the row ids
-# arrive scattered and DuckDB 2.0's update of 1M rows takes ~30 s instead of ~0.3 s.
-_KEEP_JOIN_SIDES = "join_order,build_side_probe_side"
-
-
-@contextmanager
-def _probing_the_table(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Within: joins keep the sides the query names (FROM's table probes, the batch builds);
-    the connection's own setting is restored after."""
-    before = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()
-    previous = str(before[0][0]) if before and before[0][0] else ""
-    disabled = f"{previous},{_KEEP_JOIN_SIDES}" if previous else _KEEP_JOIN_SIDES
-    con.execute(f"SET disabled_optimizers = '{disabled}'")
-    try:
-        yield
-    finally:
-        if previous:
-            con.execute(f"SET disabled_optimizers = '{previous}'")
-        else:
-            con.execute("RESET disabled_optimizers")
-
-
 def resolve_outcomes(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -276,21 +251,22 @@ def resolve_outcomes(
             )
     resolved = 0
     if parts:
-        batch = pd.concat(parts, ignore_index=True)
+        # in row id order: whichever side of the join probes, the update then gets its row
+        # ids in storage order (scattered, DuckDB 2.0 takes ~30 s for 1M of them, not ~0.2 s)
+        batch = pd.concat(parts, ignore_index=True).sort_values("row_id", ignore_index=True)
         stamp = now or datetime.now(UTC)
         con.register("_outcome_batch", batch)
         try:
-            with _probing_the_table(con):
-                done = con.execute(
-                    "UPDATE predictions AS p SET label_resolved = ?[o.label + 1],"
-                    " outcome_return = o.outcome_return, resolved_at = ?"
-                    " FROM _outcome_batch AS o"
-                    " WHERE p.rowid = o.row_id AND p.label_resolved IS NULL"
-                    # a row id read above names the same row unless a checkpoint compacted
-                    # the table in between: then nothing is updated, and the next call does it
-                    " AND p.model_id = o.model_id AND epoch_us(p.ts) = o.us",
-                    [list(CLASSES), stamp],
-                ).fetchall()
+            done = con.execute(
+                "UPDATE predictions AS p SET label_resolved = ?[o.label + 1],"
+                " outcome_return = o.outcome_return, resolved_at = ?"
+                " FROM _outcome_batch AS o"
+                " WHERE p.rowid = o.row_id AND p.label_resolved IS NULL"
+                # a row id read above names the same row unless a checkpoint compacted
+                # the table in between: then nothing is updated, and the next call does it
+                " AND p.model_id = o.model_id AND epoch_us(p.ts) = o.us",
+                [list(CLASSES), stamp],
+            ).fetchall()
         finally:
             con.unregister("_outcome_batch")
         bump_writes()
