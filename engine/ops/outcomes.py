@@ -205,7 +205,20 @@ def resolve_outcomes(
     """Resolve every pending live prediction (of `model_ids` / `markets` when given) whose
     label the stored candles now define: sets label_resolved, outcome_return and resolved_at
     (`now`, default the current UTC time) in one UPDATE. Idempotent: resolved rows are never
-    touched again."""
+    touched again.
+
+    The update finds its rows by the row ids read before it, checked against each row's
+    model, market, unit and ts: a row whose id changed in between (a checkpoint compacting
+    the table after deletes) is left pending for the next call, never mistaken."""
+    return _resolve(con, model_ids, markets, now)
+
+
+def _resolve(
+    con: duckdb.DuckDBPyConnection,
+    model_ids: Sequence[int] | None,
+    markets: Sequence[str] | None,
+    now: datetime | None,
+) -> ResolveReport:
     started = time.perf_counter()
     groups = _pending_groups(con, model_ids, markets)
     records: dict[int, tuple[LabelSpec, float] | None] = {}
@@ -221,7 +234,9 @@ def resolve_outcomes(
                 records[model_id] = (spec, regression_threshold(record, spec))
         if records[model_id] is not None:
             by_series.setdefault((market, unit), []).append((model_id, first))
-    parts: list[pd.DataFrame] = []
+    parts: list[tuple[np.ndarray, ...]] = []  # row ids, model ids, market, unit, us, label, return
+    market_names = sorted({market for market, _ in by_series})
+    unit_names = sorted({unit for _, unit in by_series})
     for (market, unit), members in by_series.items():
         first = min(ts for _, ts in members)
         # the label at t reads the trailing volatility's window (plus the return before it)
@@ -238,22 +253,36 @@ def resolve_outcomes(
             if known is None:
                 continue
             which, label, outcome = known
+            n = len(which)
             parts.append(
-                pd.DataFrame(
-                    {
-                        "row_id": row_ids[which],
-                        "model_id": np.full(len(which), model_id, dtype=np.int64),
-                        "us": us[which],
-                        "label": label,
-                        "outcome_return": outcome,
-                    }
+                (
+                    row_ids[which],
+                    np.full(n, model_id, dtype=np.int64),
+                    np.full(n, market_names.index(market), dtype=np.int16),
+                    np.full(n, unit_names.index(unit), dtype=np.int16),
+                    us[which],
+                    label,
+                    outcome,
                 )
             )
     resolved = 0
     if parts:
+        columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
         # in row id order: whichever side of the join probes, the update then gets its row
         # ids in storage order (scattered, DuckDB 2.0 takes ~30 s for 1M of them, not ~0.2 s)
-        batch = pd.concat(parts, ignore_index=True).sort_values("row_id", ignore_index=True)
+        order = np.argsort(columns[0], kind="stable")
+        row_id, model, market_code, unit_code, us, label, outcome = (c[order] for c in columns)
+        batch = pd.DataFrame(
+            {
+                "row_id": row_id,
+                "model_id": model,
+                "market": pd.Categorical.from_codes(market_code, categories=market_names),
+                "unit": pd.Categorical.from_codes(unit_code, categories=unit_names),
+                "us": us,
+                "label": label,
+                "outcome_return": outcome,
+            }
+        )
         stamp = now or datetime.now(UTC)
         con.register("_outcome_batch", batch)
         try:
@@ -262,9 +291,8 @@ def resolve_outcomes(
                 " outcome_return = o.outcome_return, resolved_at = ?"
                 " FROM _outcome_batch AS o"
                 " WHERE p.rowid = o.row_id AND p.label_resolved IS NULL"
-                # a row id read above names the same row unless a checkpoint compacted
-                # the table in between: then nothing is updated, and the next call does it
-                " AND p.model_id = o.model_id AND epoch_us(p.ts) = o.us",
+                " AND p.model_id = o.model_id AND p.market = o.market::VARCHAR"
+                " AND p.unit = o.unit::VARCHAR AND epoch_us(p.ts) = o.us",
                 [list(CLASSES), stamp],
             ).fetchall()
         finally:

@@ -243,3 +243,16 @@ def test_pending_rows_far_apart_are_labelled_on_slices_as_on_the_series(
     assert rows["label_resolved"][on_stored].tolist() == expected.tolist()
     # undefined: the 7 rows whose horizon crosses the hole, the 20 whose trailing window does
     assert expected.isna().sum() == 7 + 20
+
+
+def test_resolve_inside_a_callers_transaction_is_part_of_it(
+    con: duckdb.DuckDBPyConnection, candles: pd.DataFrame
+) -> None:
+    upsert_candles(con, candles)
+    record = register(con, "tx", {"horizon": 3, "threshold": 0.0005}, {})
+    insert_live_predictions(con, live_rows(candles["ts"][FIRST:LAST], record.id))
+    con.begin()
+    assert resolve_outcomes(con).resolved == 200
+    con.rollback()  # the caller's choice: nothing resolved
+    assert load_live_predictions(con, record.id, resolved=False).shape[0] == 200
+    assert resolve_outcomes(con).resolved == 200
