@@ -148,7 +148,8 @@ def load_live_predictions(
         params.append(unit)
     if since is not None:
         clauses.append("ts >= ?")
-        params.append(pd.Timestamp(since).to_pydatetime())
+        stamp = pd.Timestamp(since)  # a naive time is UTC, as every ts in the store
+        params.append((stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).to_pydatetime())
     if resolved is True:
         clauses.append("label_resolved IS NOT NULL")
     elif resolved is False:

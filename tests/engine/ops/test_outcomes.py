@@ -202,7 +202,11 @@ def test_a_replay_appends_each_prediction_once(
     assert load_live_predictions(con, 1, unit="1", last=3)["ts"].tolist() == list(
         candles["ts"][[14, 15, 20]]
     )
-    assert con.execute("SELECT count(*) FROM predictions WHERE source <> 'live'").fetchone() == (0,)
+    naive = candles["ts"][14].tz_localize(None)  # a naive time is UTC
+    assert len(load_live_predictions(con, 1, unit="1", since=naive)) == 3
+    assert con.execute("SELECT count(*) FROM predictions WHERE source <> 'live'").fetchall() == [
+        (0,)
+    ]
 
 
 def test_a_batch_predict_never_deletes_the_live_log(con: duckdb.DuckDBPyConnection) -> None:
