@@ -33,6 +33,7 @@ import pandas as pd
 
 from engine.ops.drift import PSI_EPSILON, Adwin, PageHinkley, ks_2samp, psi_edges
 from engine.research.features import FeatureSpec, compute_features
+from engine.research.features.calendar import CALENDAR_COLUMNS
 from engine.trading.backtest import DEFAULT_FEE
 from models.base import CLASSES
 
@@ -77,6 +78,9 @@ class FeatureReference:
     low: np.ndarray  # (features,)
     high: np.ndarray
     width: np.ndarray  # high - low, at least a tiny positive number (for distances)
+    # the features the dissimilarity gate judges: all but the calendar's, which the clock
+    # alone sets (a training range shorter than a week never saw every weekday)
+    judged: np.ndarray  # (features,) bool
 
     def psi(self, j: int, current: np.ndarray) -> float:
         """PSI of feature j's current values against its reference bins (as drift.psi)."""
@@ -228,6 +232,7 @@ def _build_reference(
         low=low,
         high=high,
         width=np.maximum(high - low, 1e-12),
+        judged=np.array([name not in CALENDAR_COLUMNS for name in names], dtype=bool),
     )
 
 
@@ -236,14 +241,18 @@ def out_of_distribution(
     reference: FeatureReference, row: np.ndarray, max_share: float
 ) -> str | None:
     """None when the feature row lies in the training distribution, else why not: more than
-    `max_share` of its features outside the reference's robust range (a NaN or inf counts as
-    outside), naming the share and the farthest features."""
+    `max_share` of its judged features (all but the calendar's) outside the reference's
+    robust range (a NaN or inf counts as outside), naming the share and the farthest ones."""
     values = np.asarray(row, dtype=np.float64).reshape(-1)
-    n = len(reference.features)
-    if len(values) != n:
-        raise ValueError(f"the feature row has {len(values)} values, the reference {n} features")
-    inside = (values >= reference.low) & (values <= reference.high)  # NaN compares False
-    outside = n - int(np.count_nonzero(inside))
+    if len(values) != len(reference.features):
+        raise ValueError(
+            f"the feature row has {len(values)} values, the reference"
+            f" {len(reference.features)} features"
+        )
+    # NaN compares False; a feature the gate does not judge counts as neither
+    inside = (values >= reference.low) & (values <= reference.high) | ~reference.judged
+    n = int(np.count_nonzero(reference.judged))
+    outside = len(values) - int(np.count_nonzero(inside))
     if outside <= max_share * n:
         return None
     with np.errstate(invalid="ignore"):

@@ -8,12 +8,15 @@ from engine.research.features.kernels import last
 from engine.research.features.kind import NS_MINUTE, Arrays, Candles, ColumnInfo, FeatureKind
 
 _DAY_MINUTES = 1440
+CYCLIC_COLUMNS = ("day_sin", "day_cos", "week_sin", "week_cos")
+RAW_COLUMNS = ("hour", "weekday")
+# what the clock alone decides: no market ever moves them (a model's dissimilarity gate
+# leaves them out: a training range shorter than a week never saw every weekday)
+CALENDAR_COLUMNS = CYCLIC_COLUMNS + RAW_COLUMNS
 
 
 def _calendar_cols(_: ColumnInfo, cyclic: bool, raw: bool) -> ColumnInfo:
-    names = (["day_sin", "day_cos", "week_sin", "week_cos"] if cyclic else []) + (
-        ["hour", "weekday"] if raw else []
-    )
+    names = (list(CYCLIC_COLUMNS) if cyclic else []) + (list(RAW_COLUMNS) if raw else [])
     if not names:
         raise ValueError("calendar: set cyclic and/or raw")
     return {name: (0, 1) for name in names}

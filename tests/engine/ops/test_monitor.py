@@ -6,7 +6,6 @@ model trained on real candles (its training reference recomputed from the store)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from engine.ops.monitor import (
     trade_returns,
 )
 from engine.research.features import FeatureSpec
+from engine.research.features.calendar import CALENDAR_COLUMNS
 from engine.training.train import train_model
 from store.candles import load_candles, upsert_candles
 from store.db import connect
@@ -271,30 +271,32 @@ def test_the_dissimilarity_gate_passes_training_rows_and_refuses_foreign_ones(st
     reason = out_of_distribution(reference, row, 0.25)
     assert reason is not None and reason.startswith("out of distribution: ")
     outside = int(reason.split(": ")[1].split("/")[0])
-    assert outside > 0.25 * len(reference.features)
-    assert f"/{len(reference.features)} features outside the training range (" in reason
+    assert outside > 0.25 * reference.judged.sum()
+    assert f"/{reference.judged.sum()} features outside the training range (" in reason
 
-    # one feature far outside: refused when the share allows none, named first
+    # one feature far outside: refused when the share allows none, named first; the
+    # calendar's features are not judged (the clock alone sets them)
+    judged = int(reference.judged.sum())
+    calendar = [i for i, name in enumerate(reference.features) if name in CALENDAR_COLUMNS]
+    assert calendar and judged == len(reference.features) - len(calendar)
     one = rows.to_numpy()[100].copy()
+    one[calendar] = 1e6
+    assert out_of_distribution(reference, one, 0.01) is None
     j = reference.features.index("logret_1")
     one[j] = reference.high[j] + 1000 * reference.width[j]
     assert out_of_distribution(reference, one, 0.25) is None
     refused = out_of_distribution(reference, one, 0.01)
     assert refused == (
-        f"out of distribution: 1/{len(one)} features outside the training range"
+        f"out of distribution: 1/{judged} features outside the training range"
         f" ({reference.features[j]})"
     )
     one[j + 1] = np.nan  # not finite: outside, and farther than any finite value
     assert out_of_distribution(reference, one, 0.01) == (
-        f"out of distribution: 2/{len(one)} features outside the training range"
+        f"out of distribution: 2/{judged} features outside the training range"
         f" ({reference.features[j + 1]}, {reference.features[j]})"
     )
     with pytest.raises(ValueError, match="values"):
         out_of_distribution(reference, one[:-1], 0.25)
-    started = time.perf_counter()
-    for _ in range(1000):
-        out_of_distribution(reference, row, 0.25)
-    assert (time.perf_counter() - started) / 1000 < 200e-6  # microseconds, with slack for CI
 
 
 def test_expired_counts_from_the_newest_candle_learnt(store) -> None:
