@@ -53,7 +53,9 @@ def _same(name: str, served: str, local: str, varying: set[str]) -> None:
     assert served == local, f"{name}:\n{diff}"
 
 
-@pytest.mark.parametrize("live", [False, True], ids=["idle", "replaying"])
+# Only while the server replays a session: the idle server answers the same commands by the
+# same path, and the busy one is the harder case (41 s a variant: the suite's 10-minute budget).
+@pytest.mark.parametrize("live", [True], ids=["replaying"])
 def test_commands_from_another_process_answer_as_in_process(
     tmp_path: Path, servers: Servers, live: bool
 ) -> None:
