@@ -18,6 +18,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "upbit"
 # can slow a test many times over (the likely cause of a resumed training run taking
 # over 120 s in CI where it takes ~9 s alone)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Training jobs' workers run at the tests' priority: an idle-class one (the default,
+# SCHED_IDLE) waits out every CPU-bound test of the other xdist worker, which made each job
+# test several times slower. The default's policy has its own tests (test_worker_priority,
+# and test_jobs reads the running worker's policy with the variable unset).
+os.environ["UPQUANT_JOB_PRIORITY"] = "normal"
 
 
 def current_minute(margin: float = 15.0, settled: float = 5.0) -> pd.Timestamp:

@@ -16,48 +16,47 @@ from models.params import ParameterError
 from store.candles import upsert_candles
 from store.registry import list_models, list_runs
 from tests.conftest import DATA
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import upquant, upquant_many
+
+# (command, option, value, the valid range its error names)
+DEGENERATE = [
+    (["train", "xgboost", "KRW-BTC", "--n-estimators", "0"], "--n-estimators", "0", "whole number >= 1"),
+    (["train", "lstm", "KRW-BTC", "--epochs", "0"], "--epochs", "0", "whole number >= 1"),
+    (["train", "lstm", "KRW-BTC", "--batch-size", "0"], "--batch-size", "0", "whole number >= 1"),
+    (["train", "xgboost", "KRW-BTC", "--trials", "-1"], "--trials", "-1", ">= 0"),
+    (["train", "xgboost", "KRW-BTC", "--trials", "2", "--jobs", "0"], "--jobs", "0",
+     "whole number >= 1, or -1"),
+    (["train", "xgboost", "KRW-BTC", "--trials", "2", "--tune-folds", "1"], "--tune-folds",
+     "1", "whole number >= 2, or 0"),
+    (["train", "xgboost", "KRW-BTC", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
+    (["train", "xgboost", "KRW-BTC", "--threshold", "1.5"], "--threshold", "1.5", "[0, 1]"),
+    (["evaluate", "1", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
+    (["evaluate", "1", "--threshold", "-0.1"], "--threshold", "-0.1", "[0, 1]"),
+    (["predict", "1", "KRW-BTC", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
+    (["predict", "1", "KRW-BTC", "--threshold", "2"], "--threshold", "2", "[0, 1]"),
+    (["backtest", "KRW-BTC", "--model", "1", "--threshold", "nan"], "--threshold", "nan",
+     "[0, 1]"),
+    (["backtest", "KRW-BTC", "--model", "1", "--threshold", "1.01"], "--threshold", "1.01",
+     "[0, 1]"),
+    (["run", "--offline", "--threshold", "nan"], "--threshold", "nan", "[0.34, 0.95]"),
+    (["run", "--offline", "--threshold", "1.2"], "--threshold", "1.2", "[0.34, 0.95]"),
+    (["tui", "--offline", "--threshold", "nan"], "--threshold", "nan", "[0.34, 0.95]"),
+    (["run", "--offline", "--replay-candles", "-5"], "--replay-candles", "-5", ">= 0"),
+    (["tui", "--offline", "--replay-candles", "-1"], "--replay-candles", "-1", ">= 0"),
+    (["run", "--offline", "--replay-delay", "-1"], "--replay-delay", "-1", ">= 0"),
+    (["run", "--offline", "--replay-delay", "nan"], "--replay-delay", "nan", "number >= 0"),
+]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("args", "option", "value", "valid"),
-    [
-        (["train", "xgboost", "KRW-BTC", "--n-estimators", "0"], "--n-estimators", "0", "whole number >= 1"),
-        (["train", "lstm", "KRW-BTC", "--epochs", "0"], "--epochs", "0", "whole number >= 1"),
-        (["train", "lstm", "KRW-BTC", "--batch-size", "0"], "--batch-size", "0", "whole number >= 1"),
-        (["train", "xgboost", "KRW-BTC", "--trials", "-1"], "--trials", "-1", ">= 0"),
-        (["train", "xgboost", "KRW-BTC", "--trials", "2", "--jobs", "0"], "--jobs", "0",
-         "whole number >= 1, or -1"),
-        (["train", "xgboost", "KRW-BTC", "--trials", "2", "--tune-folds", "1"], "--tune-folds",
-         "1", "whole number >= 2, or 0"),
-        (["train", "xgboost", "KRW-BTC", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
-        (["train", "xgboost", "KRW-BTC", "--threshold", "1.5"], "--threshold", "1.5", "[0, 1]"),
-        (["evaluate", "1", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
-        (["evaluate", "1", "--threshold", "-0.1"], "--threshold", "-0.1", "[0, 1]"),
-        (["predict", "1", "KRW-BTC", "--threshold", "nan"], "--threshold", "nan", "[0, 1]"),
-        (["predict", "1", "KRW-BTC", "--threshold", "2"], "--threshold", "2", "[0, 1]"),
-        (["backtest", "KRW-BTC", "--model", "1", "--threshold", "nan"], "--threshold", "nan",
-         "[0, 1]"),
-        (["backtest", "KRW-BTC", "--model", "1", "--threshold", "1.01"], "--threshold", "1.01",
-         "[0, 1]"),
-        (["run", "--offline", "--threshold", "nan"], "--threshold", "nan", "[0.34, 0.95]"),
-        (["run", "--offline", "--threshold", "1.2"], "--threshold", "1.2", "[0.34, 0.95]"),
-        (["tui", "--offline", "--threshold", "nan"], "--threshold", "nan", "[0.34, 0.95]"),
-        (["run", "--offline", "--replay-candles", "-5"], "--replay-candles", "-5", ">= 0"),
-        (["tui", "--offline", "--replay-candles", "-1"], "--replay-candles", "-1", ">= 0"),
-        (["run", "--offline", "--replay-delay", "-1"], "--replay-delay", "-1", ">= 0"),
-        (["run", "--offline", "--replay-delay", "nan"], "--replay-delay", "nan", "number >= 0"),
-    ],
-)
-def test_a_degenerate_parameter_is_refused_with_its_valid_range(
-    tmp_path: Path, args: list[str], option: str, value: str, valid: str
-) -> None:
-    result = upquant(tmp_path, *args)
-    assert result.returncode == 1, result.stdout
-    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
-    first = result.stderr.splitlines()[0]  # nothing (a search space, say) comes before it
-    assert option in first and value in first and valid in first, first
+def test_a_degenerate_parameter_is_refused_with_its_valid_range(tmp_path: Path) -> None:
+    """Each command refuses the value with one error line naming the option, the value and
+    its valid range (all in one process: `upquant_many`)."""
+    results = upquant_many(tmp_path, [args for args, *_ in DEGENERATE])
+    for (args, option, value, valid), result in zip(DEGENERATE, results, strict=True):
+        assert result.returncode == 1, (args, result.stdout)
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr, args
+        first = result.stderr.splitlines()[0]  # nothing (a search space, say) comes before it
+        assert option in first and value in first and valid in first, (args, first)
 
 
 @pytest.mark.slow

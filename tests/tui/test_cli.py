@@ -25,6 +25,43 @@ def upquant(
     )
 
 
+# Runs many commands in ONE Python process, each through `tui.cli.main` exactly as the
+# `upquant` script runs it (its exit code, stdout and stderr captured): for checks of what a
+# command prints and exits with, where a process start per command (~1 s) would cost the
+# suite minutes. Commands run one after another; nothing they share survives but imports.
+_DRIVER = r"""
+import contextlib, io, json, sys
+from tui.cli import main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        sys.argv = ["upquant", *argv]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
+def upquant_many(
+    home: Path, commands: list[list[str]], env: dict[str, str] | None = None, timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """`upquant(home, *args)` for each of `commands`, in one process (see _DRIVER)."""
+    done = subprocess.run(
+        [str(Path(UPQUANT).with_name("python")), "-c", _DRIVER],
+        input=json.dumps(commands), check=True, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "UPQUANT_HOME": str(home), **(env or {})},
+    )
+    return [
+        subprocess.CompletedProcess(["upquant", *args], code, out, err)
+        for args, (code, out, err) in zip(commands, json.loads(done.stdout), strict=True)
+    ]
+
+
 @pytest.fixture
 def csv_2000(tmp_path: Path) -> Path:
     path = tmp_path / "btc.csv"
@@ -52,10 +89,11 @@ def _command_paths() -> list[list[str]]:
 def test_every_command_has_help(tmp_path: Path) -> None:
     paths = _command_paths()
     assert len(paths) > 20 and ["data", "stream"] in paths and ["models", "compare"] in paths
-    for args in paths:
-        result = upquant(tmp_path, *args, "--help")
+    for args, result in zip(paths, upquant_many(tmp_path, [[*p, "--help"] for p in paths])):
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout and len(result.stdout.split("\n")) > 4, args
+    alone = upquant(tmp_path, "models", "ab", "--help")  # the driver prints as the script does
+    assert alone.stdout == upquant_many(tmp_path, [["models", "ab", "--help"]])[0].stdout
 
 
 @pytest.mark.parametrize(
@@ -159,64 +197,79 @@ def test_headless_run_replays_offline_and_stores_signals(tmp_path: Path, csv_200
 
 
 def test_registry_evaluation_and_batch_commands(tmp_path: Path, csv_2000: Path) -> None:
-    """models show/promote/compare/rollback/delete, evaluate, predict and backtest --model."""
-    upquant(tmp_path, "data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1")
-    for seed in ("1", "2"):
-        trained = upquant(tmp_path, "train", "xgboost", "KRW-BTC", "--n-estimators", "15",
-                          "--seed", seed, "--json")
-        assert trained.returncode == 0, trained.stderr
-    shown = json.loads(upquant(tmp_path, "models", "show", "xgboost-KRW-BTC-1@2", "--json").stdout)
+    """models show/promote/compare/rollback/delete, evaluate, predict and backtest --model
+    (each part's commands in one process: `upquant_many`)."""
+    out = tmp_path / "predictions.parquet"
+    window = ["--from", "2025-09-01 12:00", "--to", "2025-09-01 18:00"]
+    (
+        imported, *trained, shown, promoted, listed, champion, compared, evaluated, predicted,
+        backtested,
+    ) = upquant_many(tmp_path, [
+        ["data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1"],
+        *(["train", "xgboost", "KRW-BTC", "--n-estimators", "15", "--seed", seed, "--json"]
+          for seed in ("1", "2")),
+        ["models", "show", "xgboost-KRW-BTC-1@2", "--json"],
+        ["models", "promote", "xgboost-KRW-BTC-1@2"],
+        ["models", "list", "--json"],
+        ["models", "show", "xgboost-KRW-BTC-1@champion", "--json"],
+        ["models", "compare", "1", "2", "--json"],
+        ["evaluate", "xgboost-KRW-BTC-1@2", "--json"],
+        ["predict", "xgboost-KRW-BTC-1@2", "KRW-BTC", *window, "--out", str(out)],
+        ["backtest", "--model", "xgboost-KRW-BTC-1@2", "KRW-BTC", *window, "--json"],
+    ])  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    for each in trained:
+        assert each.returncode == 0, each.stderr
+    shown = json.loads(shown.stdout)
     assert shown["ref"] == "xgboost-KRW-BTC-1@2" and shown["status"] == "candidate"
-    assert upquant(tmp_path, "models", "promote", "xgboost-KRW-BTC-1@2").returncode == 0
-    listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
-    assert listed == {"xgboost-KRW-BTC-1@1": "retired", "xgboost-KRW-BTC-1@2": "champion"}
-    champion = upquant(tmp_path, "models", "show", "xgboost-KRW-BTC-1@champion", "--json")
+    assert promoted.returncode == 0, promoted.stderr
+    statuses = {m["ref"]: m["status"] for m in json.loads(listed.stdout)}
+    assert statuses == {"xgboost-KRW-BTC-1@1": "retired", "xgboost-KRW-BTC-1@2": "champion"}
     assert json.loads(champion.stdout)["ref"] == "xgboost-KRW-BTC-1@2"
-    compared = json.loads(upquant(tmp_path, "models", "compare", "1", "2", "--json").stdout)
+    compared = json.loads(compared.stdout)
     assert len(compared) == 2 and all("accuracy" in str(c) for c in compared.values())
 
-    evaluated = upquant(tmp_path, "evaluate", "xgboost-KRW-BTC-1@2", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["rows"] > 0 and "accuracy" in report["metrics"]["held_out"]
     assert set(report["trading"]) == {"model", "sma_cross", "buy_and_hold", "no_trade", "majority_class"}
     assert report["reliability"] and report["importance"]
 
-    out = tmp_path / "predictions.parquet"
-    predicted = upquant(tmp_path, "predict", "xgboost-KRW-BTC-1@2", "KRW-BTC", "--from",
-                        "2025-09-01 12:00", "--to", "2025-09-01 18:00", "--out", str(out))
     assert predicted.returncode == 0, predicted.stderr
     frame = pd.read_parquet(out)
     assert len(frame) == 360 and {"p_sell", "p_hold", "p_buy", "action"} <= set(frame.columns)
     assert frame["ts"].min() == pd.Timestamp("2025-09-01 12:00", tz="UTC")
     assert frame["ts"].max() == pd.Timestamp("2025-09-01 17:59", tz="UTC")
     assert frame["label"].notna().all()  # the stored candles after --to resolve the last labels
-    backtested = upquant(tmp_path, "backtest", "--model", "xgboost-KRW-BTC-1@2", "KRW-BTC",
-                         "--from", "2025-09-01 12:00", "--to", "2025-09-01 18:00", "--json")
     assert backtested.returncode == 0, backtested.stderr
     assert "xgboost-KRW-BTC-1@2" in backtested.stdout
 
     # a damaged artifact: the bare name serves the previous version and says so; the exact
     # reference is refused with the way out; nothing is changed in the registry
     Path(shown["artifact"]).write_bytes(b"damaged")
-    fell_back = upquant(tmp_path, "evaluate", "xgboost-KRW-BTC-1", "--json")
+    fell_back, tested, exact, rolled, listed, refused, deleted, left = upquant_many(tmp_path, [
+        ["evaluate", "xgboost-KRW-BTC-1", "--json"],
+        ["backtest", "--model", "xgboost-KRW-BTC-1", "KRW-BTC", "--json"],
+        ["predict", "xgboost-KRW-BTC-1@2", "KRW-BTC"],
+        ["models", "rollback", "KRW-BTC"],
+        ["models", "list", "--json"],
+        ["models", "delete", "xgboost-KRW-BTC-1@1", "--yes"],
+        ["models", "delete", "xgboost-KRW-BTC-1@2", "--yes"],
+        ["models", "list", "--json"],
+    ])  # fmt: skip
     assert fell_back.returncode == 0, fell_back.stderr
     assert json.loads(fell_back.stdout)["model"] == "xgboost-KRW-BTC-1@1"
     assert "warning: xgboost-KRW-BTC-1@2 refused" in fell_back.stderr
     assert "using previous version xgboost-KRW-BTC-1@1" in fell_back.stderr
-    tested = upquant(tmp_path, "backtest", "--model", "xgboost-KRW-BTC-1", "KRW-BTC", "--json")
     assert tested.returncode == 0, tested.stderr
     assert json.loads(tested.stdout)["strategy"] == "xgboost-KRW-BTC-1@1"
     assert "using previous version xgboost-KRW-BTC-1@1" in json.loads(tested.stdout)["note"]
-    exact = upquant(tmp_path, "predict", "xgboost-KRW-BTC-1@2", "KRW-BTC")
     assert exact.returncode == 1 and exact.stderr.startswith("error: xgboost-KRW-BTC-1@2 refused")
     assert "the previous version xgboost-KRW-BTC-1@1 is intact: use it" in exact.stderr
 
-    assert upquant(tmp_path, "models", "rollback", "KRW-BTC").returncode == 0
-    listed = {m["ref"]: m["status"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)}
-    assert listed["xgboost-KRW-BTC-1@1"] == "champion"
-    refused = upquant(tmp_path, "models", "delete", "xgboost-KRW-BTC-1@1", "--yes")
+    assert rolled.returncode == 0, rolled.stderr
+    statuses = {m["ref"]: m["status"] for m in json.loads(listed.stdout)}
+    assert statuses["xgboost-KRW-BTC-1@1"] == "champion"
     assert refused.returncode == 1 and refused.stderr.startswith("error:")  # the champion stays
-    assert upquant(tmp_path, "models", "delete", "xgboost-KRW-BTC-1@2", "--yes").returncode == 0
-    listed = [m["ref"] for m in json.loads(upquant(tmp_path, "models", "list", "--json").stdout)]
-    assert listed == ["xgboost-KRW-BTC-1@1"]
+    assert deleted.returncode == 0, deleted.stderr
+    assert [m["ref"] for m in json.loads(left.stdout)] == ["xgboost-KRW-BTC-1@1"]

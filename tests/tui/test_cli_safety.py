@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import DATA
-from tests.tui.test_cli import UPQUANT, upquant
+from tests.tui.test_cli import UPQUANT, upquant, upquant_many
 
 HOSTILE = "odd[/]name[bold]"
 
@@ -43,17 +43,17 @@ def imported(tmp_path: Path) -> Path:
 
 
 def test_a_model_name_with_markup_is_listed_and_shown_as_written(imported: Path) -> None:
-    trained = upquant(
-        imported, "train", "xgboost", "KRW-BTC", "--n-estimators", "5", "--name", HOSTILE
-    )
+    trained, listed, shown, missing = upquant_many(imported, [
+        ["train", "xgboost", "KRW-BTC", "--n-estimators", "5", "--name", HOSTILE],
+        ["models", "list"],
+        ["models", "show", f"{HOSTILE}@1"],
+        ["models", "show", "no[/]such"],
+    ])  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.startswith(f"{HOSTILE}@1 (id 1")
-    listed = upquant(imported, "models", "list")
     assert listed.returncode == 0, listed.stderr
     assert f"{HOSTILE}@1" in listed.stdout
-    shown = upquant(imported, "models", "show", f"{HOSTILE}@1")
     assert shown.returncode == 0, shown.stderr
-    missing = upquant(imported, "models", "show", "no[/]such")
     assert missing.returncode == 1 and "no[/]such" in missing.stderr
 
 
@@ -193,19 +193,20 @@ def test_an_interrupted_stream_prints_its_summary_and_exits_130(tmp_path: Path) 
 
 def test_json_output_is_strict_on_success_and_on_failure(imported: Path) -> None:
     # a backtest with no trade has n/a metrics (win rate, profit factor): null, not NaN
-    done = upquant(
-        imported, "backtest", "KRW-BTC", "--strategy", "sma-cross", "--fast", "500",
-        "--slow", "900", "--json",
-    )
-    assert done.returncode == 0, done.stderr
-    assert isinstance(strict(done.stdout), dict)
-    assert "NaN" not in done.stdout and "Infinity" not in done.stdout
-    for args in (
+    failing = [
         ["models", "show", "nosuch", "--json"],
         ["backtest", "KRW-ETH", "--json"],
         ["train", "xgboost", "KRW-ETH", "--json"],
-    ):
-        failed = upquant(imported, *args)
+    ]
+    done, *fails = upquant_many(imported, [
+        ["backtest", "KRW-BTC", "--strategy", "sma-cross", "--fast", "500", "--slow", "900",
+         "--json"],
+        *failing,
+    ])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert isinstance(strict(done.stdout), dict)
+    assert "NaN" not in done.stdout and "Infinity" not in done.stdout
+    for args, failed in zip(failing, fails, strict=True):
         assert failed.returncode == 1, args
         report = strict(failed.stdout)
         assert isinstance(report, dict) and report["error"], args

@@ -44,7 +44,7 @@ from store.registry import alias_history, champion, get_model, move_alias
 from store.tokens import create_token
 from tests.conftest import shared_candles
 from tests.engine.ops.simulate import ShadowStream, shadow_stream
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import upquant_many
 
 FEE = 0.0005
 MARKET, UNIT = "KRW-BTC", "1"
@@ -442,7 +442,13 @@ def test_cli_ab_and_gate(home: Path) -> None:
     log_live(con, second, "challenger", stream, stream.challenger_proba)
     set_settings(con, MARKET, UNIT, auto())
     con.close()
-    shown = upquant(home, "models", "ab", MARKET, "--unit", UNIT)
+    shown, as_json, ran, history, bad = upquant_many(home, [
+        ["models", "ab", MARKET, "--unit", UNIT],
+        ["models", "ab", MARKET, "--json"],
+        ["models", "gate", MARKET, "--unit", UNIT, "--json"],
+        ["models", "history", MARKET, "--json"],
+        ["models", "gate", MARKET, "--unit", "7"],
+    ])  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     for text in (
         "ab@1",
@@ -453,16 +459,14 @@ def test_cli_ab_and_gate(home: Path) -> None:
         "challenger promoted: DM p=",
     ):
         assert text in shown.stdout, text
-    report = json.loads(upquant(home, "models", "ab", MARKET, "--json").stdout)
+    report = json.loads(as_json.stdout)
     assert report["recommended"] == "ab@2" and report["auto_promote"] is True
-    ran = upquant(home, "models", "gate", MARKET, "--unit", UNIT, "--json")
     assert ran.returncode == 0, ran.stderr
     run = json.loads(ran.stdout)
     assert run["moved"] is True and run["previous"] == "ab@1" and run["chosen"] == "ab@2"
     assert [e["by"] for e in run["events"]] == ["gate", "gate"]
-    history = json.loads(upquant(home, "models", "history", MARKET, "--json").stdout)
-    assert history["holders"][0]["model"] == "ab@2" and history["events"][0]["by"] == "gate"
-    bad = upquant(home, "models", "gate", MARKET, "--unit", "7")
+    moves = json.loads(history.stdout)
+    assert moves["holders"][0]["model"] == "ab@2" and moves["events"][0]["by"] == "gate"
     assert bad.returncode != 0 and "unit '7' is not supported" in bad.stderr
 
 

@@ -29,7 +29,7 @@ from engine.service.registry import (
 from store.db import connect
 from store.tokens import create_token
 from tests.engine.service.test_registry_ops import NAME, train_store
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import upquant_many
 
 
 @pytest.fixture(scope="module")
@@ -187,33 +187,41 @@ async def test_put_moves_aliases_and_get_reads_the_history(api) -> None:
 
 # --- CLI ---------------------------------------------------------------------------------------
 def test_cli_alias_unalias_and_history(home: Path) -> None:
-    moved = upquant(home, "models", "alias", f"{NAME}@2", "challenger", "--reason", "seed 2")
+    (
+        moved, listed, table, promoted, refused, shadowed, released, shown, history, bad,
+    ) = upquant_many(home, [
+        ["models", "alias", f"{NAME}@2", "challenger", "--reason", "seed 2"],
+        ["models", "list", "--json"],
+        ["models", "list"],
+        ["models", "alias", f"{NAME}@2", "champion", "--json"],
+        ["models", "unalias", f"{NAME}@1", "challenger"],
+        ["models", "alias", f"{NAME}@1", "shadow"],
+        ["models", "unalias", f"{NAME}@1", "shadow", "--reason", "done"],
+        ["models", "history", "KRW-BTC", "--unit", "1"],
+        ["models", "history", "KRW-BTC", "--json"],
+        ["models", "history", "KRW-BTC", "--unit", "7"],
+    ])  # fmt: skip
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout.strip() == f"{NAME}@2 is now a challenger of KRW-BTC unit 1"
-    listed = json.loads(upquant(home, "models", "list", "--json").stdout)
-    assert {m["ref"]: m["aliases"] for m in listed}[f"{NAME}@2"] == ["challenger"]
-    table = upquant(home, "models", "list").stdout
-    assert "aliases" in table and "challenger" in table
-    promoted = upquant(home, "models", "alias", f"{NAME}@2", "champion", "--json")
+    assert {m["ref"]: m["aliases"] for m in json.loads(listed.stdout)}[f"{NAME}@2"] == [
+        "challenger"
+    ]
+    assert "aliases" in table.stdout and "challenger" in table.stdout
     assert promoted.returncode == 0, promoted.stderr
     answer = json.loads(promoted.stdout)
     assert answer["previous"] == f"{NAME}@1" and len(answer["events"]) == 2
-    refused = upquant(home, "models", "unalias", f"{NAME}@1", "challenger")
     assert refused.returncode != 0 and refused.stdout == ""
     assert "holds no challenger" in refused.stderr and "hint:" in refused.stderr
-    assert upquant(home, "models", "alias", f"{NAME}@1", "shadow").returncode == 0
-    released = upquant(home, "models", "unalias", f"{NAME}@1", "shadow", "--reason", "done")
+    assert shadowed.returncode == 0, shadowed.stderr
     assert released.stdout.strip() == f"{NAME}@1 is no longer a shadow of KRW-BTC unit 1"
 
-    shown = upquant(home, "models", "history", "KRW-BTC", "--unit", "1")
     assert shown.returncode == 0, shown.stderr
     for text in ("champion", "challenger", "shadow", "seed 2", "done", "registered as champion"):
         assert text in shown.stdout, text
-    history = json.loads(upquant(home, "models", "history", "KRW-BTC", "--json").stdout)
+    history = json.loads(history.stdout)
     assert [(h["alias"], h["model"]) for h in history["holders"]] == [("champion", f"{NAME}@2")]
     assert [(e["alias"], e["by"], e["reason"]) for e in history["events"]][:2] == [
         ("shadow", "user", "done"), ("shadow", "user", None)
     ]
     assert len(history["events"]) == 6
-    bad = upquant(home, "models", "history", "KRW-BTC", "--unit", "7")
     assert bad.returncode != 0 and "unit '7' is not supported" in bad.stderr

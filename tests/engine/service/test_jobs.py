@@ -88,7 +88,10 @@ def test_a_refused_run_fails_at_once_with_the_reason(ws: Workstation) -> None:
         ws.train_start(TrainStartRequest(**XGB, restart=True))
 
 
-def test_progress_shows_while_it_runs_and_a_cancelled_run_resumes(ws: Workstation) -> None:
+def test_progress_shows_while_it_runs_and_a_cancelled_run_resumes(
+    ws: Workstation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UPQUANT_JOB_PRIORITY")  # the default: SCHED_IDLE, checked below
     run = ws.train_start(TrainStartRequest(**LSTM)).run
     # the owner stores an epoch's metrics, then its progress, then its phase, one event at a
     # time: wait until the status shows both

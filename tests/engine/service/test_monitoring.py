@@ -29,7 +29,7 @@ from store.db import connect
 from store.drift import insert_drift_event
 from store.tokens import create_token
 from tests.conftest import shared_candles
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import upquant_many
 
 
 @pytest.fixture(scope="module")
@@ -243,23 +243,18 @@ async def test_settings_and_drift_over_http(api) -> None:
 # --- CLI ---------------------------------------------------------------------------------------
 @pytest.mark.slow  # seven `upquant` processes
 def test_cli_settings_and_drift(home: Path) -> None:
-    shown = upquant(home, "models", "settings", "KRW-BTC", "--unit", "1")
+    shown, changed, cleared, bad_share, bad_schedule, drift, listed = upquant_many(home, [
+        ["models", "settings", "KRW-BTC", "--unit", "1"],
+        ["models", "settings", "KRW-BTC", "--max-age", "24", "--schedule", "weekly",
+         "--auto-promote", "--ood-max-share", "0.3", "--json"],
+        ["models", "settings", "KRW-BTC", "--no-max-age", "--no-auto-promote", "--json"],
+        ["models", "settings", "KRW-BTC", "--ood-max-share", "1.5"],
+        ["models", "settings", "KRW-BTC", "--schedule", "hourly"],
+        ["models", "drift", "KRW-BTC", "--unit", "1"],
+        ["models", "drift", "KRW-BTC", "--json"],
+    ])  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "(defaults)" in shown.stdout and "OOD max share" in shown.stdout
-    changed = upquant(
-        home,
-        "models",
-        "settings",
-        "KRW-BTC",
-        "--max-age",
-        "24",
-        "--schedule",
-        "weekly",
-        "--auto-promote",
-        "--ood-max-share",
-        "0.3",
-        "--json",
-    )
     assert changed.returncode == 0, changed.stderr
     answer = json.loads(changed.stdout)["settings"]
     assert (
@@ -268,22 +263,15 @@ def test_cli_settings_and_drift(home: Path) -> None:
         answer["auto_promote"],
         answer["ood_max_share"],
     ) == (24, "weekly", True, 0.3)
-    cleared = json.loads(
-        upquant(
-            home, "models", "settings", "KRW-BTC", "--no-max-age", "--no-auto-promote", "--json"
-        ).stdout
-    )["settings"]
-    assert (cleared["max_age_hours"], cleared["auto_promote"], cleared["schedule"]) == (
+    after = json.loads(cleared.stdout)["settings"]
+    assert (after["max_age_hours"], after["auto_promote"], after["schedule"]) == (
         None,
         False,
         "weekly",
     )
-    bad = upquant(home, "models", "settings", "KRW-BTC", "--ood-max-share", "1.5")
-    assert bad.returncode != 0 and "--ood-max-share" in bad.stderr and "hint:" in bad.stderr
-    bad = upquant(home, "models", "settings", "KRW-BTC", "--schedule", "hourly")
-    assert bad.returncode != 0 and "'hourly'" in bad.stderr
-    drift = upquant(home, "models", "drift", "KRW-BTC", "--unit", "1")
+    assert bad_share.returncode != 0 and "--ood-max-share" in bad_share.stderr
+    assert "hint:" in bad_share.stderr
+    assert bad_schedule.returncode != 0 and "'hourly'" in bad_schedule.stderr
     assert drift.returncode == 0, drift.stderr
     assert "correctness fell" in drift.stdout and "pnl" in drift.stdout
-    listed = json.loads(upquant(home, "models", "drift", "KRW-BTC", "--json").stdout)
-    assert [e["stream"] for e in listed["events"]] == ["pnl", "correctness"]
+    assert [e["stream"] for e in json.loads(listed.stdout)["events"]] == ["pnl", "correctness"]
