@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import queue
+import re
 import sys
 from pathlib import Path
 
@@ -29,13 +30,25 @@ from scripts.benchtable import Row, print_table
 PARTS = ("bench_ops_shadow", "bench_ops_resolve", "bench_ops_online")
 
 
+_FIGURE = re.compile(r"^([\d.,]+)\s*(ms|s)\b")
+_LIMIT = re.compile(r"^<=\s*([\d.,]+)\s*(ms|s)\b")
+
+
+def judged(measured: str, target: str) -> bool | None:
+    """Whether a row's figure meets its `<= N s` (or ms) target; None when it has none."""
+    figure, limit = _FIGURE.match(measured), _LIMIT.match(target)
+    if figure is None or limit is None or figure.group(2) != limit.group(2):
+        return None
+    return float(figure.group(1).replace(",", "")) <= float(limit.group(1).replace(",", ""))
+
+
 def _part(name: str, quick: bool, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     """One part in its own process: its own store (UPQUANT_HOME) and a clean heap."""
     import importlib
 
     module = importlib.import_module(f"scripts.{name}")
     rows = [tuple(r) for r in module.bench(quick)]
-    out.put([(*r, None) if len(r) == 3 else r for r in rows])
+    out.put([(*r, judged(r[1], r[2])) if len(r) == 3 else r for r in rows])
 
 
 def main() -> None:
