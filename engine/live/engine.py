@@ -124,7 +124,13 @@ class LiveEngine:
         if window > self.window and len(self.history) and self.mode != "demo":
             # a model that reads further back: its window from the store, up to this candle
             last = self.history["ts"].iloc[-1]
-            stored = load_candles(self.con, self.market, self.unit, end=last, last=window)
+            stored = load_candles(  # `end` is exclusive: up to and including `last`
+                self.con,
+                self.market,
+                self.unit,
+                end=last + pd.Timedelta(microseconds=1),
+                last=window,
+            )
             if len(stored) > len(self.history):
                 self.history = stored[CANDLE_COLUMNS].reset_index(drop=True)
         self.window = window

@@ -167,3 +167,30 @@ async def test_a_failing_shadow_is_logged_with_why_and_never_touches_the_signal(
     rows = load_live_predictions(con, challenger.id)
     assert len(rows) == 1 and rows["probs"].iloc[0] is None
     assert rows["fallback"].iloc[0] == "model failed: RuntimeError: weights corrupted"
+
+
+async def test_a_seated_model_that_reads_further_back_gets_its_window_from_the_store(
+    con, seated
+) -> None:
+    """An LSTM (its window of rows on top of the features' warm-up) seated after an XGBoost
+    champion decides on its very next candle: the engine reads the longer window from the
+    store, up to and including the newest candle it holds."""
+    champion, _ = seated
+    lstm = train_model(
+        con, "lstm", MARKET, UNIT, params={"epochs": 1, "device": "cpu"}, name="seq",
+        promote=False,
+    ).model
+    seats = load_seats(con, MARKET, UNIT)
+    stored = load_candles(con, MARKET, UNIT)
+    engine = LiveEngine(con, MARKET, UNIT, model=seats.champion, mode="replay")
+    engine.prime(stored.iloc[:-2])
+    before = engine.window
+    sequence = load_record(lstm)
+    assert sequence.history_needed > before
+    await engine.on_closed(stored.iloc[-2].to_dict())
+    engine.seat(Seats(sequence, f"champion {lstm.ref}"))
+    signal = await engine.on_closed(stored.iloc[-1].to_dict())
+    assert engine.window == sequence.history_needed > before
+    assert list(engine.history["ts"]) == list(stored["ts"].iloc[-engine.window :])
+    assert signal is not None and signal.source == lstm.ref, signal.reason
+    assert champion.ref != lstm.ref
