@@ -191,7 +191,13 @@ class ModelOpsCycle:
             await asyncio.shield(self._task)
         self._task = None
         self._final = True
-        self._apply(await asyncio.to_thread(self.run_once))
+        try:
+            report = await asyncio.to_thread(self.run_once)
+        except Exception as exc:  # the session's signals stand: its last cycle only said so
+            log.exception("the last model operations cycle failed")
+            report = CycleReport()
+            report.said.append((f"model operations failed: {type(exc).__name__}: {exc}", "warning"))
+        self._apply(report)
 
     def _apply(self, report: CycleReport) -> None:
         """On the loop: announce what the cycle did as the engine's status events (every
@@ -347,8 +353,6 @@ async def manage(session: Session, *, retrain: Retrain | None = None) -> ModelOp
 
     session.runner = run()
     return cycle
-
-
 
 
 async def open_managed_session(
