@@ -144,22 +144,22 @@ def test_bad_rows_are_reported_and_good_rows_imported(tmp_path: Path, csv_2000: 
     assert status[0]["rows"] == 2007  # nothing stored was lost
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["data", "import", "missing.csv", "--market", "KRW-BTC"], "no such file"),
-        (["data", "import", "x.csv", "--market", "BTC"], "not an Upbit market code"),
-        (["data", "import", "x.csv", "--market", "KRW-BTC", "--unit", "7"], "unit '7' is not supported"),
-        (["data", "fetch", "KRW-BTC", "--since", "yesterday"], "is not a date/time"),
-        (["train", "xgboost", "KRW-ETH"], "no KRW-ETH unit 1 candles"),
-        (["train", "xgboost", "KRW-BTC", "--unit", "60"], "no KRW-BTC unit 60 candles"),
-    ],
-)
-def test_bad_arguments_give_one_red_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
-    result = upquant(tmp_path, *args)
-    assert result.returncode == 1
-    assert message in result.stderr
-    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+BAD_ARGUMENTS = [
+    (["data", "import", "missing.csv", "--market", "KRW-BTC"], "no such file"),
+    (["data", "import", "x.csv", "--market", "BTC"], "not an Upbit market code"),
+    (["data", "import", "x.csv", "--market", "KRW-BTC", "--unit", "7"], "unit '7' is not supported"),
+    (["data", "fetch", "KRW-BTC", "--since", "yesterday"], "is not a date/time"),
+    (["train", "xgboost", "KRW-ETH"], "no KRW-ETH unit 1 candles"),
+    (["train", "xgboost", "KRW-BTC", "--unit", "60"], "no KRW-BTC unit 60 candles"),
+]
+
+
+def test_bad_arguments_give_one_red_line_and_exit_1(tmp_path: Path) -> None:
+    results = upquant_many(tmp_path, [args for args, _ in BAD_ARGUMENTS])
+    for (args, message), result in zip(BAD_ARGUMENTS, results, strict=True):
+        assert result.returncode == 1, args
+        assert message in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr, args
 
 
 def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: Path, csv_2000: Path) -> None:
