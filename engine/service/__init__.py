@@ -26,6 +26,7 @@ from engine.service.features import FeaturesOps
 from engine.service.feeds import FeedOps
 from engine.service.live import LiveOps
 from engine.service.monitoring import MonitoringOps
+from engine.service.paper import PaperOps
 from engine.service.outcomes import OutcomeOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
@@ -60,6 +61,7 @@ class Workstation(
     MonitoringOps,
     RetrainOps,
     EvaluationOps,
+    PaperOps,
     FeedOps,
     LiveOps,
     StoredOps,

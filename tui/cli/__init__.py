@@ -28,8 +28,10 @@ from tui.cli import (  # noqa: F401 - they add `models` commands
     models_metrics,
     models_ops,
     models_retrain,
+    paper,
     predict,
     server,
+    signals,
     store,
     train,
 )

@@ -1,0 +1,3 @@
+"""`upquant paper`: the paper broker's book (issue 12): filled by its helper."""
+
+from __future__ import annotations
