@@ -15,21 +15,51 @@ SIGNAL_COLUMNS = [
     "model_id",
     "reason",
     "mode",
+    "strategy",
 ]
+# Up to this many signals go in as one parameterised INSERT (~1 ms); more through a registered
+# frame (~3 ms whatever the size): the live engine writes one market's signal per candle.
+SMALL_BATCH = 16
 
 
 def insert_signals(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> None:
-    """Append signals (a frame with SIGNAL_COLUMNS; `unit` may be missing: null)."""
+    """Append signals (a frame with SIGNAL_COLUMNS; `unit` and `strategy` may be missing:
+    null)."""
     if frame.empty:
         return
-    if "unit" not in frame:
-        frame = frame.assign(unit=None)
+    for column in ("unit", "strategy"):
+        if column not in frame:
+            frame = frame.assign(**{column: None})
     columns = ", ".join(SIGNAL_COLUMNS)
     con.register("_signal_batch", frame[SIGNAL_COLUMNS])
     try:
         con.execute(f"INSERT INTO signals ({columns}) SELECT {columns} FROM _signal_batch")
     finally:
         con.unregister("_signal_batch")
+
+
+def insert_signal_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]]) -> None:
+    """Append signals given as tuples in SIGNAL_COLUMNS order, in one statement: a few as one
+    parameterised INSERT (no frame to build), many through a frame."""
+    if not rows:
+        return
+    if len(rows) > SMALL_BATCH:
+        insert_signals(con, pd.DataFrame(rows, columns=SIGNAL_COLUMNS))
+        return
+    marks = "(" + ", ".join("?" * len(SIGNAL_COLUMNS)) + ")"
+    con.execute(
+        f"INSERT INTO signals ({', '.join(SIGNAL_COLUMNS)}) VALUES"
+        f" {', '.join([marks] * len(rows))}",
+        [value for row in rows for value in row],
+    )
+
+
+def register_strategy(con: duckdb.DuckDBPyConnection, digest: str, name: str, spec: str) -> None:
+    """Store a strategy spec (canonical JSON) under its sha256 `digest`, once."""
+    con.execute(
+        "INSERT INTO strategy_specs (hash, name, spec) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        [digest, name, spec],
+    )
 
 
 def load_signals(

@@ -28,6 +28,7 @@ class Signal:
     source: str
     reason: str
     model_id: int | None = None
+    strategy: str | None = None  # the sha256 of the strategy spec that decided it
 
 
 @dataclass(frozen=True)
