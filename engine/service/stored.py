@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from engine.service.base import StoreHolder
 from engine.service.core import Request, Response, operation
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 PAGE_MAX = 10_000
+# a strategy spec's sha256 hex or a prefix of it: a malformed filter is refused (422 over
+# HTTP), never answered with nothing
+STRATEGY_PATTERN = r"^[0-9a-f]{4,64}$"
 
 
 def _utc(stamp: datetime | None) -> datetime | None:
@@ -95,7 +98,7 @@ class Candles(Response):
 
 class SignalsRequest(Request):
     market: str | None = Field(
-        default=None, description="One market's signals (all markets without)."
+        default=None, description="One market's signals (all markets without), e.g. KRW-BTC."
     )
     unit: str | None = Field(
         default=None,
@@ -104,7 +107,24 @@ class SignalsRequest(Request):
     action: Literal["buy", "sell", "hold"] | None = Field(
         default=None, description="Only this action."
     )
+    mode: Literal["live", "replay", "demo"] | None = Field(
+        default=None, description="Only signals of this kind of session."
+    )
+    strategy: str | None = Field(
+        default=None,
+        pattern=STRATEGY_PATTERN,
+        description="Only signals decided by this strategy spec: its sha256 hex or a prefix"
+        " of it (at least 4 characters).",
+    )
     last: int = Field(100, ge=1, le=PAGE_MAX, description=f"The newest N (at most {PAGE_MAX:,}).")
+
+    @field_validator("market")
+    @classmethod
+    def _market(cls, market: str | None) -> str | None:
+        """A malformed code (krw-btc) is refused, where it would match nothing."""
+        from engine.upbit.markets import check_market
+
+        return market if market is None else check_market(market)
 
 
 class StoredSignal(BaseModel):
@@ -117,6 +137,10 @@ class StoredSignal(BaseModel):
     reason: str | None
     model_id: int | None
     mode: str = Field(description="live, replay or demo.")
+    strategy: str | None = Field(
+        default=None,
+        description="The sha256 of the strategy spec that decided it (null: older signals).",
+    )
 
 
 class Signals(RootModel[list[StoredSignal]]):
@@ -164,7 +188,8 @@ class StoredOps(StoreHolder):
 
     @operation("read")
     def signals(self, request: SignalsRequest) -> Signals:
-        """Stored signals, newest first: of one market, unit or action, the newest `last`."""
+        """Stored signals, newest first: the newest `last` of one market, unit, action, session
+        mode or strategy spec (each filter optional)."""
         where, params = [], []
         if request.market:
             where.append("market = ?")
@@ -174,13 +199,18 @@ class StoredOps(StoreHolder):
 
             where.append("unit = ?")
             params.append(check_unit(request.unit))
-        if request.action:
-            where.append("action = ?")
-            params.append(request.action)
+        for name in ("action", "mode"):
+            value = getattr(request, name)
+            if value:
+                where.append(f"{name} = ?")
+                params.append(value)
+        if request.strategy:  # a prefix, like a short git hash
+            where.append("starts_with(strategy, ?)")
+            params.append(request.strategy)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         cursor = self.con().execute(
-            "SELECT ts, market, unit, action, confidence, source, reason, model_id, mode FROM signals"
-            f" {clause} ORDER BY ts DESC LIMIT {int(request.last)}",
+            "SELECT ts, market, unit, action, confidence, source, reason, model_id, mode, strategy"
+            f" FROM signals {clause} ORDER BY ts DESC, market, unit LIMIT {int(request.last)}",
             params,
         )
         names = [d[0] for d in cursor.description]
