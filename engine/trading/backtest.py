@@ -22,6 +22,7 @@ import pandas as pd
 
 from engine.research.metrics import MetricValue, candle_returns, majority_class, trading_metrics
 from engine.trading.strategies import SmaCross, check_sma_periods, sma_cross_actions
+from engine.trading.ticks import round_to_tick
 from engine.upbit.markets import check_market, check_unit
 from store.candles import load_candles
 
@@ -39,6 +40,7 @@ TRADE_COLUMNS = [
     "return",
     "pnl",
     "exit_reason",
+    "units",
 ]
 
 
@@ -60,6 +62,7 @@ class BacktestResult:
     slippage_bps: float
     closed_at_end: bool
     initial: float = 1.0
+    cash: pd.Series | None = None  # cash held at each close (what a long position left aside)
 
     @property
     def returns(self) -> pd.Series:
@@ -201,11 +204,21 @@ def backtest(
     unit: str | None = None,
     name: str = "strategy",
     initial: float = 1.0,
+    max_position: float | None = None,
+    tick: bool = False,
+    min_order: float = 0.0,
+    close_at_end: bool = True,
 ) -> BacktestResult:
     """Backtest long/flat `actions` (one per candle) on `candles` (canonical frame, ascending).
 
     `unit` annualises the metrics; by default it is taken from the candles' `unit` column.
-    See the module docstring for the fill, fee and end-of-data rules.
+    See the module docstring for the fill, fee and end-of-data rules. The paper broker's
+    sizing (engine/trading/paper.py) is the same with `initial` in KRW and:
+    `max_position` KRW caps what a buy spends (None: all cash), `tick` rounds fill prices to
+    Upbit's tick (buys up, sells down), an order under `min_order` KRW is rejected (a buy:
+    nothing happens; a sell: the position stays until the next sell that is large enough),
+    and `close_at_end=False` leaves a position open after the last candle (marked to its
+    close; its trade has exit_reason "open" and no exit, and is left out of the metrics).
     """
     n = len(candles)
     if n == 0:
@@ -229,31 +242,54 @@ def backtest(
     if not (np.isfinite(opens).all() and np.isfinite(closes).all()):
         raise ValueError("candles hold non-finite open/close prices")
 
-    entries, exits = fills(codes)
-    bounds = _segments(n, entries, exits)
-    positions = _positions(bounds)
-    at_end = exits == n
-    closed_at_end = bool(at_end.any())
-    exit_at = np.minimum(exits, n - 1)  # the candle whose open (or, at the end, close) fills
+    if max_position is not None and not max_position > 0:
+        raise ValueError(f"max_position is KRW above 0 or None; got {max_position}")
+    if not min_order >= 0.0:
+        raise ValueError(f"min_order is KRW >= 0; got {min_order}")
     slip = slippage_bps / 10_000.0
     keep = 1.0 - fee
-    entry_price = opens[entries] * (1.0 + slip)
-    exit_price = np.where(at_end, closes[-1], opens[exit_at]) * (1.0 - slip)
+    if max_position is None and not tick and min_order == 0.0 and close_at_end:
+        # the whole equity traded: each round trip multiplies the cash, no loop needed
+        entries, exits = fills(codes)
+        bounds = _segments(n, entries, exits)
+        positions = _positions(bounds)
+        at_end = exits == n
+        exit_at = np.minimum(exits, n - 1)  # the candle whose open (or, at the end, close) fills
+        entry_price = opens[entries] * (1.0 + slip)
+        exit_price = np.where(at_end, closes[-1], opens[exit_at]) * (1.0 - slip)
 
-    # Cash after each round trip; units bought at each entry with the cash before it.
-    cash_after = initial * np.cumprod(keep / entry_price * exit_price * keep)
-    cash_before = np.concatenate(([initial], cash_after[:-1]))
-    units = cash_before * keep / entry_price
+        # Cash after each round trip; units bought at each entry with the cash before it.
+        cash_after = initial * np.cumprod(keep / entry_price * exit_price * keep)
+        cash_before = np.concatenate(([initial], cash_after[:-1]))
+        units = cash_before * keep / entry_price
+        rest = np.zeros(len(entries))
+    else:
+        sized = _sized_trades(
+            codes, opens, closes, initial, fee, slip, max_position, tick, min_order, close_at_end
+        )
+        entries, exits, entry_price, exit_price, units, rest, cash_before, cash_after = sized
+        bounds = _segments(n, entries, exits)
+        positions = _positions(bounds)
+        at_end = exits == n
+        exit_at = np.minimum(exits, n - 1)
+    is_open = at_end & (not close_at_end)
+    closed_at_end = close_at_end and bool(at_end.any())
     pnl = cash_after - cash_before
 
-    # Stretches alternate flat (cash) and long (units marked to close) from `bounds`.
+    # Stretches alternate flat (cash) and long (units marked to close, plus the cash a capped
+    # buy did not spend) from `bounds`.
     levels = np.empty(2 * len(entries) + 1)
     levels[0] = initial
     levels[1::2], levels[2::2] = units, cash_after
     equity = np.repeat(levels, np.diff(bounds))
     np.multiply(equity, closes, out=equity, where=positions.view(bool))
+    cash_levels = levels.copy()
+    cash_levels[1::2] = rest
+    cash = np.repeat(cash_levels, np.diff(bounds))
+    if rest.any():
+        equity += np.where(positions.view(bool), cash, 0.0)
     if closed_at_end:
-        equity[-1] = cash_after[-1]
+        equity[-1] = cash[-1] = cash_after[-1]
 
     trade_returns = exit_price / entry_price * keep**2 - 1.0
     trades = pd.DataFrame(
@@ -266,17 +302,20 @@ def backtest(
             "return": trade_returns,
             "pnl": pnl,
             "exit_reason": pd.Categorical.from_codes(
-                at_end.view(np.int8), categories=["signal", "end"]
+                at_end.view(np.int8) + is_open.view(np.int8), categories=["signal", "end", "open"]
             ),
+            "units": units,
         },
         columns=TRADE_COLUMNS,
     )
+    if is_open.any():
+        trades.loc[is_open, ["exit_ts", "exit_price", "return", "pnl"]] = None
     metrics = trading_metrics(
         equity,
         unit,
         positions=positions,
-        trade_returns=trade_returns,
-        trade_pnl=pnl,
+        trade_returns=trade_returns[~is_open],
+        trade_pnl=pnl[~is_open],
         ts=ts,
         initial=initial,
     )
@@ -290,7 +329,69 @@ def backtest(
         slippage_bps=slippage_bps,
         closed_at_end=closed_at_end,
         initial=initial,
+        cash=pd.Series(cash, index=ts, name="cash"),
     )
+
+
+def _sized_trades(
+    codes: np.ndarray,
+    opens: np.ndarray,
+    closes: np.ndarray,
+    initial: float,
+    fee: float,
+    slip: float,
+    max_position: float | None,
+    tick: bool,
+    min_order: float,
+    close_at_end: bool,
+) -> tuple[np.ndarray, ...]:
+    """The trades of `codes` sized like the paper broker: entries, exits (n: open after the
+    last candle), entry and exit prices, units, the cash a capped buy left aside, and the
+    cash before and after each trade.
+
+    The cash path needs a loop, but over trades (and rejected sells), not candles: the next
+    buy and sell are found by binary search in the candles that carry one.
+    """
+    n, keep = len(codes), 1.0 - fee
+    buys, sells = np.flatnonzero(codes == BUY), np.flatnonzero(codes == SELL)
+    buy_fill = opens * (1.0 + slip)
+    sell_fill = opens * (1.0 - slip)
+    if tick:
+        buy_fill, sell_fill = round_to_tick(buy_fill, up=True), round_to_tick(sell_fill, up=False)
+    rows: list[tuple[int, int, float, float, float, float, float, float]] = []
+    cash, after = initial, -1  # `after`: the candle after which the next buy may come
+    while True:
+        i = int(np.searchsorted(buys, after, side="right"))
+        if i == len(buys) or buys[i] >= n - 1:
+            break  # no buy left with a next open to fill at
+        entry = int(buys[i]) + 1
+        spend = cash if max_position is None else min(max_position, cash)
+        if spend < min_order:
+            break  # the cash does not change while flat: every later buy is rejected too
+        price = float(buy_fill[entry])
+        units = spend * keep / price
+        rest = cash - spend
+        j = int(np.searchsorted(sells, entry - 1, side="right"))
+        exit_, out = n, np.nan
+        while j < len(sells) and sells[j] < n - 1:
+            candidate = int(sells[j]) + 1
+            value = units * float(sell_fill[candidate])
+            if value >= min_order:
+                exit_, out = candidate, float(sell_fill[candidate])
+                break
+            j += 1  # rejected: still long until the next sell that is large enough
+        if exit_ == n and close_at_end:
+            out = closes[-1] * (1.0 - slip)
+            if tick:
+                out = float(round_to_tick(out, up=False))
+        cash_after = rest + units * out * keep if exit_ < n or close_at_end else np.nan
+        rows.append((entry, exit_, price, out, units, rest, cash, cash_after))
+        if exit_ == n:
+            break
+        cash, after = cash_after, exit_ - 1
+    table = np.array(rows, dtype=np.float64).reshape(-1, 8)
+    entries, exits = table[:, 0].astype(np.intp), table[:, 1].astype(np.intp)
+    return entries, exits, *(table[:, k] for k in range(2, 8))
 
 
 def baseline_results(
