@@ -22,21 +22,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.live.inference import InferenceError, LoadedModel, predict_one, validate_probs
+from engine.live.inference import InferenceError, LoadedModel, validate_probs
 from engine.live.seats import Seat, Seats
+from engine.live.window import CandleWindow
 from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
-from engine.research.features import DEFAULT_SPEC, compute_features, compute_latest
+from engine.research.features import DEFAULT_SPEC, FeatureSpec, compute_features
+from engine.research.features.batch import talib_importable
+from engine.research.features.kind import NS_MINUTE
+from engine.research.features.live import latest_values
 from engine.trading.strategies import Signal, SmaCross, threshold_action
-from store.candles import CANDLE_COLUMNS, load_candles
-from store.signals import insert_signals
+from engine.upbit.markets import unit_minutes
+from store.candles import load_candles
+from store.signals import insert_signal_rows
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,58 @@ THRESHOLD_STEP = 0.05
 type Guard = Callable[[LoadedModel, np.ndarray, pd.Timestamp], str | None]
 
 
+class Inference(Protocol):
+    """What the engine calls models through (engine.live.inference_service.InferenceService;
+    `DirectInference` when none is given): (n, 3) answers for n windows of one model, in one
+    call, each validated: a row's InferenceError fails that market only."""
+
+    def predict(
+        self, model: LoadedModel, keys: Sequence[tuple[str, str, pd.Timestamp]], windows: np.ndarray
+    ) -> list[np.ndarray | InferenceError]: ...
+
+
+class DirectInference:
+    """One model call per group of windows, no cache: the engine's default."""
+
+    def predict(
+        self, model: LoadedModel, keys: Sequence[tuple[str, str, pd.Timestamp]], windows: np.ndarray
+    ) -> list[np.ndarray | InferenceError]:
+        from engine.live.predictor import stacked_probs
+
+        try:
+            if len(windows) == 1:
+                raw = np.asarray(model.model.predict_last(windows[0]), dtype=np.float64)[None]
+            else:
+                raw = stacked_probs(model.model, windows)
+        except InferenceError as exc:
+            return [exc] * len(windows)
+        except Exception as exc:  # noqa: BLE001 - any model-side failure: the rule decides
+            return [InferenceError(_why(exc))] * len(windows)
+        out: list[np.ndarray | InferenceError] = []
+        for row in raw:
+            try:
+                out.append(validate_probs(row))
+            except InferenceError as exc:
+                out.append(exc)
+        return out
+
+
+@dataclass
+class _Answer:
+    """One model's answer for one market on one candle."""
+
+    probs: np.ndarray | None = None
+    fallback: str | None = None  # why there is no answer
+    rows: np.ndarray | None = None  # the feature rows it read
+    seconds: float = 0.0  # its features (shared ones counted for each model) + the model call
+
+
 @dataclass
 class LiveEngine:
+    """One market's lane of the live engine: its window, seated models, threshold and signal
+    log. `on_closed` decides one candle (a pass of one lane); `engine.live.markets.
+    MarketsEngine` runs passes over many lanes at once (`decide_pass`)."""
+
     con: duckdb.DuckDBPyConnection
     market: str
     unit: str
@@ -85,11 +140,12 @@ class LiveEngine:
     shadows: list[Seat] = field(default_factory=list)  # challengers and shadows
     guard: Guard | None = None
     log_predictions: bool = True  # append every model's prediction to the live log
+    inference: Inference | None = None
 
     def __post_init__(self) -> None:
         self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
         self.window = self._window()
-        self.history = pd.DataFrame(columns=CANDLE_COLUMNS)
+        self.buffer = CandleWindow(self.market, self.unit, self.window)
         self.listeners: list[Callable[[EngineEvent], None]] = []
         # called after each write of the buffered signals and predictions (from the loop)
         self.flushed: list[Callable[[], None]] = []
@@ -97,8 +153,18 @@ class LiveEngine:
         self._pending_predictions: list[dict[str, Any]] = []
         self._unlogged = 0  # candles decided since the prediction log was last written
         self._next_seats: Seats | None = None
+        # per feature spec: the newest feature rows computed (their ts, the rows), so a
+        # sequence model's window costs one new row per candle, not the whole window
+        self._rings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.signals: deque[Signal] = deque(maxlen=self.keep_signals)
+        if self.inference is None:
+            self.inference = DirectInference()
         self.set_threshold(self.threshold)
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The window as a candle frame (oldest first), what the features read."""
+        return self.buffer.frame()
 
     def _window(self) -> int:
         """Candles the decision reads: the most any seated model (or the default features)
@@ -121,9 +187,9 @@ class LiveEngine:
             self.no_model_reason = seats.champion_reason
         self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
         window = self._window()
-        if window > self.window and len(self.history) and self.mode != "demo":
+        if window > self.window and len(self.buffer) and self.mode != "demo":
             # a model that reads further back: its window from the store, up to this candle
-            last = self.history["ts"].iloc[-1]
+            last = self.buffer.last_ts
             stored = load_candles(  # `end` is exclusive: up to and including `last`
                 self.con,
                 self.market,
@@ -131,8 +197,12 @@ class LiveEngine:
                 end=last + pd.Timedelta(microseconds=1),
                 last=window,
             )
-            if len(stored) > len(self.history):
-                self.history = stored[CANDLE_COLUMNS].reset_index(drop=True)
+            self.buffer.resize(window)
+            if len(stored) > len(self.buffer):
+                self.buffer.load(stored)
+                self._rings.clear()
+        else:
+            self.buffer.resize(window)
         self.window = window
         self.publish(
             StatusEvent(
@@ -164,74 +234,53 @@ class LiveEngine:
         """Load the trailing window before the first live candle (from the store by default)."""
         if candles is None:
             candles = load_candles(self.con, self.market, self.unit, last=self.window)
-        self.history = candles[CANDLE_COLUMNS].tail(self.window).reset_index(drop=True)
+        self.buffer.load(candles)
+        self._rings.clear()
 
     async def on_closed(self, candle: dict[str, Any]) -> Signal | None:
-        """One closed candle: store it, compute features, predict, decide, log.
+        """One closed candle: features (same code as training), predict, decide, log.
 
         A candle older than the window's newest is too late to decide on: None.
         """
-        if len(self.history) and candle["ts"] < self.history["ts"].iloc[-1]:
-            return None
-        self._take_seats()
-        self._append(candle)
-        self.publish(CandleEvent(candle, closed=True))
-        ts = candle["ts"]
-        features: dict[tuple[str, bool], Any] = {}  # this candle's, shared by every model
-        signal, probs = await self._decide(ts, features)
-        self.signals.append(signal)
-        if self.persist_signals:
-            self._pending_signals.append(signal)
-            self._unlogged += 1
-            if len(self._pending_signals) >= self.signal_batch:
-                self._write_signals()  # stored before any shadow predicts
-        self.publish(SignalEvent(signal, probs))
-        if self.shadows:
-            await self._predict_shadows(ts, features)
-        if self._unlogged >= self.signal_batch:
-            self._write_predictions()
-        return signal
+        signals = await decide_pass([(self, candle)])
+        return signals[0] if signals else None
 
     def flush(self) -> None:
         """Write buffered signals and predictions to the store, one batch. Candles are the
         feed's to store (live) or are stored already (replay, demo): the engine never writes
         them."""
-        self._flush_signals()
+        _write_signals([self])
+        _write_predictions([self])
 
-    def _append(self, candle: dict[str, Any]) -> None:
-        row = {col: candle.get(col) for col in CANDLE_COLUMNS}
-        row["market"], row["unit"] = self.market, self.unit
-        history = self.history
-        if len(history) and candle["ts"] == history["ts"].iloc[-1]:
-            # the window already holds this bucket (REST stored it before the socket closed
-            # it): the socket's final values replace it, never a second row of the same ts
-            history = history.iloc[:-1]
-        self.history = pd.concat(
-            [history, pd.DataFrame([row])] if len(history) else [pd.DataFrame([row])],
-            ignore_index=True,
-        ).tail(self.window)
+    # --- one candle's decision, in steps a pass runs over many lanes -----------------------
+    def _begin(self, candle: dict[str, Any]) -> bool:
+        """Take new seats, add the candle to the window and announce it; False (nothing
+        done) for a candle older than the window's newest."""
+        last = self.buffer.last_ts
+        if last is not None and candle["ts"] < last:
+            return False
+        self._take_seats()
+        self.buffer.append(candle)
+        self.publish(CandleEvent(candle, closed=True))
+        return True
 
-    async def _decide(
-        self, ts: pd.Timestamp, features: dict[tuple[str, bool], Any]
+    def _conclude(
+        self, ts: pd.Timestamp, answer: _Answer | None
     ) -> tuple[Signal, np.ndarray | None]:
-        closes = self.history["close"].to_numpy(dtype=np.float64)
+        """The signal of this candle from the champion's answer (None: no champion), the
+        rule's when it has none or a guard stops it; the champion's prediction logged."""
         model = self.model
-        if model is not None:
-            probs = None
-            spent = [0.0]  # seconds: this spec's features (once per candle) + the inference
-            try:
-                # features of a sequence model's whole window take milliseconds: off the loop
-                rows = await asyncio.to_thread(self._rows_for, model, features, spent)
-                started = time.perf_counter()
+        if model is not None and answer is not None:
+            fallback = answer.fallback
+            if answer.probs is not None:
                 try:
-                    probs = await predict_one(model, rows, self.inference_timeout)
-                finally:
-                    spent[0] += time.perf_counter() - started
-                stop = self.guard(model, rows, ts) if self.guard is not None else None
+                    stop = self.guard(model, answer.rows, ts) if self.guard is not None else None
+                except Exception as exc:  # noqa: BLE001 - a failing guard: the rule decides
+                    stop = _why(exc)
                 if stop is None:
-                    action, confidence, reason = threshold_action(probs, self.threshold)
-                    self._log(ts, model, "champion", probs, None, True, spent[0])
-                    return Signal(
+                    action, confidence, reason = threshold_action(answer.probs, self.threshold)
+                    self._log(ts, model, "champion", answer.probs, None, True, answer.seconds)
+                    signal = Signal(
                         ts,
                         self.market,
                         action,
@@ -239,62 +288,18 @@ class LiveEngine:
                         model.record.ref,
                         reason,
                         model.record.id,
-                    ), probs
-                fallback = f"fallback: {stop}"
-            except InferenceError as exc:
-                fallback = f"fallback: {exc}"
-            except Exception as exc:  # noqa: BLE001 - any model-side failure: the rule decides
-                fallback = f"fallback: model failed: {type(exc).__name__}: {exc}"
-            self._log(
-                ts, model, "champion", probs, fallback.removeprefix("fallback: "), False, spent[0]
-            )
+                    )
+                    return signal, answer.probs
+                fallback = stop
+            self._log(ts, model, "champion", answer.probs, fallback, False, answer.seconds)
+            why = f"fallback: {fallback}"
         else:
-            fallback = f"fallback: {self.no_model_reason}"
-        action, reason = self.rule.decide(closes)
+            why = f"fallback: {self.no_model_reason}"
+        action, reason = self.rule.decide(self.buffer.array("close"))
+        confidence = 1.0 if action != "hold" else 0.0
         return Signal(
-            ts,
-            self.market,
-            action,
-            1.0 if action != "hold" else 0.0,
-            self.rule.name,
-            f"{reason} ({fallback})",
+            ts, self.market, action, confidence, self.rule.name, f"{reason} ({why})"
         ), None
-
-    async def _predict_shadows(
-        self, ts: pd.Timestamp, features: dict[tuple[str, bool], Any]
-    ) -> None:
-        """Every challenger's and shadow's prediction on this candle (one thread hop for all),
-        logged; a model that fails or times out is logged with why."""
-        seats = list(self.shadows)
-        done: list[tuple[Seat, np.ndarray | None, str | None, float]] = []
-
-        def run() -> None:
-            for seat in seats:
-                spent = [0.0]
-                try:
-                    rows = self._rows_for(seat.model, features, spent)
-                    started = time.perf_counter()
-                    try:
-                        probs = validate_probs(seat.model.model.predict_last(rows))
-                    finally:
-                        spent[0] += time.perf_counter() - started
-                    done.append((seat, probs, None, spent[0]))
-                except Exception as exc:  # noqa: BLE001 - logged as its fallback
-                    done.append((seat, None, _why(exc), spent[0]))
-
-        budget = self.inference_timeout * (len(seats) + 1)
-        try:
-            await asyncio.wait_for(asyncio.to_thread(run), budget)
-        except TimeoutError:
-            pass  # the ones not done by now are logged as timed out
-        finished = done[:]  # a timed-out thread may still append
-        answered = {id(seat) for seat, *_ in finished}
-        for seat, probs, why, spent in finished:
-            self._log(ts, seat.model, seat.role, probs, why, False, spent)
-        for seat in seats:
-            if id(seat) not in answered:
-                why = f"inference timed out after {budget:.1f}s"
-                self._log(ts, seat.model, seat.role, None, why, False, budget)
 
     def _log(
         self,
@@ -310,7 +315,6 @@ class LiveEngine:
         seconds its features and inference took (shared features counted for each model)."""
         if not (self.log_predictions and self.persist_signals):
             return
-        latency = seconds * 1000
         action, confidence = "hold", None
         if probs is not None:
             action, confidence, _ = threshold_action(probs, self.threshold)
@@ -327,68 +331,215 @@ class LiveEngine:
                 "confidence": confidence,
                 "threshold": self.threshold,
                 "acted": acted,
-                "latency_ms": latency,
+                "latency_ms": seconds * 1000,
                 "fallback": fallback,
             }
         )
 
+    # --- features -------------------------------------------------------------------------
     def _rows_for(
-        self, model: LoadedModel, features: dict[tuple[str, bool], Any], spent: list[float]
+        self, model: LoadedModel, features: dict[str, Any], spent: list[float]
     ) -> np.ndarray:
         """The feature rows `model` reads for the newest candle (one row for tabular models,
-        its trailing window for sequence models), computed by the training code once per
-        feature spec per candle (`features` holds this candle's, with the seconds each took;
-        those seconds are added to `spent[0]`)."""
+        its trailing window for sequence models), computed by the training code's functions
+        once per feature spec per candle (`features` holds this candle's, with the seconds
+        each took; those seconds are added to `spent[0]`)."""
         spec = model.feature_spec
-        if len(self.history) <= spec.warmup():
+        if len(self.buffer) <= spec.warmup():
             raise InferenceError(
-                f"{len(self.history)} candles in the window, features need {spec.warmup() + 1}"
+                f"{len(self.buffer)} candles in the window, features need {spec.warmup() + 1}"
             )
         digest = model.record.feature_spec_hash
-        key = (digest, True)
-        if key not in features and model.context == 0:  # the fast path: the newest row only
-            key = (digest, False)
-        if key not in features:
+        need = model.context + 1
+        entry = features.get(digest)
+        if entry is None or (not isinstance(entry[0], Exception) and len(entry[0]) < need):
             started = time.perf_counter()
-            frame = self._compute(spec, latest=not key[1])
-            features[key] = (frame, time.perf_counter() - started)
-        frame, seconds = features[key]
-        spent[0] += seconds
-        if isinstance(frame, InferenceError):
-            raise frame
-        return model.latest_rows(frame)
+            try:
+                rows: np.ndarray | InferenceError = self._feature_rows(spec, digest, need)
+            except Exception as exc:  # noqa: BLE001 - every model of this spec falls back
+                rows = InferenceError(f"feature computation failed: {exc}")
+            features[digest] = entry = (rows, time.perf_counter() - started, spec.columns())
+        spent[0] += entry[1]
+        if isinstance(entry[0], InferenceError):
+            raise entry[0]
+        return model.check_rows(entry[0], entry[2])
 
-    def _compute(self, spec: Any, *, latest: bool) -> pd.DataFrame | InferenceError:
-        """This candle's features by `spec` (the newest row only when `latest`), or the
-        error every model of that spec meets."""
-        try:
-            if latest:
-                return compute_latest(self.history, spec, unit=self.unit).to_frame().T
-            return compute_features(self.history, spec, unit=self.unit)
-        except Exception as exc:  # noqa: BLE001 - every model of this spec falls back, saying why
-            return InferenceError(f"feature computation failed: {exc}")
+    def _feature_rows(self, spec: FeatureSpec, digest: str, need: int) -> np.ndarray:
+        """The newest `need` feature rows by `spec` (fewer when the window holds fewer): the
+        newest computed alone (`latest_values`, equal to the batch row to 1e-9) on top of the
+        rows kept from earlier candles, or the whole window in batch when those are missing
+        (the first candle, a reloaded window, a longer need)."""
+        ts = self.buffer.ts_ns
+        if spec.talib and talib_importable():  # TA-Lib changes pandas-ta's results: batch
+            frame = compute_features(self.buffer.frame(), spec, unit=self.unit)
+            rows = frame.to_numpy(dtype=np.float64)[-need:]
+            self._rings[digest] = (ts[-len(rows) :].copy(), rows)
+            return rows
+        kept = self._rings.get(digest)
+        base: np.ndarray | None = None
+        if kept is not None and len(kept[0]):
+            kept_ts, kept_rows = kept
+            if kept_ts[-1] == ts[-1]:  # the newest candle was replaced: recompute its row
+                kept_ts, kept_rows = kept_ts[:-1], kept_rows[:-1]
+            follows = len(kept_ts) and len(ts) >= 2 and kept_ts[-1] == ts[-2]
+            if follows and len(kept_rows) >= min(need - 1, len(ts) - 1):
+                base = kept_rows
+        if base is None and need > 1:
+            frame = compute_features(self.buffer.frame(), spec, unit=self.unit)
+            rows = frame.to_numpy(dtype=np.float64)[-need:]
+        else:
+            step = unit_minutes(self.unit) * NS_MINUTE if spec.max_gap is not None else 0
+            newest = latest_values(self.buffer.candles(), spec, step)[None, :]
+            rows = newest if base is None or need == 1 else np.vstack([base[-(need - 1) :], newest])
+        self._rings[digest] = (ts[-len(rows) :].copy(), rows)
+        return rows
 
-    def _flush_signals(self) -> None:
-        self._write_signals()
-        self._write_predictions()
 
-    def _write_signals(self) -> None:
-        if self._pending_signals:
-            frame = pd.DataFrame([vars(signal) for signal in self._pending_signals])
-            frame["mode"] = self.mode
-            frame["unit"] = self.unit
-            insert_signals(self.con, frame)
-        self._pending_signals.clear()
+# --- a pass: one closed candle for each of many lanes ------------------------------------------
+async def decide_pass(items: Sequence[tuple[LiveEngine, dict[str, Any]]]) -> list[Signal]:
+    """Decide one closed candle for each lane of `items` (one candle per lane): every lane's
+    newest feature rows, then ONE inference call per model (all its markets' rows stacked),
+    then each lane's strategy; the signals written in one statement before any shadow
+    predicts, then every shadow's prediction (one call per model again), then the
+    prediction log. The models' work runs off the event loop in one thread hop, within the
+    longest of the lanes' `inference_timeout`: past it, the lanes whose model has not
+    answered fall back to their rule, saying why. Lanes given an older candle than their
+    window's newest are skipped. Returns the signals, in lane order."""
+    lanes = [lane for lane, candle in items if lane._begin(candle)]
+    if not lanes:
+        return []
+    stamps = [lane.buffer.last_ts for lane in lanes]
+    features: list[dict[str, Any]] = [{} for _ in lanes]
+    seated = [(i, lane.model) for i, lane in enumerate(lanes) if lane.model is not None]
+    answers: dict[int, _Answer] = {}
+    if seated:
+        timeout = max(lanes[i].inference_timeout for i, _ in seated)
+        jobs = [(i, model) for i, model in seated]
+        found = await _answers(lanes, stamps, features, jobs, timeout)
+        answers = {i: found[k] for k, (i, _) in enumerate(jobs)}
+    decided = [
+        lane._conclude(ts, answers.get(i))
+        for i, (lane, ts) in enumerate(zip(lanes, stamps, strict=True))
+    ]
+    due = []
+    for lane, (signal, _) in zip(lanes, decided, strict=True):
+        lane.signals.append(signal)
+        if lane.persist_signals:
+            lane._pending_signals.append(signal)
+            lane._unlogged += 1
+            if len(lane._pending_signals) >= lane.signal_batch:
+                due.append(lane)
+    _write_signals(due)  # stored before any shadow predicts
+    for lane, (signal, probs) in zip(lanes, decided, strict=True):
+        lane.publish(SignalEvent(signal, probs))
+    shadows = [(i, seat) for i, lane in enumerate(lanes) for seat in lane.shadows]
+    if shadows:
+        most = max(sum(1 for j, _ in shadows if j == i) for i, _ in shadows)
+        timeout = max(lanes[i].inference_timeout for i, _ in shadows) * (most + 1)
+        jobs = [(i, seat.model) for i, seat in shadows]
+        found = await _answers(lanes, stamps, features, jobs, timeout)
+        for (i, seat), answer in zip(shadows, found, strict=True):
+            lanes[i]._log(
+                stamps[i],
+                seat.model,
+                seat.role,
+                answer.probs,
+                answer.fallback,
+                False,
+                answer.seconds,
+            )
+    _write_predictions([lane for lane in lanes if lane._unlogged >= lane.signal_batch])
+    return [signal for signal, _ in decided]
 
-    def _write_predictions(self) -> None:
-        """Append the buffered predictions to the live log, then tell `flushed`."""
-        self._unlogged = 0
-        if self._pending_predictions:
-            from store.predictions import insert_live_predictions
 
-            rows, self._pending_predictions = self._pending_predictions, []
-            insert_live_predictions(self.con, pd.DataFrame(rows))
-        for listener in list(self.flushed):
+async def _answers(
+    lanes: list[LiveEngine],
+    stamps: list[pd.Timestamp],
+    features: list[dict[str, Any]],
+    jobs: list[tuple[int, LoadedModel]],
+    timeout: float,
+) -> list[_Answer]:
+    """Each job's answer (lane index, model): the feature rows of every job, then one model
+    call per artifact over its jobs' rows, all in one thread hop within `timeout` seconds."""
+    done: dict[int, _Answer] = {}
+
+    def run() -> None:
+        groups: dict[str, list[tuple[int, np.ndarray]]] = {}
+        spent = [[0.0] for _ in jobs]
+        for k, (i, model) in enumerate(jobs):
+            try:
+                rows = lanes[i]._rows_for(model, features[i], spent[k])
+            except Exception as exc:  # noqa: BLE001 - this market's model falls back, saying why
+                done[k] = _Answer(fallback=_why(exc), seconds=spent[k][0])
+                continue
+            groups.setdefault(model.record.sha256, []).append((k, rows))
+        for members in groups.values():
+            model = jobs[members[0][0]][1]
+            keys = [
+                (lanes[jobs[k][0]].market, lanes[jobs[k][0]].unit, stamps[jobs[k][0]])
+                for k, _ in members
+            ]
+            started = time.perf_counter()
+            inference = lanes[jobs[members[0][0]][0]].inference
+            assert inference is not None
+            try:
+                results = inference.predict(model, keys, np.stack([rows for _, rows in members]))
+            except Exception as exc:  # noqa: BLE001 - the service failed: these markets fall back
+                results = [InferenceError(_why(exc))] * len(members)
+            took = time.perf_counter() - started
+            for (k, rows), result in zip(members, results, strict=True):
+                seconds = spent[k][0] + took
+                if isinstance(result, Exception):
+                    done[k] = _Answer(fallback=_why(result), rows=rows, seconds=seconds)
+                else:
+                    done[k] = _Answer(probs=result, rows=rows, seconds=seconds)
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(run), timeout)
+    except TimeoutError:
+        pass  # the ones not answered by now fall back
+    late = f"inference timed out after {timeout:.1f}s"
+    return [done.get(k) or _Answer(fallback=late, seconds=timeout) for k in range(len(jobs))]
+
+
+def _write_signals(lanes: Sequence[LiveEngine]) -> None:
+    """The buffered signals of `lanes` (one store), in one statement."""
+    rows = [
+        (
+            s.ts,
+            s.market,
+            lane.unit,
+            s.source,
+            s.action,
+            float(s.confidence),
+            None if s.model_id is None else int(s.model_id),
+            s.reason,
+            lane.mode,
+            s.strategy,
+        )
+        for lane in lanes
+        for s in lane._pending_signals
+    ]
+    if rows:
+        insert_signal_rows(lanes[0].con, rows)
+    for lane in lanes:
+        lane._pending_signals.clear()
+
+
+def _write_predictions(lanes: Sequence[LiveEngine]) -> None:
+    """Append the buffered predictions of `lanes` to the live log (one insert), then tell
+    each lane's `flushed` listeners."""
+    rows: list[dict[str, Any]] = []
+    for lane in lanes:
+        lane._unlogged = 0
+        rows.extend(lane._pending_predictions)
+        lane._pending_predictions = []
+    if rows:
+        from store.predictions import insert_live_predictions
+
+        insert_live_predictions(lanes[0].con, pd.DataFrame(rows))
+    for lane in lanes:
+        for listener in list(lane.flushed):
             listener()
 
 

@@ -53,14 +53,22 @@ class LoadedModel:
 
     def latest_rows(self, features: pd.DataFrame) -> np.ndarray:
         """The last `context + 1` rows of a feature frame, checked; InferenceError if unusable."""
-        if self.columns and list(features.columns) != self.columns:
+        need = self.context + 1
+        return self.check_rows(
+            features.iloc[-need:].to_numpy(dtype=np.float32), list(features.columns)
+        )
+
+    def check_rows(self, rows: np.ndarray, columns: list[str]) -> np.ndarray:
+        """`rows` (the newest feature rows, `columns` named) as the model reads them: the last
+        `context + 1`, float32, every value defined; InferenceError if unusable."""
+        if self.columns and columns != self.columns:
             raise InferenceError("feature columns differ from the model's training columns")
         need = self.context + 1
-        if len(features) < need:
-            raise InferenceError(f"{len(features)} feature rows, the model reads {need}")
-        rows = features.iloc[-need:].to_numpy(dtype=np.float32)
+        if len(rows) < need:
+            raise InferenceError(f"{len(rows)} feature rows, the model reads {need}")
+        rows = np.asarray(rows[-need:], dtype=np.float32)
         if not np.isfinite(rows).all():
-            bad = sorted({str(c) for c in features.columns[~np.isfinite(rows).all(axis=0)]})
+            bad = sorted({columns[i] for i in np.flatnonzero(~np.isfinite(rows).all(axis=0))})
             raise InferenceError(f"features not defined for the model's window: {bad}")
         return rows
 

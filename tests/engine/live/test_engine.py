@@ -235,7 +235,7 @@ async def test_an_unexpected_error_before_inference_still_falls_back_to_the_rule
     con, trained: LoadedModel
 ) -> None:
     class Unready(LoadedModel):
-        def latest_rows(self, features: pd.DataFrame) -> np.ndarray:
+        def check_rows(self, rows: np.ndarray, columns: list[str]) -> np.ndarray:
             raise KeyError("rsi_14")
 
     engine = LiveEngine(con, "KRW-BTC", "1", mode="replay",
