@@ -1,0 +1,198 @@
+"""The live engine over a watchlist: many markets of one unit, decided in passes.
+
+Each market is a lane (`engine.live.engine.LiveEngine`: its window, seated models, threshold,
+strategy state). When candles close (the feed closes each market's candle by the one rule in
+engine/data/feed.py), `submit` queues them and one pass (`engine.live.engine.decide_pass`)
+decides every market whose candle closed since the last pass began: their newest feature
+rows, ONE inference call per model over all its markets' rows, the strategy per market, the
+signals in one write. Candles that close while a pass runs wait for the next one, so a slow
+pass never stalls the feed and never decides a market twice in one pass (a market with two
+candles waiting gets them in two passes, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from engine.live.engine import (
+    EngineEvent,
+    Inference,
+    LiveEngine,
+    _write_predictions,
+    _write_signals,
+    decide_pass,
+)
+from engine.live.inference import LoadedModel
+from engine.live.seats import Seat
+from engine.trading.strategies import Signal, SmaCross
+
+
+@dataclass(frozen=True)
+class MarketState:
+    """What the watchlist shows of one market: its newest candle and decision."""
+
+    market: str
+    last_ts: pd.Timestamp | None
+    last_price: float | None
+    action: str | None
+    confidence: float | None
+    source: str | None  # the model's ref, or the rule's name
+    reason: str | None
+    model: str | None  # the champion seated (None: the rule decides)
+    threshold: float
+
+
+class MarketsEngine:
+    """Lanes of one unit sharing a store connection, an inference service and passes."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        unit: str,
+        *,
+        mode: str = "live",
+        inference: Inference | None = None,
+        inference_timeout: float = 1.0,
+        persist_signals: bool = True,
+        signal_batch: int = 1,
+        rule: SmaCross | None = None,
+    ) -> None:
+        self.con, self.unit, self.mode = con, unit, mode
+        self.inference = inference
+        self.inference_timeout = inference_timeout
+        self.persist_signals = persist_signals
+        self.signal_batch = signal_batch
+        self.rule = rule or SmaCross()
+        self.lanes: dict[str, LiveEngine] = {}
+        self.listeners: list[Callable[[EngineEvent], None]] = []
+        self.passes = 0  # passes run
+        self._queued: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lanes -------------------------------------------------------------------------------
+    def add_market(
+        self,
+        market: str,
+        model: LoadedModel | None = None,
+        *,
+        threshold: float = 0.5,
+        shadows: Iterable[Seat] = (),
+        no_model_reason: str = "no model",
+    ) -> LiveEngine:
+        """Watch `market`: a lane with its champion (None: the rule decides, saying
+        `no_model_reason`) and shadows."""
+        if market in self.lanes:
+            raise ValueError(f"{market} is already watched")
+        lane = LiveEngine(
+            self.con,
+            market,
+            self.unit,
+            model=model,
+            threshold=threshold,
+            rule=self.rule,
+            mode=self.mode,
+            persist_signals=self.persist_signals,
+            no_model_reason=no_model_reason,
+            inference_timeout=self.inference_timeout,
+            signal_batch=self.signal_batch,
+            shadows=list(shadows),
+            inference=self.inference,
+        )
+        for listener in self.listeners:
+            lane.subscribe(listener)
+        self.lanes[market] = lane
+        return lane
+
+    def prime(self, market: str, candles: pd.DataFrame | None = None) -> None:
+        self.lanes[market].prime(candles)
+
+    def subscribe(self, listener: Callable[[EngineEvent], None]) -> Callable[[], None]:
+        """Add a listener of every lane's events (and of lanes added later)."""
+        self.listeners.append(listener)
+        for lane in self.lanes.values():
+            lane.subscribe(listener)
+
+        def remove() -> None:
+            self.listeners.remove(listener)
+            for lane in self.lanes.values():
+                if listener in lane.listeners:
+                    lane.listeners.remove(listener)
+
+        return remove
+
+    @property
+    def window(self) -> int:
+        """The longest window of any lane (what a backfill must bring)."""
+        return max((lane.window for lane in self.lanes.values()), default=0)
+
+    # --- passes ------------------------------------------------------------------------------
+    async def on_closed_many(self, candles: Iterable[dict[str, Any]]) -> list[Signal]:
+        """Decide the closed `candles` (of watched markets; others are ignored) in as few
+        passes as the markets allow: one candle per market per pass, in order."""
+        rounds: list[list[tuple[LiveEngine, dict[str, Any]]]] = []
+        depth: dict[str, int] = {}
+        for candle in candles:
+            lane = self.lanes.get(candle["market"])
+            if lane is None:
+                continue
+            at = depth.get(lane.market, 0)
+            depth[lane.market] = at + 1
+            if at == len(rounds):
+                rounds.append([])
+            rounds[at].append((lane, candle))
+        signals: list[Signal] = []
+        for items in rounds:
+            self.passes += 1
+            signals.extend(await decide_pass(items))
+        return signals
+
+    def submit(self, candle: dict[str, Any]) -> None:
+        """The feed's `on_closed` (sync): queue the candle for the next pass. Candles
+        submitted before that pass starts are decided together."""
+        self._queued.append(candle)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="upquant-pass")
+
+    async def _run(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            await self.on_closed_many(batch)
+
+    async def drain(self) -> None:
+        """Wait until every submitted candle is decided."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    def flush(self) -> None:
+        """Write every lane's buffered signals and predictions (one statement each)."""
+        lanes = list(self.lanes.values())
+        if lanes:
+            _write_signals(lanes)
+            _write_predictions(lanes)
+
+    # --- what the faces show -----------------------------------------------------------------
+    def states(self) -> list[MarketState]:
+        out = []
+        for market, lane in self.lanes.items():
+            last = lane.signals[-1] if lane.signals else None
+            price = float(lane.buffer.array("close")[-1]) if len(lane.buffer) else None
+            out.append(
+                MarketState(
+                    market=market,
+                    last_ts=lane.buffer.last_ts,
+                    last_price=price,
+                    action=last.action if last else None,
+                    confidence=last.confidence if last else None,
+                    source=last.source if last else None,
+                    reason=last.reason if last else None,
+                    model=lane.model.record.ref if lane.model is not None else None,
+                    threshold=lane.threshold,
+                )
+            )
+        return out

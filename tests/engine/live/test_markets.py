@@ -1,0 +1,129 @@
+"""The live engine over many markets: one pass per closed minute, one model call per model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.live.engine import DirectInference, LiveEngine, SignalEvent
+from engine.live.inference import LoadedModel, load_champion
+from engine.live.markets import MarketsEngine
+from engine.research.features import compute_features
+from engine.trading.strategies import threshold_action
+from engine.training.train import train_model
+from store.candles import load_candles, upsert_candles
+from store.signals import load_signals
+
+MARKETS = ("KRW-BTC", "KRW-AAA", "KRW-BBB", "KRW-CCC")
+DECIDED = 40  # candles replayed per market
+
+
+class Counting(DirectInference):
+    """The engine's own direct inference, counting its model calls and rows."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, model, keys, windows):  # type: ignore[no-untyped-def]
+        self.calls.append(len(windows))
+        return super().predict(model, keys, windows)
+
+
+@pytest.fixture
+def watched(con, btc_1m: pd.DataFrame) -> tuple[LoadedModel, dict[str, pd.DataFrame]]:
+    """Four markets of real candles (KRW-BTC, and three later stretches of it renamed: other
+    prices on the same clock) and an XGBoost champion trained on KRW-BTC."""
+    upsert_candles(con, btc_1m.head(3000))
+    train_model(con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 30, "n_jobs": 1})
+    loaded, _ = load_champion(con, "KRW-BTC", "1")
+    assert loaded is not None
+    base = load_candles(con, "KRW-BTC", "1").tail(600).reset_index(drop=True)
+    series = {"KRW-BTC": base}
+    for k, market in enumerate(MARKETS[1:], start=1):
+        other = btc_1m.iloc[3000 + 700 * k : 3600 + 700 * k].reset_index(drop=True).copy()
+        other["ts"] = base["ts"].to_numpy()  # the same minutes, other prices
+        other["market"] = market
+        upsert_candles(con, other)
+        series[market] = load_candles(con, market, "1")
+    return loaded, series
+
+
+def _engine(con, loaded: LoadedModel, series: dict[str, pd.DataFrame], **kw) -> MarketsEngine:
+    engine = MarketsEngine(con, "1", mode="replay", **kw)
+    for market, candles in series.items():
+        engine.add_market(market, loaded, threshold=0.45)
+        engine.prime(market, candles.iloc[:-DECIDED])
+    return engine
+
+
+async def test_every_market_closing_together_is_one_pass_with_one_model_call(con, watched) -> None:
+    loaded, series = watched
+    counting = Counting()
+    engine = _engine(con, loaded, series, inference=counting)
+    probs: dict[str, list[np.ndarray]] = {m: [] for m in series}
+    engine.subscribe(
+        lambda e: probs[e.signal.market].append(e.probs) if isinstance(e, SignalEvent) else None
+    )
+    for i in range(DECIDED, 0, -1):
+        minute = [candles.iloc[-i].to_dict() for candles in series.values()]
+        signals = await engine.on_closed_many(minute)
+        assert [s.market for s in signals] == list(series)
+    assert engine.passes == DECIDED
+    assert counting.calls == [len(series)] * DECIDED  # one call per pass, every market's rows
+    for market, candles in series.items():  # each market's answers are its own batch rows
+        batch = compute_features(candles, loaded.feature_spec, unit="1").iloc[-DECIDED:]
+        expected = loaded.model.predict_proba(batch.to_numpy(np.float32))
+        np.testing.assert_allclose(np.vstack(probs[market]), expected, rtol=1e-5, atol=1e-6)
+        lane = engine.lanes[market]
+        assert [s.action for s in lane.signals] == [threshold_action(p, 0.45)[0] for p in expected]
+        stored = load_signals(con, market, last=1000)
+        assert len(stored) == DECIDED and set(stored["source"]) == {loaded.record.ref}
+
+
+async def test_batched_passes_decide_as_each_market_alone(con, watched) -> None:
+    """The lanes of a pass never see each other's rows: the same signals as one engine per
+    market, a market without a model (the rule) among them."""
+    loaded, series = watched
+    engine = MarketsEngine(con, "1", mode="replay", persist_signals=False)
+    alone = {}
+    for market, candles in series.items():
+        model = None if market == "KRW-CCC" else loaded
+        engine.add_market(market, model, threshold=0.45, no_model_reason="no champion")
+        engine.prime(market, candles.iloc[:-DECIDED])
+        lane = LiveEngine(con, market, "1", model=model, threshold=0.45, persist_signals=False,
+                          no_model_reason="no champion")
+        lane.prime(candles.iloc[:-DECIDED])
+        alone[market] = lane
+    for i in range(DECIDED, 0, -1):
+        await engine.on_closed_many([c.iloc[-i].to_dict() for c in series.values()])
+        for market, candles in series.items():
+            await alone[market].on_closed(candles.iloc[-i].to_dict())
+    for market in series:  # a stacked call and the one-row path differ in float rounding only
+        ours, theirs = list(engine.lanes[market].signals), list(alone[market].signals)
+        assert [(s.ts, s.action, s.source, s.reason) for s in ours] == [
+            (s.ts, s.action, s.source, s.reason) for s in theirs
+        ]
+        np.testing.assert_allclose([s.confidence for s in ours], [s.confidence for s in theirs],
+                                   rtol=1e-6)
+    assert all("no champion" in s.reason for s in engine.lanes["KRW-CCC"].signals)
+
+
+async def test_candles_submitted_together_are_decided_in_one_pass_in_order(con, watched) -> None:
+    """The feed submits each closed candle; those queued before a pass starts share it, and a
+    market's second candle waits for the next pass."""
+    loaded, series = watched
+    counting = Counting()
+    engine = _engine(con, loaded, series, inference=counting)
+    for candles in series.values():
+        engine.submit(candles.iloc[-DECIDED].to_dict())
+    btc = series["KRW-BTC"]
+    engine.submit(btc.iloc[-DECIDED + 1].to_dict())  # BTC's next minute, already closed
+    await engine.drain()
+    assert engine.passes == 2 and counting.calls == [len(series), 1]
+    assert [s.ts for s in engine.lanes["KRW-BTC"].signals] == list(btc["ts"].iloc[-DECIDED : -DECIDED + 2])
+    await asyncio.sleep(0)
+    engine.flush()
+    assert len(load_signals(con, None, last=100)) == len(series) + 1
