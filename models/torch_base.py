@@ -384,6 +384,12 @@ class SequenceModel(Model):
         # a dynamically quantised network keeps its weights as packed params, not parameters
         return next(self.net_.parameters(), torch.empty(0)).device
 
+    def to_device(self, device: str) -> None:
+        """Move the fitted network to `device` (`cpu`, `cuda`, `cuda:N`): the inference
+        service places a loaded model on its device, and back on the CPU when a CUDA call
+        fails. Inputs follow the weights (`_net_device`)."""
+        self.net_.to(device)
+
     def predict_last(self, X: np.ndarray) -> np.ndarray:
         """The newest row's probabilities from its own window only: one sample, not one per
         row of X (the live engine passes exactly the window)."""

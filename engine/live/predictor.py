@@ -3,13 +3,16 @@
 Used by the server's `predict`/`batch_predict` operations (and through them the API and the
 CLI). Three caches, each keyed so that a cached answer is never stale:
 
-- loaded models by artifact sha256: verified and loaded once (as `inference.load_ref` does),
-  warmed with one dummy prediction, then shared by every market and face;
+- loaded models by artifact sha256: verified and loaded once (as `inference.load_ref` does)
+  by the `InferenceService` the live engine shares (on its device, warmed on both paths),
+  then shared by every market and face;
 - the feature rows a model reads for a candle of a (market, unit) series, keyed by the
   feature spec, the candle bound asked for and the series' version
   (`store.candles.series_versions`: stamped by every write of the series' candles), so a
   written candle invalidates everything computed from that series;
-- answers per (model sha256, market, unit, candle ts, series version).
+- answers per (model sha256, market, unit, candle ts, series version); a miss asks the
+  service, whose answers per (sha256, market, unit, ts), checked against the window they
+  were computed from, the live engine fills too.
 
 What names the model (`name@champion` -> a registry row, through `store.model_refs.resolve`,
 the one resolver every face uses) and the series versions are kept in memory too, valid while
@@ -29,22 +32,24 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from engine.live.inference import InferenceError, LoadedModel, load_record, load_ref, validate_probs
+from engine.live.inference import InferenceError, LoadedModel, load_ref, validate_probs
+from engine.live.inference_service import (
+    InferenceService,
+    _Lru,
+    stacked_probs,  # noqa: F401 - its old home
+)
 from engine.research.features import compute_features, compute_latest
 from engine.research.features.kind import NS_MINUTE, Candles
 from engine.research.features.live import latest_values
 from engine.trading.strategies import SmaCross, threshold_action
-from models import EnsembleModel, Model
+from store.artifacts import ArtifactError
 from store.candles import (
     last_candle_arrays,
     last_candles,
@@ -97,26 +102,6 @@ class _Answer:
     fallback: str | None
 
 
-class _Lru(OrderedDict[Hashable, Any]):
-    """A bounded mapping dropping the least recently used entry (callers hold the lock)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def get_fresh(self, key: Hashable) -> Any:
-        value = self.get(key)
-        if value is not None:
-            self.move_to_end(key)
-        return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 def settle_heap() -> None:
     """After a model load (rare, already slow): collect now and move what survives (the
     model, its libraries' objects) out of the cyclic GC's reach (`gc.freeze`). Otherwise the
@@ -126,39 +111,6 @@ def settle_heap() -> None:
     that becomes garbage later stays until `gc.unfreeze`."""
     gc.collect()
     gc.freeze()
-
-
-def stacked_probs(model: Model, windows: np.ndarray) -> np.ndarray:
-    """(n, 3) probabilities of the newest row of each of `windows` (n, rows, features), in one
-    model call: a tabular model predicts the stacked newest rows, a sequence model runs one
-    forward over the stacked windows, an ensemble combines its members' stacked answers."""
-    if model.context == 0:
-        return np.asarray(model.predict_proba(windows[:, -1, :]), dtype=np.float64)
-    if isinstance(model, EnsembleModel):
-        parts = [
-            stacked_probs(m, windows[:, windows.shape[1] - m.context - 1 :]) for m in model.members
-        ]
-        return np.asarray(model.combine(np.stack(parts, axis=1)), dtype=np.float64)
-    net = getattr(model, "net_", None)
-    if net is None:  # another kind with context: its own per-window path
-        return np.stack([model.predict_last(w) for w in windows])
-    return _sequence_probs(model, windows)
-
-
-def _sequence_probs(model: Any, windows: np.ndarray) -> np.ndarray:
-    """SequenceModel.predict_last for many windows at once (one forward over the batch)."""
-    import torch
-
-    from models.base import return_to_proba
-
-    window = int(model.params["window"])
-    sample = model.scaler_.transform(windows[:, -window:, :])
-    out = model._forward_all(sample, model._net_device())
-    if model.task == "regression":
-        value = out[:, 0].numpy().astype(np.float64) * model.y_scale_ + model.y_mean_
-        return np.asarray(return_to_proba(value, model.sigma_, float(model.params["threshold"])))
-    probs = torch.softmax(out.double(), dim=1).numpy()
-    return np.asarray(probs / probs.sum(axis=1, keepdims=True))
 
 
 class Predictor:
@@ -172,7 +124,11 @@ class Predictor:
         answers: int = 100_000,
         rule: SmaCross | None = None,
         settle: bool = False,
+        inference: InferenceService | None = None,
     ) -> None:
+        # the Workstation passes the live engine's service: one loaded model per artifact
+        # and one answer per candle whichever face asks first
+        self.inference = inference or InferenceService()
         self.rule = rule or SmaCross()
         self.settle = settle  # a long-lived server's: settle_heap after each model load
         self._models = _Lru(models)
@@ -242,9 +198,9 @@ class Predictor:
             if hit is not None:
                 return hit  # type: ignore[no-any-return]
             if ref.isdigit() or ref.rpartition("@")[2].isdigit() or "@" not in ref:
-                loaded, note = load_ref(con, ref)
+                loaded, note = self._load_ref(con, ref, record)
             else:  # an alias names one exact version: loaded as asked or refused
-                loaded, note = load_record(record), None
+                loaded, note = self.inference.load_record(record, batch=2), None
             self.warm(loaded)
             with self._lock:
                 self._models.put(record.sha256, (loaded, note))
@@ -252,19 +208,29 @@ class Predictor:
                 settle_heap()
         return loaded, note
 
+    def _load_ref(
+        self, con: duckdb.DuckDBPyConnection, ref: str, record: ModelRecord
+    ) -> tuple[LoadedModel, str | None]:
+        """`inference.load_ref(con, ref)` through the shared inference service: the artifact
+        `ref` resolves to is taken from (or loaded into) the service's cache; only a refused
+        one goes down `load_ref`'s fallback path, whose model the service then adopts."""
+        try:
+            return self.inference.load_record(record, batch=2), None
+        except (ArtifactError, OSError, ValueError):
+            loaded, note = load_ref(con, ref)
+        return self.inference.adopt(loaded, batch=2), note
+
     def warm(self, loaded: LoadedModel) -> None:
         """One dummy prediction on each path (single row and batched), so the first real
-        request does not pay for compiling or allocating."""
-        loaded.warm()
-        if loaded.columns:
-            self.call(loaded, np.zeros((2, loaded.context + 1, len(loaded.columns)), np.float32))
+        request does not pay for compiling or allocating (once per model: the service
+        remembers what it warmed)."""
+        self.inference.warm(loaded, 2)
 
     def call(self, loaded: LoadedModel, windows: np.ndarray) -> np.ndarray:
-        """(n, 3) raw probabilities for (n, context + 1, features) windows: the one place a
-        model is called. One window takes the model's fast single-row path."""
-        if len(windows) == 1:
-            return np.asarray(loaded.model.predict_last(windows[0]), dtype=np.float64)[None]
-        return stacked_probs(loaded.model, windows)
+        """(n, 3) raw probabilities for (n, context + 1, features) windows: one call of the
+        shared service (`InferenceService.call`: on the model's device, CPU on a CUDA
+        failure). One window takes the model's fast single-row path."""
+        return self.inference.call(loaded, windows)
 
     # --------------------------------------------------------------------------- features
     def _history(self, loaded: LoadedModel) -> int:
@@ -424,16 +390,13 @@ class Predictor:
         ready = [m for m in todo if inputs[m][0].window is not None]
         if ready:
             windows = np.stack([inputs[m][0].window for m in ready])  # type: ignore[misc]
-            try:
-                probs = self.call(loaded, windows)
-                failure = None
-            except Exception as exc:  # noqa: BLE001 - any model-side failure: the rule decides
-                probs, failure = None, f"model failed: {type(exc).__name__}: {exc}"
-            for i, market in enumerate(ready):
-                answers[market] = (
-                    self._checked(None if probs is None else probs[i], failure),
-                    False,
-                )
+            keys = [(m, unit, inputs[m][0].ts) for m in ready]
+            found = self.inference.predict_marked(loaded, keys, windows, call=self.call)
+            for market, (answer, hit) in zip(ready, found, strict=True):
+                if isinstance(answer, InferenceError):
+                    answers[market] = (_Answer(None, str(answer)), False)
+                else:
+                    answers[market] = (_Answer(answer, None), hit)
         for market in todo:
             if market not in answers:
                 answers[market] = (_Answer(None, inputs[market][0].error), False)

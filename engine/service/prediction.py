@@ -4,7 +4,8 @@ and `store_predictions` (the range stored in `predictions`: `upquant predict`).
 
 `predict` and `batch_predict` go through one `engine.live.predictor.Predictor` per
 Workstation, so a server (one Workstation for its lifetime) loads each model once and answers
-repeated questions from its caches.
+repeated questions from its caches. The Predictor calls models through the Workstation's
+`inference` service, the one the live engine uses.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.service.base import StoreHolder
 from engine.service.core import Request, Response, operation
 
 if TYPE_CHECKING:
+    from engine.live.inference_service import InferenceService
     from engine.live.predictor import Prediction, Predictor
 
 ModelRef = Field(description="Model: id, name, name@version or name@champion.")
@@ -148,6 +150,18 @@ class StoredPredictions(Response):
 
 
 class PredictionOps(StoreHolder):
+    @property
+    def inference(self) -> InferenceService:
+        """This Workstation's inference service: the one cache of loaded models (on their
+        devices) and of answers per candle, shared by the live engine and `predictor()`, so
+        that a model is loaded once and a candle predicted once whichever face asks."""
+        service = self.__dict__.get("_inference")
+        if service is None:
+            from engine.live.inference_service import InferenceService
+
+            service = self.__dict__.setdefault("_inference", InferenceService())
+        return service  # type: ignore[no-any-return]
+
     def predictor(self) -> Predictor:
         """This Workstation's prediction service (its caches live as long as it does)."""
         predictor = self.__dict__.get("_predictor")
@@ -156,7 +170,9 @@ class PredictionOps(StoreHolder):
 
             # a server (serving() was called) settles its heap after each model load
             served = getattr(self, "served_at", None) is not None
-            predictor = self.__dict__.setdefault("_predictor", Predictor(settle=served))
+            predictor = self.__dict__.setdefault(
+                "_predictor", Predictor(settle=served, inference=self.inference)
+            )
         return predictor  # type: ignore[no-any-return]
 
     def from_memory(self, name: str, request: Request) -> Response | None:
@@ -246,7 +262,11 @@ class PredictionOps(StoreHolder):
         frame = result.frame
         rows = [
             PredictionRow(
-                ts=ts.to_pydatetime(), p_sell=s, p_hold=h, p_buy=b, action=str(a),
+                ts=ts.to_pydatetime(),
+                p_sell=s,
+                p_hold=h,
+                p_buy=b,
+                action=str(a),
                 label=label if isinstance(label, str) else None,  # NaN: not resolved yet
             )
             for ts, s, h, b, a, label in zip(
