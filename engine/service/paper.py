@@ -21,10 +21,14 @@ ACCOUNTS = ("live", "replay")
 
 class PaperRequest(Request):
     account: str = Field(
-        "live", min_length=1, max_length=100, description="The account: live or replay."
+        default="live", min_length=1, max_length=100, description="The account: live or replay."
     )
-    fills: int = Field(20, ge=0, le=200, description="How many of the newest fills to show.")
-    orders: int = Field(20, ge=0, le=200, description="How many of the newest orders to show.")
+    fills: int = Field(
+        default=20, ge=0, le=200, description="How many of the newest fills to show."
+    )
+    orders: int = Field(
+        default=20, ge=0, le=200, description="How many of the newest orders to show."
+    )
 
 
 class PaperPositionInfo(BaseModel):

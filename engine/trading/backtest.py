@@ -9,6 +9,9 @@ Conventions (the event loop in tests/test_backtest.py spells them out one candle
 - Equity is marked to each candle's close. A position still open after the last candle is
   sold at the last close (with fee and slippage, `exit_reason` "end"), so the final equity
   is cash and every trade in the list is closed.
+- The paper broker's KRW sizing (engine/trading/paper.py) is asked for by `max_position`,
+  `tick`, `min_order` and `close_at_end=False` (see `backtest`); the defaults above keep the
+  whole-equity results bit for bit.
 """
 
 from __future__ import annotations

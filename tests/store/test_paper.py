@@ -99,6 +99,11 @@ def test_saves_write_only_what_changed_and_reset_forgets(home: Path, passes) -> 
     ).fetchone()
     assert rejected is not None and rejected[0] > 0  # recorded with the reason
 
+    # today's settings apply on resume, but the account keeps the cash it started with
+    today = load_book(con, "live", BrokerConfig(initial_cash=1.0, slippage_bps=9.0))
+    assert today.config == BrokerConfig(initial_cash=2_000_000.0, slippage_bps=9.0)
+    assert today.cash == broker.cash and today.positions == broker.positions
+
     reset_book(con, "replay")
     assert read_paper(con, "replay") is None
     assert load_book(con, "replay").cash == BrokerConfig().initial_cash
