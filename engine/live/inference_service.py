@@ -144,7 +144,9 @@ def model_device(model: Model) -> str:
 
 
 def _digest(window: np.ndarray) -> bytes:
-    return hashlib.blake2b(window.tobytes(), digest_size=16).digest()
+    """What a cached answer was computed from (a C-contiguous float32 window), in 16 bytes:
+    ~10 us for a 60-row window, no copy."""
+    return hashlib.blake2b(memoryview(window).cast("B"), digest_size=16).digest()
 
 
 @dataclass
@@ -467,7 +469,11 @@ class InferenceService:
         """The cached answer per key (None where there is none), without a model call or a
         thread hop; with `windows`, only answers computed from those same windows."""
         sha = loaded.record.sha256
-        digests = None if windows is None else [_digest(w) for w in np.asarray(windows, np.float32)]
+        digests = (
+            None
+            if windows is None
+            else [_digest(w) for w in np.ascontiguousarray(windows, np.float32)]
+        )
         out: list[np.ndarray | None] = []
         with self._lock:
             for i, key in enumerate(keys):
