@@ -8,6 +8,7 @@ so a killed process keeps the account as it was at the previous save or at this 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +57,13 @@ def write_paper(
     fills: pd.DataFrame,
     positions: pd.DataFrame,
     markets: list[str],
+    own_transaction: bool = True,
 ) -> None:
     """Save an account's changes: its cash, the orders given (new or changed: replaced by
     id), the new fills, and the positions of `markets` (those in `positions` are open, the
-    others are flat now)."""
-    with transaction(con):
+    others are flat now). In a transaction of its own, or with `own_transaction=False` in
+    the caller's (a live pass that writes its signals and its paper book together)."""
+    with transaction(con) if own_transaction else nullcontext():
         con.execute(
             "INSERT INTO paper_accounts (account, config, cash, realised_pnl) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (account) DO UPDATE SET config = excluded.config, cash = excluded.cash,"

@@ -28,16 +28,23 @@ from store.paper import (
 ACCOUNTS = ("live", "replay")
 
 
-def save_book(con: duckdb.DuckDBPyConnection, account: str, broker: PaperBroker) -> None:
+def save_book(
+    con: duckdb.DuckDBPyConnection,
+    account: str,
+    broker: PaperBroker,
+    *,
+    own_transaction: bool = True,
+) -> None:
     """Write what changed in `broker` since its last save (orders, fills, the positions of
-    the markets it touched, cash), in one transaction; the live engine calls it once per
-    pass of many markets. Nothing is written when nothing changed."""
+    the markets it touched, cash), in one transaction (the caller's with
+    `own_transaction=False`); the live engine calls it once per pass of many markets.
+    Nothing is written when nothing changed. The broker forgets what was written only once
+    it is committed: after a failed save the next one writes it again; in the caller's
+    transaction, the caller calls `broker.take_journal()` after its commit."""
     journal = broker.journal
     if not (journal.orders or journal.fills or journal.markets):
         return
-    orders = pd.DataFrame(
-        [dataclasses.asdict(o) for o in journal.orders.values()], columns=ORDER_COLUMNS
-    )
+    orders = _frame(list(journal.orders.values()), ORDER_COLUMNS)
     orders["max_position"] = orders["max_position"].astype("float64")
     positions = [broker.positions[m] for m in sorted(journal.markets) if m in broker.positions]
     write_paper(
@@ -47,13 +54,13 @@ def save_book(con: duckdb.DuckDBPyConnection, account: str, broker: PaperBroker)
         cash=broker.cash,
         realised_pnl=broker.realised_pnl,
         orders=orders,
-        fills=pd.DataFrame([dataclasses.asdict(f) for f in journal.fills], columns=FILL_COLUMNS),
-        positions=pd.DataFrame(
-            [dataclasses.asdict(p) for p in positions], columns=POSITION_COLUMNS
-        ),
+        fills=_frame(journal.fills, FILL_COLUMNS),
+        positions=_frame(positions, POSITION_COLUMNS),
         markets=sorted(journal.markets),
+        own_transaction=own_transaction,
     )
-    broker.take_journal()
+    if own_transaction:
+        broker.take_journal()
 
 
 def load_book(
@@ -94,6 +101,11 @@ def load_book(
 def reset_book(con: duckdb.DuckDBPyConnection, account: str) -> None:
     """Forget `account` (a replay starts from a fresh book this way)."""
     delete_paper(con, account)
+
+
+def _frame(items: list[Any], columns: list[str]) -> pd.DataFrame:
+    """The `columns` attributes of `items` as a frame (column by column: no deep copies)."""
+    return pd.DataFrame({col: [getattr(item, col) for item in items] for col in columns})
 
 
 def _plain(row: dict[str, Any], columns: list[str]) -> dict[str, Any]:

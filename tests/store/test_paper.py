@@ -12,7 +12,7 @@ import pytest
 from engine.trading.paper import BrokerConfig, Fill, PaperBroker
 from engine.trading.paper_book import load_book, reset_book, save_book
 from engine.trading.strategies import sma_cross_actions
-from store.db import connect
+from store.db import connect, transaction
 from store.paper import read_paper
 from tests.conftest import shared_candles
 
@@ -108,3 +108,17 @@ def test_saves_write_only_what_changed_and_reset_forgets(home: Path, passes) -> 
     assert read_paper(con, "replay") is None
     assert load_book(con, "replay").cash == BrokerConfig().initial_cash
     assert read_paper(con, "live") is not None  # the other account is untouched
+
+
+def test_a_save_in_the_callers_rolled_back_transaction_is_written_again(home: Path, passes) -> None:
+    con = connect()
+    broker = PaperBroker(CONFIG)
+    run(broker, passes[:100])  # never saved
+    with pytest.raises(RuntimeError), transaction(con):
+        save_book(con, "live", broker, own_transaction=False)
+        raise RuntimeError("the pass failed after the book was written")
+    assert read_paper(con, "live") is None and broker.journal.fills  # nothing kept, nothing lost
+    save_book(con, "live", broker)
+    stored = read_paper(con, "live", recent=1000)
+    assert stored is not None and len(stored.fills) == len(broker.recent_fills) > 0
+    assert not broker.journal.fills
