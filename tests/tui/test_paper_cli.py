@@ -84,6 +84,7 @@ async def test_the_route_answers_the_book(traded: PaperBroker) -> None:
     assert body["positions"][0]["market"] == "KRW-ETH"
 
 
+@pytest.mark.slow  # a fresh interpreter importing the CLI: about 3 s alone, more under load
 def test_the_command_renders_the_book(traded: PaperBroker, home: Path) -> None:
     table, as_json, bad = upquant_many(
         home, [["paper"], ["paper", "--json"], ["paper", "--account", "nope"]]
