@@ -126,6 +126,18 @@ class MarketsEngine:
 
         return remove
 
+    def publish(self, event: EngineEvent) -> None:
+        """Tell every listener of any lane (and the engine's own) once: a status of the feed
+        all markets share."""
+        seen: dict[int, Callable[[EngineEvent], None]] = {}
+        for listener in [
+            *self.listeners,
+            *(l for lane in self.lanes.values() for l in lane.listeners),
+        ]:
+            seen.setdefault(id(listener), listener)
+        for listener in seen.values():
+            listener(event)
+
     @property
     def window(self) -> int:
         """The longest window of any lane (what a backfill must bring)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,9 +11,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from engine.live.engine import LiveEngine
+from engine.live.engine import Inference, LiveEngine
+from engine.live.markets import MarketsEngine
 from engine.live.seats import load_seats
-from engine.live.sources import demo_candles, replay, upbit_live
+from engine.live.sources import demo_candles, replay_markets, upbit_live_markets
 from engine.research.features import warm_up
 from engine.upbit.markets import unit_minutes
 from store.candles import load_candles
@@ -23,10 +24,11 @@ REPLAY_CANDLES = 2000  # default number of stored candles a replay session plays
 
 @dataclass
 class Session:
-    engine: LiveEngine
+    engine: LiveEngine  # the first market's lane (the one market of a single-market session)
     mode: str  # live, replay or demo
     banner: str  # what the user must know about where the data comes from
     runner: Coroutine[Any, Any, Any]
+    markets: MarketsEngine | None = None  # every market's lane
 
 
 async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | None:
@@ -38,9 +40,7 @@ async def probe_upbit(market: str, unit: str, timeout: float = 3.0) -> str | Non
     now = datetime.now(UTC)
     try:
         await asyncio.wait_for(
-            fetch_candles(
-                market, unit, now - timedelta(minutes=unit_minutes(unit) * 3), now
-            ),
+            fetch_candles(market, unit, now - timedelta(minutes=unit_minutes(unit) * 3), now),
             timeout,
         )
     except TimeoutError:
@@ -76,9 +76,39 @@ async def backfill_window(
     return closed
 
 
+async def backfill_windows(
+    con: duckdb.DuckDBPyConnection, markets: list[str], unit: str, window: int
+) -> dict[str, pd.DataFrame]:
+    """`backfill_window` for many markets at once: one fetch of every market's window, then
+    wider ones (2, 4, 8 windows) only for the markets still short (thin ones)."""
+    from engine.data.backfill import fetch_markets
+    from engine.upbit.client import floor_bucket, unit_width
+
+    forming = floor_bucket(datetime.now(UTC), unit)
+    width = unit_width(unit)
+    closed: dict[str, pd.DataFrame] = {}
+    short = list(markets)
+    for span in (1, 2, 4, 8):
+        since = (forming - width * window * span).to_pydatetime()
+        report = await fetch_markets(con, short, unit, since)
+        if report.stopped is not None:  # unreachable, or blocked: nothing more will come
+            raise report.stopped
+        failed = [s.error for s in report.failed if s.error is not None]
+        if failed and len(failed) == len(short):
+            raise failed[0]  # every market refused
+        for market in short:
+            closed[market] = load_candles(
+                con, market, unit, end=forming.to_pydatetime(), last=window
+            )
+        short = [m for m in short if len(closed[m]) < window]
+        if not short:
+            break
+    return closed
+
+
 async def open_session(
     con: duckdb.DuckDBPyConnection,
-    market: str,
+    market: str | Sequence[str],
     unit: str,
     *,
     threshold: float = 0.5,
@@ -86,57 +116,104 @@ async def open_session(
     replay_delay: float = 0.25,
     probe_timeout: float = 3.0,
     replay_candles: int = REPLAY_CANDLES,
+    inference: Inference | None = None,
 ) -> Session:
-    """Build the engine for `market`/`unit` and the coroutine that feeds it."""
+    """Build the engine for `market` (or a watchlist of markets) of `unit` and the coroutine
+    that feeds it: live from Upbit when it answers, else a replay of the stored candles, else
+    a demo market. `Session.engine` is the first market's lane, `Session.markets` all."""
+    markets = [market] if isinstance(market, str) else list(dict.fromkeys(market))
+    if not markets:
+        raise ValueError("a session needs at least one market")
+    first = markets[0]
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
-    seats = await asyncio.to_thread(load_seats, con.cursor(), market, unit)
-    model, model_reason = seats.champion, seats.champion_reason
-    if seats.shadows:
-        model_reason += f" · {len(seats.shadows)} in shadow"
+    cursor = con.cursor()
+    seats = await asyncio.to_thread(lambda: {m: load_seats(cursor, m, unit) for m in markets})
+    engine = MarketsEngine(con, unit, inference=inference)
+    for name in markets:
+        seat = seats[name]
+        reason = seat.champion_reason
+        if seat.shadows:
+            reason += f" · {len(seat.shadows)} in shadow"
+        engine.add_market(
+            name, seat.champion, threshold=threshold, shadows=seat.shadows, no_model_reason=reason
+        )
+    lane = engine.lanes[first]
+    if len(markets) == 1:
+        where, models = f"{first} {unit}m", lane.no_model_reason
+    else:
+        seated = sum(1 for one in engine.lanes.values() if one.model is not None)
+        where = f"{len(markets)} markets ({', '.join(markets[:3])}{' ...' if len(markets) > 3 else ''}) {unit}m"
+        models = f"{seated} with a champion, {len(markets) - seated} on the rule"
     reason = (
         "OFFLINE (--offline): Upbit not contacted"
         if offline
-        else await probe_upbit(market, unit, probe_timeout)
-    )
-    engine = LiveEngine(
-        con,
-        market,
-        unit,
-        model=model,
-        threshold=threshold,
-        no_model_reason=model_reason,
-        shadows=list(seats.shadows),
+        else await probe_upbit(first, unit, probe_timeout)
     )
     if reason is None:
         from engine.upbit.errors import UpbitError
 
         try:
-            engine.prime(await backfill_window(con, market, unit, engine.window))
+            windows = await backfill_windows(con, markets, unit, engine.window)
         except (UpbitError, OSError) as exc:  # what it stored stays: the replay plays it
             reason = f"Upbit backfill failed ({exc})"
         else:
+            for name, candles in windows.items():
+                engine.prime(name, candles)
             return Session(
-                engine,
+                lane,
                 "live",
-                f"LIVE · Upbit · {market} {unit}m · {model_reason}",
-                upbit_live(engine),
+                f"LIVE · Upbit · {where} · {models}",
+                upbit_live_markets(engine),
+                engine,
             )
-    stored = load_candles(con, market, unit, last=engine.window + replay_candles)
-    if len(stored) > engine.window:
-        engine.mode, engine.signal_batch = "replay", 50
-        engine.prime(stored.iloc[: engine.window])
+    windows = engine.window
+    stored = {m: load_candles(con, m, unit, last=windows + replay_candles) for m in markets}
+    playable = {m: frame for m, frame in stored.items() if len(frame) > windows}
+    if playable:
+        _set_mode(engine, "replay", signal_batch=50)
+        for name, frame in playable.items():
+            engine.prime(name, frame.iloc[:windows])
+        played = pd.concat([frame.iloc[windows:] for frame in playable.values()], ignore_index=True)
+        what = (
+            f"{len(played)} stored" if len(markets) > 1 else f"{len(played)} stored {first} {unit}m"
+        )
+        left = [m for m in markets if m not in playable]
         banner = (
-            f"{reason} · REPLAY of {len(stored) - engine.window} stored"
-            f" {market} {unit}m candles · {model_reason}"
+            f"{reason} · REPLAY of {what} candles"
+            + (
+                f" of {len(playable)} markets ({len(left)} without stored candles)"
+                if len(markets) > 1
+                else ""
+            )
+            + f" · {models}"
         )
-        return Session(
-            engine, "replay", banner, replay(engine, stored.iloc[engine.window :], replay_delay)
-        )
-    engine.mode, engine.persist_signals = "demo", False
-    demo = demo_candles(engine.window + replay_candles, market, unit)
-    engine.prime(demo.iloc[: engine.window])
-    banner = (
-        f"{reason} · no stored {market} {unit}m candles · DEMO market (synthetic) · {model_reason}"
+        return Session(lane, "replay", banner, replay_markets(engine, played, replay_delay), engine)
+    _set_mode(engine, "demo", persist=False)
+    demos = []
+    for k, name in enumerate(markets):
+        demo = demo_candles(windows + replay_candles, name, unit, seed=7 + k, price=_demo_price(k))
+        engine.prime(name, demo.iloc[:windows])
+        demos.append(demo.iloc[windows:])
+    banner = f"{reason} · no stored {where} candles · DEMO market (synthetic) · {models}"
+    return Session(
+        lane,
+        "demo",
+        banner,
+        replay_markets(engine, pd.concat(demos, ignore_index=True), replay_delay),
+        engine,
     )
-    return Session(engine, "demo", banner, replay(engine, demo.iloc[engine.window :], replay_delay))
+
+
+def _set_mode(
+    engine: MarketsEngine, mode: str, *, signal_batch: int = 1, persist: bool = True
+) -> None:
+    engine.mode, engine.signal_batch, engine.persist_signals = mode, signal_batch, persist
+    for lane in engine.lanes.values():
+        lane.mode, lane.signal_batch, lane.persist_signals = mode, signal_batch, persist
+
+
+def _demo_price(k: int) -> float:
+    """Demo markets' starting prices: KRW-BTC's level first, then a spread of levels (so the
+    tick sizes differ)."""
+    return 1.5e8 if k == 0 else float(10 ** (2 + k % 6) * (1 + k % 7))

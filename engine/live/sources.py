@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from engine.live.engine import CandleEvent, LiveEngine, StatusEvent
+from engine.live.markets import MarketsEngine
 from engine.upbit.markets import unit_minutes
 
 
@@ -84,7 +86,6 @@ async def upbit_live(
     from engine.upbit.client import floor_bucket
     from store.candles import load_candles
 
-
     def reprime(market: str | None = None, new: int = 0) -> None:
         """Reload the engine's window from the store: closed candles only, backfill included."""
         if feed.store:
@@ -114,3 +115,77 @@ async def upbit_live(
         await feed.run()
     finally:
         engine.flush()  # also when cancelled: decided signals are stored
+
+
+# --- many markets: the watchlist's sources ------------------------------------------------------
+async def replay_markets(engine: MarketsEngine, candles: pd.DataFrame, delay: float = 0.0) -> int:
+    """Feed stored candles of many markets through `engine`, one pass per candle time (every
+    market with a candle at that minute), `delay` seconds between passes; the number of
+    candles played."""
+    count = 0
+    try:
+        frame = candles.sort_values(["ts", "market"], kind="stable")
+        for _, minute in frame.groupby("ts", sort=True):
+            rows = minute.to_dict("records")
+            await engine.on_closed_many(rows)
+            count += len(rows)
+            if delay:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)  # let the faces breathe on fast replays
+    finally:
+        engine.flush()  # also when cancelled: what was decided is stored
+    return count
+
+
+async def upbit_live_markets(
+    engine: MarketsEngine,
+    *,
+    max_backoff: float = 30.0,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    grace: float | None = None,
+) -> None:
+    """Stream every market of `engine` over one WebSocket (engine.data.feed.LiveFeed) into
+    passes: each closed candle is submitted, and those closing together (a minute's end) are
+    decided in one pass. After a backfill, that market's window is reloaded from the store."""
+    from engine.data.feed import CLOSE_GRACE_S, LiveFeed
+    from engine.upbit.client import floor_bucket
+    from store.candles import load_candles
+
+    def reprime(market: str | None = None, new: int = 0) -> None:
+        if feed.store:
+            feed.writer.flush()
+        markets = [market] if market in engine.lanes else list(engine.lanes)
+        for name in markets:
+            lane = engine.lanes[name]
+            forming = feed.forming.get(name)
+            end = (
+                forming["ts"] if forming else floor_bucket(pd.Timestamp.now(tz="UTC"), engine.unit)
+            )
+            lane.prime(load_candles(engine.con, name, engine.unit, end=end, last=lane.window))
+
+    def update(candle: dict[str, Any]) -> None:
+        lane = engine.lanes.get(candle["market"])
+        if lane is not None:
+            lane.publish(CandleEvent(candle, closed=False))
+
+    feed = LiveFeed(
+        engine.con,
+        list(engine.lanes),
+        engine.unit,
+        grace=CLOSE_GRACE_S if grace is None else grace,
+        on_update=update,
+        on_closed=engine.submit,
+        on_backfill=reprime,
+        on_status=lambda text, level: engine.publish(
+            StatusEvent(text, level, connected=feed.connected)
+        ),
+        max_backoff=max_backoff,
+        sleep=sleep,
+    )
+    reprime()  # closed candles only, whoever primed the engine before
+    try:
+        await feed.run()
+    finally:
+        await engine.drain()
+        engine.flush()
