@@ -1,7 +1,8 @@
 """Workstation operations that score a model or a rule on stored candles: `evaluate`
 (held-out metrics beside the baselines, calibration, importance; or walk-forward retraining
-with mean ± std) and `backtest` (a rule's or a model's signals beside buy-and-hold and
-no-trade, with fees, slippage and the trade lists).
+with mean ± std) and `backtest` (a rule's, a model's or a strategy spec's signals beside
+buy-and-hold and no-trade, with fees, slippage and the trade lists; a spec that uses the AI
+reads the model's answers over the range from the Workstation's predictor).
 
 A walk-forward evaluation is a job (`EvaluationJobs`): this process, which holds the store,
 reads the candles and feature matrix (`engine.training.evaluation.gather_walk_forward`) and
@@ -43,7 +44,9 @@ if TYPE_CHECKING:
 
     import duckdb
 
+    from engine.service.prediction import PredictionOps
     from engine.trading.backtest import BacktestReport
+    from engine.trading.spec import StrategySpec
     from engine.training.evaluation import WalkForwardEvaluation, WalkForwardInputs
 
 Value = float | str | None
@@ -176,8 +179,10 @@ class EvaluationRunStatus(Response):
 
 # --- backtest -----------------------------------------------------------------------------------
 class BacktestRequest(Request):
-    """A rule (`strategy`) on `market`, or a model's signals (`model`; market defaults to the
-    model's, start to its test part so nothing it trained on counts)."""
+    """A rule (`strategy`) on `market`, a model's signals (`model`; market defaults to the
+    model's, start to its test part so nothing it trained on counts), or a strategy spec
+    (`strategy_spec`; when it uses the AI, `model` or else the market's champion answers,
+    from its test part on likewise)."""
 
     market: str | None = Field(None, description="Market code; required for a rule.")
     strategy: str = Field("sma-cross", description="The rule, when no model is given.")
@@ -190,6 +195,11 @@ class BacktestRequest(Request):
     slow: int = Field(30, description="sma-cross: slow SMA length in candles.")
     model: str | None = Field(None, description="Backtest this model's signals instead of a rule.")
     threshold: float = Threshold
+    strategy_spec: dict[str, Any] | None = Field(
+        None,
+        description="Backtest this strategy spec (a spec file's table) instead of a rule; one"
+        " that uses the AI reads `model`, else the market's champion.",
+    )
     trades: bool = Field(True, description="Include every result's trade list.")
 
 
@@ -222,6 +232,9 @@ class BacktestResult(Response):
     note: str | None = Field(description="Set when a bad artifact made it use an earlier version.")
     warnings: list[str] = Field(description="E.g. a start that reaches into the training part.")
     fills: str
+    strategy_spec: str | None = Field(None, description="The strategy spec's name, if one ran.")
+    strategy_hash: str | None = Field(None, description="The strategy spec's hash (sha256).")
+    model: str | None = Field(None, description="The model a strategy spec read, if any.")
     results: dict[str, dict[str, Value]] = Field(description="Metrics by result name.")
     trades: dict[str, list[Trade]] | None = Field(description="Trades by result name.")
 
@@ -494,7 +507,9 @@ class EvaluationOps(StoreHolder):
             status=cast(RunStatus, run.status),
             folds_done=run.folds_done,
             folds_total=total,
-            progress=run.folds_done / total if total else (1.0 if run.status == "finished" else 0.0),
+            progress=run.folds_done / total
+            if total
+            else (1.0 if run.status == "finished" else 0.0),
             started=run.started,
             finished=run.finished,
             error=run.error,
@@ -608,7 +623,10 @@ class EvaluationOps(StoreHolder):
         con = self.con()
         market = check_market(request.market) if request.market else None
         warnings: list[str] = []
-        if request.model is not None:
+        spec, model = None, None
+        if request.strategy_spec is not None:
+            spec, model, report = self._spec_backtest(con, request, market, warnings)
+        elif request.model is not None:
             from engine.training.batch import model_backtest
             from engine.training.held_out import held_out_start
 
@@ -658,9 +676,95 @@ class EvaluationOps(StoreHolder):
             note=report.note,
             warnings=warnings,
             fills="next candle's open; an open position is sold at the last close",
+            strategy_spec=None if spec is None else spec.name,
+            strategy_hash=None if spec is None else spec.hash,
+            model=model,
             results={
                 name: {key: json_value(value) for key, value in metrics.items()}
                 for name, metrics in report.metrics().items()
             },
             trades=_trades(report) if request.trades else None,
         )
+
+    def _spec_backtest(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        request: BacktestRequest,
+        market: str | None,
+        warnings: list[str],
+    ) -> tuple[StrategySpec, str | None, BacktestReport]:
+        """The strategy spec of `request` on stored candles; one that uses the AI reads the
+        model's answers over the range (its test part by default) from the predictor."""
+        import pandas as pd
+
+        from engine.trading.spec import StrategySpec
+        from engine.trading.spec_backtest import run_spec_backtest
+
+        spec = StrategySpec.from_dict(request.strategy_spec or {})
+        start, unit, probabilities, note, model = request.start, request.unit, None, None, None
+        if spec.uses_ai:
+            from engine.training.held_out import held_out_start
+
+            ref = self._spec_model(con, request.model, market, request.unit)
+            held_out = held_out_start(con, ref, request.start)
+            if held_out.warning:
+                warnings.append(held_out.warning)
+            predictor = cast("PredictionOps", self).predictor()
+            loaded, note = predictor.model(con, ref)
+            model, unit, market = (
+                loaded.record.ref,
+                loaded.record.unit,
+                market or loaded.record.market,
+            )
+            start = held_out.start
+            found = predictor.predict_range(
+                con, ref, market, unit, start, request.end, spec.threshold
+            )
+            probabilities = pd.DataFrame(
+                [(p.ts, *p.probabilities) for p in found if p.probabilities is not None],
+                columns=["ts", "p_sell", "p_hold", "p_buy"],
+            )
+        if market is None:
+            raise ServiceError(
+                "a rule-only strategy spec needs a market", "give market, e.g. KRW-BTC"
+            )
+        if spec.max_position is not None:
+            warnings.append(
+                f"max_position {spec.max_position:,.0f} KRW is the paper broker's; this backtest"
+                " trades the whole equity"
+            )
+        report = run_spec_backtest(
+            con,
+            spec,
+            market=market,
+            unit=unit,
+            start=start,
+            end=request.end,
+            probabilities=probabilities,
+            fee=request.fee,
+            slippage_bps=request.slippage,
+            note=note,
+        )
+        return spec, model, report
+
+    @staticmethod
+    def _spec_model(
+        con: duckdb.DuckDBPyConnection, ref: str | None, market: str | None, unit: str
+    ) -> str:
+        """`ref`, or the champion of market/unit when none is given."""
+        if ref is not None:
+            return canonical(con, ref)
+        from store.registry import champion
+
+        if market is None:
+            raise ServiceError(
+                "a strategy spec that uses the AI needs a model or a market",
+                "give --model REF, or a market whose champion decides",
+            )
+        held = champion(con, market, unit)
+        if held is None:
+            raise NotFound(
+                f"{market} unit {unit} has no champion to read for the strategy spec",
+                'give --model REF, promote a model, or use a rule-only spec (form = "rule")',
+            )
+        return held.ref

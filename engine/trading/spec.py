@@ -92,7 +92,7 @@ def _rule(i: int, entry: Any) -> Rule:
             f"{where}: a table with 'rule' (one of {', '.join(RULES)}) and its settings"
         )
     kind = entry["rule"]
-    if kind not in RULES:
+    if not isinstance(kind, str) or kind not in RULES:
         raise SpecError(f"{where}.rule: one of {', '.join(RULES)}, got {kind!r}")
     return _section(where, RULES[kind], {k: v for k, v in entry.items() if k != "rule"})
 
@@ -437,13 +437,20 @@ def _cooled(spec: StrategySpec, state: StrategyState, decision: Decision) -> Dec
 
 
 def spec_actions(
-    spec: StrategySpec, candles: Mapping[str, Any], probs: np.ndarray | None = None
+    spec: StrategySpec,
+    candles: Mapping[str, Any],
+    probs: np.ndarray | None = None,
+    *,
+    warmup: int = 0,
 ) -> np.ndarray:
     """`decide` on every candle at once, from a fresh state: action codes (-1 sell, 0 hold,
     1 buy). `probs` (n, 3) holds the model's answers, a NaN row where it gave none (None: no
-    answer anywhere)."""
+    answer anywhere). The first `warmup` candles are history only (they hold): decisions
+    start after them from a fresh state, as a live engine primed with them starts."""
     closes = np.asarray(candles["close"], dtype="float64")
     n = len(closes)
+    if not 0 <= warmup <= n:
+        raise ValueError(f"warmup: 0 to the {n} candles, got {warmup}")
     if probs is None:
         probs = np.full((n, 3), np.nan)
     probs = np.asarray(probs, dtype="float64")
@@ -478,14 +485,17 @@ def spec_actions(
         out = np.where(buy > total / 2, 1, np.where(sell > total / 2, -1, 0))
     elif spec.form == "regime":
         assert spec.regime is not None
-        high = spec.regime.states(spec.regime.values(closes))
+        high = np.zeros(n, dtype=bool)
+        high[warmup:] = spec.regime.states(spec.regime.values(closes)[warmup:])
         use_ai = high == (spec.regime.high == "ai")
         out = np.where(use_ai, np.where(answered, ai, rules), rules)
     else:
         assert spec.filter is not None
         p = probs[np.arange(n), rules.astype(np.intp) + 1]
         out = np.where((rules != 0) & (p >= spec.filter.min_confidence), rules, 0)
-    return _cool(np.asarray(out, dtype=np.int8), spec.cooldown)
+    out = np.asarray(out, dtype=np.int8)
+    out[:warmup] = 0
+    return _cool(out, spec.cooldown)
 
 
 def _cool(codes: np.ndarray, cooldown: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -72,6 +73,16 @@ def _render(report: BacktestResult) -> None:
         ),
         highlight=False,
     )
+    if report.strategy_hash is not None:
+        model = f" · model {report.model}" if report.model else ""
+        console.print(
+            styled(
+                "strategy spec ",
+                (str(report.strategy_spec), "bold"),
+                f" · hash {report.strategy_hash}{model}",
+            ),
+            highlight=False,
+        )
     table = Table("metric", *report.results)
     for key, label, fmt in ROWS:
         values = [metrics.get(key) for metrics in report.results.values()]
@@ -118,6 +129,15 @@ def backtest(
     threshold: Annotated[
         float, typer.Option(help="--model: confidence a buy/sell must reach, in [0, 1].")
     ] = 0.5,
+    strategy_spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--strategy-spec",
+            help="Backtest this strategy spec (.json or .toml); one that uses the AI reads"
+            " --model, else the market's champion. Its own threshold and rules replace"
+            " --strategy, --threshold, --fast and --slow.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
@@ -125,6 +145,11 @@ def backtest(
     from engine.service.evaluation import BacktestRequest
 
     check_confidence(threshold)  # typer takes any float, NaN included
+    spec = None
+    if strategy_spec is not None:
+        from engine.trading.spec import StrategySpec
+
+        spec = StrategySpec.load(strategy_spec).to_dict()  # the error names the file and key
     start = parse_time(from_, "--from") if from_ else None
     end = parse_time(to, "--to") if to else None
     if start is not None and end is not None and start >= end:
@@ -141,6 +166,7 @@ def backtest(
         slow=slow,
         model=model,
         threshold=threshold,
+        strategy_spec=spec,
         trades=False,
     )
     with workstation() as ws:

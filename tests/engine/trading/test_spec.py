@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,12 +43,14 @@ def series() -> tuple[dict[str, np.ndarray], np.ndarray]:
     return window, probs
 
 
-def _per_candle(spec: StrategySpec, window: dict[str, np.ndarray], probs: np.ndarray) -> list:
-    """decide on every candle in turn, as the live engine calls it: a window of the last
-    history_needed() candles (or a few more: its length must not matter)."""
+def _per_candle(
+    spec: StrategySpec, window: dict[str, np.ndarray], probs: np.ndarray, first: int = 0
+) -> list:
+    """decide on every candle from `first` in turn, as the live engine calls it: a window of
+    the last history_needed() candles (or a few more: its length must not matter)."""
     state, out = StrategyState(), []
     needed = spec.history_needed()
-    for t in range(len(window["close"])):
+    for t in range(first, len(window["close"])):
         start = max(0, t + 1 - needed - t % 5)
         tail = {col: values[start : t + 1] for col, values in window.items()}
         row = probs[t] if np.isfinite(probs[t]).all() else None
@@ -65,7 +68,7 @@ def _regime_band(closes: np.ndarray, measure: dict) -> dict:
 SMA = {"rule": "sma-cross", "fast": 5, "slow": 20}
 RSI = {"rule": "rsi", "period": 7, "lower": 35, "upper": 65}
 BOLL = {"rule": "bollinger", "period": 20, "k": 1.5}
-SPECS = {
+SPECS: dict[str, dict[str, Any]] = {
     "ai default": {},
     "ai, rules fall back": {"rules": [RSI, BOLL], "threshold": 0.45},
     "rule sma-cross": {"form": "rule", "rules": [SMA]},
@@ -93,7 +96,7 @@ SPECS = {
 @pytest.mark.parametrize("name", list(SPECS))
 def test_decide_equals_spec_actions_on_every_real_candle(series, name: str) -> None:
     window, probs = series
-    data = {"name": name, **SPECS[name]}
+    data: dict[str, Any] = {"name": name, **SPECS[name]}
     if "regime" in data:
         data["regime"] = _regime_band(window["close"], data["regime"])
     spec = StrategySpec.from_dict(data)
@@ -103,6 +106,23 @@ def test_decide_equals_spec_actions_on_every_real_candle(series, name: str) -> N
     assert (vectorised == 1).sum() >= 5 and (vectorised == -1).sum() >= 5, "too few to compare"
     if spec.form == "regime":  # both parts decided somewhere, and the reason says which
         assert {"ai", "rule"} <= {d.reason.split(" -> ")[1].split(":")[0] for d in decisions}
+
+
+@pytest.mark.parametrize("name", ["regime volatility", "regime trend", "voting weights"])
+def test_decisions_after_a_warmup_start_from_a_fresh_state(series, name: str) -> None:
+    """spec_actions(warmup=w) is a live engine primed with w candles: from candle w, decide
+    with a fresh state (flat, no cooldown, low regime) and windows reaching back."""
+    window, probs = series
+    window = {col: values[:1500] for col, values in window.items()}
+    data: dict[str, Any] = {"name": name, **SPECS[name]}
+    if "regime" in data:
+        data["regime"] = _regime_band(window["close"], data["regime"])
+    spec = StrategySpec.from_dict(data)
+    warm = 700
+    codes = spec_actions(spec, window, probs[:1500], warmup=warm)
+    decisions = _per_candle(spec, window, probs[:1500], first=warm)
+    assert not codes[:warm].any() and codes[warm:].any()
+    np.testing.assert_array_equal(codes[warm:], action_codes([d.action for d in decisions]))
 
 
 def test_reasons_say_which_parts_voted_how(series) -> None:
@@ -193,7 +213,7 @@ def test_cooldown_holds_exactly_n_candles() -> None:
 
 
 def test_hash_is_stable_under_key_order_and_toml_equals_json(tmp_path: Path) -> None:
-    data = {
+    data: dict[str, Any] = {
         "name": "vote",
         "form": "voting",
         "threshold": 0.6,
@@ -278,3 +298,139 @@ def test_spec_actions_takes_a_dataframe_and_rules_need_no_model() -> None:
     spec = StrategySpec.from_dict({"name": "r", "form": "rule", "rules": [SMA]})
     assert not spec.uses_ai
     assert spec_actions(spec, candles).tolist() == [0] * 50  # a straight line never crosses
+
+
+# --- `upquant backtest --strategy-spec` ------------------------------------------------------------
+def _command_app():
+    import typer
+
+    from tui.cli.backtest import backtest as backtest_command
+
+    app = typer.Typer()
+    app.command()(backtest_command)
+    app.command("other")(lambda: None)  # two commands, so the name is part of the usage
+    return app
+
+
+FILTER_TOML = """name = "agreed"
+form = "filter"
+cooldown = 2
+
+[filter]
+min_confidence = 0.22
+
+[[rules]]
+rule = "sma-cross"
+fast = 5
+slow = 20
+
+[[rules]]
+rule = "rsi"
+period = 7
+lower = 35
+upper = 65
+"""
+
+
+@pytest.mark.slow
+def test_backtest_command_runs_a_strategy_spec_with_the_champions_answers(
+    con, btc_1m: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The spec's actions over the champion's test part, beside the baselines, named with the
+    spec's hash: the same trades as deciding each candle in turn on the model's batch
+    predictions, its rules reading the candles before the range."""
+    from typer.testing import CliRunner
+
+    from engine.trading.backtest import backtest
+    from engine.training.batch import predict_range
+    from engine.training.train import train_model
+    from store.candles import load_candles, upsert_candles
+
+    upsert_candles(con, btc_1m.iloc[:2500])
+    trained = train_model(
+        con, "xgboost", "KRW-BTC", "1", params={"n_estimators": 10, "device": "cpu"}
+    )
+    ref = trained.model.ref
+    path = tmp_path / "agreed.toml"
+    path.write_text(FILTER_TOML)
+    spec = StrategySpec.load(path)
+    start = pd.Timestamp((trained.model.tags or {})["test_from"])
+    frame = predict_range(con, ref, "KRW-BTC", start).frame.set_index("ts")
+    candles = load_candles(con, "KRW-BTC", "1")
+    closes, stamps = candles["close"].to_numpy(), pd.DatetimeIndex(candles["ts"])
+    first = int(np.argmax(stamps >= start))
+    state, decisions = StrategyState(), []
+    for t in range(first, len(candles)):  # a live engine primed with the candles before
+        row = (
+            frame.loc[stamps[t], ["p_sell", "p_hold", "p_buy"]]
+            if stamps[t] in frame.index
+            else None
+        )
+        probs = None if row is None else row.to_numpy(dtype="float64")
+        window = {"close": closes[max(0, t + 1 - spec.history_needed()) : t + 1]}
+        decisions.append(decide(spec, state, window, probs, ref))
+    inside = stamps >= start
+    actions = [d.action for d in decisions]
+    expected = backtest(candles[inside].reset_index(drop=True), action_codes(actions), unit="1")
+    assert expected.metrics["trades"] >= 2, expected.metrics
+    said = [d.reason.rsplit("-> ", 1)[-1] for d in decisions if "; ai " in d.reason]
+    assert {"buy", "sell", "hold"} <= set(said), said  # the model let some pass, not all
+    con.close()  # the command opens the store itself
+
+    runner = CliRunner()
+    raw = runner.invoke(
+        _command_app(), ["backtest", "KRW-BTC", "--strategy-spec", str(path), "--json"]
+    )
+    assert raw.exit_code == 0, raw.output
+    payload = json.loads(raw.output)
+    label = f"agreed ({spec.hash[:12]})"
+    assert payload["strategy_spec"] == "agreed" and payload["strategy_hash"] == spec.hash
+    assert payload["model"] == ref and payload["strategy"] == label
+    assert list(payload["results"]) == [label, "buy-and-hold", "no-trade"]
+    assert payload["candles"] == int(inside.sum())
+    ours = payload["results"][label]
+    assert ours["trades"] == expected.metrics["trades"]
+    assert ours["total_return"] == pytest.approx(expected.metrics["total_return"], abs=1e-12)
+
+    table = runner.invoke(
+        _command_app(), ["backtest", "KRW-BTC", "--strategy-spec", str(path), "--model", ref]
+    )
+    assert table.exit_code == 0, table.output
+    assert f"strategy spec agreed · hash {spec.hash} · model {ref}" in table.output
+    assert label[:20] in table.output and "buy-and-hold" in table.output
+
+
+def test_backtest_command_says_what_is_wrong_with_a_strategy_spec(
+    con, btc_1m: pd.DataFrame, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from engine.trading.backtest import backtest
+    from store.candles import upsert_candles
+
+    upsert_candles(con, btc_1m.iloc[:300])
+    con.close()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"form": "rule", "rules": [{"rule": "rsi", "period": 1}]}')
+    ai = tmp_path / "ai.toml"
+    ai.write_text('name = "ai"\n')
+    rule = tmp_path / "rule.toml"
+    rule.write_text('name = "bands"\nform = "rule"\nrules = [{rule = "bollinger"}]\n')
+    runner = CliRunner()
+    cases = [
+        (["KRW-BTC", "--strategy-spec", str(bad)], f"strategy spec {bad}: rules[0].period: an"),
+        (["KRW-BTC", "--strategy-spec", str(ai)], "KRW-BTC unit 1 has no champion to read"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(_command_app(), ["backtest", *args])
+        assert result.exception is not None and message in str(result.exception), result.output
+    done = runner.invoke(
+        _command_app(), ["backtest", "KRW-BTC", "--strategy-spec", str(rule), "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    payload = json.loads(done.output)
+    assert payload["model"] is None and payload["candles"] == 300
+    candles = btc_1m.iloc[:300].reset_index(drop=True)
+    codes = spec_actions(StrategySpec.load(rule), candles)
+    expected = backtest(candles, codes, unit="1").metrics["trades"]
+    assert payload["results"][payload["strategy"]]["trades"] == expected > 0
