@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import duckdb
@@ -38,10 +38,11 @@ from engine.research.features import DEFAULT_SPEC, FeatureSpec, compute_features
 from engine.research.features.batch import talib_importable
 from engine.research.features.kind import NS_MINUTE
 from engine.research.features.live import latest_values
+from engine.trading.spec import StrategySpec, StrategyState, decide
 from engine.trading.strategies import Signal, SmaCross, threshold_action
 from engine.upbit.markets import unit_minutes
 from store.candles import load_candles
-from store.signals import insert_signal_rows
+from store.signals import insert_signal_rows, register_strategy
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class LiveEngine:
     guard: Guard | None = None
     log_predictions: bool = True  # append every model's prediction to the live log
     inference: Inference | None = None
+    strategy: StrategySpec | None = None  # None: DEFAULT_STRATEGY with `threshold` and `rule`
 
     def __post_init__(self) -> None:
         self.spec = self.model.feature_spec if self.model else DEFAULT_SPEC
@@ -159,6 +161,15 @@ class LiveEngine:
         self.signals: deque[Signal] = deque(maxlen=self.keep_signals)
         if self.inference is None:
             self.inference = DirectInference()
+        self.state = StrategyState()  # the strategy's position, cooldown and regime
+        self._registered: str | None = None  # the strategy hash stored in `strategy_specs`
+        if self.strategy is None:
+            rule = StrategySpec.from_dict(
+                {"rules": [{"rule": "sma-cross", "fast": self.rule.fast, "slow": self.rule.slow}]}
+            )
+            self.strategy = replace(rule, threshold=self.threshold)
+        else:
+            self.threshold = self.strategy.threshold
         self.set_threshold(self.threshold)
 
     @property
@@ -171,7 +182,8 @@ class LiveEngine:
         needs, and the rule's."""
         models = [s.model for s in self.shadows] + ([self.model] if self.model else [])
         needed = [m.history_needed for m in models] or [self.spec.window()]
-        return max(*needed, self.rule.slow + 1)
+        rules = self.strategy.history_needed() if self.strategy is not None else 0
+        return max(*needed, self.rule.slow + 1, rules)
 
     def seat(self, seats: Seats) -> None:
         """Seat a new champion and shadows from the next closed candle on (never in the
@@ -219,6 +231,8 @@ class LiveEngine:
     def set_threshold(self, value: float) -> float:
         """Clamp to [THRESHOLD_MIN, THRESHOLD_MAX]; read on the next closed candle."""
         self.threshold = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
+        if self.strategy is not None and self.strategy.threshold != self.threshold:
+            self.strategy = replace(self.strategy, threshold=self.threshold)  # a new hash
         return self.threshold
 
     def subscribe(self, listener: Callable[[EngineEvent], None]) -> Callable[[], None]:
@@ -267,39 +281,50 @@ class LiveEngine:
     def _conclude(
         self, ts: pd.Timestamp, answer: _Answer | None
     ) -> tuple[Signal, np.ndarray | None]:
-        """The signal of this candle from the champion's answer (None: no champion), the
-        rule's when it has none or a guard stops it; the champion's prediction logged."""
-        model = self.model
+        """The signal of this candle by the lane's strategy spec, from the champion's answer
+        (None: no champion; no probabilities when it failed or a guard stops it: the spec's
+        rules decide, saying why); the champion's prediction logged."""
+        model, strategy = self.model, self.strategy
+        assert strategy is not None
+        probs: np.ndarray | None = None
         if model is not None and answer is not None:
             fallback = answer.fallback
             if answer.probs is not None:
                 try:
-                    stop = self.guard(model, answer.rows, ts) if self.guard is not None else None
-                except Exception as exc:  # noqa: BLE001 - a failing guard: the rule decides
-                    stop = _why(exc)
-                if stop is None:
-                    action, confidence, reason = threshold_action(answer.probs, self.threshold)
-                    self._log(ts, model, "champion", answer.probs, None, True, answer.seconds)
-                    signal = Signal(
-                        ts,
-                        self.market,
-                        action,
-                        confidence,
-                        model.record.ref,
-                        reason,
-                        model.record.id,
+                    fallback = (
+                        self.guard(model, answer.rows, ts) if self.guard is not None else None
                     )
-                    return signal, answer.probs
-                fallback = stop
-            self._log(ts, model, "champion", answer.probs, fallback, False, answer.seconds)
-            why = f"fallback: {fallback}"
+                except Exception as exc:  # noqa: BLE001 - a failing guard: the rule decides
+                    fallback = _why(exc)
+                if fallback is None:
+                    probs = answer.probs
+            acted = probs is not None and strategy.uses_ai
+            self._log(ts, model, "champion", answer.probs, fallback, acted, answer.seconds)
         else:
-            why = f"fallback: {self.no_model_reason}"
-        action, reason = self.rule.decide(self.buffer.array("close"))
-        confidence = 1.0 if action != "hold" else 0.0
-        return Signal(
-            ts, self.market, action, confidence, self.rule.name, f"{reason} ({why})"
-        ), None
+            fallback = self.no_model_reason
+        decision = decide(
+            strategy,
+            self.state,
+            self.buffer.arrays(),
+            probs,
+            model.record.ref if model is not None else None,
+            fallback,
+        )
+        if self.persist_signals and self._registered != strategy.hash:
+            register_strategy(self.con, strategy.hash, strategy.name, strategy.canonical_json())
+            self._registered = strategy.hash
+        model_id = model.record.id if model is not None and probs is not None else None
+        signal = Signal(
+            ts,
+            self.market,
+            decision.action,
+            decision.confidence,
+            decision.source,
+            decision.reason,
+            model_id,
+            strategy.hash,
+        )
+        return signal, probs
 
     def _log(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
@@ -30,6 +30,8 @@ from engine.live.engine import (
 )
 from engine.live.inference import LoadedModel
 from engine.live.seats import Seat
+from engine.trading.paper import PaperBroker
+from engine.trading.spec import StrategySpec
 from engine.trading.strategies import Signal, SmaCross
 
 
@@ -46,6 +48,9 @@ class MarketState:
     reason: str | None
     model: str | None  # the champion seated (None: the rule decides)
     threshold: float
+    position: float | None = None  # units held on paper (None: no paper broker)
+    position_value: float | None = None  # KRW, marked to the last close
+    unrealised_pnl: float | None = None
 
 
 class MarketsEngine:
@@ -62,8 +67,16 @@ class MarketsEngine:
         persist_signals: bool = True,
         signal_batch: int = 1,
         rule: SmaCross | None = None,
+        strategy: StrategySpec | None = None,
+        broker: PaperBroker | None = None,
+        account: str | None = None,
     ) -> None:
         self.con, self.unit, self.mode = con, unit, mode
+        self.strategy = strategy  # every lane's (None: the default with the lane's threshold)
+        self.broker = broker  # the paper broker the signals trade on (None: no paper trading)
+        self.account = account  # the book's account in the store (None: kept in memory)
+        self.book_every = 1  # passes between saves of the book (live: every pass)
+        self._unsaved = 0
         self.inference = inference
         self.inference_timeout = inference_timeout
         self.persist_signals = persist_signals
@@ -81,14 +94,19 @@ class MarketsEngine:
         market: str,
         model: LoadedModel | None = None,
         *,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         shadows: Iterable[Seat] = (),
         no_model_reason: str = "no model",
     ) -> LiveEngine:
         """Watch `market`: a lane with its champion (None: the rule decides, saying
-        `no_model_reason`) and shadows."""
+        `no_model_reason`), shadows and threshold (the strategy's when None)."""
         if market in self.lanes:
             raise ValueError(f"{market} is already watched")
+        strategy = self.strategy
+        if strategy is not None and threshold is not None:
+            strategy = replace(strategy, threshold=threshold)
+        if threshold is None:
+            threshold = strategy.threshold if strategy is not None else 0.5
         lane = LiveEngine(
             self.con,
             market,
@@ -103,6 +121,7 @@ class MarketsEngine:
             signal_batch=self.signal_batch,
             shadows=list(shadows),
             inference=self.inference,
+            strategy=strategy,
         )
         for listener in self.listeners:
             lane.subscribe(listener)
@@ -161,8 +180,37 @@ class MarketsEngine:
         signals: list[Signal] = []
         for items in rounds:
             self.passes += 1
-            signals.extend(await decide_pass(items))
+            decided = await decide_pass(items)
+            if self.broker is not None and decided:
+                self._trade(items, decided)
+            signals.extend(decided)
         return signals
+
+    def _trade(self, items: list[tuple[LiveEngine, dict[str, Any]]], signals: list[Signal]) -> None:
+        """The paper broker after a pass: each decided market's candle fills what was
+        ordered at the previous close (at this open) and marks the position (at this
+        close), then this close's signal orders for the next open; the book saved."""
+        assert self.broker is not None
+        candles = {lane.market: candle for lane, candle in items}
+        for signal in signals:
+            candle = candles[signal.market]
+            lane = self.lanes[signal.market]
+            self.broker.on_candle(
+                signal.market, signal.ts, float(candle["open"]), float(candle["close"])
+            )
+            cap = lane.strategy.max_position if lane.strategy is not None else None
+            self.broker.order(signal.market, signal.ts, signal.action, cap)
+        self._unsaved += 1
+        if self._unsaved >= self.book_every:
+            self.save_book()
+
+    def save_book(self) -> None:
+        """Store the paper book's changes (when it has an account)."""
+        if self.broker is not None and self.account is not None and self._unsaved:
+            from engine.trading.paper_book import save_book
+
+            save_book(self.con, self.account, self.broker)
+        self._unsaved = 0
 
     def submit(self, candle: dict[str, Any]) -> None:
         """The feed's `on_closed` (sync): queue the candle for the next pass. Candles
@@ -187,8 +235,21 @@ class MarketsEngine:
         if lanes:
             _write_signals(lanes)
             _write_predictions(lanes)
+        self.save_book()
 
     # --- what the faces show -----------------------------------------------------------------
+    def _position(self, market: str) -> dict[str, float | None]:
+        if self.broker is None:
+            return {}
+        held = self.broker.positions.get(market)
+        if held is None:
+            return {"position": 0.0, "position_value": 0.0, "unrealised_pnl": 0.0}
+        return {
+            "position": held.units,
+            "position_value": held.value,
+            "unrealised_pnl": held.unrealised_pnl,
+        }
+
     def states(self) -> list[MarketState]:
         out = []
         for market, lane in self.lanes.items():
@@ -205,6 +266,7 @@ class MarketsEngine:
                     reason=last.reason if last else None,
                     model=lane.model.record.ref if lane.model is not None else None,
                     threshold=lane.threshold,
+                    **self._position(market),
                 )
             )
         return out

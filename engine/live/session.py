@@ -16,6 +16,9 @@ from engine.live.markets import MarketsEngine
 from engine.live.seats import load_seats
 from engine.live.sources import demo_candles, replay_markets, upbit_live_markets
 from engine.research.features import warm_up
+from engine.trading.paper import BrokerConfig, PaperBroker
+from engine.trading.paper_book import load_book, reset_book
+from engine.trading.spec import StrategySpec
 from engine.upbit.markets import unit_minutes
 from store.candles import load_candles
 
@@ -111,16 +114,23 @@ async def open_session(
     market: str | Sequence[str],
     unit: str,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     offline: bool = False,
     replay_delay: float = 0.25,
     probe_timeout: float = 3.0,
     replay_candles: int = REPLAY_CANDLES,
     inference: Inference | None = None,
+    strategy: StrategySpec | None = None,
+    paper: BrokerConfig | None = None,
 ) -> Session:
     """Build the engine for `market` (or a watchlist of markets) of `unit` and the coroutine
     that feeds it: live from Upbit when it answers, else a replay of the stored candles, else
-    a demo market. `Session.engine` is the first market's lane, `Session.markets` all."""
+    a demo market. `Session.engine` is the first market's lane, `Session.markets` all.
+
+    `strategy` decides every market (the default: the AI threshold `threshold`, the SMA-cross
+    rule when no model answers); its signals trade on paper (`paper`, the broker's settings):
+    live on the stored "live" book (a restart resumes it), a replay on a fresh "replay" book,
+    a demo on a book kept in memory."""
     markets = [market] if isinstance(market, str) else list(dict.fromkeys(market))
     if not markets:
         raise ValueError("a session needs at least one market")
@@ -129,7 +139,9 @@ async def open_session(
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
     cursor = con.cursor()
     seats = await asyncio.to_thread(lambda: {m: load_seats(cursor, m, unit) for m in markets})
-    engine = MarketsEngine(con, unit, inference=inference)
+    engine = MarketsEngine(con, unit, inference=inference, strategy=strategy)
+    if threshold is None:  # the strategy's, else the default spec's
+        threshold = strategy.threshold if strategy is not None else 0.5
     for name in markets:
         seat = seats[name]
         reason = seat.champion_reason
@@ -160,6 +172,7 @@ async def open_session(
         else:
             for name, candles in windows.items():
                 engine.prime(name, candles)
+            engine.broker, engine.account = load_book(con, "live", paper), "live"
             return Session(
                 lane,
                 "live",
@@ -172,6 +185,8 @@ async def open_session(
     playable = {m: frame for m, frame in stored.items() if len(frame) > windows}
     if playable:
         _set_mode(engine, "replay", signal_batch=50)
+        reset_book(con, "replay")
+        engine.broker, engine.account, engine.book_every = PaperBroker(paper), "replay", 50
         for name, frame in playable.items():
             engine.prime(name, frame.iloc[:windows])
         played = pd.concat([frame.iloc[windows:] for frame in playable.values()], ignore_index=True)
@@ -190,6 +205,7 @@ async def open_session(
         )
         return Session(lane, "replay", banner, replay_markets(engine, played, replay_delay), engine)
     _set_mode(engine, "demo", persist=False)
+    engine.broker = PaperBroker(paper)
     demos = []
     for k, name in enumerate(markets):
         demo = demo_candles(windows + replay_candles, name, unit, seed=7 + k, price=_demo_price(k))
