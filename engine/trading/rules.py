@@ -8,6 +8,7 @@ and what it takes (engine.trading.spec prefixes the file and the rule's place).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -55,21 +56,15 @@ def check_weight(value: Any, key: str = "weight") -> None:
 
 
 # --- vectorised indicators (each value reads only its own window) -------------------------------
-def _windowed_sum(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """`sum(values[i : i + m] * weights)` for every full window. einsum sums each window on
-    its own, in one order, so a value does not depend on how many windows are computed with
-    it (the per-candle tail and the whole series agree to the bit; the tests hold them)."""
-    return np.einsum("ij,j->i", sliding_window_view(values, len(weights)), weights)
-
-
-def _windowed_std(values: np.ndarray, period: int) -> np.ndarray:
-    view = sliding_window_view(values, period)
+def _windowed_std(view: np.ndarray) -> np.ndarray:
+    """The population std of each window of a sliding-window view, a block at a time."""
     out = np.empty(len(view))
     for start in range(0, len(view), CHUNK):
         out[start : start + CHUNK] = view[start : start + CHUNK].std(axis=1)
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def _wilder_weights(period: int, span: int) -> np.ndarray:
     """Weights of Wilder's smoothing over `span` values seeded by the mean of the first
     `period`: the recursion a = (a * (period - 1) + x) / period written as one sum."""
@@ -77,22 +72,26 @@ def _wilder_weights(period: int, span: int) -> np.ndarray:
     weights = np.empty(span)
     weights[:period] = decay ** (span - period) / period
     weights[period:] = decay ** np.arange(span - period - 1, -1, -1) / period
+    weights.flags.writeable = False  # shared by every call (cached)
     return weights
 
 
 def rsi_values(closes: np.ndarray, period: int) -> np.ndarray:
     """Wilder's RSI at every candle, over the last `RSI_SPAN * period` close-to-close changes
     (TA-Lib's RSI on exactly those closes); NaN before that many changes and where nothing
-    moved. A finite window (the seed's weight is below 1e-4) keeps live equal to backtest."""
+    moved. A finite window (the seed's weight is below 1e-4) keeps live equal to backtest:
+    einsum sums each window on its own, in one order, so a value does not depend on how
+    many windows are computed with it (the per-candle tail and the whole series agree to
+    the bit; the tests hold them)."""
     values = np.asarray(closes, dtype="float64")
     span = RSI_SPAN * period
     out = np.full(len(values), np.nan)
     if len(values) <= span:
         return out
     changes = np.diff(values)
-    weights = _wilder_weights(period, span)
-    gain = _windowed_sum(np.maximum(changes, 0.0), weights)
-    loss = _windowed_sum(np.maximum(-changes, 0.0), weights)
+    moves = np.stack([np.maximum(changes, 0.0), np.maximum(-changes, 0.0)])
+    windows = sliding_window_view(moves, span, axis=1)
+    gain, loss = np.einsum("kij,j->ki", windows, _wilder_weights(period, span))
     total = gain + loss
     with np.errstate(invalid="ignore", divide="ignore"):
         out[span:] = np.where(total > 0, 100.0 * gain / total, np.nan)
@@ -106,19 +105,11 @@ def bollinger_bands(closes: np.ndarray, period: int, k: float) -> tuple[np.ndarr
     upper = np.full(len(values), np.nan)
     if len(values) < period:
         return lower, upper
-    mid = sliding_window_view(values, period).mean(axis=1)
-    spread = k * _windowed_std(values, period)
+    view = sliding_window_view(values, period)
+    mid = view.mean(axis=1)
+    spread = k * _windowed_std(view)
     lower[period - 1 :], upper[period - 1 :] = mid - spread, mid + spread
     return lower, upper
-
-
-def _crosses(prev_now: tuple[np.ndarray, np.ndarray], buy: tuple[Any, Any], sell: tuple[Any, Any]):
-    """Codes from (previous, current) values: buy when prev <= buy[0] and now > buy[1], sell
-    when prev >= sell[0] and now < sell[1] (NaN compares false: hold)."""
-    prev, now = prev_now
-    up = (prev <= buy[0]) & (now > buy[1])
-    down = (prev >= sell[0]) & (now < sell[1])
-    return up.astype(np.int8) - down.astype(np.int8)
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -187,7 +178,10 @@ class RsiRule:
 
     def _codes(self, rsi: np.ndarray) -> np.ndarray:
         codes = np.zeros(len(rsi), dtype=np.int8)
-        codes[1:] = _crosses((rsi[:-1], rsi[1:]), (self.lower,) * 2, (self.upper,) * 2)
+        prev, now = rsi[:-1], rsi[1:]  # NaN compares false: hold
+        up = (prev <= self.lower) & (now > self.lower)
+        down = (prev >= self.upper) & (now < self.upper)
+        codes[1:] = up.astype(np.int8) - down.astype(np.int8)
         return codes
 
     def codes(self, closes: np.ndarray) -> np.ndarray:
@@ -325,7 +319,7 @@ class Regime:
             return out
         period, fast, slow = self._lengths()
         if self.measure == "volatility":
-            out[period:] = _windowed_std(np.diff(np.log(values)), period)
+            out[period:] = _windowed_std(sliding_window_view(np.diff(np.log(values)), period))
         else:
             fast_mean = sliding_window_view(values, fast).mean(axis=1)[slow - fast :]
             slow_mean = sliding_window_view(values, slow).mean(axis=1)
