@@ -259,6 +259,52 @@ async def bench_backfill(seconds: float) -> list[Row]:
     ]
 
 
+# --------------------------------------------------------------------------- paging
+
+
+PAGING_CASES = (  # name, periods (1-minute buckets), gap_prob, buckets from the last to now
+    ("dense market (5 % of minutes empty), 4 days", 4 * 1440, 0.05, 0),
+    ("thin market (a candle every ~7 minutes), 14 days", 14 * 1440, 6 / 7, 0),
+    ("3 days of candles that ended 14 months ago", 3 * 1440, 0.0, 14 * 30 * 1440),
+)
+
+
+async def bench_paging() -> list[Row]:
+    """Requests per stored candle of a complete backfill from `since` to now, per shape of
+    series: the fake counts the requests; its rate limit is off (counts, not pace)."""
+    rows: list[Row] = []
+    now = pd.Timestamp.now(tz="UTC").floor("min")
+    for i, (name, periods, gap_prob, ago) in enumerate(PAGING_CASES):
+        first = now - pd.Timedelta(minutes=periods + ago)
+        candles = generate_candles("KRW-BTC", "1", first, periods, seed=i, gap_prob=gap_prob)
+        async with FakeUpbit(candles, rate_limit=None) as fake:
+            os.environ["UPQUANT_UPBIT_REST_URL"] = fake.rest_url
+            with tempfile.TemporaryDirectory() as tmp:
+                con = connect(Path(tmp) / "paging.duckdb")
+                began = time.monotonic()
+                report = await fetch_markets(
+                    con, ["KRW-BTC"], "1", first, limiter=RateLimiter(per_second=1000)
+                )
+                seconds = time.monotonic() - began
+                stored = con.execute("SELECT count(*) FROM candles").fetchall()[0][0]
+                con.close()
+            asked = fake.requests["/v1/candles/minutes/1"]
+        ideal = -(-len(candles) // 200)
+        rows.append(
+            (
+                (
+                    f"backfill requests per stored candle: {name} ({stored:,} of"
+                    f" {len(candles):,} candles, {asked:,} requests, ideal {ideal:,};"
+                    f" {seconds:.1f} s unpaced)"
+                ),
+                f"{asked / max(stored, 1):.4f} req/candle",
+                f"≤ {(ideal + 2) / len(candles):.4f}",
+                stored == len(candles) and asked <= ideal + 2 and report.stopped is None,
+            )
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- live
 
 
@@ -326,7 +372,7 @@ def main() -> None:
     parser.add_argument("--live-seconds", type=float, default=6.0)
     parser.add_argument("--markets", type=int, default=200)
     parser.add_argument("--rates", default="2000,4000,inf", help="offered frames/s, inf = max")
-    parser.add_argument("--only", default="import,backfill,live")
+    parser.add_argument("--only", default="import,backfill,paging,live")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     table: list[Row] = []
@@ -334,6 +380,8 @@ def main() -> None:
         table += bench_import(args.rows, args.runs)
     if "backfill" in parts:
         table += asyncio.run(bench_backfill(args.backfill_seconds))
+    if "paging" in parts:
+        table += asyncio.run(bench_paging())
     if "live" in parts:
         rates = [float(r) for r in args.rates.split(",")]
         table += asyncio.run(bench_live(args.markets, args.live_seconds, rates))

@@ -307,8 +307,10 @@ class FakeUpbit:
     value); minute units and days missing from the data are aggregated from 1-minute candles.
     `rate_limit`: requests per second per group (None disables limiting); `penalty_after`
     429s within 10 s block every request with 418 for `block_seconds`, doubling each time.
-    `count_is_window`: `count` means the last `count` buckets before `to` (Upbit's reading, so
-    gaps shorten pages); False returns the last `count` existing candles instead.
+    `count_is_window`: False (Upbit's reading, the default) returns the last `count` candles
+    that exist before `to`, reaching back over buckets without trades; True reads `count` as
+    the last `count` buckets before `to` instead (gaps shorten pages), for clients that must
+    work either way.
     `now`: the clock for candle requests without `to` (default: the wall clock, so stored
     history from the past answers such requests with an empty list, as Upbit would).
     """
@@ -322,7 +324,7 @@ class FakeUpbit:
         penalty_after: int = 20,
         block_seconds: float = 30.0,
         ws_connect_limit: int | None = 5,
-        count_is_window: bool = True,
+        count_is_window: bool = False,
         now: datetime | None = None,
     ) -> None:
         self.markets: dict[str, tuple[str, str]] = dict(

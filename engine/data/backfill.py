@@ -1,19 +1,23 @@
-"""Resumable REST backfill of many markets into the store: plan each series' missing ranges,
-fetch them in pages under one rate limiter, and report progress per series."""
+"""Resumable REST backfill of many markets into the store: page each series' missing ranges
+from the newest candle back, following the candles Upbit holds rather than the clock, under
+one rate limiter, and report progress per series."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import duckdb
+import numpy as np
 import pandas as pd
 
-from engine.upbit.markets import check_market, check_unit, unit_minutes
+from engine.upbit.markets import check_market, check_unit
 from store.candles import (
     coverage,
     missing_ranges,
@@ -25,10 +29,21 @@ if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
 
     from engine.upbit.client import RateLimiter
 
+Range = tuple[pd.Timestamp, pd.Timestamp]
+MIN_SPLIT_PAGES = 16  # an idle worker takes over half of a series only this many pages from its end
+
 
 @dataclass
 class SeriesFetch:
-    """Backfill progress of one market/unit."""
+    """Backfill progress of one market/unit.
+
+    The number of requests a series needs is known only once it is fetched (a page holds the
+    200 newest candles before its end, however long they span): `chunks_total` is the
+    requests done plus an estimate of those left (from the density of the last page; one
+    candle per bucket before the first), exact once the series is done. `span` is the time
+    to fetch (not covered before this run), `span_done` how much of it is now known complete:
+    the time covered, which is what progress means when the requests left are an estimate.
+    """
 
     market: str
     unit: str
@@ -39,10 +54,17 @@ class SeriesFetch:
     candles: int = 0
     new: int = 0
     error: Exception | None = None
+    span: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
+    span_done: pd.Timedelta = field(default_factory=lambda: pd.Timedelta(0))
 
     @property
     def done(self) -> bool:
         return self.error is not None or self.chunks_done >= self.chunks_total
+
+    @property
+    def time_done(self) -> float:
+        """The fraction of `span` known complete (1.0 when there was nothing to fetch)."""
+        return 1.0 if self.span <= pd.Timedelta(0) else min(1.0, self.span_done / self.span)
 
 
 @dataclass
@@ -86,6 +108,13 @@ class FetchReport:
         elapsed = self.seconds or (time.monotonic() - self.started)
         return self.requests / elapsed if elapsed > 0 else 0.0
 
+    @property
+    def time_done(self) -> float:
+        """The fraction of the time to fetch, over every series, known complete."""
+        span = sum((s.span for s in self.series), pd.Timedelta(0))
+        done = sum((min(s.span_done, s.span) for s in self.series), pd.Timedelta(0))
+        return 1.0 if span <= pd.Timedelta(0) else done / span
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "unit": self.unit,
@@ -96,6 +125,7 @@ class FetchReport:
                     "until": s.end.isoformat(),
                     "requests_planned": s.chunks_total,
                     "requests_done": s.chunks_done,
+                    "time_done": round(s.time_done, 4),
                     "candles": s.candles,
                     "new": s.new,
                     "error": None if s.error is None else str(s.error),
@@ -108,8 +138,40 @@ class FetchReport:
             "rate_limited": self.rate_limited,
             "seconds": round(self.seconds, 3),
             "requests_per_second": round(self.request_rate, 2),
+            "time_done": round(self.time_done, 4),
             "stopped": None if self.stopped is None else str(self.stopped),
         }
+
+
+@dataclass(eq=False)
+class _Cursor:
+    """One pager of a series: asks the candles before `to`, steps `to` back to the oldest
+    candle received, and stops at `lo`. `density` (candles per bucket of its last full page)
+    estimates the pages left."""
+
+    series: SeriesFetch
+    lo: pd.Timestamp
+    to: pd.Timestamp
+    density: float = 1.0
+    measured: bool = False
+    busy: bool = False
+
+
+def _merge(ranges: list[Range], new: Range) -> list[Range]:
+    """Ascending disjoint `ranges` with `new` added (merged with what it overlaps or touches)."""
+    lo, hi = new
+    out: list[Range] = []
+    for a, b in ranges:
+        if b < lo or a > hi:
+            out.append((a, b))
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    out.append((lo, hi))
+    return sorted(out)
+
+
+def _span(ranges: list[Range]) -> pd.Timedelta:
+    return sum((hi - lo for lo, hi in ranges), pd.Timedelta(0))
 
 
 async def fetch_markets(
@@ -127,54 +189,77 @@ async def fetch_markets(
 ) -> FetchReport:
     """Backfill `markets`/`unit` from Upbit REST into the store; resumable and idempotent.
 
-    Each page is stored together with the time range it covers for good (the
-    candle_coverage table), in one transaction; a later run with the same arguments asks
-    only for the ranges not covered yet (all of them with `refetch`), so a run killed at any
-    point continues where it stopped, without duplicates and without holes. All markets share
-    one rate limiter. `since` may differ per market (a mapping). A market Upbit does not
-    know fails alone (its SeriesFetch.error); a 418 block or an unreachable Upbit stops the
-    run (`stopped`). Naive datetimes are read as UTC.
+    Upbit answers `count` candles that exist before `to`, reaching back over buckets without
+    trades, so each missing range is paged from its end with `to` stepped to the oldest
+    candle received, down to its start: a thin market or a series that stopped trading long
+    ago costs about candles / 200 requests, not buckets / 200. A full page proves the span
+    from its oldest candle to its `to` complete (gaps included); a short page proves that
+    nothing older exists. Each page's new candles are stored together with that span (the
+    candle_coverage table), in one transaction; a later run asks only for the ranges not
+    covered yet (all of them with `refetch`), so a run killed at any point continues where it
+    stopped, without duplicates and without holes.
+
+    `concurrency` requests are in flight, across series first; a worker with no series left
+    to start takes over the older half of a long one (MIN_SPLIT_PAGES), so one market alone
+    still fetches at the limiter's pace. All markets share one rate limiter. `since` may
+    differ per market (a mapping). A market Upbit does not know fails alone (its
+    SeriesFetch.error); a 418 block or an unreachable Upbit stops the run (`stopped`).
+    Naive datetimes are read as UTC.
     """
     from engine.upbit.client import (
         DEFAULT_CONCURRENCY,
         PAGE_SIZE,
-        Chunk,
         RateLimiter,
         ceil_bucket,
-        fetch_chunks,
-        plan_chunks,
+        fetch_page,
+        make_client,
+        unit_width,
     )
-    from engine.upbit.errors import UpbitBlocked, UpbitUnreachable
+    from engine.upbit.errors import UpbitBlocked, UpbitError, UpbitUnreachable
 
     unit = check_unit(unit)
     now = pd.Timestamp.now(tz="UTC")
     end = ceil_bucket(until if until is not None else now, unit)
+    width = unit_width(unit)
     pacer = limiter or RateLimiter()
     report = FetchReport(unit, [])
-    pages = PAGE_SIZE * unit_minutes(unit) * 60 * 10**9  # ns one request spans
-    plans: list[tuple[SeriesFetch, list[tuple[pd.Timestamp, pd.Timestamp]]]] = []
+    proven: dict[str, list[Range]] = {}  # per market: what is known complete, in the store
+    cursors: list[_Cursor] = []  # series in order, each one's ranges newest first
     for market in dict.fromkeys(markets):
         check_market(market)
         first = since[market] if isinstance(since, Mapping) else since
         start = ceil_bucket(first, unit)
         series = SeriesFetch(market, unit, start, end)
-        todo = (
-            [(start, end)] if refetch else missing_ranges(coverage(con, market, unit), start, end)
-        )
-        series.chunks_total = sum(-(-(hi - lo).value // pages) for lo, hi in todo)
+        proven[market] = [] if refetch else coverage(con, market, unit)
+        todo = missing_ranges(proven[market], start, end)
+        series.span = _span(todo)
+        cursors += [_Cursor(series, lo, hi) for lo, hi in todo[::-1]]
         report.series.append(series)
-        plans.append((series, todo[::-1]))  # newest first
-    by_market = {s.market: s for s, _ in plans}
 
-    def pending() -> Iterator[Chunk]:  # lazily: a long backfill is many thousand pages
-        for series, todo in plans:
-            for lo, hi in todo:
-                for chunk in plan_chunks(series.market, unit, lo, hi):
-                    if series.error is not None:
-                        break
-                    yield chunk
+    def buckets(lo: pd.Timestamp, hi: pd.Timestamp) -> int:
+        return max(0, int((hi - lo) // width))
+
+    def left(c: _Cursor, to: pd.Timestamp | None = None) -> list[Range]:
+        """The parts of [c.lo, to or c.to) not known complete, ascending."""
+        return missing_ranges(proven[c.series.market], c.lo, c.to if to is None else to)
+
+    def pages_left(c: _Cursor) -> float:
+        """Pages `c` still needs after the one in flight (if busy), at its density."""
+        top = c.to - math.ceil(PAGE_SIZE / c.density) * width if c.busy else c.to
+        return sum(buckets(lo, hi) for lo, hi in left(c, top)) * c.density / PAGE_SIZE
+
+    def estimate() -> None:
+        """chunks_total of every series: done + in flight + the pages left, estimated."""
+        ahead: dict[int, int] = {id(s): 0 for s in report.series}
+        for c in cursors:
+            if c.series.error is None:
+                ahead[id(c.series)] += c.busy + math.ceil(pages_left(c))
+        for s in report.series:
+            extra = ahead[id(s)] or any(c.series is s and c.series.error is None for c in cursors)
+            s.chunks_total = s.chunks_done + int(extra)
 
     def progress() -> None:
+        estimate()
         report.requests = pacer.requests - base_requests
         report.rate_limited = pacer.rate_limited - base_limited
         if on_progress is not None:
@@ -182,31 +267,119 @@ async def fetch_markets(
             if inspect.isawaitable(result):
                 raise TypeError("on_progress must be synchronous")
 
-    def store(chunk: Chunk, page: pd.DataFrame, covered: Any) -> None:
-        series = by_market[chunk.market]
-        series.new += store_fetched(con, page, chunk.market, unit, covered)
-        series.candles += len(page)
-        series.chunks_done += 1
-        progress()
+    def split() -> _Cursor | None:
+        """The older half of the busy cursor with the most pages left (MIN_SPLIT_PAGES)."""
+        busy = [c for c in cursors if c.busy and c.measured and c.series.error is None]
+        if not busy:
+            return None
+        c = max(busy, key=pages_left)
+        pages = pages_left(c)
+        if pages < MIN_SPLIT_PAGES:
+            return None
+        per_page = math.ceil(PAGE_SIZE / c.density) * width
+        mid = c.to - (1 + math.floor(pages / 2)) * per_page
+        if not c.lo < mid < c.to:
+            return None
+        older = _Cursor(c.series, c.lo, mid, c.density, c.measured)
+        c.lo = mid
+        cursors.insert(cursors.index(c) + 1, older)
+        return older
 
-    def failed(chunk: Chunk, exc: Exception) -> None:
-        by_market[chunk.market].error = exc
-        progress()
+    changed = asyncio.Event()
+
+    async def take() -> _Cursor | None:
+        """The next cursor to ask a page for (marked busy, `to` on its newest gap), or None
+        when every series is done."""
+        nonlocal changed
+        while True:
+            for c in list(cursors):
+                if c.busy:
+                    continue
+                gaps = left(c) if c.series.error is None else []
+                if not gaps:
+                    cursors.remove(c)
+                    continue
+                c.to, c.busy = gaps[-1][1], True
+                return c
+            if not cursors:
+                return None
+            older = split()
+            if older is not None:
+                gaps = left(older)
+                older.to, older.busy = gaps[-1][1], True
+                return older
+            await changed.wait()
+
+    def wake() -> None:
+        nonlocal changed
+        changed.set()
+        changed = asyncio.Event()
+
+    def keep(c: _Cursor, page: pd.DataFrame, settled: pd.Timestamp, count: int) -> None:
+        """Store a page's candles not held yet with the span it proves; step `c` back."""
+        series, market = c.series, c.series.market
+        full = len(page) == count
+        oldest = page["ts"].iloc[0] if len(page) else None
+        lo = max(oldest, series.start) if full else series.start
+        hi = min(c.to, settled)
+        gaps = missing_ranges(proven[market], series.start, c.to)
+        stamps = page["ts"]
+        fresh = np.zeros(len(page), dtype=bool)
+        for a, b in gaps:
+            fresh |= ((stamps >= a) & (stamps < b)).to_numpy()
+        covered = (lo, hi) if hi > lo else None
+        series.new += store_fetched(con, page[fresh], market, unit, covered)
+        series.candles += int(fresh.sum())
+        series.chunks_done += 1
+        if covered is not None:
+            before = _span(missing_ranges(proven[market], series.start, series.end))
+            proven[market] = _merge(proven[market], covered)
+            after = _span(missing_ranges(proven[market], series.start, series.end))
+            series.span_done += before - after
+        if full and oldest is not None and oldest > c.lo:
+            c.density = max(count / max(buckets(oldest, c.to), 1), 1e-6)
+            c.measured = True
+            c.to = oldest
+        else:
+            c.to = c.lo  # reached its start, or nothing older exists
+        c.busy = False
+
+    api = make_client() if client is None else client.with_options(max_retries=0)
+
+    async def worker() -> None:
+        while (c := await take()) is not None:
+            gaps = left(c)
+            count = min(PAGE_SIZE, buckets(gaps[-1][0], c.to))
+            try:
+                page, settled = await fetch_page(api, pacer, c.series.market, unit, c.to, count)
+            except (UpbitBlocked, UpbitUnreachable):
+                raise
+            except UpbitError as exc:
+                c.busy = False
+                c.series.error = exc
+            else:
+                keep(c, page, settled, count)
+            wake()
+            progress()
 
     base_requests, base_limited = pacer.requests, pacer.rate_limited
     progress()
+    tasks = [
+        asyncio.create_task(worker()) for _ in range(max(1, concurrency or DEFAULT_CONCURRENCY))
+    ]
     try:
-        await fetch_chunks(
-            pending(),
-            store,
-            client=client,
-            limiter=pacer,
-            concurrency=concurrency or DEFAULT_CONCURRENCY,
-            on_failed=failed,
-        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise cast(BaseException, task.exception())
     except (UpbitBlocked, UpbitUnreachable) as exc:
         report.stopped = exc
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if client is None:
+            await api.close()
         report.seconds = time.monotonic() - report.started
         progress()
     return report

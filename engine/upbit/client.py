@@ -440,6 +440,25 @@ async def fetch_chunk(
     return page, ((chunk.start, settled) if settled > chunk.start else None)
 
 
+async def fetch_page(
+    api: AsyncUpbit, limiter: RateLimiter, market: str, unit: str, to: pd.Timestamp, count: int
+) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """One page as Upbit serves it: the `count` newest candles that exist before `to`
+    (reaching back over buckets without trades), ascending, and `settled`: the end of the
+    buckets that had closed SETTLE_S before the request (the newer ones may still change).
+
+    `to` must be on the bucket grid; `count` is at most PAGE_SIZE. Fewer than `count` rows
+    means the series has no older candles.
+    """
+    asked = pd.Timestamp.now(tz="UTC") - pd.Timedelta(seconds=SETTLE_S)
+    chunk = Chunk(market, unit, to - count * unit_width(unit), to)
+    items = await _call(
+        partial(_page_request, api, chunk), limiter, what=f"candles {market} {unit}", market=market
+    )
+    page = _page_frame(items, market, unit)
+    return page[page["ts"] < to].reset_index(drop=True), floor_bucket(asked, unit)
+
+
 ChunkCallback = Callable[
     [Chunk, pd.DataFrame, tuple[pd.Timestamp, pd.Timestamp] | None], Awaitable[object] | object
 ]

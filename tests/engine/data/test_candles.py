@@ -374,11 +374,19 @@ async def test_fetch_many_markets_is_complete_and_resumes_from_coverage(
         first = await fetch_markets(
             con, markets[:2], "1", since, utc("2025-09-02"), limiter=limiter
         )
-        assert first.requests == 2 * 8 and first.stopped is None
+
+        def pages(market: str, lo: str, hi: str) -> int:  # 200 candles a page, gaps skipped
+            ts = three_markets.loc[three_markets["market"] == market, "ts"]
+            return -(-int(((ts >= utc(lo)) & (ts < utc(hi))).sum()) // 200)
+
+        day1 = [pages(m, "2025-09-01", "2025-09-02") for m in markets[:2]]
+        assert first.requests == sum(day1) < 2 * 8 and first.stopped is None  # 8: 1,440 buckets
         # Day 1 of BTC and ETH is covered: only the rest is asked.
         fake.reset_counters()
         second = await fetch_markets(con, markets, "1", since, until, limiter=limiter)
-        assert second.requests == 8 + 8 + 15 == fake.requests["/v1/candles/minutes/1"]
+        rest = [pages(m, "2025-09-02", "2025-09-03") for m in markets[:2]]
+        rest.append(pages("KRW-XRP", "2025-09-01", "2025-09-03"))
+        assert second.requests == sum(rest) == fake.requests["/v1/candles/minutes/1"]
         again = await fetch_markets(con, markets, "1", since, until, limiter=limiter)
         assert again.requests == 0 and again.new == 0
     assert fake.rate_limited == 0
@@ -444,14 +452,27 @@ async def test_backfill_runs_at_nine_tenths_of_the_budget_without_429(
         for name, value in fake.env().items():
             monkeypatch.setenv(name, value)
         started = time.monotonic()
+        answered: list[float] = []  # when the first page came back (the start-up excluded)
+
+        def first_page(report: Any) -> None:
+            if report.chunks_done and not answered:
+                answered.append(time.monotonic())
+
         report = await fetch_markets(
-            con, ["KRW-BTC", "KRW-ETH"], "1", utc("2025-09-01"), utc("2025-09-03")
+            con,
+            ["KRW-BTC", "KRW-ETH"],
+            "1",
+            utc("2025-09-01"),
+            utc("2025-09-03"),
+            on_progress=first_page,
         )
-        elapsed = time.monotonic() - started
-    assert report.requests == 30 and fake.rate_limited == 0
-    # 10 requests at once, then 10 per window of 1 s + margin: 30 need just over 2 windows;
-    # 0.9 x 10 req/s would allow 3.3 s.
-    assert 2 * 1.0 <= elapsed < 30 / 9
+        ended = time.monotonic()
+    n = report.requests
+    want = sum(-(-int((three_markets["market"] == m).sum()) // 200) for m in ("KRW-BTC", "KRW-ETH"))
+    assert n == want and fake.rate_limited == 0  # 2 x 12 pages of 200 candles
+    # 10 requests at once, then 10 per window of 1 s + margin: 24 need just over 2 windows;
+    # 0.9 x 10 req/s would allow 2.7 s after the first.
+    assert (n - 1) // 10 * 1.0 <= ended - started and ended - answered[0] < n / 9
 
 
 # --------------------------------------------------------------------------- the CLI
