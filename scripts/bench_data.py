@@ -7,6 +7,10 @@ Prints a table (measured, target, ok):
 - backfill pace against the fake Upbit (tests/fake_upbit.py, 10 requests/s on the candle
   group, in its own process) as a fraction of that ceiling, over a bounded run, with the
   429s it answered;
+- paging: requests per stored candle of a complete backfill (in-process fake, pace off) for a
+  dense market, a thin one (a candle every ~7 minutes) and 3 days of candles that ended 14
+  months ago; pages follow the candles (engine/data/backfill.py), so each costs about
+  candles / 200 requests (before: buckets / 200, i.e. 0.0053, 0.0351 and 0.7051 req/candle);
 - live: candle frames per second the WebSocket path (engine/data/feed.py: one socket, 200
   markets, batched DuckDB writes) takes from the fake, and the frame-to-stored latency
   (the fake stamps each frame with its send time; stored = the commit of the batch holding it).
@@ -16,7 +20,7 @@ grid (each copy rescaled to start at the previous copy's last close); the fake s
 random walks. Every run is bounded by --backfill-seconds and --live-seconds.
 
     .venv/bin/python scripts/bench_data.py [--rows 1000000] [--runs 3] [--backfill-seconds 15]
-        [--live-seconds 6] [--markets 200] [--only import,backfill,live]
+        [--live-seconds 6] [--markets 200] [--only import,backfill,paging,live]
 """
 
 from __future__ import annotations

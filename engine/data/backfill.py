@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the Upbit SDK loads only when a fetch runs
     from engine.upbit.client import RateLimiter
 
 Range = tuple[pd.Timestamp, pd.Timestamp]
+EPOCH = pd.Timestamp(0, tz="UTC").as_unit("ns")  # a short page above `since` covers back to it
 MIN_SPLIT_PAGES = 16  # an idle worker takes over half of a series only this many pages from its end
 
 
@@ -194,7 +195,8 @@ async def fetch_markets(
     candle received, down to its start: a thin market or a series that stopped trading long
     ago costs about candles / 200 requests, not buckets / 200. A full page proves the span
     from its oldest candle to its `to` complete (gaps included); a short page proves that
-    nothing older exists. Each page's new candles are stored together with that span (the
+    nothing older exists (recorded back to EPOCH when none of its candles is older than
+    `since`, so an earlier `since` later asks nothing). Each page's new candles are stored together with that span (the
     candle_coverage table), in one transaction; a later run asks only for the ranges not
     covered yet (all of them with `refetch`), so a run killed at any point continues where it
     stopped, without duplicates and without holes.
@@ -320,7 +322,12 @@ async def fetch_markets(
         series, market = c.series, c.series.market
         full = len(page) == count
         oldest = page["ts"].iloc[0] if len(page) else None
-        lo = max(oldest, series.start) if full else series.start
+        if full:
+            lo = max(oldest, series.start)
+        elif oldest is None or oldest >= series.start:
+            lo = EPOCH  # every candle before `to` is on this page, and stored: none older exists
+        else:
+            lo = series.start  # older candles exist (on this page) but are not stored
         hi = min(c.to, settled)
         gaps = missing_ranges(proven[market], series.start, c.to)
         stamps = page["ts"]
