@@ -1,12 +1,11 @@
-"""`upquant signals` on a real store whose signals a real replay wrote (real KRW-BTC and
-KRW-ETH candles, the rule deciding): newest first, every filter (market, unit, mode, action,
+"""`upquant signals` on a real store whose signals real replays wrote (real KRW-BTC and
+KRW-ETH candles, the rule deciding by two strategy specs): newest first, every filter (market, unit, mode, action,
 strategy prefix, last), KST by default and UTC on request, --json the operation's answer, bad
 values refused with a hint; the REST route takes the same filters."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,44 +17,52 @@ from engine.live.engine import LiveEngine
 from engine.live.sources import replay
 from engine.server.app import create_app
 from engine.service import Workstation
+from engine.trading.spec import StrategySpec
 from store.db import connect
 from store.tokens import create_token
 from tests.conftest import shared_candles
 from tests.tui.test_cli import upquant_many
 
 PRIMED = 40  # the rule reads 31 candles
-# a strategy spec's hash, as the engine records it (migration 012)
-STRATEGY = hashlib.sha256(b"spec under test").hexdigest()
+# the ETH replay's strategy spec (the BTC one decides by the engine's default spec)
+COOLDOWN = StrategySpec(name="sma with a cooldown", cooldown=3)
 
 
-def _replay(con, name: str, market: str, rows: int, mode: str) -> None:  # type: ignore[no-untyped-def]
+def _replay(con, name: str, market: str, rows: int, mode: str, **options) -> str:  # type: ignore[no-untyped-def]
+    """Replay real candles through the live engine (no model: the spec's rule decides);
+    the hash of the spec that decided."""
     candles = shared_candles(name, rows, market=market)
-    engine = LiveEngine(con, market, "1", no_model_reason="no champion", mode=mode)
+    engine = LiveEngine(con, market, "1", no_model_reason="no champion", mode=mode, **options)
     engine.prime(candles.iloc[:PRIMED])
     asyncio.run(replay(engine, candles.iloc[PRIMED:]))
+    assert engine.strategy is not None
+    return engine.strategy.hash
 
 
 @pytest.fixture
-def stored(home: Path) -> pd.DataFrame:
-    """The store's signals after two replays (BTC 'replay', ETH 'demo'; the ETH ones tagged
-    with a strategy spec), oldest first."""
+def stored(home: Path) -> tuple[pd.DataFrame, str, str]:
+    """The store's signals after two replays (BTC 'replay' by the default spec, ETH 'demo'
+    by COOLDOWN), oldest first; the two specs' hashes."""
     con = connect()
     try:
-        _replay(con, "KRW-BTC_1m.csv", "KRW-BTC", 240, "replay")
-        _replay(con, "KRW-ETH_1m.csv", "KRW-ETH", 140, "demo")
-        con.execute("UPDATE signals SET strategy = ? WHERE market = 'KRW-ETH'", [STRATEGY])
+        btc = _replay(con, "KRW-BTC_1m.csv", "KRW-BTC", 240, "replay")
+        eth = _replay(con, "KRW-ETH_1m.csv", "KRW-ETH", 140, "demo", strategy=COOLDOWN)
         frame = con.execute("SELECT * FROM signals ORDER BY ts, market").df()
     finally:
         con.close()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame
+    assert btc != eth
+    return frame, btc, eth
 
 
 def _json(out: str) -> list[dict]:
     return json.loads(out)
 
 
-def test_signals_filters_times_json_and_errors(home: Path, stored: pd.DataFrame) -> None:
+def test_signals_filters_times_json_and_errors(
+    home: Path, stored: tuple[pd.DataFrame, str, str]
+) -> None:
+    stored, btc_spec, eth_spec = stored
     assert len(stored) == 200 + 100 and {"buy", "sell", "hold"} <= set(stored["action"])
     btc = stored[stored["market"] == "KRW-BTC"]
     commands = [
@@ -64,8 +71,8 @@ def test_signals_filters_times_json_and_errors(home: Path, stored: pd.DataFrame)
         ["signals", "--mode", "demo", "--last", "1000", "--json"],
         ["signals", "--mode", "live", "--json"],
         ["signals", "--action", "buy", "--market", "KRW-BTC", "--json", "--last", "1000"],
-        ["signals", "--strategy", STRATEGY[:8].upper(), "--json", "--last", "1000"],
-        ["signals", "--strategy", STRATEGY, "--unit", "60", "--json"],
+        ["signals", "--strategy", eth_spec[:8].upper(), "--json", "--last", "1000"],
+        ["signals", "--strategy", eth_spec, "--unit", "60", "--json"],
         ["signals", "--market", "KRW-BTC", "--last", "3"],
         ["signals", "--market", "KRW-BTC", "--last", "3", "--utc"],
         ["signals", "--mode", "live"],
@@ -97,9 +104,9 @@ def test_signals_filters_times_json_and_errors(home: Path, stored: pd.DataFrame)
     assert [(pd.Timestamp(s["ts"]), s["market"]) for s in listed] == list(
         zip(expected["ts"], expected["market"], strict=True)
     )
-    assert {s["strategy"] for s in listed if s["market"] == "KRW-ETH"} == {STRATEGY}
-    assert {s["strategy"] for s in listed if s["market"] == "KRW-BTC"} == {None}
-    assert listed[0]["source"] == "sma-cross(10,30)" and "no champion" in listed[0]["reason"]
+    assert {s["strategy"] for s in listed if s["market"] == "KRW-ETH"} == {eth_spec}
+    assert {s["strategy"] for s in listed if s["market"] == "KRW-BTC"} == {btc_spec}
+    assert [s["reason"] for s in listed] == list(expected["reason"])
 
     assert [pd.Timestamp(s["ts"]) for s in _json(newest.stdout)] == list(btc["ts"][::-1][:5])
     assert {(s["market"], s["mode"]) for s in _json(demo.stdout)} == {("KRW-ETH", "demo")}
@@ -137,7 +144,10 @@ def test_signals_filters_times_json_and_errors(home: Path, stored: pd.DataFrame)
     assert "hint" in json.loads(strategy.stdout)
 
 
-async def test_the_route_takes_mode_and_strategy(home: Path, stored: pd.DataFrame) -> None:
+async def test_the_route_takes_mode_and_strategy(
+    home: Path, stored: tuple[pd.DataFrame, str, str]
+) -> None:
+    _, btc_spec, eth_spec = stored
     con = connect()
     token = create_token(con, "read-test", "read")[1]
     client = TestClient(TestServer(create_app(Workstation(con)), host="127.0.0.1"))
@@ -149,10 +159,12 @@ async def test_the_route_takes_mode_and_strategy(home: Path, stored: pd.DataFram
             async with client.get(f"/api/v1/signals?{query}", headers=headers) as response:
                 return response.status, await response.json()
 
-        status, demo = await get(f"mode=demo&strategy={STRATEGY[:6]}&last=1000")
+        status, demo = await get(f"mode=demo&strategy={eth_spec[:6]}&last=1000")
         assert status == 200 and len(demo) == 100
-        assert {(s["market"], s["strategy"]) for s in demo} == {("KRW-ETH", STRATEGY)}
-        status, none = await get(f"mode=replay&strategy={STRATEGY}")
+        assert {(s["market"], s["strategy"]) for s in demo} == {("KRW-ETH", eth_spec)}
+        status, replayed = await get(f"strategy={btc_spec}&last=1000")
+        assert status == 200 and {s["market"] for s in replayed} == {"KRW-BTC"}
+        status, none = await get(f"mode=replay&strategy={eth_spec}")
         assert status == 200 and none == []
         for query, field in (
             ("mode=paper", "mode"),
