@@ -196,10 +196,12 @@ async def fetch_markets(
     ago costs about candles / 200 requests, not buckets / 200. A full page proves the span
     from its oldest candle to its `to` complete (gaps included); a short page proves that
     nothing older exists (recorded back to EPOCH when none of its candles is older than
-    `since`, so an earlier `since` later asks nothing). Each page's new candles are stored together with that span (the
-    candle_coverage table), in one transaction; a later run asks only for the ranges not
-    covered yet (all of them with `refetch`), so a run killed at any point continues where it
-    stopped, without duplicates and without holes.
+    `since`, so an earlier `since` later asks nothing). Each page's new candles are stored
+    together with that span (the candle_coverage table), in one transaction; a later run asks
+    only for the ranges not covered yet (all of them with `refetch`), so a run killed at any
+    point continues where it stopped, without duplicates and without holes. This relies on
+    Upbit's reading of `count` (existing candles, not buckets): a server that counted buckets
+    would end a series at its first gap wider than a page.
 
     `concurrency` requests are in flight, across series first; a worker with no series left
     to start takes over the older half of a long one (MIN_SPLIT_PAGES), so one market alone
