@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import duckdb
 import pandas as pd
 
@@ -38,7 +41,7 @@ def insert_signals(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> None:
         con.unregister("_signal_batch")
 
 
-def insert_signal_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[object, ...]]) -> None:
+def insert_signal_rows(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Append signals given as tuples in SIGNAL_COLUMNS order, in one statement: a few as one
     parameterised INSERT (no frame to build), many through a frame."""
     if not rows:

@@ -291,9 +291,8 @@ class LiveEngine:
             fallback = answer.fallback
             if answer.probs is not None:
                 try:
-                    fallback = (
-                        self.guard(model, answer.rows, ts) if self.guard is not None else None
-                    )
+                    rows = answer.rows if answer.rows is not None else np.empty((0, 0))
+                    fallback = self.guard(model, rows, ts) if self.guard is not None else None
                 except Exception as exc:  # noqa: BLE001 - a failing guard: the rule decides
                     fallback = _why(exc)
                 if fallback is None:

@@ -30,7 +30,7 @@ from engine.live.engine import (
 )
 from engine.live.inference import LoadedModel
 from engine.live.seats import Seat
-from engine.trading.paper import PaperBroker
+from engine.trading.paper import Fill, PaperBroker
 from engine.trading.spec import StrategySpec
 from engine.trading.strategies import Signal, SmaCross
 
@@ -76,6 +76,7 @@ class MarketsEngine:
         self.broker = broker  # the paper broker the signals trade on (None: no paper trading)
         self.account = account  # the book's account in the store (None: kept in memory)
         self.book_every = 1  # passes between saves of the book (live: every pass)
+        self.fills: list[Fill] | None = None  # a list: every paper fill is kept there too
         self._unsaved = 0
         self.inference = inference
         self.inference_timeout = inference_timeout
@@ -195,9 +196,11 @@ class MarketsEngine:
         for signal in signals:
             candle = candles[signal.market]
             lane = self.lanes[signal.market]
-            self.broker.on_candle(
+            filled = self.broker.on_candle(
                 signal.market, signal.ts, float(candle["open"]), float(candle["close"])
             )
+            if self.fills is not None:
+                self.fills.extend(filled)
             cap = lane.strategy.max_position if lane.strategy is not None else None
             self.broker.order(signal.market, signal.ts, signal.action, cap)
         self._unsaved += 1

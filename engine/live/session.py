@@ -144,11 +144,11 @@ async def open_session(
         threshold = strategy.threshold if strategy is not None else 0.5
     for name in markets:
         seat = seats[name]
-        reason = seat.champion_reason
+        said = seat.champion_reason
         if seat.shadows:
-            reason += f" · {len(seat.shadows)} in shadow"
+            said += f" · {len(seat.shadows)} in shadow"
         engine.add_market(
-            name, seat.champion, threshold=threshold, shadows=seat.shadows, no_model_reason=reason
+            name, seat.champion, threshold=threshold, shadows=seat.shadows, no_model_reason=said
         )
     lane = engine.lanes[first]
     if len(markets) == 1:
@@ -157,7 +157,7 @@ async def open_session(
         seated = sum(1 for one in engine.lanes.values() if one.model is not None)
         where = f"{len(markets)} markets ({', '.join(markets[:3])}{' ...' if len(markets) > 3 else ''}) {unit}m"
         models = f"{seated} with a champion, {len(markets) - seated} on the rule"
-    reason = (
+    reason: str | None = (
         "OFFLINE (--offline): Upbit not contacted"
         if offline
         else await probe_upbit(first, unit, probe_timeout)
@@ -180,16 +180,16 @@ async def open_session(
                 upbit_live_markets(engine),
                 engine,
             )
-    windows = engine.window
-    stored = {m: load_candles(con, m, unit, last=windows + replay_candles) for m in markets}
-    playable = {m: frame for m, frame in stored.items() if len(frame) > windows}
+    window = engine.window
+    stored = {m: load_candles(con, m, unit, last=window + replay_candles) for m in markets}
+    playable = {m: frame for m, frame in stored.items() if len(frame) > window}
     if playable:
         _set_mode(engine, "replay", signal_batch=50)
         reset_book(con, "replay")
         engine.broker, engine.account, engine.book_every = PaperBroker(paper), "replay", 50
         for name, frame in playable.items():
-            engine.prime(name, frame.iloc[:windows])
-        played = pd.concat([frame.iloc[windows:] for frame in playable.values()], ignore_index=True)
+            engine.prime(name, frame.iloc[:window])
+        played = pd.concat([frame.iloc[window:] for frame in playable.values()], ignore_index=True)
         what = (
             f"{len(played)} stored" if len(markets) > 1 else f"{len(played)} stored {first} {unit}m"
         )
@@ -208,9 +208,9 @@ async def open_session(
     engine.broker = PaperBroker(paper)
     demos = []
     for k, name in enumerate(markets):
-        demo = demo_candles(windows + replay_candles, name, unit, seed=7 + k, price=_demo_price(k))
-        engine.prime(name, demo.iloc[:windows])
-        demos.append(demo.iloc[windows:])
+        demo = demo_candles(window + replay_candles, name, unit, seed=7 + k, price=_demo_price(k))
+        engine.prime(name, demo.iloc[:window])
+        demos.append(demo.iloc[window:])
     banner = f"{reason} · no stored {where} candles · DEMO market (synthetic) · {models}"
     return Session(
         lane,

@@ -26,8 +26,9 @@ from engine.service.features import FeaturesOps
 from engine.service.feeds import FeedOps
 from engine.service.live import LiveOps
 from engine.service.monitoring import MonitoringOps
-from engine.service.paper import PaperOps
 from engine.service.outcomes import OutcomeOps
+from engine.service.paper import PaperOps
+from engine.service.parity import ParityOps
 from engine.service.prediction import PredictionOps
 from engine.service.registry import RegistryOps
 from engine.service.retraining import RetrainOps
@@ -62,6 +63,7 @@ class Workstation(
     RetrainOps,
     EvaluationOps,
     PaperOps,
+    ParityOps,
     FeedOps,
     LiveOps,
     StoredOps,

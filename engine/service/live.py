@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from engine.service.base import StoreHolder
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from engine.live.engine import EngineEvent
+    from engine.live.markets import MarketsEngine
     from engine.live.session import Session
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ T = TypeVar("T")
 OPEN_TIMEOUT_S = 300.0  # opening a session may backfill its window from Upbit
 STOP_TIMEOUT_S = 60.0
 HISTORY_MAX = 10_000
+MAX_MARKETS = 500  # Upbit lists ~200 KRW markets
 NO_LOOP_HINT = (
     "a live session runs inside a server: start one with `upquant serve --market KRW-BTC`"
     " (then POST /api/v1/live), or run `upquant tui`"
@@ -89,10 +91,28 @@ def check_threshold(value: float) -> float:
 
 
 class LiveStartRequest(Request):
-    market: str = Field(description="Upbit market code, e.g. KRW-BTC.")
+    market: str | None = Field(
+        default=None, description="Upbit market code, e.g. KRW-BTC (or give `markets`)."
+    )
+    markets: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_MARKETS,
+        description="A watchlist: every market decided in one pass per closed candle.",
+    )
+    all_krw: bool = Field(
+        False,
+        description="Watch every KRW market Upbit lists (offline: every stored series of the unit).",
+    )
     unit: str = Field("1", description="Candle unit: 1, 3, 5, 10, 15, 30, 60, 240 or D.")
-    threshold: float = Field(
-        0.5, description=f"Confidence threshold, within [{THRESHOLD_MIN}, {THRESHOLD_MAX}]."
+    threshold: float | None = Field(
+        None,
+        description=f"Confidence threshold, within [{THRESHOLD_MIN}, {THRESHOLD_MAX}]"
+        " (default: the strategy spec's, else 0.5).",
+    )
+    strategy_spec: dict[str, Any] | None = Field(
+        default=None,
+        description="A strategy spec (engine.trading.spec; the default: the AI threshold with"
+        " the SMA-cross rule when no model answers).",
     )
     offline: bool = Field(False, description="Never contact Upbit: replay stored candles.")
     replay_delay: float = Field(
@@ -104,10 +124,17 @@ class LiveStartRequest(Request):
 
     @field_validator("market")
     @classmethod
-    def _market(cls, value: str) -> str:
+    def _market(cls, value: str | None) -> str | None:
         from engine.upbit.markets import check_market
 
-        return check_market(value)
+        return None if value is None else check_market(value)
+
+    @field_validator("markets")
+    @classmethod
+    def _markets(cls, value: list[str]) -> list[str]:
+        from engine.upbit.markets import check_market
+
+        return list(dict.fromkeys(check_market(m) for m in value))
 
     @field_validator("unit")
     @classmethod
@@ -118,8 +145,25 @@ class LiveStartRequest(Request):
 
     @field_validator("threshold")
     @classmethod
-    def _threshold(cls, value: float) -> float:
-        return check_threshold(value)
+    def _threshold(cls, value: float | None) -> float | None:
+        return None if value is None else check_threshold(value)
+
+    @field_validator("strategy_spec")
+    @classmethod
+    def _spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from engine.trading.spec import StrategySpec
+
+            StrategySpec.from_dict(value)  # SpecError (a ValueError) names the key and the fix
+        return value
+
+    @model_validator(mode="after")
+    def _some_market(self) -> LiveStartRequest:
+        if self.market is None and not self.markets and not self.all_krw:
+            raise ValueError("name the markets: market, markets or all_krw")
+        if self.market is not None and self.market not in self.markets:
+            self.markets = [self.market, *self.markets]
+        return self
 
 
 class LiveStatusRequest(Request):
@@ -134,6 +178,9 @@ class LiveThresholdRequest(Request):
     threshold: float = Field(
         description=f"Confidence threshold, within [{THRESHOLD_MIN}, {THRESHOLD_MAX}]."
     )
+    market: str | None = Field(
+        default=None, description="One watched market's (every market's when omitted)."
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -143,6 +190,36 @@ class LiveThresholdRequest(Request):
 
 class LiveHistoryRequest(Request):
     last: int = Field(500, ge=1, le=HISTORY_MAX, description="The newest N candles of the window.")
+    market: str | None = Field(
+        default=None, description="A watched market (the session's first when omitted)."
+    )
+
+
+class WatchedMarket(Response):
+    """One market of the session's watchlist: its newest candle and decision, its position."""
+
+    market: str
+    last_ts: datetime | None = Field(description="The newest closed candle decided on.")
+    last_price: float | None = Field(description="Its close.")
+    action: str | None = None
+    confidence: float | None = None
+    source: str | None = Field(default=None, description="The model's ref, or the rule's name.")
+    reason: str | None = None
+    model: str | None = Field(default=None, description="The champion seated (None: the rule).")
+    threshold: float
+    position: float | None = Field(default=None, description="Units held on paper.")
+    position_value: float | None = Field(default=None, description="KRW at the last close.")
+    unrealised_pnl: float | None = None
+
+
+class PaperSummary(Response):
+    """The session's paper book: cash and equity in KRW."""
+
+    account: str | None = Field(description="The stored account (None: a demo's, in memory).")
+    cash: float
+    equity: float
+    realised_pnl: float
+    unrealised_pnl: float
 
 
 class LiveStatus(Response):
@@ -174,6 +251,13 @@ class LiveStatus(Response):
     ended: str | None = Field(
         default=None, description="Why the session ended (None while it runs)."
     )
+    strategy: str | None = Field(
+        default=None, description="The strategy spec deciding (its name and hash)."
+    )
+    markets: list[WatchedMarket] = Field(
+        default_factory=list, description="Every watched market (one for a single market)."
+    )
+    paper: PaperSummary | None = None
 
 
 class LiveCandle(Candle):
@@ -187,6 +271,31 @@ class LiveHistory(Response):
     market: str | None
     unit: str | None
     candles: list[LiveCandle]
+
+
+def _market_of(event: EngineEvent, default: str) -> str:
+    """The market an engine event is about (a status is the session's: its first market)."""
+    from engine.live.engine import CandleEvent, SignalEvent
+
+    if isinstance(event, CandleEvent):
+        return str(event.candle.get("market") or default)
+    if isinstance(event, SignalEvent):
+        return event.signal.market
+    return default
+
+
+def _paper(markets: MarketsEngine | None) -> PaperSummary | None:
+    broker = None if markets is None else markets.broker
+    if broker is None:
+        return None
+    book = broker.book()
+    return PaperSummary(
+        account=markets.account if markets is not None else None,
+        cash=book.cash,
+        equity=book.equity,
+        realised_pnl=book.realised_pnl,
+        unrealised_pnl=book.unrealised_pnl,
+    )
 
 
 @dataclass
@@ -275,7 +384,14 @@ class LiveOps(StoreHolder):
         if live is None:
             return LiveStatus(running=False)
         engine = live.session.engine
+        markets = live.session.markets
+        strategy = engine.strategy
         return LiveStatus(
+            strategy=None if strategy is None else f"{strategy.name} {strategy.hash[:12]}",
+            markets=[]
+            if markets is None
+            else [WatchedMarket(**vars(state)) for state in markets.states()],
+            paper=_paper(markets),
             running=live.running,
             market=engine.market,
             unit=engine.unit,
@@ -293,6 +409,7 @@ class LiveOps(StoreHolder):
         )
 
     def _announce(self) -> LiveStatus:
+        """Publish the session's status on the hub (a `live` event) and return it."""
         status = self._status()
         self.events.publish({"type": "live", "live": status.model_dump(mode="json")})
         return status
@@ -319,26 +436,70 @@ class LiveOps(StoreHolder):
                 )
             self._starting = True
         try:
+            markets = await self._watchlist(request)
+            spec = None
+            if request.strategy_spec is not None:
+                from engine.trading.spec import StrategySpec
+
+                spec = StrategySpec.from_dict(request.strategy_spec)
             session = await open_session(
                 self.con(),
-                request.market,
+                markets,
                 request.unit,
                 threshold=request.threshold,
                 offline=request.offline,
                 replay_delay=request.replay_delay,
                 replay_candles=request.replay_candles,
+                inference=getattr(self, "inference", None),
+                strategy=spec,
             )
             from engine.service.modelops import manage
 
             await manage(session, retrain=self._retrain_words)
             live = _Live(session, datetime.now(UTC), loop)
-            session.engine.subscribe(self._listener(live))
+            if session.markets is not None:
+                session.markets.subscribe(self._listener(live))
+            else:
+                session.engine.subscribe(self._listener(live))
             self._live, self.live_session = live, session
             live.task = loop.create_task(self._drive(live), name="upquant-live")
         finally:
             self._starting = False
         log.info("live session opened: %s", session.banner)
         return self._announce()
+
+    async def _watchlist(self, request: LiveStartRequest) -> list[str]:
+        """The markets `request` names; `all_krw`: every KRW market Upbit lists, or offline
+        (or unreachable) every stored series of the unit."""
+        if not request.all_krw:
+            return list(request.markets)
+        listed: list[str] = []
+        if not request.offline:
+            from engine.data.backfill import krw_markets
+            from engine.upbit.errors import UpbitError
+
+            try:
+                listed = await asyncio.wait_for(krw_markets(), 10.0)
+            except (TimeoutError, UpbitError, OSError) as exc:
+                log.warning("the KRW market list is unreachable (%s): stored series instead", exc)
+        if not listed:
+            rows = (
+                self.con()
+                .execute(
+                    "SELECT DISTINCT market FROM candles WHERE unit = ? AND market LIKE 'KRW-%'"
+                    " ORDER BY market",
+                    [request.unit],
+                )
+                .fetchall()
+            )
+            listed = [market for (market,) in rows]
+        if not listed:
+            raise ServiceError(
+                f"no KRW markets to watch: Upbit's list is unreachable and no unit {request.unit}"
+                " series is stored",
+                "fetch some first (`upquant data fetch KRW-BTC`) or name the markets",
+            )
+        return list(dict.fromkeys([*request.markets, *listed]))[:MAX_MARKETS]
 
     def _retrain_words(self, market: str, unit: str, by: str, reason: str) -> str:
         """Start a retrain of market/unit's champion for the session's model operations
@@ -364,7 +525,7 @@ class LiveOps(StoreHolder):
             elif isinstance(event, SignalEvent):
                 live.signals += 1
             if hub.subscribers:  # nobody listening: no frame to build
-                hub.publish(engine_event(event, engine.market, engine.unit))
+                hub.publish(engine_event(event, _market_of(event, engine.market), engine.unit))
 
         return listen
 
@@ -458,8 +619,31 @@ class LiveOps(StoreHolder):
         live = self._live
         if live is None or not live.running:
             raise Conflict("no live session runs", "start one: POST /api/v1/live")
-        live.session.engine.set_threshold(request.threshold)
+        lanes = self._lanes(live, request.market)
+        for lane in lanes:
+            lane.set_threshold(request.threshold)
         return self._announce()
+
+    @staticmethod
+    def _lanes(live: _Live, market: str | None) -> list[Any]:
+        """The lanes of the session `market` names (every lane when None); NotFound when it
+        is not watched."""
+        markets = live.session.markets
+        lanes = (
+            dict(markets.lanes)
+            if markets is not None
+            else {live.session.engine.market: live.session.engine}
+        )
+        if market is None:
+            return list(lanes.values())
+        if market not in lanes:
+            from engine.service.core import NotFound
+
+            raise NotFound(
+                f"{market} is not watched by the live session",
+                f"watched: {', '.join(list(lanes)[:10])}{' ...' if len(lanes) > 10 else ''}",
+            )
+        return [lanes[market]]
 
     @operation("read")
     def live_history(self, request: LiveHistoryRequest) -> LiveHistory:
@@ -467,7 +651,7 @@ class LiveOps(StoreHolder):
         live = self._live
         if live is None:
             return LiveHistory(market=None, unit=None, candles=[])
-        engine = live.session.engine
+        engine = self._lanes(live, request.market)[0]
         history = engine.history.tail(request.last)  # replaced whole on each candle, never edited
         candles = [
             LiveCandle(market=engine.market, unit=engine.unit, **record)

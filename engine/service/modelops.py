@@ -330,29 +330,47 @@ def _seats_of(engine: LiveEngine) -> _SeatIds:
 
 
 async def manage(session: Session, *, retrain: Retrain | None = None) -> ModelOpsCycle:
-    """Attach model operations to `session` (its runner then ends with a last cycle)."""
-    cycle = ModelOpsCycle(session.engine, retrain=retrain)
-    await asyncio.to_thread(cycle.prepare)
-    for text, _level in cycle._report.said:  # before anyone follows the session: its banner
+    """Attach model operations to `session` (its runner then ends with a last cycle): one
+    cycle per market whose lane seats a model (the first market's always: a session on the
+    rule still reseats when a champion is promoted). Returns the first market's."""
+    lanes = [session.engine]
+    if session.markets is not None:
+        lanes += [
+            lane
+            for lane in session.markets.lanes.values()
+            if lane is not session.engine and (lane.model is not None or lane.shadows)
+        ]
+    cycles = [ModelOpsCycle(lane, retrain=retrain) for lane in lanes]
+
+    def prepare() -> None:
+        for cycle in cycles:
+            cycle.prepare()
+
+    await asyncio.to_thread(prepare)
+    for text, _level in cycles[0]._report.said:  # before anyone follows the session: its banner
         session.banner += f" · {text}"
-    cycle._report = CycleReport()
-    cycle.attach()
+    for cycle in cycles:
+        cycle._report = CycleReport()
+        cycle.attach()
     runner = session.runner
+    flush = session.markets.flush if session.markets is not None else session.engine.flush
 
     async def run() -> Any:
         try:
             result = await runner
-        except BaseException:  # stopped or failed: the running cycle ends, no new one
-            await cycle.stop()
+        except BaseException:  # stopped or failed: the running cycles end, no new one
+            for cycle in cycles:
+                await cycle.stop()
             raise
-        session.engine.flush()
-        if session.engine.mode != "demo":
-            await cycle.drain()
-        await cycle.stop()
+        flush()
+        for cycle in cycles:
+            if session.engine.mode != "demo":
+                await cycle.drain()
+            await cycle.stop()
         return result
 
     session.runner = run()
-    return cycle
+    return cycles[0]
 
 
 async def open_managed_session(

@@ -28,7 +28,7 @@ def spec_label(spec: StrategySpec) -> str:
     return f"{spec.name} ({spec.hash[:12]})"
 
 
-def run_spec_backtest(
+def spec_range_actions(
     con: duckdb.DuckDBPyConnection,
     spec: StrategySpec,
     *,
@@ -37,13 +37,11 @@ def run_spec_backtest(
     start: datetime | None = None,
     end: datetime | None = None,
     probabilities: pd.DataFrame | None = None,
-    fee: float = DEFAULT_FEE,
-    slippage_bps: float = 0.0,
-    note: str | None = None,
-) -> BacktestReport:
-    """Backtest `spec` on `market`/`unit` candles with start <= ts < end. `probabilities`
-    (ts, p_sell, p_hold, p_buy) are the model's answers; candles without one, and every
-    candle when None, have no answer."""
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The candles of `market`/`unit` with start <= ts < end and the spec's action code on
+    each, its rules reading the `history_needed() - 1` candles before `start`.
+    `probabilities` (ts, p_sell, p_hold, p_buy) are the model's answers; candles without
+    one, and every candle when None, have no answer."""
     market, unit = check_market(market), check_unit(unit)
     lookback = start
     if start is not None:
@@ -70,7 +68,28 @@ def run_spec_backtest(
         probs[at[found]] = probabilities[PROBABILITIES].to_numpy(dtype="float64")[found]
     warmup = int(np.argmax(inside))
     actions = spec_actions(spec, candles, probs, warmup=warmup)[warmup:]
-    candles = candles.iloc[warmup:].reset_index(drop=True)
+    return candles.iloc[warmup:].reset_index(drop=True), actions
+
+
+def run_spec_backtest(
+    con: duckdb.DuckDBPyConnection,
+    spec: StrategySpec,
+    *,
+    market: str,
+    unit: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    probabilities: pd.DataFrame | None = None,
+    fee: float = DEFAULT_FEE,
+    slippage_bps: float = 0.0,
+    note: str | None = None,
+) -> BacktestReport:
+    """Backtest `spec` on `market`/`unit` candles with start <= ts < end (see
+    `spec_range_actions`) beside the baselines."""
+    unit = check_unit(unit)
+    candles, actions = spec_range_actions(
+        con, spec, market=market, unit=unit, start=start, end=end, probabilities=probabilities
+    )
     label = spec_label(spec)
     results = {
         label: backtest(
@@ -79,7 +98,7 @@ def run_spec_backtest(
         **baseline_results(candles, fee=fee, slippage_bps=slippage_bps, unit=unit),
     }
     return BacktestReport(
-        market=market,
+        market=check_market(market),
         unit=unit,
         strategy=label,
         first=candles["ts"].iloc[0],

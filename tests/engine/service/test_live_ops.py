@@ -6,6 +6,7 @@ routes (markets, candles, signals, data status) answering what the store holds."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -228,3 +229,47 @@ def test_a_one_shot_workstation_refuses_to_start_a_session(ws: Workstation) -> N
         refused.value.hint or ""
     )
     assert ws.live_status(LiveStatusRequest()).running is False
+
+
+async def test_a_watchlist_session_decides_every_market_and_trades_on_paper(
+    api: Api, ws: Workstation, con
+) -> None:  # type: ignore[no-untyped-def]
+    """POST /api/v1/live with a watchlist and a strategy spec: one session over every market
+    (replayed, a pass per minute), each market's decision and paper position in the status,
+    every signal stored with the spec's hash, and the replay's paper book stored."""
+    upsert_candles(con, shared_candles("KRW-ETH_1m.csv", STORED, market="KRW-ETH"))
+    spec = {"name": "rsi-vote", "form": "voting", "rules": [
+        {"rule": "sma-cross", "fast": 5, "slow": 20}, {"rule": "rsi", "period": 14}]}
+    body = {"markets": ["KRW-BTC", "KRW-ETH"], "unit": "1", "offline": True,
+            "replay_delay": 0.0, "replay_candles": 200, "strategy_spec": spec}
+    status, started = await api("POST", "/api/v1/live", json=body)
+    assert status == 200, started
+    assert [m["market"] for m in started["markets"]] == ["KRW-BTC", "KRW-ETH"]
+    assert started["strategy"].startswith("rsi-vote ")
+    for _ in range(200):
+        status, now = await api("GET", "/api/v1/live", "read")
+        if not now["running"]:
+            break
+        await asyncio.sleep(0.05)
+    assert now["running"] is False and "ended" in now["ended"]
+    by_market = {m["market"]: m for m in now["markets"]}
+    assert by_market["KRW-BTC"]["last_price"] == pytest.approx(
+        float(load_candles(con, "KRW-BTC", "1")["close"].iloc[-1]))
+    assert all(m["action"] in ("buy", "sell", "hold") and m["position"] is not None
+               for m in now["markets"]), now["markets"]
+    assert now["paper"]["account"] == "replay" and now["paper"]["equity"] > 0
+    stored = con.execute(
+        "SELECT market, count(*), count(DISTINCT strategy), min(strategy) FROM signals"
+        " GROUP BY market ORDER BY market").fetchall()
+    digest = con.execute("SELECT hash FROM strategy_specs WHERE name = 'rsi-vote'").fetchall()
+    assert len(digest) == 1
+    assert [(m, n, k, h) for m, n, k, h in stored] == [
+        ("KRW-BTC", 200, 1, digest[0][0]), ("KRW-ETH", 200, 1, digest[0][0])]
+    status, book = await api("GET", "/api/v1/paper?account=replay", "read")
+    assert status == 200 and book["equity"] == pytest.approx(now["paper"]["equity"])
+
+    status, bad = await api("POST", "/api/v1/live", json={**body, "strategy_spec": {"form": "vote"}})
+    assert status == 422 and "form" in bad["error"]
+    status, none = await api("POST", "/api/v1/live", json={"unit": "1"})
+    assert status == 422 and "markets" in bad["error"] + none["error"]
+
