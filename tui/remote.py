@@ -319,13 +319,15 @@ async def attach(
     market: str,
     unit: str,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = 0.5,
     offline: bool = False,
     replay_delay: float = 0.25,
     replay_candles: int = 2000,
+    watch: dict[str, Any] | None = None,
 ) -> RemoteSession:
     """The server's session, started with these options when none runs (a running one is
-    shown as it is, with a note when it is not the market or unit asked for)."""
+    shown as it is, with a note when it is not the market or unit asked for). `watch` adds
+    the live_start fields of a watchlist (markets, all_krw, strategy_spec)."""
     url = url.rstrip("/")
     http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"})
     try:
@@ -339,6 +341,7 @@ async def attach(
                 "offline": offline,
                 "replay_delay": replay_delay,
                 "replay_candles": replay_candles,
+                **{k: v for k, v in (watch or {}).items() if v},
             }
             try:
                 status = await call(http, url, "live_start", start, OPEN_TIMEOUT_S)

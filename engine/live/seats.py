@@ -9,11 +9,16 @@ is refused is left out with a note (the session says so), never a reason to stop
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from engine.live.inference import LoadedModel, load_champion, load_record
 from store.registry import alias_holders, get_model
+from store.registry import champion as registry_champion
+
+if TYPE_CHECKING:
+    from engine.live.inference_service import InferenceService
 
 SHADOW_ROLES = ("challenger", "shadow")
 
@@ -55,18 +60,35 @@ def holder_ids(
     return champion, tuple(shadows)
 
 
-def load_seats(con: duckdb.DuckDBPyConnection, market: str, unit: str) -> Seats:
+def load_seats(
+    con: duckdb.DuckDBPyConnection,
+    market: str,
+    unit: str,
+    service: InferenceService | None = None,
+) -> Seats:
     """The champion (as `load_champion` loads it: an earlier one when its artifact is bad)
-    and every challenger and shadow of market/unit, in alias order."""
-    champion, reason = load_champion(con, market, unit)
+    and every challenger and shadow of market/unit, in alias order; through `service` (its
+    cache by sha256: a model already loaded for another market or face is reused) when given."""
+    if service is None:
+        champion, reason = load_champion(con, market, unit)
+    else:
+        record = registry_champion(con, market, unit)
+        if record is None:
+            champion, reason = None, f"no champion model for {market} unit {unit}"
+        else:
+            champion, reason = service.load_with_fallback(con, record)
     shadows: list[Seat] = []
     notes: list[str] = []
     for holder in alias_holders(con, market, unit):
         if holder.alias not in SHADOW_ROLES:
             continue
         try:
-            loaded = load_record(get_model(con, holder.model_id))
-            loaded.warm()
+            record = get_model(con, holder.model_id)
+            if service is None:
+                loaded = load_record(record)
+                loaded.warm()
+            else:
+                loaded = service.load_record(record)
         except Exception as exc:  # noqa: BLE001 - a bad shadow is left out, with the reason
             notes.append(f"{holder.alias} {holder.ref} left out: {exc}")
             continue

@@ -138,7 +138,12 @@ async def open_session(
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
     cursor = con.cursor()
-    seats = await asyncio.to_thread(lambda: {m: load_seats(cursor, m, unit) for m in markets})
+    from engine.live.inference_service import InferenceService
+
+    service = inference if isinstance(inference, InferenceService) else None
+    seats = await asyncio.to_thread(
+        lambda: {m: load_seats(cursor, m, unit, service) for m in markets}
+    )
     engine = MarketsEngine(con, unit, inference=inference, strategy=strategy)
     if threshold is None:  # the strategy's, else the default spec's
         threshold = strategy.threshold if strategy is not None else 0.5

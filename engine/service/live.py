@@ -44,6 +44,8 @@ from engine.service.stored import Candle, candle_records
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
+    import duckdb
+
     from engine.live.engine import EngineEvent
     from engine.live.markets import MarketsEngine
     from engine.live.session import Session
@@ -469,12 +471,21 @@ class LiveOps(StoreHolder):
         return self._announce()
 
     async def _watchlist(self, request: LiveStartRequest) -> list[str]:
-        """The markets `request` names; `all_krw`: every KRW market Upbit lists, or offline
-        (or unreachable) every stored series of the unit."""
+        """The markets `request` names (see `watchlist_of`)."""
         if not request.all_krw:
             return list(request.markets)
+        return await self.watchlist_of(
+            self.con(), request.markets, request.unit, offline=request.offline
+        )
+
+    @staticmethod
+    async def watchlist_of(
+        con: duckdb.DuckDBPyConnection, markets: list[str], unit: str, *, offline: bool
+    ) -> list[str]:
+        """`markets` and every KRW market Upbit lists, or offline (or unreachable) every
+        stored KRW series of `unit`; ServiceError when there is none."""
         listed: list[str] = []
-        if not request.offline:
+        if not offline:
             from engine.data.backfill import krw_markets
             from engine.upbit.errors import UpbitError
 
@@ -483,23 +494,19 @@ class LiveOps(StoreHolder):
             except (TimeoutError, UpbitError, OSError) as exc:
                 log.warning("the KRW market list is unreachable (%s): stored series instead", exc)
         if not listed:
-            rows = (
-                self.con()
-                .execute(
-                    "SELECT DISTINCT market FROM candles WHERE unit = ? AND market LIKE 'KRW-%'"
-                    " ORDER BY market",
-                    [request.unit],
-                )
-                .fetchall()
-            )
+            rows = con.execute(
+                "SELECT DISTINCT market FROM candles WHERE unit = ? AND market LIKE 'KRW-%'"
+                " ORDER BY market",
+                [unit],
+            ).fetchall()
             listed = [market for (market,) in rows]
-        if not listed:
+        if not listed and not markets:
             raise ServiceError(
-                f"no KRW markets to watch: Upbit's list is unreachable and no unit {request.unit}"
+                f"no KRW markets to watch: Upbit's list is unreachable and no unit {unit}"
                 " series is stored",
                 "fetch some first (`upquant data fetch KRW-BTC`) or name the markets",
             )
-        return list(dict.fromkeys([*request.markets, *listed]))[:MAX_MARKETS]
+        return list(dict.fromkeys([*markets, *listed]))[:MAX_MARKETS]
 
     def _retrain_words(self, market: str, unit: str, by: str, reason: str) -> str:
         """Start a retrain of market/unit's champion for the session's model operations

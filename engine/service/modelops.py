@@ -283,7 +283,15 @@ class ModelOpsCycle:
         holders = holder_ids(self.con, self.market, self.unit)
         if holders == self.holders:
             return
-        seats = load_seats(self.con, self.market, self.unit)
+        from engine.live.inference_service import InferenceService
+
+        service = self.engine.inference
+        seats = load_seats(
+            self.con,
+            self.market,
+            self.unit,
+            service if isinstance(service, InferenceService) else None,
+        )
         self._references(seats.champion)
         self.holders, self.seated = holders, _SeatIds(*seats.ids)
         self.engine.seat(seats)  # a plain assignment, taken by the loop on the next candle

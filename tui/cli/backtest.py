@@ -138,6 +138,19 @@ def backtest(
             " --strategy, --threshold, --fast and --slow.",
         ),
     ] = None,
+    parity: Annotated[
+        bool,
+        typer.Option(
+            "--parity",
+            help="Run the strategy spec (the default spec without --strategy-spec) both ways:"
+            " replayed through the live engine with the paper broker, and vectorised; report"
+            " the signals, fills and PnL of each and their largest difference (exit 1 when"
+            " they differ).",
+        ),
+    ] = False,
+    cash: Annotated[
+        float, typer.Option("--cash", help="--parity: the paper broker's KRW cash.")
+    ] = 1_000_000.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest a strategy on stored candles beside buy-and-hold and no-trade, with fees."""
@@ -154,6 +167,9 @@ def backtest(
     end = parse_time(to, "--to") if to else None
     if start is not None and end is not None and start >= end:
         raise ValueError(f"--from {from_} is not before --to {to}; give the earlier time first")
+    if parity:
+        _parity(market, unit, start, end, spec, model, fee, slippage, cash, as_json)
+        return
     request = BacktestRequest(
         market=market,
         strategy=strategy,
@@ -179,3 +195,75 @@ def backtest(
         emit_json(report.model_dump(mode="json", exclude={"trades", "warnings"}))
         return
     _render(report)
+
+
+def _parity(
+    market: str,
+    unit: str,
+    start: Any,
+    end: Any,
+    spec: dict[str, Any] | None,
+    model: str | None,
+    fee: float,
+    slippage: float,
+    cash: float,
+    as_json: bool,
+) -> None:
+    """`backtest --parity`: the replay and the vectorised backtest side by side."""
+    from engine.service.parity import ParityRequest
+
+    request = ParityRequest(
+        market=market,
+        unit=unit,
+        start=start,
+        end=end,
+        strategy_spec=spec,
+        model=model,
+        fee=fee,
+        slippage=slippage,
+        initial_cash=cash,
+    )
+    with workstation() as ws:
+        report = ws.parity(request)
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+    else:
+        console.print(
+            styled(
+                (report.market, "bold"),
+                f" unit {report.unit} · {report.first:%Y-%m-%d %H:%M} →"
+                f" {report.last:%Y-%m-%d %H:%M} UTC · {report.candles:,} candles · strategy"
+                f" {report.strategy} · model {report.model or 'none (the rules)'}",
+            ),
+            highlight=False,
+        )
+        table = Table("", "replay (live engine)", "backtest (vectorised)")
+        for action in ("buy", "sell", "hold"):
+            table.add_row(
+                f"{action} signals",
+                f"{report.live.signals[action]:,}",
+                f"{report.backtest.signals[action]:,}",
+            )
+        table.add_row("fills", f"{report.live.fills:,}", f"{report.backtest.fills:,}")
+        table.add_row(
+            "final equity (KRW)",
+            f"{report.live.final_equity:,.2f}",
+            f"{report.backtest.final_equity:,.2f}",
+        )
+        table.add_row("PnL (KRW)", f"{report.live.pnl:+,.2f}", f"{report.backtest.pnl:+,.2f}")
+        console.print(table)
+        console.print(
+            f"differences: {report.action_differences} actions, {report.fill_differences}"
+            f" fills; largest relative: price {report.max_price_difference:.2e}, units"
+            f" {report.max_units_difference:.2e}, equity {report.max_equity_difference:.2e};"
+            f" PnL {report.pnl_difference:+.2e} KRW (tolerance {report.tolerance:g})"
+        )
+        if report.first_difference:
+            console.print(f"first difference: {report.first_difference}")
+        console.print(
+            styled(("EQUAL", "bold green"))
+            if report.equal
+            else styled(("DIFFERENT", "bold red"), ": the replay and the backtest disagree")
+        )
+    if not report.equal:
+        raise typer.Exit(1)

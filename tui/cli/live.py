@@ -101,7 +101,10 @@ def _attach(info: ServerInfo, market: str, unit: str, options: dict[str, Any]) -
             "run the TUI as the user who started `upquant serve`, or restart the server",
         )
     app = UpquantApp(
-        None, market, unit, session_factory=partial(attach, info.url, token, market, unit, **options)
+        None,
+        market,
+        unit,
+        session_factory=partial(attach, info.url, token, market, unit, **options),
     )
     app.server_note = f"attached to {info.url}"
     app.run()
@@ -131,27 +134,66 @@ def run(
     market: Annotated[
         str, typer.Option("--market", "-m", help="Market, e.g. KRW-BTC.")
     ] = "KRW-BTC",
+    markets: Annotated[
+        str | None,
+        typer.Option(
+            "--markets",
+            help="A watchlist, comma-separated (KRW-BTC,KRW-ETH,...): every market decided in"
+            " one pass per closed candle.",
+        ),
+    ] = None,
+    all_krw: Annotated[
+        bool,
+        typer.Option(
+            "--all-krw",
+            help="Watch every KRW market Upbit lists (offline: every stored series of the unit).",
+        ),
+    ] = False,
     unit: UnitOpt = "1",
     threshold: Annotated[
-        float, typer.Option(help="Confidence threshold for model signals, in [0.34, 0.95].")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="Confidence threshold for model signals, in [0.34, 0.95] (default: the"
+            " strategy spec's, else 0.5)."
+        ),
+    ] = None,
+    strategy_spec: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy-spec",
+            help="A strategy spec file (.json/.toml): voting, regime switch, AI filter, rules.",
+        ),
+    ] = None,
     offline: OfflineOpt = False,
     replay_delay: Annotated[float, typer.Option(help="Seconds between replayed candles.")] = 0.0,
     replay_candles: ReplayCandlesOpt = 2000,
+    every: Annotated[
+        float,
+        typer.Option(
+            "--every",
+            help="Seconds between watchlist tables while live (0: only when the session ends).",
+        ),
+    ] = 60.0,
 ) -> None:
     """Run the engine headless (live, or replay when Upbit is unreachable) and print each buy/sell signal.
 
-    With `upquant serve` running it follows the server's session instead (starting one when
-    none runs) until the session ends or Ctrl-C; the server keeps running.
+    With a watchlist (--markets, --all-krw) every market is decided in one pass per closed
+    candle; the watchlist (last price, action, confidence, reason, paper position) is printed
+    every --every seconds and when the session ends. With `upquant serve` running it follows
+    the server's session instead (starting one when none runs) until the session ends or
+    Ctrl-C; the server keeps running.
     """
     from engine.live.engine import SignalEvent, StatusEvent
     from engine.params import check_session_args
-    from engine.service.modelops import open_managed_session
 
     unit = check(market, unit)
+    watchlist = _watchlist(market, markets)
     check_session_args(
-        threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
+        threshold=0.5 if threshold is None else threshold,
+        replay_delay=replay_delay,
+        replay_candles=replay_candles,
     )
+    spec = _spec_table(strategy_spec)
 
     def show(event: object) -> None:
         if isinstance(event, StatusEvent):
@@ -160,19 +202,45 @@ def run(
             show_signal(event.signal)
 
     async def main(con) -> Counter:
+        from engine.live.inference_service import InferenceService
+        from engine.service.live import LiveOps
+        from engine.service.modelops import open_managed_session
+        from engine.trading.spec import StrategySpec
+
+        names = watchlist
+        if all_krw:
+            names = await LiveOps.watchlist_of(
+                con, [] if markets is None else watchlist, unit, offline=offline
+            )
         session = await open_managed_session(
             con,
-            market,
+            names if len(names) > 1 else names[0],
             unit,
             threshold=threshold,
             offline=offline,
             replay_delay=replay_delay,
             replay_candles=replay_candles,
+            inference=InferenceService(),
+            strategy=None if spec is None else StrategySpec.from_dict(spec),
         )
         err.print(session.banner)
-        session.engine.subscribe(show)
-        await session.runner
-        return Counter(s.action for s in session.engine.signals)
+        engines = session.markets
+        if engines is not None:
+            engines.subscribe(show)
+        else:
+            session.engine.subscribe(show)
+        ticker = None
+        if engines is not None and len(engines.lanes) > 1 and every > 0 and session.mode == "live":
+            ticker = asyncio.ensure_future(_tables(engines, every))
+        try:
+            await session.runner
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+        if engines is not None and len(engines.lanes) > 1:
+            show_watchlist(engines.states())
+        lanes = engines.lanes.values() if engines is not None else [session.engine]
+        return Counter(s.action for lane in lanes for s in lane.signals)
 
     import os
 
@@ -181,11 +249,12 @@ def run(
 
         info = running_server()  # a stale server.json (its process gone) is removed here
         if info is not None:  # the server owns the store: follow its session instead
-            options = {
+            options: dict[str, Any] = {
                 "threshold": threshold,
                 "offline": offline,
                 "replay_delay": replay_delay,
                 "replay_candles": replay_candles,
+                "watch": {"markets": watchlist, "all_krw": all_krw, "strategy_spec": spec},
             }
             counts = asyncio.run(_follow_server(info, market, unit, options, show_signal))
             console.print(
@@ -199,6 +268,54 @@ def run(
     console.print(
         f"signals: {sum(counts.values()):,} (buy {counts['buy']}, sell {counts['sell']}, hold {counts['hold']})"
     )
+
+
+def _watchlist(market: str, markets: str | None) -> list[str]:
+    """--markets (comma-separated, checked), else --market."""
+    from engine.upbit.markets import check_market
+
+    if markets is None:
+        return [market]
+    names = [name.strip() for name in markets.split(",") if name.strip()]
+    if not names:
+        raise CliError("--markets is empty", "give markets comma-separated, e.g. KRW-BTC,KRW-ETH")
+    return list(dict.fromkeys(check_market(name) for name in names))
+
+
+def _spec_table(path: str | None) -> dict[str, Any] | None:
+    """The strategy spec file's settings (checked here: errors name the file)."""
+    if path is None:
+        return None
+    from engine.trading.spec import StrategySpec
+
+    return StrategySpec.load(path).to_dict()
+
+
+async def _tables(engines: Any, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        show_watchlist(engines.states())
+
+
+def show_watchlist(states: list[Any]) -> None:
+    """The watchlist as `upquant run` prints it: a row per market."""
+    from rich.table import Table
+
+    table = Table("market", "last", "price", "action", "conf", "source", "position", "reason")
+    for s in states:
+        stamp = getattr(s, "last_ts", None)
+        position = getattr(s, "position_value", None)
+        table.add_row(
+            s.market,
+            "-" if stamp is None else f"{stamp:%m-%d %H:%M}",
+            "-" if s.last_price is None else f"{s.last_price:,.8g}",
+            s.action or "-",
+            "-" if s.confidence is None else f"{s.confidence:.2f}",
+            s.source or "-",
+            "-" if position is None else f"{position:,.0f} KRW",
+            (s.reason or "")[:60],
+        )
+    console.print(table)
 
 
 def show_signal(s: Any) -> None:

@@ -22,9 +22,7 @@ from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
 from tui.cli.options import JsonOpt, workstation
 from tui.cli.render import CliError, console, emit_json, styled
 
-server_app = typer.Typer(
-    help="The running upquant server: status, stop.", no_args_is_help=True
-)
+server_app = typer.Typer(help="The running upquant server: status, stop.", no_args_is_help=True)
 token_app = typer.Typer(
     help="API tokens for the server: create (the secret is shown once), list, revoke.",
     no_args_is_help=True,
@@ -56,14 +54,35 @@ def serve(
             " streams it); without it none runs until POST /api/v1/live.",
         ),
     ] = None,
+    markets: Annotated[
+        str | None,
+        typer.Option(
+            "--markets",
+            help="Run a live session over this watchlist (comma-separated): every market"
+            " decided in one pass per closed candle.",
+        ),
+    ] = None,
+    all_krw: Annotated[
+        bool,
+        typer.Option(
+            "--all-krw",
+            help="Run a live session over every KRW market Upbit lists (offline: every"
+            " stored series of the unit).",
+        ),
+    ] = False,
+    strategy_spec: Annotated[
+        str | None,
+        typer.Option("--strategy-spec", help="The live session's strategy spec (.json/.toml)."),
+    ] = None,
     unit: Annotated[str, typer.Option("--unit", help="Candle unit of the live session.")] = "1",
     threshold: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--threshold",
-            help=f"Confidence threshold of the live session ({THRESHOLD_MIN}..{THRESHOLD_MAX}).",
+            help=f"Confidence threshold of the live session ({THRESHOLD_MIN}..{THRESHOLD_MAX};"
+            " default: the strategy spec's, else 0.5).",
         ),
-    ] = 0.5,
+    ] = None,
     offline: Annotated[
         bool, typer.Option("--offline", help="Never contact Upbit: replay stored candles.")
     ] = False,
@@ -75,20 +94,26 @@ def serve(
     ] = 2000,
 ) -> None:
     """Run the upquant server: it owns the store, serves the REST API (/api/v1/docs), and
-    every other command talks to it while it runs. With --market it also runs a live
-    session (signals stored, events streamed). Stop it with Ctrl-C, SIGTERM or
+    every other command talks to it while it runs. With --market (or a watchlist:
+    --markets, --all-krw) it also runs a live session (signals stored, paper-traded, events
+    streamed). Stop it with Ctrl-C, SIGTERM or
     `upquant server stop`."""
     from engine.server.runner import serve as run_server
 
     live = None
-    if market is not None:
+    if market is not None or markets is not None or all_krw:
         from pydantic import ValidationError
 
         from engine.service.live import LiveStartRequest
+        from tui.cli.live import _spec_table
 
+        names = [m.strip() for m in (markets or "").split(",") if m.strip()]
         try:
             live = LiveStartRequest(
                 market=market,
+                markets=names,
+                all_krw=all_krw,
+                strategy_spec=_spec_table(strategy_spec),
                 unit=unit,
                 threshold=threshold,
                 offline=offline,
@@ -235,9 +260,7 @@ def token_list(as_json: JsonOpt = False) -> None:
     if not tokens.root:
         console.print("no API tokens yet: `upquant serve` makes one, `upquant token create` more")
         return
-    table = Table(
-        "id", "name", "scope", "created (UTC)", "last used (UTC)", "revoked (UTC)"
-    )
+    table = Table("id", "name", "scope", "created (UTC)", "last used (UTC)", "revoked (UTC)")
     for token in tokens.root:
         table.add_row(
             str(token.id),
@@ -259,6 +282,4 @@ def token_revoke(
 
     with workstation() as ws:
         token = ws.token_revoke(TokenRevokeRequest(id=token_id))
-    console.print(
-        f"revoked token {token.id} {token.name!r} ({token.scope})", highlight=False
-    )
+    console.print(f"revoked token {token.id} {token.name!r} ({token.scope})", highlight=False)
