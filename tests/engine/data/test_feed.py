@@ -181,6 +181,10 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
         await gate.wait()
 
     async with FakeUpbit(before) as fake:
+        # the subscribe snapshot (the newest stored candle, final) lands before or after the
+        # start's backfill fetch: a race that changes only how many candles count as new
+        # (9 or 10), so none in this test
+        fake.ws_snapshots = False
         feed = LiveFeed(
             con,
             markets,
@@ -204,9 +208,6 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
         await until(lambda: feed.stats.drops == 1)
         # While the socket is down T0+1 .. T0+5 close at Upbit; REST has them, final.
         fake.add_candles(live[live["ts"] < T0 + pd.Timedelta(minutes=6)])
-        # the subscribe snapshot would be T0+5, final: stored before or after the backfill's
-        # fetch (a race that changes only how many candles count as new), so none this time
-        fake.ws_snapshots = False
         clock.set(T0 + pd.Timedelta(minutes=6, seconds=10))
         backfilled.clear()
         gate.set()
