@@ -12,10 +12,14 @@ in a real DuckDB file. 200 "markets" are cut from the 4 real series (KRW-BTC and
 clock so that all of them close in the same minute); every market's champion is the same
 registered model (loaded once: models are cached by sha256 and shared across markets).
 
-`one-by-one`: each market's candle decided on its own (today's `LiveEngine` per market);
-`batched`: one pass over every market that closed (`MarketsEngine.on_closed_many`: one
-inference call per model). A pass is timed from its first closing frame to its last signal
-committed. `--device cuda` runs the torch models on CUDA ("no CUDA": rows left empty).
+`one-by-one`: the feed hands each closed candle to its market's own `LiveEngine` (a pass
+per market, as a session ran before the multi-market engine); `batched`: the feed's closed
+candles go to `MarketsEngine.submit` and one pass decides every market that closed (one
+model call per model). A pass is timed from its first closing frame to its last signal
+committed; the 200-market rows leave the first pass out of the percentiles (it stores each
+lane's strategy spec and fills its feature rows; a row of its own shows it). `--device cuda` runs the torch
+models on CUDA ("no CUDA": the rows are left empty). `--profile` then profiles 1 market and
+the 200-market pass (cProfile over the passes only, every thread).
 
     .venv/bin/python scripts/bench_live.py [--quick] [--device cpu|cuda] [--profile]
 """
@@ -59,7 +63,8 @@ EMPTY = (
     "200 markets, XGBoost, one-by-one (a pass per market), p50 / p99",
     "200 markets, LSTM, one batched pass, p50 / p99",
     "200 markets, LSTM, one-by-one (a pass per market), p50 / p99",
-    "memory: RSS growth, champion + 200 primed markets",
+    "memory: RSS growth, the XGBoost champion loaded",
+    "memory: RSS growth, 200 markets' lanes primed",
 )
 
 
@@ -325,8 +330,9 @@ def _load(records: dict[str, Any], device: str, batch: int) -> tuple[dict[str, A
 
 
 def _memory_child(home: str, markets_n: int, primed: int) -> None:
-    """Run in a fresh process: RSS before and after loading the champion and 200 primed
-    lanes (their windows), printed as two numbers."""
+    """Run in a fresh process: RSS (MB) with the store open, then with the XGBoost champion
+    loaded (its library's first import included), then with `markets_n` lanes primed with
+    `primed` candles each; printed as three numbers and the lanes' count."""
     os.environ["UPQUANT_HOME"] = home
     from engine.live.engine import LiveEngine
     from engine.live.inference import load_champion
@@ -337,17 +343,20 @@ def _memory_child(home: str, markets_n: int, primed: int) -> None:
     markets = _markets(markets_n, primed)
     warm_up()
     gc.collect()
-    before = _rss_mb()
+    base = _rss_mb()
     model, _ = load_champion(con, "KRW-BTC", UNIT)
     assert model is not None
     model.warm()
+    gc.collect()
+    loaded = _rss_mb()
     engines = []
     for market, frame in markets.items():
         engine = LiveEngine(con, market, UNIT, model=model, mode="live")
         engine.prime(frame)
         engines.append(engine)
+    del markets
     gc.collect()
-    print(f"{before:.1f} {_rss_mb():.1f} {len(engines)}")
+    print(f"{base:.1f} {loaded:.1f} {_rss_mb():.1f} {len(engines)}")
     con.close()
 
 
@@ -420,9 +429,24 @@ def bench(quick: bool, device: str, profile: bool, footer: str) -> list[Row]:
         if batched is None:
             rows.append((f"200 markets, {label}, batched pass", "no batched engine", "-", None))
         else:
-            values = run(200, kind, many_n, batched=True)
+            calls, seconds = (service.calls, service.model_seconds) if service else (0, 0.0)
+            first, *values = run(200, kind, many_n + 1, batched=True)
             timed(f"200 markets, {label}, one batched pass ({how})", target, values, False)
-        values = run(200, kind, slow_n if kind == "lstm" or batched is None else many_n // 3)
+            rows.append(
+                (
+                    "  its first pass (specs stored, feature rows filled)",
+                    f"{first:.1f} ms",
+                    "-",
+                    None,
+                )
+            )
+            if service is not None and service.calls > calls:
+                made = service.calls - calls
+                per_call = (service.model_seconds - seconds) / made * 1000
+                call = f"  of which the model call over 200 windows ({made} calls), mean"
+                rows.append((call, f"{per_call:.1f} ms", "-", None))
+        passes = slow_n if kind == "lstm" or batched is None else many_n // 3
+        _, *values = run(200, kind, passes + 1)
         timed(f"200 markets, {label}, one-by-one (a pass per market)", None, values, False)
 
     con.close()
@@ -434,11 +458,20 @@ def bench(quick: bool, device: str, profile: bool, footer: str) -> list[Row]:
         text=True,
         check=True,
     )
-    before, after, lanes = child.stdout.split()[-3:]
+    base, loaded, primed_mb, lanes = child.stdout.split()[-4:]
     rows.append(
         (
-            f"memory: RSS growth, XGBoost champion + {lanes} primed markets ({primed} candles)",
-            f"{float(after) - float(before):.1f} MB (of {float(after):.0f} MB)",
+            "memory: RSS growth, the XGBoost champion loaded (its library included)",
+            f"{float(loaded) - float(base):.1f} MB (of {float(primed_mb):.0f} MB in all)",
+            "-",
+            None,
+        )
+    )
+    grown = float(primed_mb) - float(loaded)
+    rows.append(
+        (
+            f"memory: RSS growth, {lanes} markets' lanes primed ({primed} candles each)",
+            f"{grown:.1f} MB ({grown * 1024 / int(lanes):.0f} KB a market)",
             "-",
             None,
         )
