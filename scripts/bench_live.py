@@ -17,9 +17,9 @@ per market, as a session ran before the multi-market engine); `batched`: the fee
 candles go to `MarketsEngine.submit` and one pass decides every market that closed (one
 model call per model). A pass is timed from its first closing frame to its last signal
 committed; the 200-market rows leave the first pass out of the percentiles (it stores each
-lane's strategy spec and fills its feature rows; a row of its own shows it). `--device cuda` runs the torch
-models on CUDA ("no CUDA": the rows are left empty). `--profile` then profiles 1 market and
-the 200-market pass (cProfile over the passes only, every thread).
+lane's strategy spec and fills its feature rows; a row of its own shows it). `--device cuda`
+runs the torch models on CUDA ("no CUDA": the rows are left empty). `--profile` then
+profiles 1 market and the 200-market pass (cProfile over the passes only, every thread).
 
     .venv/bin/python scripts/bench_live.py [--quick] [--device cpu|cuda] [--profile]
 """
