@@ -559,9 +559,9 @@ def _write_predictions(lanes: Sequence[LiveEngine]) -> None:
         rows.extend(lane._pending_predictions)
         lane._pending_predictions = []
     if rows:
-        from store.predictions import insert_live_predictions
+        from store.predictions import insert_live_prediction_rows
 
-        insert_live_predictions(lanes[0].con, pd.DataFrame(rows))
+        insert_live_prediction_rows(lanes[0].con, rows)
     for lane in lanes:
         for listener in list(lane.flushed):
             listener()
