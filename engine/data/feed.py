@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import math
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -89,6 +90,8 @@ class CandleWriter:
         self._clock = clock
         self._rows: dict[tuple[str, str, pd.Timestamp], dict[str, Any]] = {}
         self._origins: list[float] = []
+        self._writing = threading.Lock()  # one write at a time, in the order taken
+        self._cursor: duckdb.DuckDBPyConnection | None = None  # the off-loop writes'
 
     def put(self, row: dict[str, Any], origin: float) -> None:
         """Queue one candle state; `origin` is when its frame was made or received (clock)."""
@@ -101,23 +104,69 @@ class CandleWriter:
         """Write what is queued in one upsert; returns how many candles were written.
 
         When the write fails the candles stay queued (newer updates still win) and the error
-        is raised; the next flush tries again.
+        is raised; the next flush tries again. Waits for a write in flight (`run`'s, off the
+        loop) first, so an older state never lands over a newer one.
         """
+        with self._writing:
+            batch = self._take()
+            if batch is None:
+                return 0
+            try:
+                upsert_candles(self.con, batch[2])
+            except Exception:
+                self._restore(batch)
+                raise
+            return self._done(batch)
+
+    def _take(self) -> tuple[dict[Any, dict[str, Any]], list[float], pd.DataFrame] | None:
         if not self._rows:
-            return 0
+            return None
         rows, origins = self._rows, self._origins
         self._rows, self._origins = {}, []
-        frame = pd.DataFrame(list(rows.values()), columns=CANDLE_COLUMNS)
-        try:
-            upsert_candles(self.con, frame)
-        except Exception:
-            self._rows = {**rows, **self._rows}
-            self._origins = origins + self._origins
-            raise
+        return rows, origins, pd.DataFrame(list(rows.values()), columns=CANDLE_COLUMNS)
+
+    def _restore(self, batch: tuple[dict[Any, dict[str, Any]], list[float], pd.DataFrame]) -> None:
+        rows, origins, _ = batch
+        self._rows = {**rows, **self._rows}
+        self._origins = origins + self._origins
+
+    def _done(self, batch: tuple[dict[Any, dict[str, Any]], list[float], pd.DataFrame]) -> int:
+        _, origins, frame = batch
         self.stats.latencies.extend((self._clock() - np.asarray(origins, dtype=float)).tolist())
         self.stats.flushes += 1
         self.stats.rows_written += len(frame)
         return len(frame)
+
+    async def flush_off_loop(self) -> int:
+        """`flush` with the upsert on a worker thread (its own cursor), so a closing candle's
+        decision never waits behind a batch of candle writes on the event loop. The batch is
+        taken and settled on the loop; the write lock is held from taking to writing, so a
+        `flush` meanwhile waits and writes after it, in order."""
+        self._writing.acquire()
+        try:
+            batch = self._take()
+        except BaseException:
+            self._writing.release()
+            raise
+        if batch is None:
+            self._writing.release()
+            return 0
+        if self._cursor is None:
+            self._cursor = self.con.cursor()
+        cursor = self._cursor
+
+        def write() -> None:
+            try:
+                upsert_candles(cursor, batch[2])
+            finally:
+                self._writing.release()
+
+        try:
+            await asyncio.shield(asyncio.to_thread(write))
+        except BaseException:
+            self._restore(batch)
+            raise
+        return self._done(batch)
 
     def discard_before(self, until: pd.Timestamp) -> None:
         """Forget the queued states of candles before `until` (REST has their final values)."""
@@ -129,7 +178,7 @@ class CandleWriter:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                self.flush()
+                await self.flush_off_loop()
                 failing = False
             except duckdb.Error as exc:
                 if on_error is not None and not failing:

@@ -15,7 +15,7 @@ import pytest
 
 from engine.service import OPERATIONS
 from tests.e2e.servers import Servers, store_with_candles
-from tests.tui.test_cli import upquant
+from tests.tui.test_cli import upquant, upquant_many
 
 pytestmark = pytest.mark.slow
 
@@ -81,13 +81,17 @@ def test_commands_from_another_process_answer_as_in_process(
     out = {"s": tmp_path / "s" / "predictions.csv", "l": tmp_path / "l" / "predictions.csv"}
     for path in out.values():
         path.parent.mkdir()
-    for name, args in COMMANDS:
-        served = upquant(home, *[str(out["s"]) if a == "OUT" else a for a in args], timeout=300)
+    # each side's commands in one process, one after another (upquant_many: each through
+    # `tui.cli.main` as the script runs it; the served side finds the server as `upquant` does)
+    served_all = upquant_many(
+        home, [[str(out["s"]) if a == "OUT" else a for a in args] for _, args in COMMANDS]
+    )
+    alone_all = upquant_many(
+        local, [[str(out["l"]) if a == "OUT" else a for a in args] for _, args in COMMANDS],
+        env=IN_PROCESS,
+    )
+    for (name, _args), served, alone in zip(COMMANDS, served_all, alone_all, strict=True):
         assert served.returncode == 0, (name, served.stdout, served.stderr)
-        alone = upquant(
-            local, *[str(out["l"]) if a == "OUT" else a for a in args],
-            env=IN_PROCESS, timeout=300,
-        )
         assert alone.returncode == 0, (name, alone.stdout, alone.stderr)
         if name == "predict":  # the same predictions, in the same file format
             assert out["s"].read_bytes() == out["l"].read_bytes()
