@@ -34,7 +34,7 @@ import pytest
 
 from tests.conftest import DATA
 from tests.e2e.servers import Server, Servers, alive, store_with_candles, wait_for
-from tests.tui.test_cli import UPQUANT, upquant
+from tests.tui.test_cli import UPQUANT, upquant, upquant_many
 
 pytestmark = pytest.mark.slow
 
@@ -324,12 +324,12 @@ def test_a_server_killed_during_alias_moves_keeps_one_champion_and_every_model(
     tmp_path: Path, servers: Servers
 ) -> None:
     home = store_with_candles(tmp_path)
-    for seed in range(3):  # three versions of one name, each with its own artifact
-        trained = upquant(
-            home, "train", "xgboost", "KRW-BTC", "--n-estimators", "20", "--device", "cpu",
-            "--seed", str(seed), "--no-promote", "--json",
-        )
-        assert trained.returncode == 0, trained.stderr
+    trained = upquant_many(home, [  # three versions of one name, each with its own artifact
+        ["train", "xgboost", "KRW-BTC", "--n-estimators", "20", "--device", "cpu",
+         "--seed", str(seed), "--no-promote", "--json"]
+        for seed in range(3)
+    ])
+    assert all(t.returncode == 0 for t in trained), [t.stderr for t in trained]
     server = servers(home)
     for moves in (5, 31):  # killed at different places of the cycle
         loop = AliasLoop(server)

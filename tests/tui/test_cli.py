@@ -163,8 +163,14 @@ def test_bad_arguments_give_one_red_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: Path, csv_2000: Path) -> None:
-    upquant(tmp_path, "data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1")
-    result = upquant(tmp_path, "train", "xgboost", "KRW-BTC", "--unit", "1", "--n-estimators", "30", "--json")
+    imported, result, listed, table, unknown = upquant_many(tmp_path, [
+        ["data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1"],
+        ["train", "xgboost", "KRW-BTC", "--unit", "1", "--n-estimators", "30", "--json"],
+        ["models", "list", "--json"],
+        ["train", "xgboost", "KRW-BTC", "--n-estimators", "10", "--no-promote"],
+        ["train", "svm", "KRW-BTC", "--unit", "1"],
+    ])
+    assert imported.returncode == 0, imported.stderr
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["model"] == "xgboost-KRW-BTC-1@1" and report["status"] == "champion"
@@ -172,9 +178,7 @@ def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: 
         "validation", "test", "baseline_majority_test", "trading_model", "trading_buy_and_hold",
         "trading_sma_cross", "trading_majority_class", "trading_no_trade",
     }
-    listed = json.loads(upquant(tmp_path, "models", "list", "--json").stdout)
-    assert [m["ref"] for m in listed] == ["xgboost-KRW-BTC-1@1"]
-    table = upquant(tmp_path, "train", "xgboost", "KRW-BTC", "--n-estimators", "10", "--no-promote")
+    assert [m["ref"] for m in json.loads(listed.stdout)] == ["xgboost-KRW-BTC-1@1"]
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("xgboost-KRW-BTC-1@2 (id 2, candidate")
@@ -184,13 +188,15 @@ def test_train_prints_metrics_beside_the_baseline_and_lists_the_model(tmp_path: 
     baseline = next(line for line in lines if "majority-class baseline" in line)
     for row in (model_row, baseline):  # accuracy, macro F1 and log-loss figures in each row
         assert len([c for c in row.split("│") if c.strip().replace(".", "").isdigit()]) == 3
-    unknown = upquant(tmp_path, "train", "svm", "KRW-BTC", "--unit", "1")
     assert unknown.returncode == 1 and "unknown model kind 'svm'" in unknown.stderr
 
 
 def test_headless_run_replays_offline_and_stores_signals(tmp_path: Path, csv_2000: Path) -> None:
-    upquant(tmp_path, "data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1")
-    result = upquant(tmp_path, "run", "--market", "KRW-BTC", "--offline")
+    imported, result = upquant_many(tmp_path, [
+        ["data", "import", str(csv_2000), "--market", "KRW-BTC", "--unit", "1"],
+        ["run", "--market", "KRW-BTC", "--offline"],
+    ])
+    assert imported.returncode == 0, imported.stderr
     assert result.returncode == 0, result.stderr
     assert "REPLAY" in result.stderr and "no champion" in result.stderr
     assert "signals:" in result.stdout

@@ -22,7 +22,7 @@ from store.db import connect
 from store.evaluation_runs import get_evaluation_run
 from tests.engine.service import test_registry_ops
 from tests.engine.service.test_registry_ops import NAME
-from tests.tui.test_cli import UPQUANT, upquant
+from tests.tui.test_cli import UPQUANT, upquant, upquant_many
 from tests.tui.test_serve import start
 
 pytestmark = pytest.mark.slow
@@ -47,12 +47,14 @@ def expected(ref: str, folds: int) -> dict[str, Any]:
 
 
 def test_without_a_server_it_runs_the_job_itself(store: Path) -> None:
-    done = upquant(store, "evaluate", f"{NAME}@1", "--walk-forward", "--folds", "2", "--json")
+    done, table, failed = upquant_many(store, [
+        ["evaluate", f"{NAME}@1", "--walk-forward", "--folds", "2", "--json"],
+        ["evaluate", f"{NAME}@1", "--walk-forward", "--folds", "2"],
+        ["evaluate", NAME, "--walk-forward", "--folds", "5"],
+    ])
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == expected(f"{NAME}@1", 2)
-    table = upquant(store, "evaluate", f"{NAME}@1", "--walk-forward", "--folds", "2")
     assert table.returncode == 0 and f"{NAME}@1, 2 folds" in table.stdout, table.stderr
-    failed = upquant(store, "evaluate", NAME, "--walk-forward", "--folds", "5")
     assert failed.returncode == 1 and "too few for 5 folds" in failed.stderr
     con = connect()
     try:  # each one a run in the store: two finished, one failed
