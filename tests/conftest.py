@@ -72,26 +72,3 @@ def con(home: Path):
 def btc_1m() -> pd.DataFrame:
     return shared_candles("KRW-BTC_1m.csv", 6000)
 
-
-# The longest files (measured with `--durations`), scheduled first: `make test` runs two
-# workers that take a whole file at a time (`--dist loadfile`), so a long file started last
-# would leave the other worker idle at the end. The order inside a file is kept.
-LONGEST_FIRST = (
-    "tests/e2e/test_server_crash.py",
-    "tests/engine/training/test_train_runs.py",
-    "tests/tui/test_cli_safety.py",
-    "tests/engine/service/test_jobs.py",
-    "tests/e2e/test_two_processes.py",
-    "tests/tui/test_stream_via_server.py",
-    "tests/engine/server/test_schema_fuzz.py",
-    "tests/tui/test_cli.py",
-    "tests/tui/test_evaluate_cli.py",
-    "tests/engine/service/test_evaluate_jobs.py",
-    "tests/engine/service/test_retraining.py",
-    "tests/engine/data/test_feed.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -113,7 +113,7 @@ class LocalView:
 
     @property
     def rule(self) -> str:
-        return self.engine.rule.name
+        return self.engine.rule_name
 
     @property
     def no_model_reason(self) -> str | None:

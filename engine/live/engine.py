@@ -173,6 +173,13 @@ class LiveEngine:
         self.set_threshold(self.threshold)
 
     @property
+    def rule_name(self) -> str:
+        """The rules that decide without a model (the strategy spec's), by name."""
+        if self.strategy is None:
+            return self.rule.name
+        return " + ".join(rule.name for rule in self.strategy.rules) or self.rule.name
+
+    @property
     def history(self) -> pd.DataFrame:
         """The window as a candle frame (oldest first), what the features read."""
         return self.buffer.frame()

@@ -402,7 +402,7 @@ class LiveOps(StoreHolder):
             threshold=engine.threshold,
             model_ref=engine.model.record.ref if engine.model is not None else None,
             shadows=[f"{seat.model.record.ref} {seat.role}" for seat in engine.shadows],
-            rule=engine.rule.name,
+            rule=engine.rule_name,
             no_model_reason=None if engine.model is not None else engine.no_model_reason,
             started=live.started,
             candles_seen=live.candles_seen,

@@ -246,6 +246,7 @@ async def test_a_watchlist_session_decides_every_market_and_trades_on_paper(
     assert status == 200, started
     assert [m["market"] for m in started["markets"]] == ["KRW-BTC", "KRW-ETH"]
     assert started["strategy"].startswith("rsi-vote ")
+    assert started["rule"] == "sma-cross(5,20) + rsi(14)"  # the spec's rules, not the default
     for _ in range(200):
         status, now = await api("GET", "/api/v1/live", "read")
         if not now["running"]:
