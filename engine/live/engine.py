@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -465,7 +465,7 @@ async def decide_pass(items: Sequence[tuple[LiveEngine, dict[str, Any]]]) -> lis
         lane.publish(SignalEvent(signal, probs))
     shadows = [(i, seat) for i, lane in enumerate(lanes) for seat in lane.shadows]
     if shadows:
-        most = max(sum(1 for j, _ in shadows if j == i) for i, _ in shadows)
+        most = max(Counter(i for i, _ in shadows).values())  # seats of the busiest lane
         timeout = max(lanes[i].inference_timeout for i, _ in shadows) * (most + 1)
         jobs = [(i, seat.model) for i, seat in shadows]
         found = await _answers(lanes, stamps, features, jobs, timeout)

@@ -24,6 +24,7 @@ from engine.live.engine import (
     EngineEvent,
     Inference,
     LiveEngine,
+    StatusEvent,
     _write_predictions,
     _write_signals,
     decide_pass,
@@ -225,7 +226,11 @@ class MarketsEngine:
     async def _run(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
-            await self.on_closed_many(batch)
+            try:
+                await self.on_closed_many(batch)
+            except Exception as exc:  # noqa: BLE001 - said, and the next candles still pass
+                # (a failed signal write keeps its signals buffered: the next write has them)
+                self.publish(StatusEvent(f"a pass failed: {type(exc).__name__}: {exc}", "error"))
 
     async def drain(self) -> None:
         """Wait until every submitted candle is decided."""

@@ -127,3 +127,25 @@ async def test_candles_submitted_together_are_decided_in_one_pass_in_order(con, 
     await asyncio.sleep(0)
     engine.flush()
     assert len(load_signals(con, None, last=100)) == len(series) + 1
+
+
+async def test_a_failed_pass_is_said_and_its_signals_are_written_by_the_next(con, watched) -> None:
+    """A pass that cannot write (the store refuses) publishes why; the feed's next candles
+    still pass, and the signals buffered meanwhile are written with theirs."""
+    from engine.live.engine import StatusEvent
+
+    loaded, series = watched
+    engine = _engine(con, loaded, series)
+    said: list[str] = []
+    engine.subscribe(lambda e: said.append(e.text) if isinstance(e, StatusEvent) else None)
+    con.execute("ALTER TABLE signals RENAME TO signals_away")  # every write now fails
+    for candles in series.values():
+        engine.submit(candles.iloc[-DECIDED].to_dict())
+    await engine.drain()
+    assert any(text.startswith("a pass failed: CatalogException") for text in said), said
+    con.execute("ALTER TABLE signals_away RENAME TO signals")
+    for candles in series.values():
+        engine.submit(candles.iloc[-DECIDED + 1].to_dict())
+    await engine.drain()
+    stored = load_signals(con, None, last=100)
+    assert len(stored) == 2 * len(series) and stored["ts"].nunique() == 2
