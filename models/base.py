@@ -60,6 +60,13 @@ class Model(ABC):
         the live path. Equal to predict_proba(X)[-1]; kinds override it to skip the rest."""
         return self.predict_proba(X)[-1]
 
+    def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        """(n, 3) probabilities of each row of X as `predict_last` gives it for a window ending
+        there: the batched live path of a tabular model (context 0). Equal to
+        predict_proba(X); kinds whose `predict_last` takes a faster path override it so the
+        two agree exactly."""
+        return np.asarray(self.predict_proba(X), dtype=np.float64)
+
     @abstractmethod
     def save(self, directory: Path) -> None: ...
 

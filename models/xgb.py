@@ -171,14 +171,21 @@ class XGBoostModel(Model):
         """(3,) probabilities of the newest row, through the compiled tree walk (`TreeTable`):
         equal to predict_proba(X)[-1] to float32 rounding, about 10x faster for one row."""
         X = check_features(X, self.n_features_)
+        return self.predict_rows(X[-1:])[0]
+
+    def predict_rows(self, X: np.ndarray) -> np.ndarray:
+        """(n, 3) probabilities of each row through the compiled tree walk in one call: each
+        row's exactly its `predict_last` (the same float32 walk and float64 softmax), whatever
+        the number of rows, and without the ~0.2 ms set-up `inplace_predict` pays per call."""
+        X = check_features(X, self.n_features_)
         table = self.__dict__.get("_table")  # built once per fit or load
         if table is None:
             table = self._table = TreeTable(self.booster_, self._tree_count())
-        margin = table.margins(X[-1]).astype(np.float64)
+        margin = table.margins_rows(X).astype(np.float64)
         if self.task == "regression":
-            return return_to_proba(margin, self.sigma_, float(self.params["threshold"]))[0]
-        probs = np.exp(margin - margin.max())
-        return probs / probs.sum()
+            return return_to_proba(margin[:, 0], self.sigma_, float(self.params["threshold"]))
+        probs = np.exp(margin - margin.max(axis=1, keepdims=True))
+        return np.asarray(probs / probs.sum(axis=1, keepdims=True))
 
     def _tree_count(self) -> int:
         """Trees of rounds 0 ... best_iteration_ (one per class and round when classifying)."""
@@ -279,6 +286,14 @@ class TreeTable:
               self.default_left, self.group, out)  # fmt: skip
         return out
 
+    def margins_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(n, outputs) float32 margins of n float32 rows, in one compiled call."""
+        out = np.empty((len(rows), self.outputs), dtype=np.float32)
+        _walk_rows(np.ascontiguousarray(rows, dtype=np.float32), self.offsets, self.left,
+                   self.right, self.feature, self.value, self.default_left, self.group,
+                   self.bias, out)  # fmt: skip
+        return out
+
 
 @numba.njit(cache=True, nogil=True)
 def _walk(
@@ -305,6 +320,24 @@ def _walk(
             else:
                 node = right[at]
         out[group[tree]] += value[base + node]
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_rows(
+    rows: np.ndarray,
+    offsets: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    feature: np.ndarray,
+    value: np.ndarray,
+    default_left: np.ndarray,
+    group: np.ndarray,
+    bias: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    for i in range(rows.shape[0]):
+        out[i, :] = bias
+        _walk(rows[i], offsets, left, right, feature, value, default_left, group, out[i])
 
 
 class _RoundReporter(xgb.callback.TrainingCallback):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -84,13 +83,7 @@ def stacked_probs(model: Model, windows: np.ndarray) -> np.ndarray:
     walk equal to its `predict_last` per row), a sequence model runs one forward over the
     stacked windows, an ensemble combines its members' stacked answers."""
     if model.context == 0:
-        if "models.xgb" in sys.modules:  # else no XGBoost model exists: not imported for others
-            from engine.live.treewalk import tree_probs
-
-            probs = tree_probs(model, windows[:, -1, :])
-            if probs is not None:
-                return probs
-        return np.asarray(model.predict_proba(windows[:, -1, :]), dtype=np.float64)
+        return np.asarray(model.predict_rows(windows[:, -1, :]), dtype=np.float64)
     if isinstance(model, EnsembleModel):
         parts = [
             stacked_probs(m, windows[:, windows.shape[1] - m.context - 1 :]) for m in model.members
