@@ -43,7 +43,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import duckdb
+    import pandas as pd
 
+    from engine.live.inference import LoadedModel
     from engine.service.prediction import PredictionOps
     from engine.trading.backtest import BacktestReport
     from engine.trading.spec import StrategySpec
@@ -695,35 +697,19 @@ class EvaluationOps(StoreHolder):
     ) -> tuple[StrategySpec, str | None, BacktestReport]:
         """The strategy spec of `request` on stored candles; one that uses the AI reads the
         model's answers over the range (its test part by default) from the predictor."""
-        import pandas as pd
-
         from engine.trading.spec import StrategySpec
         from engine.trading.spec_backtest import run_spec_backtest
 
         spec = StrategySpec.from_dict(request.strategy_spec or {})
         start, unit, probabilities, note, model = request.start, request.unit, None, None, None
         if spec.uses_ai:
-            from engine.training.held_out import held_out_start
-
             ref = self._spec_model(con, request.model, market, request.unit)
-            held_out = held_out_start(con, ref, request.start)
-            if held_out.warning:
-                warnings.append(held_out.warning)
-            predictor = cast("PredictionOps", self).predictor()
-            loaded, note = predictor.model(con, ref)
-            model, unit, market = (
-                loaded.record.ref,
-                loaded.record.unit,
-                market or loaded.record.market,
+            answers = self.spec_answers(
+                con, ref, market, request.start, request.end, spec.threshold, warnings
             )
-            start = held_out.start
-            found = predictor.predict_range(
-                con, ref, market, unit, start, request.end, spec.threshold
-            )
-            probabilities = pd.DataFrame(
-                [(p.ts, *p.probabilities) for p in found if p.probabilities is not None],
-                columns=["ts", "p_sell", "p_hold", "p_buy"],
-            )
+            loaded, note, start, probabilities = answers
+            model, unit = loaded.record.ref, loaded.record.unit
+            market = market or loaded.record.market
         if market is None:
             raise ServiceError(
                 "a rule-only strategy spec needs a market", "give market, e.g. KRW-BTC"
@@ -746,6 +732,44 @@ class EvaluationOps(StoreHolder):
             note=note,
         )
         return spec, model, report
+
+    def spec_answers(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        ref: str,
+        market: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        threshold: float,
+        warnings: list[str],
+    ) -> tuple[LoadedModel, str | None, datetime | None, pd.DataFrame]:
+        """Model `ref` loaded (and the note of a bad artifact's fallback), where its unseen
+        candles start (`start` or later; a warning when `start` reaches into what it learnt
+        from), and its answers (ts, p_sell, p_hold, p_buy) on `market` (its own by default)
+        from there to `end`: what a strategy spec's AI reads in a backtest."""
+        import pandas as pd
+
+        from engine.training.held_out import held_out_start
+
+        held_out = held_out_start(con, ref, start)
+        if held_out.warning:
+            warnings.append(held_out.warning)
+        predictor = cast("PredictionOps", self).predictor()
+        loaded, note = predictor.model(con, ref)
+        found = predictor.predict_range(
+            con,
+            ref,
+            market or loaded.record.market,
+            loaded.record.unit,
+            held_out.start,
+            end,
+            threshold,
+        )
+        probabilities = pd.DataFrame(
+            [(p.ts, *p.probabilities) for p in found if p.probabilities is not None],
+            columns=["ts", "p_sell", "p_hold", "p_buy"],
+        )
+        return loaded, note, held_out.start, probabilities
 
     @staticmethod
     def _spec_model(

@@ -27,7 +27,7 @@ from engine.service.core import Request, Response, ServiceError, operation
 
 if TYPE_CHECKING:
     from engine.live.inference import LoadedModel
-    from engine.service.prediction import PredictionOps
+    from engine.service.evaluation import EvaluationOps
     from engine.trading.paper import BrokerConfig, Fill
     from engine.trading.spec import StrategySpec
 
@@ -152,24 +152,16 @@ class ParityOps(StoreHolder):
             if record is None:
                 return None, request.start, None  # both ways: the rules, saying "no model"
             ref = record.ref
-        from engine.training.held_out import held_out_start
-
-        start = held_out_start(con, ref, request.start).start
-        predictor = cast("PredictionOps", self).predictor()
-        loaded, _note = predictor.model(con, ref)
+        answers = cast("EvaluationOps", self).spec_answers(
+            con, ref, request.market, request.start, request.end, spec.threshold, []
+        )
+        loaded, _note, start, probabilities = answers
         if loaded.record.unit != request.unit:
             raise ServiceError(
                 f"{loaded.record.ref} decides unit {loaded.record.unit} candles, not"
                 f" {request.unit}",
                 f"run the parity with --unit {loaded.record.unit}",
             )
-        found = predictor.predict_range(
-            con, ref, request.market, request.unit, start, request.end, spec.threshold
-        )
-        probabilities = pd.DataFrame(
-            [(p.ts, *p.probabilities) for p in found if p.probabilities is not None],
-            columns=["ts", "p_sell", "p_hold", "p_buy"],
-        )
         return loaded, start, probabilities
 
     async def _replay(
