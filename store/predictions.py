@@ -101,28 +101,41 @@ def insert_live_predictions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame)
     if frame.empty:
         return 0
     batch = _arrow_batch(frame)
+    ts = pd.to_datetime(frame["ts"], utc=True)
+    con.register("_live_prediction_batch", batch)
+    try:
+        return _insert_new(con, "_live_prediction_batch", [], ts.min(), ts.max())
+    finally:
+        con.unregister("_live_prediction_batch")
+
+
+def _insert_new(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    params: list[Any],
+    first: pd.Timestamp,
+    last: pd.Timestamp,
+) -> int:
+    """Insert the rows `source` (a relation of LIVE_COLUMNS, with `params`) holds, first to
+    last ts, as source 'live': the first of each (model_id, market, unit, ts), none already
+    stored. Returns the rows inserted."""
     columns = ", ".join(LIVE_COLUMNS)
     selected = ", ".join(f"b.{c}" for c in LIVE_COLUMNS)
     # the batch's time range as constants: the scan for earlier rows skips, by the row
     # groups' min/max ts, all of the log outside it (a candle's rows: ~1 ms, not ~150 ms
     # against 1M stored rows)
-    ts = pd.to_datetime(frame["ts"], utc=True)
-    con.register("_live_prediction_batch", batch)
-    try:
-        inserted = con.execute(
-            f"INSERT INTO predictions ({columns}, source)"
-            f" SELECT {selected}, 'live' FROM ("
-            "   SELECT * FROM _live_prediction_batch"
-            "   QUALIFY row_number() OVER (PARTITION BY model_id, market, unit, ts) = 1"
-            " ) b"
-            " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
-            "   AND p.ts BETWEEN ? AND ?"
-            "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
-            "   AND p.ts = b.ts)",
-            [ts.min().to_pydatetime(), ts.max().to_pydatetime()],
-        ).fetchall()
-    finally:
-        con.unregister("_live_prediction_batch")
+    inserted = con.execute(
+        f"INSERT INTO predictions ({columns}, source)"
+        f" SELECT {selected}, 'live' FROM ("
+        f"   SELECT * FROM {source}"
+        "   QUALIFY row_number() OVER (PARTITION BY model_id, market, unit, ts) = 1"
+        " ) b"
+        " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
+        "   AND p.ts BETWEEN ? AND ?"
+        "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
+        "   AND p.ts = b.ts)",
+        [*params, first.to_pydatetime(), last.to_pydatetime()],
+    ).fetchall()
     bump_writes()
     return int(inserted[0][0]) if inserted else 0
 
@@ -154,22 +167,8 @@ def insert_live_prediction_rows(con: duckdb.DuckDBPyConnection, rows: list[dict[
     marks = "(" + ", ".join(f"?::{_CASTS.get(c, 'VARCHAR')}" for c in LIVE_COLUMNS) + ")"
     values = [_param(name, row.get(name)) for row in rows for name in LIVE_COLUMNS]
     stamps = [pd.Timestamp(row["ts"]) for row in rows]
-    columns = ", ".join(LIVE_COLUMNS)
-    selected = ", ".join(f"b.{c}" for c in LIVE_COLUMNS)
-    inserted = con.execute(
-        f"INSERT INTO predictions ({columns}, source)"
-        f" SELECT {selected}, 'live' FROM ("
-        f"   SELECT * FROM (VALUES {', '.join([marks] * len(rows))}) AS v({columns})"
-        "   QUALIFY row_number() OVER (PARTITION BY model_id, market, unit, ts) = 1"
-        " ) b"
-        " WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.source = 'live'"
-        "   AND p.ts BETWEEN ? AND ?"
-        "   AND p.model_id = b.model_id AND p.market = b.market AND p.unit = b.unit"
-        "   AND p.ts = b.ts)",
-        [*values, min(stamps).to_pydatetime(), max(stamps).to_pydatetime()],
-    ).fetchall()
-    bump_writes()
-    return int(inserted[0][0]) if inserted else 0
+    source = f"(VALUES {', '.join([marks] * len(rows))}) AS v({', '.join(LIVE_COLUMNS)})"
+    return _insert_new(con, source, values, min(stamps), max(stamps))
 
 
 def _param(name: str, value: Any) -> Any:
