@@ -90,6 +90,13 @@ class MarketsEngine:
         self._queued: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def of_lane(cls, lane: LiveEngine) -> MarketsEngine:
+        """An engine whose one lane is `lane`, built on its own (its settings kept)."""
+        engine = cls(lane.con, lane.unit, mode=lane.mode, inference=lane.inference)
+        engine.lanes[lane.market] = lane
+        return engine
+
     # --- lanes -------------------------------------------------------------------------------
     def add_market(
         self,

@@ -74,47 +74,11 @@ async def upbit_live(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     grace: float | None = None,
 ) -> None:
-    """Stream the engine's market into it forever through engine.data.feed.LiveFeed: one WebSocket,
-    reconnect with exponential backoff and jitter, REST backfill of what a drop missed.
-
-    The feed decides when a candle is closed (a frame of the next bucket, or the clock
-    `grace` seconds after the bucket ends) and stores every candle in batches, so the engine
-    only decides signals (its own candle writes are turned off); after a backfill the engine's
-    window is reloaded from the store.
-    """
-    from engine.data.feed import CLOSE_GRACE_S, LiveFeed
-    from engine.upbit.client import floor_bucket
-    from store.candles import load_candles
-
-    def reprime(market: str | None = None, new: int = 0) -> None:
-        """Reload the engine's window from the store: closed candles only, backfill included."""
-        if feed.store:
-            feed.writer.flush()
-        forming = feed.forming.get(engine.market)
-        end = forming["ts"] if forming else floor_bucket(pd.Timestamp.now(tz="UTC"), engine.unit)
-        engine.prime(
-            load_candles(engine.con, engine.market, engine.unit, end=end, last=engine.window)
-        )
-
-    feed = LiveFeed(
-        engine.con,
-        [engine.market],
-        engine.unit,
-        grace=CLOSE_GRACE_S if grace is None else grace,
-        on_update=lambda candle: engine.publish(CandleEvent(candle, closed=False)),
-        on_closed=engine.on_closed,
-        on_backfill=reprime,
-        on_status=lambda text, level: engine.publish(
-            StatusEvent(text, level, connected=feed.connected)
-        ),
-        max_backoff=max_backoff,
-        sleep=sleep,
+    """`upbit_live_markets` for one market's engine built on its own: its candles streamed
+    into it forever, closed by the feed's one rule, its window reloaded after a backfill."""
+    await upbit_live_markets(
+        MarketsEngine.of_lane(engine), max_backoff=max_backoff, sleep=sleep, grace=grace
     )
-    reprime()  # closed candles only, whoever primed the engine before (or nobody did)
-    try:
-        await feed.run()
-    finally:
-        engine.flush()  # also when cancelled: decided signals are stored
 
 
 # --- many markets: the watchlist's sources ------------------------------------------------------
