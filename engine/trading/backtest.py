@@ -89,6 +89,33 @@ class BacktestReport:
     results: dict[str, BacktestResult] = field(default_factory=dict)
     note: str | None = None  # e.g. a bad artifact made it load the model's previous version
 
+    @classmethod
+    def over(
+        cls,
+        candles: pd.DataFrame,
+        results: dict[str, BacktestResult],
+        *,
+        market: str,
+        unit: str,
+        strategy: str,
+        note: str | None = None,
+    ) -> BacktestReport:
+        """The report of `results` (the strategy's first, each backtested with the same fee
+        and slippage) on `candles`."""
+        first = next(iter(results.values()))
+        return cls(
+            market=market,
+            unit=unit,
+            strategy=strategy,
+            first=candles["ts"].iloc[0],
+            last=candles["ts"].iloc[-1],
+            candles=len(candles),
+            fee=first.fee,
+            slippage_bps=first.slippage_bps,
+            results=results,
+            note=note,
+        )
+
     def metrics(self) -> dict[str, dict[str, MetricValue]]:
         """Metrics by result name: the strategy first, then the baselines."""
         return {name: result.metrics for name, result in self.results.items()}
@@ -468,14 +495,4 @@ def run_backtest(
         ),
         **baseline_results(candles, fee=fee, slippage_bps=slippage_bps, unit=unit),
     }
-    return BacktestReport(
-        market=market,
-        unit=unit,
-        strategy=rule.name,
-        first=candles["ts"].iloc[0],
-        last=candles["ts"].iloc[-1],
-        candles=len(candles),
-        fee=fee,
-        slippage_bps=slippage_bps,
-        results=results,
-    )
+    return BacktestReport.over(candles, results, market=market, unit=unit, strategy=rule.name)

@@ -97,15 +97,6 @@ def run_spec_backtest(
         ),
         **baseline_results(candles, fee=fee, slippage_bps=slippage_bps, unit=unit),
     }
-    return BacktestReport(
-        market=check_market(market),
-        unit=unit,
-        strategy=label,
-        first=candles["ts"].iloc[0],
-        last=candles["ts"].iloc[-1],
-        candles=len(candles),
-        fee=fee,
-        slippage_bps=slippage_bps,
-        results=results,
-        note=note,
+    return BacktestReport.over(
+        candles, results, market=check_market(market), unit=unit, strategy=label, note=note
     )

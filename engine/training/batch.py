@@ -244,15 +244,11 @@ def model_backtest(
         ),
         **baseline_results(candles, fee=fee, slippage_bps=slippage_bps, unit=unit),
     }
-    return BacktestReport(
+    return BacktestReport.over(
+        candles,
+        results,
         market=predictions.market,
         unit=unit,
         strategy=predictions.model,
-        first=candles["ts"].iloc[0],
-        last=candles["ts"].iloc[-1],
-        candles=len(candles),
-        fee=fee,
-        slippage_bps=slippage_bps,
-        results=results,
         note=predictions.note,
     )
