@@ -2,23 +2,37 @@
 
 It opens the session in a worker and follows it through its view (tui/views.py): a session
 it opened in process (it drives the feed), one the server it hosts runs, or one a running
-server runs (tui/remote.py); the view posts what happens to the main screen as messages.
+server runs (tui/remote.py); the view posts what happens to the chart screen (and to every
+screen that `listen`s) as messages.
+
+Screens (tui/screens/registry.py) are Textual modes, one per number key; `Esc` goes back to
+the screen shown before. Everything a screen asks of the store goes through the Workstation
+facade (`facade`: the in-process `Workstation`, or `HttpWorkstation` when a server owns the
+store) with `await app.call(name, request)`, which runs the operation off the event loop.
+Times are KST unless the user switched to UTC (`app.utc`, the `u` key); `app.now()` is the
+clock screens compute ages with (frozen in snapshot tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import duckdb
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.screen import Screen
 
 from engine.live.session import REPLAY_CANDLES, Session
 from engine.service.modelops import open_managed_session
 from tui import messages
 from tui.screens import HelpScreen, MainScreen, binding_rows
+from tui.screens.registry import BY_NAME, CHART, ENTRIES, screen_class
 from tui.views import LocalView, SessionView
 
 # a session opened in process (the TUI drives its feed), or any other view of one
@@ -27,10 +41,17 @@ SessionFactory = Callable[[], Awaitable[Session | SessionView]]
 
 class UpquantApp(App[None]):
     TITLE = "upquant"
+    DEFAULT_MODE = CHART
     CSS_PATH = "app.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("question_mark", "help", "Help", key_display="?"),
+        *(
+            Binding(entry.key, f"show('{entry.name}')", entry.title, show=False)
+            for entry in ENTRIES
+        ),
+        Binding("escape", "go_back", "Back", show=False),
+        Binding("u", "toggle_utc", "KST/UTC", show=False),
     ]
 
     def __init__(
@@ -44,8 +65,13 @@ class UpquantApp(App[None]):
         replay_delay: float = 0.25,
         replay_candles: int = REPLAY_CANDLES,
         session_factory: SessionFactory | None = None,
+        facade: Any = None,
+        clock: Callable[[], datetime] | None = None,
+        start: str = CHART,
     ) -> None:
         super().__init__()
+        if start not in BY_NAME:
+            raise ValueError(f"no screen {start!r}: one of {', '.join(BY_NAME)}")
         self.market, self.unit = market, unit
         if session_factory is None:
             if con is None:
@@ -65,26 +91,111 @@ class UpquantApp(App[None]):
         self.view: SessionView | None = None  # what the screen draws
         self.server_note = ""  # e.g. "serving http://127.0.0.1:PORT" while it hosts the server
         self.sub_title = f"{market} {unit}m"
+        # the Workstation facade (in process or HttpWorkstation); None: only the session
+        self.facade = facade
+        self._clock = clock
+        self.utc = False  # times in KST unless the user switched (the `u` key)
+        self.start = start
+        self.chart_screen = MainScreen(market, unit)
+        self._listeners: list[Screen[Any]] = []  # screens the session's messages also go to
+        self._shown: list[str] = []  # the screens shown before, for Esc
+        for entry in ENTRIES:
+            if entry.name == CHART:
+                self.add_mode(CHART, lambda: self.chart_screen)  # the session's, made here
+            else:
+                self.add_mode(entry.name, partial(_make_screen, entry.name))
 
     def get_default_screen(self) -> MainScreen:
-        return MainScreen(self.market, self.unit)
+        return self.chart_screen
 
     @property
     def main_screen(self) -> MainScreen:
-        screen = self.screen_stack[0]
-        assert isinstance(screen, MainScreen)
-        return screen
+        return self.chart_screen
+
+    def now(self) -> datetime:
+        """The time screens compute ages and ranges from (frozen in snapshot tests)."""
+        return self._clock() if self._clock is not None else datetime.now(UTC)
+
+    async def call(self, name: str, request: Any) -> Any:
+        """Run facade operation `name` with `request` off the event loop; its response.
+        Raises what the operation raises (ServiceError, RemoteError: their message and hint
+        are what a screen shows), or NoFacade when the app has no facade."""
+        if self.facade is None:
+            raise NoFacade(
+                f"{name} needs the store, and this TUI runs a session without it",
+                "start the TUI with `upquant tui` (it hosts or attaches to the server)",
+            )
+        method = getattr(self.facade, name)
+        return await asyncio.to_thread(method, request)
+
+    def listen(self, screen: Screen[Any]) -> None:
+        """Deliver the session's messages to `screen` too (the chart gets them always)."""
+        if screen not in self._listeners:
+            self._listeners.append(screen)
+
+    def deliver(self, message: Message) -> None:
+        """Post one session message to the chart screen and every listening screen."""
+        self.chart_screen.post_message(message)
+        for screen in self._listeners:
+            screen.post_message(copy.copy(message))
 
     def on_mount(self) -> None:
         self.run_worker(self._run_session(), name="session", group="session", exclusive=True)
+        if self.start != CHART:
+            self.call_after_refresh(self.action_show, self.start)
+
+    # --- screens --------------------------------------------------------------------------
+
+    def action_show(self, name: str) -> None:
+        """Show screen `name` (a number key, the palette)."""
+        if name not in BY_NAME:
+            self.notify(f"no screen {name!r}", severity="error")
+            return
+        if name == self.current_mode:
+            return
+        self._shown.append(self.current_mode)
+        self.switch_mode(name)
+
+    def open_chart(self, market: str, unit: str | None = None) -> None:
+        """Show the chart of `market` (at `unit`, or the chart's unit)."""
+        self.chart_screen.show_market(market, unit or self.chart_screen.unit)
+        self.action_show(CHART)
+
+    def action_go_back(self) -> None:
+        """Esc: close a screen pushed over this one, or go back to the screen shown before."""
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self._shown:
+            self.switch_mode(self._shown.pop())
+
+    def action_toggle_utc(self) -> None:
+        self.utc = not self.utc
+        zone = "UTC" if self.utc else "KST"
+        for screen in (self.chart_screen, *self._installed_mode_screens()):
+            screen.post_message(messages.ClockChanged(self.utc))
+        self.notify(f"times in {zone}")
+
+    def _installed_mode_screens(self) -> list[Screen[Any]]:
+        return [
+            stack[0] for mode, stack in self._screen_stacks.items() if stack and mode != "_default"
+        ]
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette: every screen, every action the shown screen binds, then Textual's."""
+        for entry in ENTRIES:
+            yield SystemCommand(
+                f"{entry.key} {entry.title}", entry.help, partial(self.action_show, entry.name)
+            )
+        for keys, description, run in screen_actions(screen):
+            yield SystemCommand(description, f"key {keys}", run)
+        yield from super().get_system_commands(screen)
 
     async def _run_session(self) -> None:
         """Open the session, then follow it until its feed ends (or forever, live)."""
-        main = self.main_screen
         try:
             opened = await self.session_factory()
         except Exception as exc:  # noqa: BLE001 - any failure is shown; the user can quit
-            main.post_message(
+            self.deliver(
                 messages.SessionFailed(f"could not start the session: {type(exc).__name__}: {exc}")
             )
             return
@@ -93,15 +204,65 @@ class UpquantApp(App[None]):
         else:
             self.view = opened
         self.sub_title = " · ".join(
-            part for part in (f"{self.market} {self.unit}m", self.view.mode, self.server_note) if part
+            part
+            for part in (f"{self.market} {self.unit}m", self.view.mode, self.server_note)
+            if part
         )
         try:
-            await self.view.follow(main.post_message)
+            await self.view.follow(self.deliver)
         except Exception as exc:  # noqa: BLE001 - the screen stays up to show why
-            main.post_message(
-                messages.SessionFailed(f"engine stopped: {type(exc).__name__}: {exc}")
-            )
+            self.deliver(messages.SessionFailed(f"engine stopped: {type(exc).__name__}: {exc}"))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(binding_rows(self.screen)))
+
+
+class NoFacade(Exception):
+    """A screen asked the store of an app that runs a session without one."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _make_screen(name: str) -> Screen[Any]:
+    return screen_class(name)()
+
+
+def _textual_actions(cls: type) -> set[str]:
+    """The actions Textual's own classes among `cls`'s bases bind (cursor, focus, copy)."""
+    return {
+        binding.action
+        for base in cls.__mro__
+        if base.__module__.startswith("textual.")
+        for binding in getattr(base, "BINDINGS", ())
+        if isinstance(binding, Binding)
+    }
+
+
+def screen_actions(screen: Screen[Any]) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(keys, description, run) of each action the screen and its widgets bind (not the
+    app's: the palette lists those as screens), for the command palette."""
+    app = screen.app
+    seen: set[str] = set()
+    rows: list[tuple[str, str, Callable[[], Any]]] = []
+    for active in screen.active_bindings.values():
+        binding = active.binding
+        if (
+            active.node is app
+            or not binding.description
+            or binding.action in seen
+            or binding.action in _textual_actions(type(active.node))
+        ):
+            continue  # the app's (listed as screens) and Textual's own (cursor, focus, copy)
+        seen.add(binding.action)
+        node = active.node
+        rows.append(
+            (
+                app.get_key_display(binding),
+                binding.description,
+                partial(app.run_action, binding.action, node),
+            )
+        )
+    return rows

@@ -44,6 +44,14 @@ class SessionFailed(Message, bubble=False):
         self.text = text
 
 
+class ClockChanged(Message, bubble=False):
+    """The user switched the times shown between KST and UTC (`app.utc`)."""
+
+    def __init__(self, utc: bool) -> None:
+        super().__init__()
+        self.utc = utc
+
+
 class SessionEnded(Message, bubble=False):
     """A replay played its last candle (a live session never ends by itself)."""
 

@@ -72,10 +72,15 @@ def tui(
         "replay_candles": replay_candles,
     }
     if os.environ.get("UPQUANT_SERVER", "").lower() == "off":  # in process, no server
+        from engine.server.runner import stop_workstation
+        from engine.service import Workstation
         from tui.app import UpquantApp
 
-        with connect() as con:
-            UpquantApp(con, market, unit, **options).run()
+        ws = Workstation()
+        try:
+            UpquantApp(ws.con(), market, unit, facade=ws, **options).run()
+        finally:
+            stop_workstation(ws)
         return
     from engine.server.lifecycle import running_server
 
@@ -100,14 +105,18 @@ def _attach(info: ServerInfo, market: str, unit: str, options: dict[str, Any]) -
             f" {token_path()} is missing or unreadable",
             "run the TUI as the user who started `upquant serve`, or restart the server",
         )
-    app = UpquantApp(
-        None,
-        market,
-        unit,
-        session_factory=partial(attach, info.url, token, market, unit, **options),
-    )
-    app.server_note = f"attached to {info.url}"
-    app.run()
+    from tui.client import HttpWorkstation
+
+    with HttpWorkstation(info.url, token) as facade:
+        app = UpquantApp(
+            None,
+            market,
+            unit,
+            session_factory=partial(attach, info.url, token, market, unit, **options),
+            facade=facade,
+        )
+        app.server_note = f"attached to {info.url}"
+        app.run()
     err.print(f"left the server running at {info.url} (pid {info.pid})")
 
 
@@ -123,7 +132,7 @@ def _host(market: str, unit: str, port: int, options: dict[str, Any]) -> None:
     try:
         ws.con()  # open (and migrate) the store now: it is this process's until the TUI quits
         factory = partial(hosted_session, ws, market, unit, **options)
-        app = UpquantApp(None, market, unit, session_factory=factory)
+        app = UpquantApp(None, market, unit, session_factory=factory, facade=ws)
         info = asyncio.run(run_hosted(app, ws, port))
     finally:
         stop_workstation(ws)

@@ -45,6 +45,11 @@ class MainScreen(Screen[None]):
         yield StatusLine(id="status")
         yield Footer()
 
+    def show_market(self, market: str, unit: str) -> None:
+        """Draw `market` at `unit` (the Markets screen's Enter). Placeholder: the chart
+        helper makes it load the market's stored candles and follow its live lane."""
+        self.query_one(CandleChart).border_title = f"{market} · {unit}m"
+
     def on_mount(self) -> None:
         self.query_one(SessionBanner).show(
             f"Starting the {self.market} {self.unit}m session:"

@@ -1,0 +1,14 @@
+"""BacktestScreen: placeholder until its helper fills it (issue 13)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+
+class BacktestScreen(Screen[None]):
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("backtest: not built yet")
+        yield Footer()

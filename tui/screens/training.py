@@ -1,0 +1,14 @@
+"""TrainingScreen: placeholder until its helper fills it (issue 13)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+
+class TrainingScreen(Screen[None]):
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("training: not built yet")
+        yield Footer()
