@@ -77,3 +77,11 @@ def fmt_age(then: datetime | pd.Timestamp | str | None, now: datetime) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{suffix}"
     return f"{int(seconds)}s"
+
+
+def error_text(exc: BaseException) -> str:
+    """What a screen shows for a failed operation: its message, then its hint (ServiceError,
+    RemoteError and NoFacade carry one), never a traceback."""
+    hint = getattr(exc, "hint", None)
+    message = str(exc) or type(exc).__name__
+    return f"{message} ({hint})" if hint else message

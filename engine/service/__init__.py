@@ -10,6 +10,7 @@ operation is.
 from __future__ import annotations
 
 from engine.service.ab import ABOps
+from engine.service.board import BoardOps
 from engine.service.core import (
     OPERATIONS,
     Conflict,
@@ -63,6 +64,7 @@ class Workstation(
     RetrainOps,
     EvaluationOps,
     PaperOps,
+    BoardOps,
     ParityOps,
     FeedOps,
     LiveOps,
