@@ -1,7 +1,7 @@
 """Live candles of many markets over one Upbit WebSocket, kept continuous in the store.
 
-One connection carries `candle.<unit>m` for every market (plus trade and ticker for a
-watchlist). Repeated frames of a forming candle replace it; a candle closes when a frame of a
+One connection carries `candle.<unit>m` for every market, each market at its own unit (a type
+per unit in one subscription; plus trade and ticker for a watchlist). Repeated frames of a forming candle replace it; a candle closes when a frame of a
 later bucket arrives or, on a quiet market, by the clock once its bucket has ended `grace`
 seconds ago. Every candle update is written to DuckDB in batches (latest state per candle,
 one upsert per flush). After any drop the feed reconnects with exponential backoff and
@@ -203,6 +203,7 @@ class LiveFeed:
         markets: Sequence[str],
         unit: str = "1",
         *,
+        units: Mapping[str, str] | None = None,
         watch: Sequence[str] = (),
         watch_types: Sequence[str] = WATCH_TYPES,
         grace: float = CLOSE_GRACE_S,
@@ -226,18 +227,19 @@ class LiveFeed:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        unit = check_unit(unit)
-        if unit == "D":
-            raise ValueError("Upbit streams minute candles only; use a unit in minutes")
         if not markets and not watch:
             raise ValueError("a live feed needs at least one market or watched market")
         self.con = con
         self.markets = list(dict.fromkeys(markets))
-        self.unit = unit
+        self.unit = _minute_unit(unit)
+        # each market's unit (`units` names those that differ from `unit`): one subscription
+        # carries a `candle.<unit>m` type per unit, each with its markets
+        self.units = {m: _minute_unit((units or {}).get(m, unit)) for m in self.markets}
+        self._widths = {m: unit_minutes(u) * 60.0 for m, u in self.units.items()}
         self.watch = list(dict.fromkeys(watch))
         self.watch_types = tuple(watch_types)
         self.grace = grace
-        self.width = unit_minutes(unit) * 60.0
+        self.width = unit_minutes(self.unit) * 60.0  # the unit's; each market's in _widths
         self.store = store
         self.backfill = backfill
         self.backfill_limit = pd.Timedelta(backfill_limit)
@@ -269,7 +271,7 @@ class LiveFeed:
         self._events: asyncio.Queue[tuple[str, tuple[Any, ...]]] = asyncio.Queue()
         self._stamps: dict[str, pd.Timestamp] = {}
         self._resume_from: dict[str, pd.Timestamp] = {}
-        self._backfill_until: pd.Timestamp | None = None
+        self._backfill_until: float | None = None  # the clock when the connection opened
         self._backfill_task: asyncio.Task[None] | None = None
         self._malformed_this_connection = 0
 
@@ -278,9 +280,10 @@ class LiveFeed:
     async def run(self) -> None:
         """Stream until cancelled (or a subscription Upbit refuses for good: UpbitRefused)."""
         if self.backfill:
-            stored = last_ts_by_market(self.con, self.markets, self.unit)
             floor = pd.Timestamp(self._clock(), unit="s", tz="UTC") - self.backfill_limit
-            self._resume_from = {m: ts for m, ts in stored.items() if ts >= floor}
+            for unit, markets in self.by_unit().items():
+                stored = last_ts_by_market(self.con, markets, unit)
+                self._resume_from.update({m: ts for m, ts in stored.items() if ts >= floor})
         helpers = [
             asyncio.create_task(self._deliver_events()),
             asyncio.create_task(self._close_by_clock()),
@@ -288,16 +291,22 @@ class LiveFeed:
         if self.store:
             helpers.append(asyncio.create_task(self.writer.run(self._write_failed)))
         attempt = 0
-        candle_type = f"candle.{self.unit}m"
-        extra = {kind: self.watch for kind in self.watch_types} if self.watch else None
+        groups = self.by_unit()
+        candle_types = {f"candle.{unit}m": markets for unit, markets in groups.items()}
+        first = next(iter(candle_types), None)
+        extra: dict[str, list[str]] = {
+            kind: codes for kind, codes in candle_types.items() if kind != first
+        }
+        for kind in self.watch_types if self.watch else ():
+            extra[kind] = sorted({*extra.get(kind, []), *self.watch})
         try:
             while True:
                 try:
                     async with aclosing(
                         stream(
-                            self.markets,
-                            (candle_type,) if self.markets else (),
-                            extra=extra,
+                            candle_types[first] if first else [],
+                            (first,) if first else (),
+                            extra=extra or None,
                             ws_url=self.ws_url,
                             ping_interval=self.ping_interval or PING_INTERVAL_S,
                             on_open=self._opened,
@@ -329,17 +338,18 @@ class LiveFeed:
         self.connected = True
         self.stats.connects += 1
         self._malformed_this_connection = 0
-        bucket = floor_bucket(pd.Timestamp(self._clock(), unit="s", tz="UTC"), self.unit)
+        opened = self._clock()
+        now = pd.Timestamp(opened, unit="s", tz="UTC")
         # Candles of buckets that ended while the socket was down come from REST, complete.
         for market, candle in list(self.forming.items()):
-            if candle["ts"] < bucket:
+            if candle["ts"] < floor_bucket(now, self.units[market]):
                 del self.forming[market]
-        parts = [f"{len(self.markets)} markets {self.unit}m"] if self.markets else []
+        parts = [f"{len(markets)} markets {unit}m" for unit, markets in self.by_unit().items()]
         if self.watch:
             parts.append(f"{'/'.join(self.watch_types)} of {len(self.watch)} watched")
         self._emit("status", f"Upbit live: streaming {', '.join(parts)}", "info")
         if self.backfill and self.markets:
-            self._backfill_until = bucket
+            self._backfill_until = opened
             if self._backfill_task is None or self._backfill_task.done():
                 self._backfill_task = asyncio.create_task(self._backfill())
 
@@ -395,7 +405,15 @@ class LiveFeed:
                     self._stamps.clear()
                 ts = self._stamps[stamp] = pd.Timestamp(stamp, tz="UTC").as_unit("ns")
             market = str(frame["code"])
-            row: dict[str, Any] = {"market": market, "unit": self.unit, "ts": ts}
+            unit = self.units.get(market)
+            if unit is None or frame["type"] != f"candle.{unit}m":
+                self._malformed(
+                    UpbitError(
+                        f"a {frame['type']} frame of {market}, not subscribed: {dict(frame)}"
+                    )
+                )
+                return
+            row: dict[str, Any] = {"market": market, "unit": unit, "ts": ts}
             for column, name in CANDLE_FIELDS.items():
                 row[column] = float(frame[name])
         except (KeyError, TypeError, ValueError) as exc:
@@ -419,7 +437,7 @@ class LiveFeed:
             self._emit("update", row)
             return
         closed = self.last_closed.get(market)
-        ended = ts.value / 1e9 + self.width + self.grace <= received
+        ended = ts.value / 1e9 + self._widths[market] + self.grace <= received
         if ended or (forming is not None and ts < forming["ts"]) or (closed and ts <= closed):
             self.stats.late += 1  # stored above; its bucket was already settled
             return
@@ -441,7 +459,7 @@ class LiveFeed:
                 continue  # while the socket is down the last state may be stale: REST decides
             now = self._clock()
             for market, candle in list(self.forming.items()):
-                if candle["ts"].value / 1e9 + self.width + self.grace <= now:
+                if candle["ts"].value / 1e9 + self._widths[market] + self.grace <= now:
                     del self.forming[market]
                     self.stats.closed_by_clock += 1
                     self._close(market, candle)
@@ -454,44 +472,52 @@ class LiveFeed:
         if self.limiter is None:
             self.limiter = RateLimiter()
         while self._backfill_until is not None:
-            until, self._backfill_until = self._backfill_until, None
-            since = {
-                m: max(ts, until - self.backfill_limit)
-                for m, ts in self._resume_from.items()
-                if m in self.markets and ts < until
-            }
-            if not since:
+            opened, self._backfill_until = self._backfill_until, None
+            now = pd.Timestamp(opened, unit="s", tz="UTC")
+            new = asked = 0
+            problem: Exception | None = None
+            for unit, markets in self.by_unit().items():
+                until = floor_bucket(now, unit)  # the bucket forming when the socket opened
+                since = {
+                    m: max(ts, until - self.backfill_limit)
+                    for m, ts in self._resume_from.items()
+                    if m in markets and ts < until
+                }
+                if not since:
+                    continue
+                self._settle_queued(until)
+                self.stats.backfills += 1
+                client = make_client(rest=self.rest_url) if self.rest_url else None
+                try:
+                    report = await fetch_markets(
+                        self.con,
+                        list(since),
+                        unit,
+                        since,
+                        until,
+                        limiter=self.limiter,
+                        client=client,
+                    )
+                finally:
+                    if client is not None:
+                        await client.close()
+                self.stats.backfilled += report.new
+                new, asked = new + report.new, asked + len(since)
+                for series in report.series:
+                    if series.done and series.error is None:
+                        self._resume_from[series.market] = max(
+                            self._resume_from[series.market], until
+                        )
+                        if series.candles:
+                            self._emit("backfill", series.market, series.new)
+                problem = problem or report.stopped or next((s.error for s in report.failed), None)
+            if not asked:
                 continue
-            self._settle_queued(until)
-            self.stats.backfills += 1
-            client = make_client(rest=self.rest_url) if self.rest_url else None
-            try:
-                report = await fetch_markets(
-                    self.con,
-                    list(since),
-                    self.unit,
-                    since,
-                    until,
-                    limiter=self.limiter,
-                    client=client,
-                )
-            finally:
-                if client is not None:
-                    await client.close()
-            self.stats.backfilled += report.new
-            for series in report.series:
-                if series.done and series.error is None:
-                    self._resume_from[series.market] = max(self._resume_from[series.market], until)
-                    if series.candles:
-                        self._emit("backfill", series.market, series.new)
-            problem = report.stopped or next((s.error for s in report.failed), None)
             if problem is not None:
                 self._emit("status", f"gap backfill failed: {problem}", "warning")
             else:
                 self._emit(
-                    "status",
-                    f"backfilled {report.new:,} missed candles of {len(since)} markets",
-                    "info",
+                    "status", f"backfilled {new:,} missed candles of {asked} markets", "info"
                 )
 
     def _settle_queued(self, until: pd.Timestamp) -> None:
@@ -532,3 +558,17 @@ class LiveFeed:
     async def drain(self) -> None:
         """Wait until every callback queued so far has run."""
         await self._events.join()
+
+    def by_unit(self) -> dict[str, list[str]]:
+        """The markets of each unit, in watchlist order."""
+        groups: dict[str, list[str]] = {}
+        for market, unit in self.units.items():
+            groups.setdefault(unit, []).append(market)
+        return groups
+
+
+def _minute_unit(unit: str) -> str:
+    unit = check_unit(unit)
+    if unit == "D":
+        raise ValueError("Upbit streams minute candles only; use a unit in minutes")
+    return unit

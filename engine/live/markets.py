@@ -1,4 +1,4 @@
-"""The live engine over a watchlist: many markets of one unit, decided in passes.
+"""The live engine over a watchlist: many markets, each at its own unit, decided in passes.
 
 Each market is a lane (`engine.live.engine.LiveEngine`: its window, seated models, threshold,
 strategy state). When candles close (the feed closes each market's candle by the one rule in
@@ -41,6 +41,7 @@ class MarketState:
     """What the watchlist shows of one market: its newest candle and decision."""
 
     market: str
+    unit: str
     last_ts: pd.Timestamp | None
     last_price: float | None
     action: str | None
@@ -55,7 +56,8 @@ class MarketState:
 
 
 class MarketsEngine:
-    """Lanes of one unit sharing a store connection, an inference service and passes."""
+    """Lanes sharing a store connection, an inference service and passes; `unit` is the
+    lanes' unit unless `add_market` gives one its own."""
 
     def __init__(
         self,
@@ -106,9 +108,11 @@ class MarketsEngine:
         threshold: float | None = None,
         shadows: Iterable[Seat] = (),
         no_model_reason: str = "no model",
+        unit: str | None = None,
     ) -> LiveEngine:
-        """Watch `market`: a lane with its champion (None: the rule decides, saying
-        `no_model_reason`), shadows and threshold (the strategy's when None)."""
+        """Watch `market` at `unit` (the engine's when None): a lane with its champion (None:
+        the rule decides, saying `no_model_reason`), shadows and threshold (the strategy's
+        when None)."""
         if market in self.lanes:
             raise ValueError(f"{market} is already watched")
         strategy = self.strategy
@@ -119,7 +123,7 @@ class MarketsEngine:
         lane = LiveEngine(
             self.con,
             market,
-            self.unit,
+            unit or self.unit,
             model=model,
             threshold=threshold,
             rule=self.rule,
@@ -165,6 +169,11 @@ class MarketsEngine:
             seen.setdefault(id(listener), listener)
         for listener in seen.values():
             listener(event)
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Each watched market's unit."""
+        return {market: lane.unit for market, lane in self.lanes.items()}
 
     @property
     def window(self) -> int:
@@ -273,6 +282,7 @@ class MarketsEngine:
             out.append(
                 MarketState(
                     market=market,
+                    unit=lane.unit,
                     last_ts=lane.buffer.last_ts,
                     last_price=price,
                     action=last.action if last else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -82,8 +82,8 @@ async def backfill_window(
 async def backfill_windows(
     con: duckdb.DuckDBPyConnection, markets: list[str], unit: str, window: int
 ) -> dict[str, pd.DataFrame]:
-    """`backfill_window` for many markets at once: one fetch of every market's window, then
-    wider ones (2, 4, 8 windows) only for the markets still short (thin ones)."""
+    """`backfill_window` for many markets of one unit at once: one fetch of every market's
+    window, then wider ones (2, 4, 8 windows) only for the markets still short (thin ones)."""
     from engine.data.backfill import fetch_markets
     from engine.upbit.client import floor_bucket, unit_width
 
@@ -114,6 +114,7 @@ async def open_session(
     market: str | Sequence[str],
     unit: str,
     *,
+    units: Mapping[str, str] | None = None,
     threshold: float | None = None,
     offline: bool = False,
     replay_delay: float = 0.25,
@@ -123,9 +124,10 @@ async def open_session(
     strategy: StrategySpec | None = None,
     paper: BrokerConfig | None = None,
 ) -> Session:
-    """Build the engine for `market` (or a watchlist of markets) of `unit` and the coroutine
-    that feeds it: live from Upbit when it answers, else a replay of the stored candles, else
-    a demo market. `Session.engine` is the first market's lane, `Session.markets` all.
+    """Build the engine for `market` (or a watchlist of markets) of `unit` (`units`: the
+    markets at another unit) and the coroutine that feeds it: live from Upbit when it
+    answers, else a replay of the stored candles, else a demo market. `Session.engine` is the
+    first market's lane, `Session.markets` all.
 
     `strategy` decides every market (the default: the AI threshold `threshold`, the SMA-cross
     rule when no model answers); its signals trade on paper (`paper`, the broker's settings):
@@ -135,6 +137,7 @@ async def open_session(
     if not markets:
         raise ValueError("a session needs at least one market")
     first = markets[0]
+    unit_of = {m: (units or {}).get(m, unit) for m in markets}
     await asyncio.to_thread(warm_up)  # numba JIT now, not on the first live candle
     # artifact hashing and model loading stay off the event loop (the TUI keeps drawing)
     cursor = con.cursor()
@@ -142,7 +145,7 @@ async def open_session(
 
     service = inference if isinstance(inference, InferenceService) else None
     seats = await asyncio.to_thread(
-        lambda: {m: load_seats(cursor, m, unit, service) for m in markets}
+        lambda: {m: load_seats(cursor, m, unit_of[m], service) for m in markets}
     )
     engine = MarketsEngine(con, unit, inference=inference, strategy=strategy)
     if threshold is None:  # the strategy's, else the default spec's
@@ -153,25 +156,36 @@ async def open_session(
         if seat.shadows:
             said += f" · {len(seat.shadows)} in shadow"
         engine.add_market(
-            name, seat.champion, threshold=threshold, shadows=seat.shadows, no_model_reason=said
+            name,
+            seat.champion,
+            threshold=threshold,
+            shadows=seat.shadows,
+            no_model_reason=said,
+            unit=unit_of[name],
         )
     lane = engine.lanes[first]
+    groups: dict[str, list[str]] = {}
+    for name in markets:
+        groups.setdefault(unit_of[name], []).append(name)
     if len(markets) == 1:
-        where, models = f"{first} {unit}m", lane.no_model_reason
+        where, models = f"{first} {unit_of[first]}m", lane.no_model_reason
     else:
         seated = sum(1 for one in engine.lanes.values() if one.model is not None)
-        where = f"{len(markets)} markets ({', '.join(markets[:3])}{' ...' if len(markets) > 3 else ''}) {unit}m"
+        where = f"{len(markets)} markets ({', '.join(markets[:3])}{' ...' if len(markets) > 3 else ''}) {'/'.join(f'{u}m' for u in groups)}"
         models = f"{seated} with a champion, {len(markets) - seated} on the rule"
     reason: str | None = (
         "OFFLINE (--offline): Upbit not contacted"
         if offline
-        else await probe_upbit(first, unit, probe_timeout)
+        else await probe_upbit(first, unit_of[first], probe_timeout)
     )
     if reason is None:
         from engine.upbit.errors import UpbitError
 
         try:
-            windows = await backfill_windows(con, markets, unit, engine.window)
+            windows: dict[str, pd.DataFrame] = {}
+            for group_unit, names in groups.items():
+                window = max(engine.lanes[name].window for name in names)
+                windows |= await backfill_windows(con, names, group_unit, window)
         except (UpbitError, OSError) as exc:  # what it stored stays: the replay plays it
             reason = f"Upbit backfill failed ({exc})"
         else:
@@ -186,7 +200,7 @@ async def open_session(
                 engine,
             )
     window = engine.window
-    stored = {m: load_candles(con, m, unit, last=window + replay_candles) for m in markets}
+    stored = {m: load_candles(con, m, unit_of[m], last=window + replay_candles) for m in markets}
     playable = {m: frame for m, frame in stored.items() if len(frame) > window}
     if playable:
         _set_mode(engine, "replay", signal_batch=50)
@@ -196,13 +210,16 @@ async def open_session(
             engine.prime(name, frame.iloc[:window])
         played = pd.concat([frame.iloc[window:] for frame in playable.values()], ignore_index=True)
         what = (
-            f"{len(played)} stored" if len(markets) > 1 else f"{len(played)} stored {first} {unit}m"
+            f"{len(played)} stored"
+            if len(markets) > 1
+            else f"{len(played)} stored {first} {unit_of[first]}m"
         )
         left = [m for m in markets if m not in playable]
         banner = (
             f"{reason} · REPLAY of {what} candles"
             + (
-                f" of {len(playable)} markets ({len(left)} without stored candles)"
+                f" of {len(playable)} markets {'/'.join(f'{u}m' for u in groups)}"
+                f" ({len(left)} without stored candles)"
                 if len(markets) > 1
                 else ""
             )
@@ -213,7 +230,9 @@ async def open_session(
     engine.broker = PaperBroker(paper)
     demos = []
     for k, name in enumerate(markets):
-        demo = demo_candles(window + replay_candles, name, unit, seed=7 + k, price=_demo_price(k))
+        demo = demo_candles(
+            window + replay_candles, name, unit_of[name], seed=7 + k, price=_demo_price(k)
+        )
         engine.prime(name, demo.iloc[:window])
         demos.append(demo.iloc[window:])
     banner = f"{reason} · no stored {where} candles · DEMO market (synthetic) · {models}"

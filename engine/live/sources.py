@@ -83,13 +83,17 @@ async def upbit_live(
 
 # --- many markets: the watchlist's sources ------------------------------------------------------
 async def replay_markets(engine: MarketsEngine, candles: pd.DataFrame, delay: float = 0.0) -> int:
-    """Feed stored candles of many markets through `engine`, one pass per candle time (every
-    market with a candle at that minute), `delay` seconds between passes; the number of
-    candles played."""
+    """Feed stored candles of many markets through `engine`, one pass per close time (every
+    market whose candle closes then: a 60-minute candle closes with the 1-minute candle of
+    its last minute), `delay` seconds between passes; the number of candles played."""
     count = 0
     try:
-        frame = candles.sort_values(["ts", "market"], kind="stable")
-        for _, minute in frame.groupby("ts", sort=True):
+        widths = {
+            unit: pd.Timedelta(minutes=unit_minutes(unit)) for unit in candles["unit"].unique()
+        }
+        closes = candles["ts"] + candles["unit"].map(widths)
+        frame = candles.assign(_close=closes).sort_values(["_close", "market"], kind="stable")
+        for _, minute in frame.drop(columns="_close").groupby(frame["_close"], sort=True):
             rows = minute.to_dict("records")
             await engine.on_closed_many(rows)
             count += len(rows)
@@ -123,10 +127,8 @@ async def upbit_live_markets(
         for name in markets:
             lane = engine.lanes[name]
             forming = feed.forming.get(name)
-            end = (
-                forming["ts"] if forming else floor_bucket(pd.Timestamp.now(tz="UTC"), engine.unit)
-            )
-            lane.prime(load_candles(engine.con, name, engine.unit, end=end, last=lane.window))
+            end = forming["ts"] if forming else floor_bucket(pd.Timestamp.now(tz="UTC"), lane.unit)
+            lane.prime(load_candles(engine.con, name, lane.unit, end=end, last=lane.window))
 
     def update(candle: dict[str, Any]) -> None:
         lane = engine.lanes.get(candle["market"])
@@ -137,6 +139,7 @@ async def upbit_live_markets(
         engine.con,
         list(engine.lanes),
         engine.unit,
+        units=engine.units,
         grace=CLOSE_GRACE_S if grace is None else grace,
         on_update=update,
         on_closed=engine.submit,

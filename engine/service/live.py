@@ -99,7 +99,13 @@ class LiveStartRequest(Request):
     markets: list[str] = Field(
         default_factory=list,
         max_length=MAX_MARKETS,
-        description="A watchlist: every market decided in one pass per closed candle.",
+        description="A watchlist: every market decided in one pass per closed candle; an"
+        " entry MARKET:UNIT (e.g. KRW-ETH:60) watches that market at its own unit.",
+    )
+    units: dict[str, str] = Field(
+        default_factory=dict,
+        description="The markets watched at another unit than `unit` (market -> unit;"
+        " `markets` entries MARKET:UNIT fill it).",
     )
     all_krw: bool = Field(
         False,
@@ -131,12 +137,32 @@ class LiveStartRequest(Request):
 
         return None if value is None else check_market(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_units(cls, data: Any) -> Any:
+        """`markets` entries MARKET:UNIT: the market in `markets`, its unit in `units`."""
+        if isinstance(data, dict) and isinstance(data.get("markets"), list):
+            from engine.upbit.markets import split_watch
+
+            unit = str(data.get("unit") or "1")
+            entries = [str(entry) for entry in data["markets"]]
+            markets, units = split_watch(entries, unit)
+            data = {**data, "markets": markets, "units": {**(data.get("units") or {}), **units}}
+        return data
+
     @field_validator("markets")
     @classmethod
     def _markets(cls, value: list[str]) -> list[str]:
         from engine.upbit.markets import check_market
 
         return list(dict.fromkeys(check_market(m) for m in value))
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, value: dict[str, str]) -> dict[str, str]:
+        from engine.upbit.markets import check_market, check_unit
+
+        return {check_market(m): check_unit(u) for m, u in value.items()}
 
     @field_validator("unit")
     @classmethod
@@ -165,6 +191,10 @@ class LiveStartRequest(Request):
             raise ValueError("name the markets: market, markets or all_krw")
         if self.market is not None and self.market not in self.markets:
             self.markets = [self.market, *self.markets]
+        if not self.all_krw and (stray := set(self.units) - set(self.markets)):
+            raise ValueError(
+                f"units names {', '.join(sorted(stray))}, not in the watchlist: add it to markets"
+            )
         return self
 
 
@@ -201,6 +231,7 @@ class WatchedMarket(Response):
     """One market of the session's watchlist: its newest candle and decision, its position."""
 
     market: str
+    unit: str
     last_ts: datetime | None = Field(description="The newest closed candle decided on.")
     last_price: float | None = Field(description="Its close.")
     action: str | None = None
@@ -448,6 +479,7 @@ class LiveOps(StoreHolder):
                 self.con(),
                 markets,
                 request.unit,
+                units=request.units,
                 threshold=request.threshold,
                 offline=request.offline,
                 replay_delay=request.replay_delay,
@@ -474,6 +506,9 @@ class LiveOps(StoreHolder):
         """The markets `request` names (see `watchlist_of`)."""
         if not request.all_krw:
             return list(request.markets)
+        if set(request.units) - set(request.markets):
+            # all_krw with units for markets it did not name: they are watched too
+            request = request.model_copy(update={"markets": [*request.markets, *request.units]})
         return await self.watchlist_of(
             self.con(), request.markets, request.unit, offline=request.offline
         )
@@ -532,7 +567,10 @@ class LiveOps(StoreHolder):
             elif isinstance(event, SignalEvent):
                 live.signals += 1
             if hub.subscribers:  # nobody listening: no frame to build
-                hub.publish(engine_event(event, _market_of(event, engine.market), engine.unit))
+                market = _market_of(event, engine.market)
+                lanes = live.session.markets.lanes if live.session.markets is not None else {}
+                lane = lanes.get(market, engine)
+                hub.publish(engine_event(event, market, lane.unit))
 
         return listen
 

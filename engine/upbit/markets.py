@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from store.candles import unit_minutes
 
@@ -32,6 +33,25 @@ def check_unit(unit: str | int) -> str:
     if text not in UNITS:
         raise ValueError(f"candle unit {unit!r} is not supported; use one of {', '.join(UNITS)}")
     return text
+
+
+def split_watch(entries: Iterable[str], unit: str) -> tuple[list[str], dict[str, str]]:
+    """A watchlist's entries (MARKET, or MARKET:UNIT for a market at its own unit) as the
+    markets in order and the units of those not at `unit`; ValueError naming a bad entry."""
+    markets: list[str] = []
+    units: dict[str, str] = {}
+    for entry in entries:
+        name, _, own = entry.partition(":")
+        name = check_market(name.strip())
+        if own.strip():
+            own = check_unit(own.strip().removesuffix("m"))
+            if units.get(name, own) != own:
+                raise ValueError(f"{name} is watched at two units: {units[name]} and {own}")
+            if own != unit:
+                units[name] = own
+        if name not in markets:
+            markets.append(name)
+    return markets, units
 
 
 # A thin alias of the one bucket width, store.candles.unit_minutes, kept only because

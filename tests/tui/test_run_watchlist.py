@@ -47,3 +47,20 @@ def test_run_replays_a_watchlist_with_a_strategy_spec(tmp_path: Path) -> None:
         fills = con.execute("SELECT count(*) FROM paper_fills WHERE account = 'replay'").fetchall()
     assert rows == [("KRW-BTC", 100), ("KRW-ETH", 100)]
     assert fills[0][0] > 0
+
+
+def test_a_watchlist_entry_may_name_its_unit() -> None:
+    import pytest
+
+    from tui.cli.live import _watchlist
+    from tui.cli.render import CliError
+
+    assert _watchlist("KRW-BTC", "KRW-BTC, KRW-ETH:60m,KRW-XRP:1") == [
+        "KRW-BTC",
+        "KRW-ETH:60",
+        "KRW-XRP:1",
+    ]
+    with pytest.raises(CliError, match="two units"):
+        _watchlist("KRW-BTC", "KRW-ETH:60,KRW-ETH:15")
+    with pytest.raises(CliError, match="candle unit '2'"):
+        _watchlist("KRW-BTC", "KRW-ETH:2")

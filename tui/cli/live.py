@@ -148,7 +148,7 @@ def run(
         typer.Option(
             "--markets",
             help="A watchlist, comma-separated (KRW-BTC,KRW-ETH,...): every market decided in"
-            " one pass per closed candle.",
+            " one pass per closed candle; MARKET:UNIT (KRW-ETH:60) watches one at its own unit.",
         ),
     ] = None,
     all_krw: Annotated[
@@ -215,16 +215,18 @@ def run(
         from engine.service.live import LiveOps
         from engine.service.modelops import open_managed_session
         from engine.trading.spec import StrategySpec
+        from engine.upbit.markets import split_watch
 
-        names = watchlist
+        names, units = split_watch(watchlist, unit)
         if all_krw:
             names = await LiveOps.watchlist_of(
-                con, [] if markets is None else watchlist, unit, offline=offline
+                con, [] if markets is None else names, unit, offline=offline
             )
         session = await open_managed_session(
             con,
             names if len(names) > 1 else names[0],
             unit,
+            units=units,
             threshold=threshold,
             offline=offline,
             replay_delay=replay_delay,
@@ -280,15 +282,19 @@ def run(
 
 
 def _watchlist(market: str, markets: str | None) -> list[str]:
-    """--markets (comma-separated, checked), else --market."""
-    from engine.upbit.markets import check_market
+    """--markets (comma-separated entries MARKET or MARKET:UNIT, checked), else --market."""
+    from engine.upbit.markets import split_watch
 
     if markets is None:
         return [market]
-    names = [name.strip() for name in markets.split(",") if name.strip()]
-    if not names:
+    entries = [name.strip() for name in markets.split(",") if name.strip()]
+    if not entries:
         raise CliError("--markets is empty", "give markets comma-separated, e.g. KRW-BTC,KRW-ETH")
-    return list(dict.fromkeys(check_market(name) for name in names))
+    try:
+        names, units = split_watch(entries, "")
+    except ValueError as exc:
+        raise CliError(f"--markets: {exc}", "e.g. --markets KRW-BTC,KRW-ETH:60") from None
+    return [f"{name}:{units[name]}" if name in units else name for name in names]
 
 
 def _spec_table(path: str | None) -> dict[str, Any] | None:
@@ -310,12 +316,15 @@ def show_watchlist(states: list[Any]) -> None:
     """The watchlist as `upquant run` prints it: a row per market."""
     from rich.table import Table
 
-    table = Table("market", "last", "price", "action", "conf", "source", "position", "reason")
+    table = Table(
+        "market", "unit", "last", "price", "action", "conf", "source", "position", "reason"
+    )
     for s in states:
         stamp = getattr(s, "last_ts", None)
         position = getattr(s, "position_value", None)
         table.add_row(
             s.market,
+            f"{s.unit}m",
             "-" if stamp is None else f"{stamp:%m-%d %H:%M}",
             "-" if s.last_price is None else f"{s.last_price:,.8g}",
             s.action or "-",

@@ -59,7 +59,8 @@ def serve(
         typer.Option(
             "--markets",
             help="Run a live session over this watchlist (comma-separated): every market"
-            " decided in one pass per closed candle.",
+            " decided in one pass per closed candle; MARKET:UNIT (KRW-ETH:60) watches one at"
+            " its own unit.",
         ),
     ] = None,
     all_krw: Annotated[

@@ -225,7 +225,9 @@ async def test_drop_reconnects_and_backfills_the_missed_candles(con) -> None:
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
 
 
-def test_a_failed_write_keeps_the_queue_and_a_backfill_drops_its_stale_states(con, tmp_path) -> None:
+def test_a_failed_write_keeps_the_queue_and_a_backfill_drops_its_stale_states(
+    con, tmp_path
+) -> None:
     """Live states stay queued through a failing write; when the write before a backfill
     fails, the queued states of the buckets REST brings final are dropped, the rest kept."""
     import duckdb
@@ -389,9 +391,11 @@ async def test_a_session_goes_live_when_upbit_answers_and_the_banner_follows_the
         assert engine.history["ts"].iloc[-1] == history["ts"].iloc[-1]
         states: list[bool] = []
         engine.subscribe(
-            lambda e: states.append(e.connected)
-            if isinstance(e, StatusEvent) and e.connected is not None
-            else None
+            lambda e: (
+                states.append(e.connected)
+                if isinstance(e, StatusEvent) and e.connected is not None
+                else None
+            )
         )
         task = asyncio.create_task(session.runner)
         await fake.wait_subscribed()
@@ -417,7 +421,9 @@ async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
     warm_up()
     bucket = current_minute(margin=20)  # the session must see the same forming bucket
     history = candles_of("KRW-BTC", bucket - pd.Timedelta(minutes=700), 701)  # the last forms
-    quiet = history["ts"].between(bucket - pd.Timedelta(minutes=200), bucket - pd.Timedelta(minutes=141))
+    quiet = history["ts"].between(
+        bucket - pd.Timedelta(minutes=200), bucket - pd.Timedelta(minutes=141)
+    )
     history = history[~quiet].reset_index(drop=True)  # 60 minutes nothing traded
     async with FakeUpbit(history) as fake:
         for name, value in fake.env().items():
@@ -428,7 +434,9 @@ async def test_a_live_session_fills_its_window_with_closed_candles_across_gaps(
     closed = history[history["ts"] < bucket].tail(engine.window)
     assert closed["ts"].iloc[0] < bucket - pd.Timedelta(minutes=engine.window)  # beyond one span
     assert list(engine.history["ts"]) == list(closed["ts"])
-    assert engine.history["ts"].is_unique and engine.history["ts"].iloc[-1] == bucket - pd.Timedelta(minutes=1)
+    assert engine.history["ts"].is_unique and engine.history["ts"].iloc[
+        -1
+    ] == bucket - pd.Timedelta(minutes=1)
 
 
 async def test_a_session_whose_backfill_is_refused_replays_instead_of_failing(
@@ -484,3 +492,51 @@ async def test_a_market_upbit_does_not_list_is_not_called_unreachable(
     assert session.mode == "demo"
     assert session.banner.startswith("Upbit answered with an error (")
     assert "does not know market 'KRW-NOPE'" in session.banner
+
+
+async def test_markets_at_their_own_units_share_one_connection(con) -> None:
+    """KRW-AAA at 1 minute and KRW-BBB at 60 minutes: one subscription with a candle type per
+    unit, each candle stored and closed at its own width (the hour's by the clock only after
+    the hour ended), a frame of a type the market was not subscribed at skipped."""
+    clock = Clock(T0 + pd.Timedelta(seconds=5))
+    closed: list[dict[str, Any]] = []
+    minute = generate_candles("KRW-AAA", "1", T0, 2, seed=1)
+    hour = generate_candles("KRW-BBB", "60", T0, 1, seed=2)
+    async with FakeUpbit() as fake:
+        feed = LiveFeed(
+            con,
+            ["KRW-AAA", "KRW-BBB"],
+            "1",
+            units={"KRW-BBB": "60"},
+            on_closed=closed.append,
+            clock=clock,
+            grace=0.5,
+            ws_url=fake.ws_url,
+            backfill=False,
+        )
+        task = asyncio.create_task(feed.run())
+        await fake.wait_subscribed()
+        await fake.push_candle("KRW-AAA", minute.iloc[0])
+        await fake.push_candle("KRW-BBB", hour.iloc[0], unit="60")
+        await until(lambda: set(feed.forming) == {"KRW-AAA", "KRW-BBB"})
+        feed.on_frame(candle_frame("KRW-BBB", minute.iloc[0], "1"))
+        clock.set(T0 + pd.Timedelta(seconds=61))
+        await fake.push_candle("KRW-AAA", minute.iloc[1])  # closes the first minute
+        await until(lambda: len(closed) == 1)
+        clock.set(T0 + pd.Timedelta(minutes=30))
+        await until(lambda: len(closed) == 2)  # the quiet second minute, by the clock
+        await asyncio.sleep(0.3)  # the clock's closing ran again: half an hour is not an hour
+        assert [c["market"] for c in closed] == ["KRW-AAA", "KRW-AAA"]
+        clock.set(T0 + pd.Timedelta(minutes=60, seconds=1))
+        await until(lambda: len(closed) == 3)  # the hour
+        await stop(task)
+    subscription = {part.get("type"): part.get("codes") for part in fake.subscriptions[-1]}
+    assert subscription["candle.1m"] == ["KRW-AAA"]
+    assert subscription["candle.60m"] == ["KRW-BBB"]
+    by_market = {c["market"]: c for c in closed if c["ts"] == T0}
+    assert by_market["KRW-BBB"]["unit"] == "60" and by_market["KRW-AAA"]["unit"] == "1"
+    assert by_market["KRW-BBB"]["close"] == hour.iloc[0]["close"]
+    assert feed.stats.malformed == 1  # the 1-minute frame of the 60-minute market
+    assert len(load_candles(con, "KRW-BBB", "60")) == 1
+    assert load_candles(con, "KRW-BBB", "1").empty
+    assert len(load_candles(con, "KRW-AAA", "1")) == 2

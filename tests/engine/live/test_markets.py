@@ -93,8 +93,15 @@ async def test_batched_passes_decide_as_each_market_alone(con, watched) -> None:
         model = None if market == "KRW-CCC" else loaded
         engine.add_market(market, model, threshold=0.45, no_model_reason="no champion")
         engine.prime(market, candles.iloc[:-DECIDED])
-        lane = LiveEngine(con, market, "1", model=model, threshold=0.45, persist_signals=False,
-                          no_model_reason="no champion")
+        lane = LiveEngine(
+            con,
+            market,
+            "1",
+            model=model,
+            threshold=0.45,
+            persist_signals=False,
+            no_model_reason="no champion",
+        )
         lane.prime(candles.iloc[:-DECIDED])
         alone[market] = lane
     for i in range(DECIDED, 0, -1):
@@ -106,8 +113,9 @@ async def test_batched_passes_decide_as_each_market_alone(con, watched) -> None:
         assert [(s.ts, s.action, s.source, s.reason) for s in ours] == [
             (s.ts, s.action, s.source, s.reason) for s in theirs
         ]
-        np.testing.assert_allclose([s.confidence for s in ours], [s.confidence for s in theirs],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            [s.confidence for s in ours], [s.confidence for s in theirs], rtol=1e-6
+        )
     assert all("no champion" in s.reason for s in engine.lanes["KRW-CCC"].signals)
 
 
@@ -123,7 +131,9 @@ async def test_candles_submitted_together_are_decided_in_one_pass_in_order(con, 
     engine.submit(btc.iloc[-DECIDED + 1].to_dict())  # BTC's next minute, already closed
     await engine.drain()
     assert engine.passes == 2 and counting.calls == [len(series), 1]
-    assert [s.ts for s in engine.lanes["KRW-BTC"].signals] == list(btc["ts"].iloc[-DECIDED : -DECIDED + 2])
+    assert [s.ts for s in engine.lanes["KRW-BTC"].signals] == list(
+        btc["ts"].iloc[-DECIDED : -DECIDED + 2]
+    )
     await asyncio.sleep(0)
     engine.flush()
     assert len(load_signals(con, None, last=100)) == len(series) + 1
@@ -149,3 +159,70 @@ async def test_a_failed_pass_is_said_and_its_signals_are_written_by_the_next(con
     await engine.drain()
     stored = load_signals(con, None, last=100)
     assert len(stored) == 2 * len(series) and stored["ts"].nunique() == 2
+
+
+async def test_a_watchlist_decides_each_market_at_its_own_unit(con, btc_1m) -> None:
+    """KRW-BTC at 1 minute and KRW-ETH at 60 minutes in one replayed session: each lane reads
+    its own unit's candles, its signals are stored at that unit, and a 60-minute candle is
+    decided in the pass of the minute it closes with (its close time), not at its open."""
+    from engine.live.session import open_session
+    from tests.conftest import shared_candles
+
+    hourly = shared_candles("KRW-ETH_60m.csv", 700, market="KRW-ETH", unit="60")
+    minutes = btc_1m.head(700).copy()
+    # the minutes overlap the hours' last 3 hours, so both units close in the same passes
+    minutes["ts"] = (
+        hourly["ts"].iloc[-1]
+        + pd.Timedelta(hours=1)
+        - pd.to_timedelta(np.arange(len(minutes))[::-1] + 1, unit="min")
+    )
+    upsert_candles(con, minutes)
+    upsert_candles(con, hourly)
+    session = await open_session(
+        con,
+        ["KRW-BTC", "KRW-ETH"],
+        "1",
+        units={"KRW-ETH": "60"},
+        offline=True,
+        replay_delay=0,
+        replay_candles=150,
+    )
+    engine = session.markets
+    assert engine is not None and engine.units == {"KRW-BTC": "1", "KRW-ETH": "60"}
+    assert "REPLAY" in session.banner and "1m/60m" in session.banner
+    passes: list[list[tuple[str, pd.Timestamp]]] = []
+    real = engine.on_closed_many
+
+    async def record(candles):  # type: ignore[no-untyped-def]
+        rows = list(candles)
+        passes.append([(c["market"], c["ts"]) for c in rows])
+        return await real(rows)
+
+    engine.on_closed_many = record  # type: ignore[method-assign]
+    await session.runner
+    btc = load_signals(con, "KRW-BTC", last=1000)
+    eth = load_signals(con, "KRW-ETH", last=1000)
+    assert len(btc) == 150 and set(btc["unit"]) == {"1"}
+    assert len(eth) == 150 and set(eth["unit"]) == {"60"}
+    # the hour opening at H closes with the minute opening at H+59
+    last_hour = hourly["ts"].iloc[-1]
+    together = [p for p in passes if ("KRW-ETH", last_hour) in p]
+    assert together == [[("KRW-BTC", last_hour + pd.Timedelta(minutes=59)), ("KRW-ETH", last_hour)]]
+    states = {s.market: s for s in engine.states()}
+    assert states["KRW-ETH"].unit == "60" and states["KRW-ETH"].last_ts == last_hour
+
+
+def test_a_watchlist_entry_names_its_unit() -> None:
+    from pydantic import ValidationError
+
+    from engine.service.live import LiveStartRequest
+
+    request = LiveStartRequest(markets=["KRW-BTC", "KRW-ETH:60", "KRW-XRP:1"], unit="1")
+    assert request.markets == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+    assert request.units == {"KRW-ETH": "60"}
+    with pytest.raises(ValidationError, match="two units"):
+        LiveStartRequest(markets=["KRW-ETH:60", "KRW-ETH:15"])
+    with pytest.raises(ValidationError, match="candle unit '7'"):
+        LiveStartRequest(markets=["KRW-ETH:7"])
+    with pytest.raises(ValidationError, match="not in the watchlist"):
+        LiveStartRequest(markets=["KRW-BTC"], units={"KRW-ETH": "60"})
