@@ -27,11 +27,16 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
+from textual.worker import WorkerFailed
 
 from engine.live.session import REPLAY_CANDLES, Session
+from engine.service.core import ServiceError
 from engine.service.modelops import open_managed_session
 from tui import messages
-from tui.screens import HelpScreen, MainScreen, binding_rows
+from tui.client import RemoteError
+from tui.fmt import error_text
+from tui.screens import HelpScreen, MainScreen
+from tui.screens.help import LEGEND, help_sections, textual_actions
 from tui.screens.registry import BY_NAME, CHART, ENTRIES, screen_class
 from tui.views import LocalView, SessionView
 
@@ -169,16 +174,20 @@ class UpquantApp(App[None]):
             self.switch_mode(self._shown.pop())
 
     def action_toggle_utc(self) -> None:
+        """`u`: times in UTC or KST; every screen made so far (each mode's, the screens pushed
+        over them, the chart) gets ClockChanged and re-renders its times."""
         self.utc = not self.utc
         zone = "UTC" if self.utc else "KST"
-        for screen in (self.chart_screen, *self._installed_mode_screens()):
+        for screen in self._every_screen():
             screen.post_message(messages.ClockChanged(self.utc))
         self.notify(f"times in {zone}")
 
-    def _installed_mode_screens(self) -> list[Screen[Any]]:
-        return [
-            stack[0] for mode, stack in self._screen_stacks.items() if stack and mode != "_default"
-        ]
+    def _every_screen(self) -> list[Screen[Any]]:
+        """The chart and every screen in every mode's stack, each once."""
+        screens: list[Screen[Any]] = [self.chart_screen]
+        for stack in self._screen_stacks.values():
+            screens.extend(screen for screen in stack if screen not in screens)
+        return screens
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """The palette: every screen, every action the shown screen binds, then Textual's."""
@@ -214,8 +223,29 @@ class UpquantApp(App[None]):
             self.deliver(messages.SessionFailed(f"engine stopped: {type(exc).__name__}: {exc}"))
 
     def action_help(self) -> None:
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen(binding_rows(self.screen)))
+        """`?`: the keys of the shown screen, the screens' and the keys that work everywhere."""
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            return
+        entry = BY_NAME.get(self.current_mode)
+        title = entry.title if entry is not None and screen is self._mode_root() else None
+        legend = LEGEND if screen is self.chart_screen else ""
+        sections = help_sections(screen, title or type(screen).__name__.removesuffix("Screen"))
+        self.push_screen(HelpScreen(sections, f"keys · {title or 'this screen'}", legend))
+
+    def _mode_root(self) -> Screen[Any] | None:
+        stack = self._screen_stacks.get(self.current_mode)
+        return stack[0] if stack else None
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A worker that let a failed operation escape (ServiceError, RemoteError, NoFacade:
+        a failure the user can act on, with its hint) is a notification, not the app's end;
+        anything else is a bug, and Textual's (it exits with the traceback)."""
+        cause = error.error if isinstance(error, WorkerFailed) else error
+        if isinstance(cause, USER_ERRORS):
+            self.notify(error_text(cause), title="failed", severity="error")
+            return
+        super()._handle_exception(error)
 
 
 class NoFacade(Exception):
@@ -226,19 +256,12 @@ class NoFacade(Exception):
         self.hint = hint
 
 
+# failures of an operation that the user can act on (a message and a hint), never a crash
+USER_ERRORS = (ServiceError, RemoteError, NoFacade)
+
+
 def _make_screen(name: str) -> Screen[Any]:
     return screen_class(name)()
-
-
-def _textual_actions(cls: type) -> set[str]:
-    """The actions Textual's own classes among `cls`'s bases bind (cursor, focus, copy)."""
-    return {
-        binding.action
-        for base in cls.__mro__
-        if base.__module__.startswith("textual.")
-        for binding in getattr(base, "BINDINGS", ())
-        if isinstance(binding, Binding)
-    }
 
 
 def screen_actions(screen: Screen[Any]) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -253,7 +276,7 @@ def screen_actions(screen: Screen[Any]) -> list[tuple[str, str, Callable[[], Any
             active.node is app
             or not binding.description
             or binding.action in seen
-            or binding.action in _textual_actions(type(active.node))
+            or binding.action in textual_actions(type(active.node))
         ):
             continue  # the app's (listed as screens) and Textual's own (cursor, focus, copy)
         seen.add(binding.action)

@@ -24,14 +24,15 @@ The store (`frozen_home`, a copy per test, UPQUANT_HOME pointing at it):
 `FROZEN_NOW` (2025-10-04 01:20 UTC, a minute after the last 1-minute candle) is the app's
 clock in `frozen_app`. Fixtures: `frozen_home` (the copy's path), `frozen_ws` (a Workstation
 on it, closed after the test), `frozen_app(start="markets", **kw)` (an UpquantApp with that
-facade, the frozen clock and a deterministic session: the last REPLAYED KRW-BTC 1m candles
-of the store replayed at once through the real engine with the champion, writing nothing to
+facade, the frozen clock and a deterministic session: the last APP_REPLAYED (30) KRW-BTC 1m
+candles of the store, after the engine's window, replayed at once through the real engine with the champion, writing nothing to
 the store, then ending). `settle(pilot)` waits for the session's replay and every worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from textual.pilot import Pilot
+from textual.worker import WorkerCancelled, WorkerFailed
 
 from tests.conftest import DATA, shared_candles
 
@@ -51,7 +53,8 @@ MARKET, UNIT = "KRW-BTC", "1"
 FROZEN_NOW = datetime(2025, 10, 4, 1, 20, tzinfo=UTC)
 BUILT_AT = datetime(2025, 10, 3, 9, 0, tzinfo=UTC)  # the first wall-clock time in the store
 MINUTE_CANDLES, HOUR_CANDLES = 2000, 1000
-REPLAYED = 200  # 1-minute candles of each market the stored replay (and the app's) plays
+REPLAYED = 200  # 1-minute candles of each market the stored replay plays
+APP_REPLAYED = 30  # and the app's session (after its window: the chart shows both)
 THRESHOLD = 0.45  # the replays' (stored and the app's): the champion buys KRW-BTC
 CHAMPION_TREES, CHALLENGER_TREES = 20, 30
 LABEL_THRESHOLD = 0.0004  # buy/sell above a 0.04 % move in 10 minutes (more than holds)
@@ -177,8 +180,10 @@ def frozen_ws(frozen_home: Path) -> Iterator[Any]:
     stop_workstation(ws)
 
 
-def frozen_session(ws: Any, market: str = MARKET, unit: str = UNIT) -> Callable[[], Any]:
-    """A session factory: the last REPLAYED stored candles of `market` replayed at once
+def frozen_session(
+    ws: Any, market: str = MARKET, unit: str = UNIT, candles: int = APP_REPLAYED
+) -> Callable[[], Any]:
+    """A session factory: the last `candles` stored candles of `market` replayed at once
     through the real engine (its champion seated), writing nothing to the store."""
 
     async def factory() -> Any:
@@ -201,9 +206,9 @@ def frozen_session(ws: Any, market: str = MARKET, unit: str = UNIT) -> Callable[
             log_predictions=False,
             no_model_reason=reason,
         )
-        frame = load_candles(con, market, unit, last=engine.window + REPLAYED)
+        frame = load_candles(con, market, unit, last=engine.window + candles)
         engine.prime(frame.iloc[: engine.window])
-        banner = f"REPLAY of {REPLAYED} stored {market} {unit}m candles (frozen test data)"
+        banner = f"REPLAY of {candles} stored {market} {unit}m candles (frozen test data)"
         return Session(engine, "replay", banner, replay(engine, frame.iloc[engine.window :]))
 
     return factory
@@ -224,7 +229,10 @@ def frozen_app(frozen_ws: Any) -> Callable[..., Any]:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
-    """Wait until the session's replay and every worker are done and the screen caught up."""
+    """Wait until the session's replay and every worker are done (failed ones too) and the
+    screen caught up."""
     for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
+        for worker in list(pilot.app.workers):
+            with contextlib.suppress(WorkerFailed, WorkerCancelled):
+                await worker.wait()
         await pilot.pause()

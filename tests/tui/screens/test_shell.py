@@ -1,10 +1,18 @@
-"""The workstation's shell on the frozen store: every screen renders, keys switch screens."""
+"""The workstation's shell on the frozen store: every screen renders, number keys and Esc,
+the help, the command palette, KST/UTC, failed operations as notifications."""
 
 from __future__ import annotations
 
 import pytest
+from textual._context import active_message_pump
+from textual.command import CommandPalette
+from textual.pilot import Pilot
 
+from engine.service.registry import ModelShowRequest
 from tests.tui.screens.conftest import FROZEN_NOW, settle
+from tui import messages
+from tui.app import UpquantApp
+from tui.screens import HelpScreen
 from tui.screens.registry import CHART, ENTRIES
 
 
@@ -21,4 +29,141 @@ async def test_every_screen_renders_on_the_frozen_store(frozen_app, size):
             assert app.current_mode == entry.name
             assert app.screen.is_mounted
             app.screen._compositor.render_update(full=True)  # drawn without an error
-        assert app.return_value is None and not app._exception
+        assert app._exception is None
+
+
+async def test_number_keys_switch_screens_and_esc_goes_back(frozen_app):
+    app = frozen_app(start="markets")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.current_mode == "markets"
+        await pilot.press("3")
+        await pilot.press("4")
+        await pilot.press("4")  # the shown screen again: nothing to go back to
+        assert app.current_mode == "training"
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")  # closes the help first
+        assert app.current_mode == "training" and not isinstance(app.screen, HelpScreen)
+        for expected in ("models", "markets", CHART, CHART):  # the start came from the chart
+            await pilot.press("escape")
+            assert app.current_mode == expected
+
+
+async def test_help_lists_the_screens_and_the_shown_screens_keys(frozen_app):
+    app = frozen_app(start=CHART)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        sections = dict(help_screen.sections)
+        assert [title for title, _ in help_screen.sections] == ["Chart", "Screens", "Everywhere"]
+        assert [keys for keys, _ in sections["Screens"]] == [e.key for e in ENTRIES]
+        assert sections["Screens"][0] == ("1", f"Markets: {ENTRIES[0].help}")
+        assert ("+ =", "Threshold up") in sections["Chart"]  # the chart's own binding
+        everywhere = dict(sections["Everywhere"])
+        assert everywhere["u"] == "KST/UTC" and everywhere["esc"] == "Back"
+        assert everywhere["q ^q"] == "Quit" and "palette" in everywhere["^p"]
+        assert not any("Cursor" in d or "Focus" in d for _, d in sections["Chart"])
+        await pilot.press("question_mark")  # ? closes it too
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def _palette_run(pilot: Pilot, text: str) -> None:
+    await pilot.press("ctrl+p")
+    assert isinstance(pilot.app.screen, CommandPalette)
+    await pilot.press(*text)
+    await pilot.pause(0.3)  # the palette searches its providers in a worker
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+async def test_the_palette_lists_every_screen_and_the_screens_actions_and_runs_them(frozen_app):
+    app = frozen_app(start=CHART)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        listed = [command.title for command in app.get_system_commands(app.screen)]
+        assert [t for t in listed if t[0].isdigit()] == [f"{e.key} {e.title}" for e in ENTRIES]
+        assert "Threshold up" in listed and "Toggle holds" in listed  # the chart's actions
+        await _palette_run(pilot, "Threshold up")
+        assert app.session.engine.threshold == pytest.approx(0.5)  # frozen session's 0.45 + 0.05
+        await _palette_run(pilot, "3 Models")
+        assert app.current_mode == "models"
+        await pilot.press("escape")
+        assert app.current_mode == CHART
+
+
+async def test_u_switches_kst_and_utc_on_every_screen(frozen_app):
+    received: list[tuple[object, bool]] = []
+
+    def hook(message) -> None:
+        if isinstance(message, messages.ClockChanged):
+            received.append((active_message_pump.get(), message.utc))
+
+    app = frozen_app(start=CHART)
+    async with app.run_test(size=(80, 24), message_hook=hook) as pilot:
+        await settle(pilot)
+        for key in ("1", "3"):  # the markets and models screens exist from now on
+            await pilot.press(key)
+        await pilot.press("u")
+        await settle(pilot)
+        assert app.utc is True
+        screens = {app.chart_screen, *(stack[0] for stack in app._screen_stacks.values())}
+        names = {type(screen).__name__ for screen in screens}
+        assert names == {"MainScreen", "MarketsScreen", "ModelsScreen"}
+        assert [pump for pump, _ in received if pump in screens] == [p for p, _ in received]
+        assert {pump for pump, utc in received if utc} == screens  # each once
+        assert len(received) == len(screens)
+        assert any(n.message == "times in UTC" for n in app._notifications)
+        await pilot.press("2", "u")
+        await settle(pilot)
+        assert app.utc is False
+        assert {pump for pump, utc in received if not utc} == screens
+
+
+async def test_a_failed_operation_is_a_notification_not_a_crash(frozen_app):
+    app = frozen_app(start=CHART)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        # a screen's worker that lets a real operation's ServiceError (NotFound) escape
+        app.run_worker(app.call("model_show", ModelShowRequest(model="no-such-model")))
+        await settle(pilot)
+        assert app.is_running and app._exception is None
+        (note,) = [n for n in app._notifications if n.severity == "error"]
+        assert "no-such-model" in note.message
+
+
+async def test_an_app_without_the_store_says_so_when_a_screen_asks(frozen_app):
+    app = frozen_app(start=CHART)
+    app.facade = None  # a session without the store (old tests, `upquant tui` never does)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.run_worker(app.call("model_list", None))
+        await settle(pilot)
+        assert app.is_running and app._exception is None
+        (note,) = [n for n in app._notifications if n.severity == "error"]
+        assert "needs the store" in note.message and "upquant tui" in note.message
+
+
+async def test_a_bug_in_a_worker_still_ends_the_app_with_its_traceback(frozen_app):
+    async def broken() -> None:
+        raise ZeroDivisionError("a bug")
+
+    app = frozen_app(start=CHART)
+    with pytest.raises(Exception, match="a bug"):
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            app.run_worker(broken())
+            await settle(pilot)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_help_screen_snapshot(frozen_app, snap_compare, size):
+    async def open_help(pilot: Pilot) -> None:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    app: UpquantApp = frozen_app(start=CHART)
+    assert snap_compare(app, terminal_size=size, run_before=open_help)
