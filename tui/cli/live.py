@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,8 +30,29 @@ ReplayCandlesOpt = Annotated[
 
 def tui(
     market: Annotated[
-        str, typer.Option("--market", "-m", help="Market to watch, e.g. KRW-BTC.")
-    ] = "KRW-BTC",
+        str | None,
+        typer.Option(
+            "--market",
+            "-m",
+            help="Market to chart, e.g. KRW-BTC (default: the watchlist's first, else KRW-BTC).",
+        ),
+    ] = None,
+    markets: Annotated[
+        str | None,
+        typer.Option(
+            "--markets",
+            help="A watchlist, comma-separated (KRW-BTC,KRW-ETH,...): the session decides"
+            " every market and the TUI opens on the Markets screen.",
+        ),
+    ] = None,
+    all_krw: Annotated[
+        bool,
+        typer.Option(
+            "--all-krw",
+            help="Watch every KRW market Upbit lists (offline: every stored series of the"
+            " unit); opens on the Markets screen.",
+        ),
+    ] = False,
     unit: UnitOpt = "1",
     threshold: Annotated[
         float,
@@ -61,6 +83,8 @@ def tui(
 
     from engine.params import check_session_args
 
+    watchlist = _watchlist(market or "KRW-BTC", markets)
+    market = market or watchlist[0].partition(":")[0]  # the chart's: the watchlist's first
     unit = check(market, unit)
     check_session_args(
         threshold=threshold, replay_delay=replay_delay, replay_candles=replay_candles
@@ -71,6 +95,7 @@ def tui(
         "replay_delay": replay_delay,
         "replay_candles": replay_candles,
     }
+    watch = Watch(watchlist if markets is not None else [], all_krw)
     if os.environ.get("UPQUANT_SERVER", "").lower() == "off":  # in process, no server
         from engine.server.runner import stop_workstation
         from engine.service import Workstation
@@ -78,7 +103,18 @@ def tui(
 
         ws = Workstation()
         try:
-            UpquantApp(ws.con(), market, unit, facade=ws, **options).run()
+            factory = (
+                None if not watch else partial(_watch_session, ws, market, unit, watch, options)
+            )
+            UpquantApp(
+                ws.con(),
+                market,
+                unit,
+                facade=ws,
+                session_factory=factory,
+                start=watch.start,
+                **options,
+            ).run()
         finally:
             stop_workstation(ws)
         return
@@ -86,12 +122,51 @@ def tui(
 
     info = running_server()  # a stale server.json (its process gone) is removed here
     if info is not None:
-        _attach(info, market, unit, options)
+        _attach(info, market, unit, {**options, "watch": watch.fields()}, watch.start)
     else:
-        _host(market, unit, port, options)
+        _host(market, unit, port, {**options, **watch.fields()}, watch.start)
 
 
-def _attach(info: ServerInfo, market: str, unit: str, options: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Watch:
+    """`upquant tui`'s watchlist: --markets (empty: none) and --all-krw."""
+
+    markets: list[str]
+    all_krw: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.markets) or self.all_krw
+
+    @property
+    def start(self) -> str:
+        """The screen the TUI opens on: the markets with a watchlist, else the chart."""
+        return "markets" if self else "chart"
+
+    def fields(self) -> dict[str, Any]:
+        """The live_start fields it sets (none without a watchlist)."""
+        return {"markets": self.markets, "all_krw": self.all_krw} if self else {}
+
+
+async def _watch_session(
+    ws: Any, market: str, unit: str, watch: Watch, options: dict[str, Any]
+) -> Any:
+    """A watchlist session in this process (UPQUANT_SERVER=off): `market` first, then the
+    watchlist (entries MARKET or MARKET:UNIT; every KRW market with --all-krw)."""
+    from engine.service.live import LiveOps
+    from engine.service.modelops import open_managed_session
+    from engine.upbit.markets import split_watch
+
+    names, units = split_watch([market, *watch.markets], unit)
+    if watch.all_krw:
+        names = await LiveOps.watchlist_of(ws.con(), names, unit, offline=options["offline"])
+    # open_session takes one market or a watchlist (open_managed_session's hint says str)
+    watched: Any = names if len(names) > 1 else names[0]
+    return await open_managed_session(ws.con(), watched, unit, units=units, **options)
+
+
+def _attach(
+    info: ServerInfo, market: str, unit: str, options: dict[str, Any], start: str = "chart"
+) -> None:
     """Be the running server's client: show its session (start one when none runs); the
     server and its session keep running when the TUI quits."""
     from engine.server.lifecycle import read_token, token_path
@@ -114,13 +189,14 @@ def _attach(info: ServerInfo, market: str, unit: str, options: dict[str, Any]) -
             unit,
             session_factory=partial(attach, info.url, token, market, unit, **options),
             facade=facade,
+            start=start,
         )
         app.server_note = f"attached to {info.url}"
         app.run()
     err.print(f"left the server running at {info.url} (pid {info.pid})")
 
 
-def _host(market: str, unit: str, port: int, options: dict[str, Any]) -> None:
+def _host(market: str, unit: str, port: int, options: dict[str, Any], start: str = "chart") -> None:
     """Own the store and serve it while the TUI runs; the server stops after the session's
     flush when the TUI quits."""
     from engine.server.runner import stop_workstation
@@ -132,7 +208,7 @@ def _host(market: str, unit: str, port: int, options: dict[str, Any]) -> None:
     try:
         ws.con()  # open (and migrate) the store now: it is this process's until the TUI quits
         factory = partial(hosted_session, ws, market, unit, **options)
-        app = UpquantApp(None, market, unit, session_factory=factory, facade=ws)
+        app = UpquantApp(None, market, unit, session_factory=factory, facade=ws, start=start)
         info = asyncio.run(run_hosted(app, ws, port))
     finally:
         stop_workstation(ws)
