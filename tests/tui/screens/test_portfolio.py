@@ -1,0 +1,109 @@
+"""The Portfolio screen on the frozen store, whose "replay" paper book a replay of real
+candles through the real live engine traded (KRW-ETH bought and sold, KRW-BTC held): the
+screen's numbers are the `paper` operation's; the account switches by key; a book that
+changes is redrawn by the periodic refresh; snapshots at 80x24 and 160x48."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from engine.service.paper import PaperRequest
+from engine.trading.paper_book import load_book, save_book
+from tests.tui.screens.conftest import settle
+from tui.fmt import fmt_krw, fmt_pct, fmt_price, fmt_time
+from tui.screens.portfolio import FILLS, PortfolioScreen
+
+
+def _cells(table: DataTable[Any], row: int) -> list[str]:
+    return [str(cell) for cell in table.get_row_at(row)]
+
+
+def _style(table: DataTable[Any], row: int, column: int) -> str:
+    cell = table.get_row_at(row)[column]
+    assert isinstance(cell, Text)
+    return str(cell.style)
+
+
+async def test_the_screen_shows_the_paper_operations_numbers(frozen_app, frozen_ws):
+    book = frozen_ws.paper(PaperRequest(account="replay", fills=FILLS))
+    live = frozen_ws.paper(PaperRequest(account="live", fills=FILLS))
+    assert book.stored and book.positions and book.fills and not live.stored
+    app = frozen_app(start="portfolio")
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, PortfolioScreen)
+        # no live trading yet: the replay's book is shown, as the operation answers it
+        assert screen.account == "replay" and screen.book == book
+        summary = str(screen.query_one("#summary").render())
+        for amount in (book.cash, book.equity):
+            assert f" {fmt_krw(amount)} " in summary
+        assert fmt_krw(book.realised_pnl, signed=True) in summary
+        assert fmt_krw(book.unrealised_pnl, signed=True) in summary
+        assert fmt_pct(book.return_pct / 100) in summary
+        positions = screen.query_one("#positions", DataTable)
+        assert positions.row_count == len(book.positions)
+        for i, p in enumerate(book.positions):
+            assert _cells(positions, i) == [
+                p.market,
+                f"{p.units:,.8f}".rstrip("0").rstrip("."),
+                fmt_price(p.entry_price),
+                fmt_time(p.entry_ts),
+                fmt_price(p.last_price),
+                fmt_krw(p.value),
+                fmt_krw(p.unrealised_pnl, signed=True),
+                fmt_pct(p.unrealised_pnl / p.cost),
+            ]
+            assert _style(positions, i, 6) == ("red" if p.unrealised_pnl < 0 else "green")
+        fills = screen.query_one("#fills", DataTable)
+        assert [_cells(fills, i)[:4] for i in range(fills.row_count)] == [
+            [fmt_time(f.ts), f.market, f.side, fmt_price(f.price)] for f in book.fills
+        ]
+        assert not screen.query_one("#pending").display  # none pending: no room taken
+        # the live account by key: empty, said so
+        await pilot.press("a")
+        await settle(pilot)
+        assert screen.account == "live" and screen.book == live
+        assert positions.row_count == 0 and fills.row_count == 0
+        assert "never traded" in str(screen.query_one("#summary").render())
+        await pilot.press("a")
+        await settle(pilot)
+        assert screen.book == book
+
+
+async def test_a_changed_book_is_redrawn_by_the_refresh(frozen_app, frozen_ws):
+    app = frozen_app(start="portfolio")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, PortfolioScreen) and screen.narrow
+        positions = screen.query_one("#positions", DataTable)
+        assert positions.row_count == 1 and len(positions.columns) == 6  # narrow: fewer
+        # the broker sells the position at the next candle's open, and saves the book
+        con = frozen_ws.con()
+        broker = load_book(con, "replay")
+        [(market, held)] = broker.positions.items()
+        ts = pd.Timestamp(held.last_ts) + pd.Timedelta(minutes=1)
+        broker.order(market, held.last_ts, "sell", None)
+        broker.on_candle(market, ts, held.last_price * 1.01, held.last_price * 1.01)
+        save_book(con, "replay", broker)
+        await pilot.pause(2.5)  # one refresh
+        await settle(pilot)
+        answer = frozen_ws.paper(PaperRequest(account="replay", fills=FILLS))
+        assert not answer.positions and screen.book == answer
+        assert positions.row_count == 0
+        assert fmt_krw(answer.cash) in str(screen.query_one("#summary").render())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_portfolio_snapshot(frozen_app, snap_compare, size):
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+
+    assert snap_compare(frozen_app(start="portfolio"), terminal_size=size, run_before=run_before)
