@@ -7,7 +7,9 @@ The engine knows nothing of Textual: it calls its subscribers with plain events
 one of these and posts it to the main screen, in the order things happen, so the screen
 never races the engine. Forming-candle
 updates arrive many times a second on a live feed; an update still waiting in the queue is
-replaced by the next one (`can_replace`): the chart only ever draws the newest forming bar.
+replaced by the next one of the same market (`can_replace`): the chart only ever draws the
+newest forming bar. A session may watch many markets: candles and signals carry theirs, and
+each screen draws the ones it shows.
 """
 
 from __future__ import annotations
@@ -77,8 +79,11 @@ class FormingCandle(Message, bubble=False):
 
     def can_replace(self, message: Message) -> bool:
         # Textual asks the queued message whether the next one may take its place: the chart
-        # keeps only the newest forming bar, so an older update drawn first is wasted work
-        return isinstance(message, FormingCandle)
+        # keeps only the newest forming bar of a market, so an older update drawn first is
+        # wasted work (another market's update is not: a session may watch many)
+        return isinstance(message, FormingCandle) and message.candle.get(
+            "market"
+        ) == self.candle.get("market")
 
 
 class CandleClosed(Message, bubble=False):
@@ -148,5 +153,7 @@ def from_wire(frame: Mapping[str, Any]) -> Message | None:
         probs = frame.get("probs")
         return SignalReceived(signal, None if probs is None else np.asarray(probs, dtype=float))
     if kind == "status":
-        return FeedStatus(str(frame["text"]), str(frame.get("level", "info")), frame.get("connected"))
+        return FeedStatus(
+            str(frame["text"]), str(frame.get("level", "info")), frame.get("connected")
+        )
     return None

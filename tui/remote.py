@@ -91,19 +91,56 @@ class RemoteSession:
     def threshold(self) -> float:
         return float(self.status["threshold"])
 
-    def set_threshold(self, value: float) -> float:
-        """Ask the server to move the threshold; the clamped value at once (the screen stays
-        responsive), the server's answer when it comes."""
+    @property
+    def markets(self) -> list[str]:
+        watched = [str(m["market"]) for m in self.status.get("markets") or [] if m.get("market")]
+        return watched or [self.market]
+
+    def _watched(self, market: str) -> dict[str, Any] | None:
+        return next(
+            (m for m in self.status.get("markets") or [] if m.get("market") == market), None
+        )
+
+    def threshold_of(self, market: str) -> float:
+        watched = self._watched(market)
+        if watched is not None and watched.get("threshold") is not None:
+            return float(watched["threshold"])
+        return self.threshold
+
+    def model_of(self, market: str) -> str | None:
+        if market == self.market:
+            return self.model_ref
+        watched = self._watched(market)
+        return None if watched is None else watched.get("model")
+
+    async def window(self, market: str) -> pd.DataFrame | None:
+        if market not in self.markets:
+            return None
+        return await self._history(market)
+
+    def set_threshold(self, value: float, market: str | None = None) -> float:
+        """Ask the server to move the threshold (of `market`'s lane, or every lane's); the
+        clamped value at once (the screen stays responsive), the server's answer when it
+        comes."""
         value = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
-        self.status["threshold"] = value
-        task = asyncio.get_running_loop().create_task(self._send_threshold(value))
+        if market is not None and market not in self.markets:
+            market = None
+        if market is None or market == self.market:
+            self.status["threshold"] = value
+        for watched in self.status.get("markets") or []:
+            if market is None or watched.get("market") == market:
+                watched["threshold"] = value
+        task = asyncio.get_running_loop().create_task(self._send_threshold(value, market))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return value
 
-    async def _send_threshold(self, value: float) -> None:
+    async def _send_threshold(self, value: float, market: str | None = None) -> None:
+        body: dict[str, Any] = {"threshold": value}
+        if market is not None:
+            body["market"] = market
         try:
-            status = await self.op("live_threshold", {"threshold": value})
+            status = await self.op("live_threshold", body)
         except RemoteError as exc:
             self._say(messages.FeedStatus(f"threshold not changed: {exc}", "error"))
             return
@@ -193,22 +230,26 @@ class RemoteSession:
     async def _open(self, post: Callable[[Message], object], live: Mapping[str, Any]) -> None:
         """Take the session's status, load its window, draw it from the start."""
         self.status = dict(live)
-        answer = await self.op("live_history", {"last": HISTORY})
+        post(messages.SessionOpened(self, await self._history(None)))
+
+    async def _history(self, market: str | None) -> pd.DataFrame:
+        """The newest candles of a lane's window (the first market's when None)."""
+        body: dict[str, Any] = {"last": HISTORY}
+        if market is not None:
+            body["market"] = market
+        answer = await self.op("live_history", body)
         rows = answer.get("candles", answer) if isinstance(answer, dict) else answer
         history = pd.DataFrame(list(rows or []), columns=CANDLE_COLUMNS)
         history["ts"] = pd.to_datetime(history["ts"], utc=True)
-        post(messages.SessionOpened(self, history))
+        return history
 
     def _on_frame(self, post: Callable[[Message], object], frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind == "live":
             self._live(frame.get("live"))
             return
-        if kind in ("candle", "signal") and (frame.get("market"), frame.get("unit")) != (
-            self.status.get("market"),
-            self.status.get("unit"),
-        ):
-            return  # another market's session (the multi-market engine is issue 12)
+        if kind in ("candle", "signal") and frame.get("unit") != self.status.get("unit"):
+            return  # not the session's (its every market's frames are posted: they say which)
         message = messages.from_wire(frame)
         if message is not None:
             post(message)

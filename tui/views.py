@@ -19,11 +19,13 @@ from tui import messages
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import pandas as pd
     from textual.message import Message
 
-    from engine.live.engine import EngineEvent
+    from engine.live.engine import EngineEvent, LiveEngine
     from engine.live.session import Session
     from engine.service import Workstation
+
 
 def _poster(post: Callable[[Message], object]) -> Callable[[EngineEvent], None]:
     """An engine listener posting each event as its message."""
@@ -73,13 +75,31 @@ class SessionView(Protocol):
         """The confidence threshold model signals are held to."""
         ...
 
-    def set_threshold(self, value: float) -> float:
-        """Move the threshold (clamped to its range); the value it now has."""
+    def set_threshold(self, value: float, market: str | None = None) -> float:
+        """Move the threshold of `market`'s lane (every lane's when None), clamped to its
+        range; the value it now has."""
+        ...
+
+    @property
+    def markets(self) -> list[str]:
+        """Every market the session watches (its lanes), the first one first."""
+        ...
+
+    def threshold_of(self, market: str) -> float:
+        """The threshold of `market`'s lane (the session's when it does not watch it)."""
+        ...
+
+    def model_of(self, market: str) -> str | None:
+        """The model deciding `market` (name@version), None when the rule does."""
+        ...
+
+    async def window(self, market: str) -> pd.DataFrame | None:
+        """The candles of `market`'s lane window (oldest first), None when not watched."""
         ...
 
     async def follow(self, post: Callable[[Message], object]) -> None:
-        """Post `SessionOpened` with the window, then every event as its message, until the
-        session's feed ends (a replay played its last candle); raise when the feed fails."""
+        """Post `SessionOpened` with the window, then every event of every lane as its
+        message (candles and signals carry their market), until the session's feed ends (a replay played its last candle); raise when the feed fails."""
         ...
 
 
@@ -123,8 +143,39 @@ class LocalView:
     def threshold(self) -> float:
         return self.engine.threshold
 
-    def set_threshold(self, value: float) -> float:
-        return self.engine.set_threshold(value)
+    @property
+    def lanes(self) -> dict[str, LiveEngine]:
+        markets = self.session.markets
+        return dict(markets.lanes) if markets is not None else {self.engine.market: self.engine}
+
+    @property
+    def markets(self) -> list[str]:
+        return list(self.lanes)
+
+    def threshold_of(self, market: str) -> float:
+        return self.lanes.get(market, self.engine).threshold
+
+    def model_of(self, market: str) -> str | None:
+        lane = self.lanes.get(market)
+        return lane.model.record.ref if lane is not None and lane.model is not None else None
+
+    async def window(self, market: str) -> pd.DataFrame | None:
+        lane = self.lanes.get(market)
+        return None if lane is None else lane.history.copy()
+
+    def set_threshold(self, value: float, market: str | None = None) -> float:
+        lanes = self.lanes
+        chosen = list(lanes.values()) if market is None else [lanes.get(market, self.engine)]
+        values = {lane.market: lane.set_threshold(value) for lane in chosen}
+        return values[market or self.engine.market]
+
+    def _subscribe(self, post: Callable[[Message], object]) -> None:
+        """Every lane's events (and lanes added later) posted as messages."""
+        markets = self.session.markets
+        if markets is not None:
+            markets.subscribe(_poster(post))
+        else:
+            self.engine.subscribe(_poster(post))
 
     async def follow(self, post: Callable[[Message], object]) -> None:
         engine = self.engine
@@ -132,7 +183,7 @@ class LocalView:
         # so the screen sees every candle exactly once
         post(messages.SessionOpened(self, engine.history.copy()))
         # subscribed for the view's life: a status published after the feed ended is shown too
-        engine.subscribe(_poster(post))
+        self._subscribe(post)
         if not self.owns_feed:
             await asyncio.Event().wait()  # the server's feed: watched until the TUI quits
             return
@@ -169,13 +220,15 @@ class HostedView(LocalView):
         super().__init__(session, owns_feed=False)
         self.ws = ws
 
-    def set_threshold(self, value: float) -> float:
+    def set_threshold(self, value: float, market: str | None = None) -> float:
         from engine.params import THRESHOLD_MAX, THRESHOLD_MIN
         from engine.service.live import LiveThresholdRequest
 
         value = round(min(THRESHOLD_MAX, max(THRESHOLD_MIN, value)), 2)
-        status = self.ws.live_threshold(LiveThresholdRequest(threshold=value))
-        return float(status.threshold if status.threshold is not None else value)
+        if market is not None and market not in self.lanes:
+            market = None
+        self.ws.live_threshold(LiveThresholdRequest(threshold=value, market=market))
+        return self.threshold_of(market) if market is not None else self.engine.threshold
 
     async def follow(self, post: Callable[[Message], object]) -> None:
         hub = self.ws.events
@@ -191,7 +244,7 @@ class HostedView(LocalView):
 
     def _open(self, post: Callable[[Message], object]) -> None:
         post(messages.SessionOpened(self, self.engine.history.copy()))
-        self.engine.subscribe(_poster(post))
+        self._subscribe(post)
 
     def _live(self, post: Callable[[Message], object], live: dict[str, Any]) -> None:
         session = self.ws.live_session

@@ -1,5 +1,6 @@
 """PredictionPanel: the model in use, the class probabilities of the latest closed candle,
-the last action and the confidence threshold."""
+the last action and the confidence threshold (the shown market's lane's); the candle's time
+in KST, or UTC."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from textual.widget import Widget
 
 from engine.trading.strategies import Signal
 from models import CLASSES
+from tui.fmt import fmt_time, zone
 
 
 class PredictionPanel(Widget):
@@ -37,6 +39,8 @@ class PredictionPanel(Widget):
     """sell, hold, buy of the latest closed candle; None when the rule decided."""
     signal: reactive[Signal | None] = reactive(None)
     threshold: reactive[float] = reactive(0.5)
+    utc: reactive[bool] = reactive(False)
+    """The candle's time in UTC instead of KST."""
 
     def show_signal(self, signal: Signal, probs: np.ndarray | None) -> None:
         self.signal = signal
@@ -53,7 +57,12 @@ class PredictionPanel(Widget):
         if self.model_note:
             facts.add_row("", Text(self.model_note, style=muted))
         signal = self.signal
-        facts.add_row("Candle", Text(signal.ts.strftime("%Y-%m-%d %H:%M UTC") if signal else "–"))
+        when = (
+            f"{fmt_time(signal.ts, utc=self.utc, fmt='%m-%d %H:%M')} {zone(self.utc)}"
+            if signal
+            else "–"
+        )
+        facts.add_row("Candle", Text(when))
         parts: list[RenderableType] = [facts, Text()]
         parts.append(
             self._bars()
