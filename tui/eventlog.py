@@ -19,11 +19,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
 from tui import messages
+
+if TYPE_CHECKING:
+    from tui.views import SessionView
 
 BACKOFF_S = (0.5, 10.0)  # the events WebSocket's first wait before a reconnect, the longest
 REPEAT_S = 5.0  # the same line again within this many seconds is the same event
@@ -77,11 +80,14 @@ class EventDigest:
         if isinstance(message, messages.SessionEnded):
             return self._line("info", "session", message.text)
         if isinstance(message, messages.SessionOpened):
-            view = message.view
-            return self._line(
-                "info", "session", f"{view.mode} {view.market} {view.unit}m: {view.banner}"
-            )
+            return self.session(message.view)
         return None
+
+    def session(self, view: SessionView) -> EventLine | None:
+        """The line saying which session the TUI draws (when it opened, or as it is now)."""
+        return self._line(
+            "info", "session", f"{view.mode} {view.market} {view.unit}m: {view.banner}"
+        )
 
     def _live_line(self, live: Mapping[str, Any]) -> EventLine | None:
         if live.get("running"):

@@ -103,6 +103,11 @@ class SignalsScreen(Screen[None]):
         self.query_one(SignalLog).border_title = "signals"
         self.query_one(EventLog).border_title = "server and feed events"
         self.station.listen(self)
+        view = self.station.view
+        if view is not None and self.digest is not None:  # opened before this screen listened
+            line = self.digest.session(view)
+            if line is not None:
+                self._log(line)
         self._show_filters()
         if self.station.facade is None:
             self.query_one("#detail", Static).update(
@@ -330,16 +335,15 @@ class SignalsScreen(Screen[None]):
 
     def _show_filters(self) -> None:
         log = self.query_one(SignalLog)
-        parts = [
+        parts = [f"PAUSED, {len(self.held):,} new"] if self.paused else []  # first: seen
+        parts.append(f"{log.row_count:,} of {log.kept:,}")
+        parts += [
             f"market {self.market or 'all'}",
             f"action {self.action or 'all'}",
             f"source {self.source or 'all'}",
         ]
         if self.query_text:
             parts.append(f"/{self.query_text}")
-        parts.append(f"{log.row_count:,} of {log.kept:,}")
-        if self.paused:
-            parts.append(f"PAUSED, {len(self.held):,} new")
         bar = self.query_one("#filters", Static)
         bar.update(Text(" · ".join(parts)))  # Text: the search is the user's, not markup
         bar.set_class(self.paused, "-paused")

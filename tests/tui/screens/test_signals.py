@@ -161,7 +161,6 @@ async def test_pause_holds_new_signals_and_resume_adds_them_in_order(frozen_app,
         assert events.lines[-1].text.startswith("10-04 01:20:00")
 
 
-@pytest.mark.slow
 async def test_the_log_follows_a_real_servers_events(frozen_ws):
     """Attached to a real server: its stored signals over HTTP, its events (a training job,
     a feed's status) over the events WebSocket; a job's progress logged once per status."""
