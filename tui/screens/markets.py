@@ -146,6 +146,7 @@ class MarketsScreen(Screen[None]):
         self.board: MarketBoard | None = None
         self._rows: dict[str, BoardRow] = {}  # every market the board or the session gave
         self._shown: dict[str, tuple[Any, ...]] = {}  # the cells the table holds, per market
+        self._drawn: dict[str, tuple[Any, ...]] = {}  # what they were made of
         self._dirty = False
         self._wide: bool | None = None
         self.sort_key = "market"
@@ -230,6 +231,8 @@ class MarketsScreen(Screen[None]):
 
     def ingest(self, board: MarketBoard) -> None:
         """Take a board: its rows replace the ones held; the table follows at the next flush."""
+        if board == self.board and self._error is None:
+            return  # the same board again (nothing written since): no work
         self.board, self._error = board, None
         self._rows = {row.market: row for row in board.rows}
         self._dirty = True
@@ -278,9 +281,16 @@ class MarketsScreen(Screen[None]):
         for market in [m for m in self._shown if m not in wanted_set]:
             table.remove_row(market)
             del self._shown[market]
+            self._drawn.pop(market, None)
         keys = [c.key for c in self._columns()]
+        minute = self.station.now().replace(second=0, microsecond=0)  # the drift badge's age
+        starred = self.favourites.markets
         for market in wanted:
-            cells = self._cells(self._rows[market])
+            row = self._rows[market]
+            drawn = (row, market in starred, minute)
+            if self._drawn.get(market) == drawn and market in self._shown:
+                continue  # a row the same as drawn: no cells made (most rows, most polls)
+            cells = self._cells(row)
             shown = self._shown.get(market)
             if shown is None:
                 table.add_row(*cells, key=market)
@@ -288,7 +298,7 @@ class MarketsScreen(Screen[None]):
                 for key, old, new in zip(keys, shown, cells, strict=True):
                     if old != new:
                         table.update_cell(market, key, new)
-            self._shown[market] = cells
+            self._shown[market], self._drawn[market] = cells, drawn
         order = [str(row.key.value) for row in table.ordered_rows]
         if order != wanted:
             rank = {market: i for i, market in enumerate(wanted)}
@@ -310,7 +320,7 @@ class MarketsScreen(Screen[None]):
         for column in self._columns():
             width = self._trend_width() if column.key == "trend" else column.width
             table.add_column(column.label, width=width, key=column.key)
-        self._shown = {}
+        self._shown, self._drawn = {}, {}
         self._dirty = True
         self._restore = cursor
         self.flush()

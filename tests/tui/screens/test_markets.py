@@ -171,6 +171,31 @@ def test_a_new_candle_is_on_the_next_board(ws, candles):
     assert after.spark[-1] == after.last_price and after.day_candles == 1440
 
 
+async def test_the_board_route(ws):
+    """GET /api/v1/markets/board on the server's app: the operation's answer as JSON; a bad
+    unit is 422."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from engine.server.app import create_app
+    from store.tokens import create_token
+
+    _, token = create_token(ws.con(), "read-test", "read")
+    client = TestClient(TestServer(create_app(ws), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        answer = await client.get("/api/v1/markets/board?unit=1&spark=5", headers=headers)
+        assert answer.status == 200
+        body = await answer.json()
+        expected = await asyncio.to_thread(ws.market_board, BoardRequest(unit="1", spark=5))
+        assert body == expected.model_dump(mode="json")
+        assert [r["market"] for r in body["rows"]] == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+        bad = await client.get("/api/v1/markets/board?unit=7", headers=headers)
+        assert bad.status == 422
+    finally:
+        await client.close()
+
+
 async def test_a_tui_watchlist_session_is_the_board(ws, candles):
     """`upquant tui --markets KRW-ETH,KRW-XRP` hosting the server: the session it starts
     decides every market, and the board's rows are its watchlist (a replay of the newest
