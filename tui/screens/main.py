@@ -79,7 +79,9 @@ class MainScreen(Screen[None]):
         self.live_banner: str | None = None  # a live session's banner while connected
         self.chosen = False  # the user picked the market (the session's first no longer rules)
         self.more = False  # older stored candles are left before the chart's oldest
-        self.anchor: pd.Timestamp | None = None  # the lane window's first candle (stored before)
+        self.window_start: pd.Timestamp | None = (
+            None  # the lane window's first candle (stored before)
+        )
         self.paging = False  # a page of stored candles is being fetched
 
     def compose(self) -> ComposeResult:
@@ -157,17 +159,17 @@ class MainScreen(Screen[None]):
         try:
             window = await self.view.window(market) if self.watched and self.view else None
             stored: list[dict[str, Any]] = []
-            self.anchor = None if window is None or window.empty else window["ts"].iloc[0]
+            self.window_start = None if window is None or window.empty else window["ts"].iloc[0]
             self.more = False
             if self._uses_store():
-                stored, self.more = await self._page(market, unit, end=self.anchor)
+                stored, self.more = await self._page(market, unit, end=self.window_start)
             if (market, unit) != (self.market, self.unit):
                 return  # another was asked for meanwhile
             rows = stored + (window.to_dict("records") if window is not None else [])
             chart.empty_text = (
                 f"no stored {market} {unit_label(unit)} candles"
                 " (`upquant data backfill` fetches them)"
-                if self.app.facade is not None
+                if self.app.facade is not None  # type: ignore[attr-defined]
                 else "the store is not available to this session"
             )
             chart.load(rows, live=True, keep_newer=True)
@@ -262,7 +264,7 @@ class MainScreen(Screen[None]):
         if (self.market, self.unit) == (view.market, view.unit):
             chart = self.query_one(CandleChart)
             chart.load(message.history)
-            self.anchor = None if message.history.empty else message.history["ts"].iloc[0]
+            self.window_start = None if message.history.empty else message.history["ts"].iloc[0]
             self.more = False
             if self._uses_store():
                 self.run_worker(self._older_and_marks(), group="chart", exclusive=True)
@@ -273,7 +275,7 @@ class MainScreen(Screen[None]):
         """After the session's window: a page of stored candles before it, the markers."""
         market, unit = self.market, self.unit
         try:
-            older, self.more = await self._page(market, unit, end=self.anchor)
+            older, self.more = await self._page(market, unit, end=self.window_start)
             if (market, unit) != (self.market, self.unit):
                 return
             self.query_one(CandleChart).prepend(older)
@@ -455,7 +457,7 @@ class MainScreen(Screen[None]):
                 return
             start = chart.bars[-1].ts + unit_width(unit)
             end = start + unit_width(unit) * PAGE
-            if self.anchor is not None and end >= self.anchor:
+            if self.window_start is not None and end >= self.window_start:
                 self.show_market(market, unit)  # the lane's window is next: the newest
                 return
             newer, _ = await self._page(market, unit, start=start, end=end)
