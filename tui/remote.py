@@ -101,6 +101,12 @@ class RemoteSession:
             (m for m in self.status.get("markets") or [] if m.get("market") == market), None
         )
 
+    def unit_of(self, market: str) -> str | None:
+        watched = self._watched(market)
+        if watched is not None:
+            return str(watched.get("unit") or self.unit)
+        return self.unit if market == self.market else None
+
     def threshold_of(self, market: str) -> float:
         watched = self._watched(market)
         if watched is not None and watched.get("threshold") is not None:
@@ -248,8 +254,8 @@ class RemoteSession:
         if kind == "live":
             self._live(frame.get("live"))
             return
-        if kind in ("candle", "signal") and frame.get("unit") != self.status.get("unit"):
-            return  # not the session's (its every market's frames are posted: they say which)
+        # every market's frames are posted (they say which market and unit): a screen
+        # draws the ones it shows
         message = messages.from_wire(frame)
         if message is not None:
             post(message)

@@ -85,6 +85,11 @@ class SessionView(Protocol):
         """Every market the session watches (its lanes), the first one first."""
         ...
 
+    def unit_of(self, market: str) -> str | None:
+        """The unit `market`'s lane decides on (a watchlist's markets may each have their
+        own), None when the session does not watch it."""
+        ...
+
     def threshold_of(self, market: str) -> float:
         """The threshold of `market`'s lane (the session's when it does not watch it)."""
         ...
@@ -151,6 +156,10 @@ class LocalView:
     @property
     def markets(self) -> list[str]:
         return list(self.lanes)
+
+    def unit_of(self, market: str) -> str | None:
+        lane = self.lanes.get(market)
+        return None if lane is None else lane.unit
 
     def threshold_of(self, market: str) -> float:
         return self.lanes.get(market, self.engine).threshold

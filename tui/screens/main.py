@@ -121,7 +121,7 @@ class MainScreen(Screen[None]):
     def watched(self) -> bool:
         """The session decides this market at this unit: its live candles are drawn."""
         view = self.view
-        return view is not None and self.unit == view.unit and self.market in view.markets
+        return view is not None and view.unit_of(self.market) == self.unit
 
     def show_market(self, market: str, unit: str) -> None:
         """Draw `market` at `unit`: its stored candles and signals, loaded in a worker; its
@@ -238,15 +238,17 @@ class MainScreen(Screen[None]):
     # --- the session's messages -----------------------------------------------------------
 
     def _mine(self, candle_or_market: Any) -> bool:
-        """An event of the market and unit shown (the session's first market when the event
-        does not say)."""
-        if self.view is None or self.unit != self.view.unit:
+        """An event of the market and unit shown (the session's first market, at its lane's
+        unit, when the event does not say)."""
+        view = self.view
+        if view is None:
             return False
         if isinstance(candle_or_market, str):
-            market = candle_or_market
+            market, unit = candle_or_market, None
         else:
-            market = candle_or_market.get("market") or self.view.market
-        return market == self.market
+            market = candle_or_market.get("market") or view.market
+            unit = candle_or_market.get("unit")
+        return market == self.market and (unit or view.unit_of(market)) == self.unit
 
     @on(messages.SessionOpened)
     def _session_opened(self, message: messages.SessionOpened) -> None:

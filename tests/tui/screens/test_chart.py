@@ -98,6 +98,7 @@ async def test_scroll_back_pages_stored_history_with_bounded_memory(
         chart, screen = _chart(app), app.chart_screen
         assert screen.more and len(chart.bars) < len(stored)
         assert chart.bars[0].ts > stored["ts"].iloc[0]  # a page, not the whole series
+        await pilot.press(*["left_square_bracket"] * 4)  # 8 candles a column: long strides
         for _ in range(300):
             if not screen.more and chart.at_oldest:
                 break
