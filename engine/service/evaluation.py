@@ -55,6 +55,9 @@ Value = float | str | None
 Threshold = Field(0.5, ge=0.0, le=1.0, description="Confidence a buy/sell must reach, in [0, 1].")
 # engine.trading.backtest.DEFAULT_FEE; a literal keeps this module free of pandas at import
 DEFAULT_FEE = 0.0005
+# a backtest's equity curves in a response: at most this many points (a year of minutes is
+# half a million candles; a plot is a few hundred columns wide)
+EQUITY_POINTS = 2000
 
 
 def json_value(value: Any) -> Value:
@@ -203,6 +206,11 @@ class BacktestRequest(Request):
         " that uses the AI reads `model`, else the market's champion.",
     )
     trades: bool = Field(True, description="Include every result's trade list.")
+    equity: bool = Field(
+        False,
+        description="Include every result's equity curve, at most"
+        f" {EQUITY_POINTS:,} points (evenly downsampled, first and last candle kept).",
+    )
 
 
 class Trade(BaseModel):
@@ -218,6 +226,15 @@ class Trade(BaseModel):
     return_: float | None = Field(alias="return")
     pnl: float | None
     exit_reason: str
+
+
+class EquityCurves(BaseModel):
+    """Every result's equity (1.0 at the start) at the same candles: all of them, or
+    `points` of the `candles` evenly spaced (first and last kept) when there are more."""
+
+    ts: list[datetime] = Field(description="The candles' times (UTC), oldest first.")
+    values: dict[str, list[float | None]] = Field(description="Equity by result name.")
+    candles: int = Field(description="Candles backtested; more than len(ts) when downsampled.")
 
 
 class BacktestResult(Response):
@@ -239,6 +256,9 @@ class BacktestResult(Response):
     model: str | None = Field(None, description="The model a strategy spec read, if any.")
     results: dict[str, dict[str, Value]] = Field(description="Metrics by result name.")
     trades: dict[str, list[Trade]] | None = Field(description="Trades by result name.")
+    equity: EquityCurves | None = Field(
+        None, description="The equity curves (asked for with `equity`), downsampled."
+    )
 
 
 def _trades(report: BacktestReport) -> dict[str, list[Trade]]:
@@ -258,6 +278,25 @@ def _trades(report: BacktestReport) -> dict[str, list[Trade]]:
         ]
         for name, result in report.results.items()
     }
+
+
+def equity_curves(report: BacktestReport, points: int = EQUITY_POINTS) -> EquityCurves:
+    """The report's equity curves at `points` evenly spaced candles at most (see
+    EquityCurves), each result read at the first result's candles."""
+    import numpy as np
+
+    index = next(iter(report.results.values())).equity.index
+    n = len(index)
+    at = np.arange(n) if n <= points else np.unique(np.linspace(0, n - 1, points).round())
+    at = at.astype(int)
+    return EquityCurves(
+        ts=[ts.to_pydatetime() for ts in index[at]],
+        values={
+            name: [finite(v) for v in result.equity.reindex(index).to_numpy()[at]]
+            for name, result in report.results.items()
+        },
+        candles=n,
+    )
 
 
 def walk_forward_result(wf: WalkForwardEvaluation) -> WalkForwardResult:
@@ -686,6 +725,7 @@ class EvaluationOps(StoreHolder):
                 for name, metrics in report.metrics().items()
             },
             trades=_trades(report) if request.trades else None,
+            equity=equity_curves(report) if request.equity else None,
         )
 
     def _spec_backtest(

@@ -184,6 +184,7 @@ def backtest(
         threshold=threshold,
         strategy_spec=spec,
         trades=False,
+        equity=False,
     )
     with workstation() as ws:
         report = ws.backtest(request)
@@ -192,7 +193,7 @@ def backtest(
     if report.note:
         warn(report.note)
     if as_json:
-        emit_json(report.model_dump(mode="json", exclude={"trades", "warnings"}))
+        emit_json(report.model_dump(mode="json", exclude={"trades", "warnings", "equity"}))
         return
     _render(report)
 
