@@ -1,0 +1,116 @@
+"""The Models screen on the frozen store (champion xgboost-KRW-BTC-1@1, challenger @2)
+through the real Workstation: promote behind a confirmation (n changes nothing, y moves the
+champion and the alias history shows it), rollback, delete of the champion refused with the
+service's hint, compare, backtest preselected; snapshots at 80x24 and 160x48."""
+
+from __future__ import annotations
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Static
+
+from engine.service.registry import AliasHistoryRequest, ModelListRequest
+from tests.tui.screens.conftest import MARKET, UNIT, settle
+from tui.screens.backtest import BacktestScreen
+from tui.screens.models import ConfirmScreen, ModelsScreen, TableScreen
+
+CHAMPION, CHALLENGER = "xgboost-KRW-BTC-1@1", "xgboost-KRW-BTC-1@2"
+
+
+def _champion(ws) -> str:
+    holders = ws.alias_history(AliasHistoryRequest(market=MARKET, unit=UNIT)).holders
+    return next(h.model for h in holders if h.alias == "champion")
+
+
+async def _select(pilot: Pilot, ref: str) -> ModelsScreen:
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, ModelsScreen)
+    table = screen.query_one("#md-table", DataTable)
+    model = next(m for m in screen.registry.models if m.ref == ref)
+    table.move_cursor(row=table.get_row_index(str(model.id)))
+    await pilot.pause()
+    assert screen.selected() == model
+    return screen
+
+
+def _history(screen: ModelsScreen) -> list[list[str]]:
+    table = screen.query_one("#md-history", DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+def _notes(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_promote_asks_first_then_moves_the_champion_and_rollback_moves_it_back(
+    frozen_app, frozen_ws
+):
+    app = frozen_app(start="models")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _select(pilot, CHALLENGER)
+        moves = len(_history(screen))
+        await pilot.press("p")
+        assert isinstance(app.screen, ConfirmScreen) and CHAMPION in app.screen.question
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.screen is screen and _champion(frozen_ws) == CHAMPION
+        assert "cancelled" in str(screen.query_one("#md-status", Static).render())
+
+        await pilot.press("p", "y")
+        await settle(pilot)
+        assert _champion(frozen_ws) == CHALLENGER
+        history = _history(screen)
+        assert len(history) > moves and history[0][1:4] == ["champion", CHALLENGER, CHAMPION]
+        assert history[0][4] == "user"
+        rows = {m.ref: m for m in screen.registry.models}
+        assert rows[CHALLENGER].aliases == ["champion"]
+
+        await pilot.press("r", "y")
+        await settle(pilot)
+        assert _champion(frozen_ws) == CHAMPION
+        assert _history(screen)[0][1:4] == ["champion", CHAMPION, CHALLENGER]
+
+
+async def test_deleting_the_champion_is_refused_with_its_hint(frozen_app, frozen_ws):
+    app = frozen_app(start="models")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _select(pilot, CHAMPION)
+        await pilot.press("d", "y")
+        await settle(pilot)
+        assert any(
+            CHAMPION in note and "promote another model or roll back first" in note
+            for note in _notes(app)
+        )
+        listed = frozen_ws.model_list(ModelListRequest(market=MARKET)).items
+        assert {m.ref for m in listed} == {CHAMPION, CHALLENGER}
+
+
+async def test_compare_two_marked_models_and_backtest_preselects_the_model(frozen_app):
+    app = frozen_app(start="models")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _select(pilot, CHAMPION)
+        await pilot.press("space")
+        await _select(pilot, CHALLENGER)
+        await pilot.press("c")
+        await settle(pilot)
+        assert isinstance(app.screen, TableScreen)
+        columns = app.screen.columns
+        assert [c.split()[0] for c in columns[1:3]] == [CHAMPION, CHALLENGER], columns
+        assert app.screen.rows and all(len(row) == len(columns) for row in app.screen.rows)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+        await pilot.press("b")
+        await settle(pilot)
+        backtest = app.screen
+        assert isinstance(backtest, BacktestScreen)
+        assert backtest.query_one("#bt-what", Input).value == CHALLENGER
+        assert backtest.query_one("#bt-market", Input).value == MARKET
+
+
+def test_models_screen_snapshot_80x24(frozen_app, snap_compare):
+    assert snap_compare(frozen_app(start="models"), terminal_size=(80, 24), run_before=settle)
+
+
+def test_models_screen_snapshot_160x48(frozen_app, snap_compare):
+    assert snap_compare(frozen_app(start="models"), terminal_size=(160, 48), run_before=settle)
