@@ -16,9 +16,10 @@ from engine.live.session import Session
 from engine.live.sources import demo_candles, replay, upbit_live
 from engine.training.train import train_model
 from store.candles import load_candles, upsert_candles
-from tests.conftest import current_minute
+from tests.conftest import next_minute
 from tests.fake_upbit import FakeUpbit
 from tui.app import UpquantApp
+from tui.fmt import fmt_time
 from tui.screens import HelpScreen, MainScreen
 from tui.widgets import CandleChart, PredictionPanel, SessionBanner, SignalLog, StatusLine
 
@@ -72,7 +73,8 @@ async def test_demo_replay_fills_the_screen(con):
         log = app.screen.query_one(SignalLog)
         assert log.row_count == len(engine.signals) == 120
         newest = engine.signals[-1]
-        assert log.get_row_at(log.row_count - 1)[0] == newest.ts.strftime("%H:%M")  # newest last
+        # newest last, in KST (the signal log's zone by default)
+        assert log.get_row_at(log.row_count - 1)[0] == fmt_time(newest.ts, fmt="%H:%M")
         assert str(log.get_row_at(log.row_count - 1)[1]) == newest.action
         banner = app.screen.query_one(SessionBanner)
         assert banner.text == DEMO_BANNER and banner.has_class("-warning")
@@ -186,7 +188,7 @@ async def test_signal_log_keeps_the_newest_500_and_can_hide_holds(con):
 
 async def test_live_session_draws_the_forming_candle_and_stores_candles_on_quit(con, monkeypatch):
     """The real live path: fake Upbit WebSocket -> the feed (which closes candles) -> engine."""
-    candles = demo_candles(5, MARKET, UNIT, seed=3, start=current_minute(margin=30))
+    candles = demo_candles(5, MARKET, UNIT, seed=3, start=next_minute())
     frames = candles.to_dict("records")
 
     async def factory() -> Session:
