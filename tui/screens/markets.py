@@ -115,6 +115,17 @@ class Favourites:
         return market in self.markets
 
 
+class BoardTable(DataTable[Any], inherit_bindings=False):
+    """The board: a DataTable whose Enter is the screen's (open the chart), so the footer
+    names it whichever widget has the focus."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        binding
+        for binding in DataTable.BINDINGS
+        if not (isinstance(binding, Binding) and binding.key == "enter")
+    ]
+
+
 class MarketsScreen(Screen[None]):
     AUTO_FOCUS = "#board"  # not the filter (hidden until `/`)
     DEFAULT_CSS = """
@@ -171,7 +182,7 @@ class MarketsScreen(Screen[None]):
         yield Header()
         yield Input(placeholder="filter: market, action or source", id="board-filter")
         with Horizontal(id="board-body"):
-            yield DataTable(id="board", cursor_type="row", zebra_stripes=True)
+            yield BoardTable(id="board", cursor_type="row", zebra_stripes=True)
             yield Static(id="board-panel")
         yield Static(id="board-detail")
         yield Static(id="board-status")
@@ -302,8 +313,8 @@ class MarketsScreen(Screen[None]):
         order = [str(row.key.value) for row in table.ordered_rows]
         if order != wanted:
             rank = {market: i for i, market in enumerate(wanted)}
-            # the market cell is the star (or a space) and the market's name
-            table.sort("market", key=lambda cell: rank[cell.plain[1:]])
+            # the market cell: the star (or a space), the market's name, its unit if not the board's
+            table.sort("market", key=lambda cell: rank[cell.plain[1:].split(" ")[0]])
         if cursor is not None and cursor in wanted_set:
             table.move_cursor(row=table.get_row_index(cursor), animate=False)
         self._detail()
@@ -354,8 +365,12 @@ class MarketsScreen(Screen[None]):
     def _cells(self, row: BoardRow) -> tuple[Any, ...]:
         """The row's cells for the columns shown (compared with what the table holds)."""
         star = "★" if row.market in self.favourites.markets else " "
+        board_unit = None if self.board is None else self.board.unit
         values: dict[str, Any] = {
-            "market": Text(star + row.market, style="bold" if star != " " else ""),
+            "market": Text.assemble(
+                (star + row.market, "bold" if star != " " else ""),
+                (f" {row.unit}m" if board_unit not in (None, row.unit) else "", "dim"),
+            ),
             "price": Text(fmt_price(row.last_price), justify="right"),
             "change": Text(
                 fmt_pct(row.change_24h),
