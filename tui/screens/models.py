@@ -635,7 +635,12 @@ class ModelsScreen(Screen[None]):
             )
             self._status(f"evaluated {held.model}: {note}")
             self._push(
-                TableScreen(f"evaluate {held.model} (held out)", ["metric", *names], rows, note)
+                TableScreen(
+                    f"evaluate {held.model} (held out)",
+                    ["metric", *("model" if n == "held_out" else n for n in names)],
+                    rows,
+                    note,
+                )
             )
 
         self.run_worker(run(), group="models-act", exclusive=True)

@@ -11,6 +11,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from engine.service.evaluation import EQUITY_POINTS, BacktestRequest, equity_curves
+from engine.trading.spec import StrategySpec
 from tests.tui.screens.conftest import MARKET, settle
 from tui.fmt import fmt_price, fmt_time
 from tui.screens.backtest import BacktestScreen, read_fee, read_time
@@ -84,6 +85,32 @@ async def test_a_model_backtest_from_the_form_and_a_refusal_shown(frozen_app, fr
         await _run(pilot, what="sma-cross", fee="lots")
         status = str(screen.query_one("#bt-status", Static).render())
         assert "fee 'lots'" in status and "0.05%" in status
+
+
+async def test_a_strategy_spec_file_backtests_and_u_rewrites_the_times_in_utc(
+    frozen_app, frozen_ws, tmp_path
+):
+    spec = tmp_path / "fast.toml"
+    spec.write_text(
+        'name = "fast"\nform = "rule"\n\n[[rules]]\nrule = "sma-cross"\nfast = 3\nslow = 8\n'
+    )
+    app = frozen_app(start="backtest")
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await _run(pilot, what=str(spec), market="KRW-ETH", fee="0.1%")
+        assert screen.request.strategy_spec == StrategySpec.load(spec).to_dict()
+        assert screen.request.fee == pytest.approx(0.001)
+        answer = frozen_ws.backtest(screen.request)
+        assert screen.result == answer and answer.strategy_spec == "fast"
+        assert answer.market == "KRW-ETH"
+        trades = screen.query_one("#bt-trades", DataTable)
+        first = answer.trades[next(iter(answer.results))][0]
+        assert str(trades.get_row_at(0)[0]) == fmt_time(first.entry_ts)
+        screen.query_one(DataTable).focus()
+        await pilot.press("u")
+        await settle(pilot)
+        assert str(trades.get_row_at(0)[0]) == fmt_time(first.entry_ts, utc=True)
+        assert "UTC" in str(screen.query_one("#bt-status", Static).render())
+        assert screen.query_one(EquityPlot).utc
 
 
 def test_form_fields_read_kst_or_utc_and_fees_as_fraction_or_percent():

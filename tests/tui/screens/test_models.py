@@ -5,13 +5,21 @@ service's hint, compare, backtest preselected; snapshots at 80x24 and 160x48."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from engine.service.registry import AliasHistoryRequest, ModelListRequest
 from tests.tui.screens.conftest import MARKET, UNIT, settle
 from tui.screens.backtest import BacktestScreen
-from tui.screens.models import ConfirmScreen, ModelsScreen, TableScreen
+from tui.screens.models import (
+    ConfirmScreen,
+    ModelsScreen,
+    TableScreen,
+    UnitState,
+    next_retrain,
+)
 
 CHAMPION, CHALLENGER = "xgboost-KRW-BTC-1@1", "xgboost-KRW-BTC-1@2"
 
@@ -100,6 +108,13 @@ async def test_compare_two_marked_models_and_backtest_preselects_the_model(froze
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is screen
+        await pilot.press("e")  # held-out metrics of the selected one, beside baselines
+        await settle(pilot)
+        assert isinstance(app.screen, TableScreen) and CHALLENGER in app.screen.title_text
+        assert app.screen.columns[:2] == ["metric", "model"]
+        assert [row[0] for row in app.screen.rows][:2] == ["accuracy", "f1_macro"]
+        await pilot.press("escape")
+        await pilot.pause()
         await pilot.press("b")
         await settle(pilot)
         backtest = app.screen
@@ -114,3 +129,14 @@ def test_models_screen_snapshot_80x24(frozen_app, snap_compare):
 
 def test_models_screen_snapshot_160x48(frozen_app, snap_compare):
     assert snap_compare(frozen_app(start="models"), terminal_size=(160, 48), run_before=settle)
+
+
+def test_next_retrain_and_drift_read_the_schedule_and_the_events():
+    now = datetime(2025, 10, 4, 1, 20, tzinfo=UTC)
+    assert next_retrain(UnitState(), now, utc=True) == "off"
+    assert next_retrain(UnitState(schedule="6h"), now, utc=True) == "due"
+    state = UnitState(schedule="6h", last_scheduled=now - timedelta(hours=2))
+    assert next_retrain(state, now, utc=True) == "10-04 05:20"
+    assert next_retrain(state, now, utc=False) == "10-04 14:20"  # KST
+    state.last_scheduled = now - timedelta(hours=7)
+    assert next_retrain(state, now, utc=True) == "due"
