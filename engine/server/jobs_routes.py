@@ -6,6 +6,7 @@ body) as a job, follow it, read its history, cancel it. Each is one facade opera
     GET    /api/v1/ml-models/{id}/training-status   its latest run (or ?run=N)
     GET    /api/v1/ml-models/{id}/training-history  per-epoch metrics of its name's runs
     POST   /api/v1/ml-models/{id}/train/cancel      its latest run (or ?run=N) interrupted
+    GET    /api/v1/training-runs                    every run, newest first (?limit, ?active)
     GET    /api/v1/training-runs/{run}              a run by id (a new configuration's URL)
     DELETE /api/v1/training-runs/{run}              cancel a run by id
 
@@ -25,6 +26,7 @@ add_routes(
         Route("GET", "/api/v1/ml-models/{id}/training-status", op="train_status", fields=MODEL),
         Route("GET", "/api/v1/ml-models/{id}/training-history", op="train_history", fields=MODEL),
         Route("POST", "/api/v1/ml-models/{id}/train/cancel", op="train_cancel", fields=MODEL),
+        Route("GET", "/api/v1/training-runs", op="train_runs"),
         Route("GET", "/api/v1/training-runs/{run}", op="train_status"),
         Route("DELETE", "/api/v1/training-runs/{run}", op="train_cancel"),
     ]

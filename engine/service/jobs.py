@@ -70,6 +70,25 @@ def job_device(config: dict[str, Any]) -> str:
     return resolve_device(str(config["params"].get("device", "auto")))
 
 
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (spawned workers report to it) where it
+    could not start itself: it hands its process sys.stderr's descriptor, and inside a
+    Textual app (a TUI hosting the server) sys.stderr is a capture that has none (fileno -1),
+    so every spawn failed with "bad value(s) in fds_to_keep". There its stderr is /dev/null
+    (the terminal is the TUI's)."""
+    import sys
+    from multiprocessing import resource_tracker
+
+    try:
+        usable = sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is a ValueError
+        usable = False
+    if usable:
+        return  # the spawn starts it itself
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        resource_tracker.ensure_running()
+
+
 class JobManager:
     """The training jobs of one store owner (see the module docstring). `con` gives the
     calling thread's connection to the store."""
@@ -160,6 +179,7 @@ class JobManager:
         from store.db import home
 
         context = multiprocessing.get_context("spawn")
+        _start_resource_tracker()
         receive, send = context.Pipe(duplex=False)
         # not a daemon: a daemonic process may not start the processes joblib's trials use
         job.process = context.Process(
@@ -247,7 +267,11 @@ class JobManager:
             self._record_end(con, job, final)
         finally:
             report = job.report
-            message = f"registered {report.model.ref}" if job.state == "finished" and report else job.error
+            message = (
+                f"registered {report.model.ref}"
+                if job.state == "finished" and report
+                else job.error
+            )
             self._notify(job, job.state, 1.0 if job.state == "finished" else None, message)
 
     def _record_end(

@@ -23,13 +23,17 @@ class TrainStartRequest(Request):
     registered model's configuration on the candles there are now (`model`), or a stopped
     run continued (`resume`, with `restart` from scratch)."""
 
-    kind: str | None = Field(None, description="xgboost, lstm, transformer or ensemble.")
-    market: str | None = Field(None, description="Upbit market code, e.g. KRW-BTC.")
+    kind: str | None = Field(default=None, description="xgboost, lstm, transformer or ensemble.")
+    market: str | None = Field(default=None, description="Upbit market code, e.g. KRW-BTC.")
     unit: str = "1"
-    model: str | None = Field(None, description="Retrain this model's configuration (ref/id).")
+    model: str | None = Field(
+        default=None, description="Retrain this model's configuration (ref/id)."
+    )
     members: list[str] | None = None
     method: str = "soft-vote"
-    feature_spec: dict[str, Any] | None = Field(None, description="Default spec if omitted.")
+    feature_spec: dict[str, Any] | None = Field(
+        default=None, description="Default spec if omitted."
+    )
     horizon: int = 10
     threshold: float = 0.001
     scheme: str = "fixed_horizon"
@@ -61,9 +65,9 @@ class TrainStarted(Response):
 class TrainRunRequest(Request):
     """A run by id, or the latest run of a registered model (`model`, ref or id)."""
 
-    run: int | None = Field(None, description="The training run's id.")
+    run: int | None = Field(default=None, description="The training run's id.")
     model: str | None = None
-    reason: str = Field("cancelled", description="Recorded as the stopped run's error.")
+    reason: str = Field(default="cancelled", description="Recorded as the stopped run's error.")
 
 
 class TrainStatusRequest(Request):
@@ -154,6 +158,38 @@ class TrainHistory(RootModel[list[RunHistory]]):
     """Per run: its status, model and per-epoch metrics."""
 
 
+class TrainRunsRequest(Request):
+    """The newest training runs first: every job, running or past (the TUI's job list)."""
+
+    limit: int = Field(default=50, ge=1, le=1000, description="At most this many runs.")
+    active: bool = Field(default=False, description="Only the queued and running ones.")
+
+
+class RunSummary(BaseModel):
+    run: int
+    status: RunStatus
+    kind: str | None
+    market: str | None
+    unit: str | None
+    progress: float | None
+    started: datetime | None
+    finished: datetime | None
+    error: str | None
+    model: str | None = Field(None, description="The model it registered (name@version).")
+    resume: Literal["checkpoint", "restart"] | None = Field(
+        None,
+        description="How a stopped run continues: from its checkpoint (torch) or only from"
+        " scratch (`restart`); null when it cannot (running, finished, no settings).",
+    )
+    phases: list[PhaseProgress] = Field(
+        default_factory=list, description="Epochs, trials, folds done (a job this process runs)."
+    )
+
+
+class TrainRuns(RootModel[list[RunSummary]]):
+    """Training runs, newest first."""
+
+
 def _result(job: Job) -> TrainResult | None:
     report = job.report
     if report is None:
@@ -176,6 +212,26 @@ def _result(job: Job) -> TrainResult | None:
         promoted=report.promoted,
         epochs=report.epochs,
     )
+
+
+def _job_status(stored: str, job: Job | None) -> RunStatus:
+    """A run's status as this process knows it: its job's, while the row catches up."""
+    status = stored
+    if job is not None and job.finished and status in ("running", "queued"):
+        status = job.state  # its end is being written
+    elif job is not None and not job.finished and status == "finished":
+        status = "running"  # registered; a retrain's challenger alias is still moving
+    return cast(RunStatus, status)
+
+
+def _phases(job: Job | None) -> list[PhaseProgress]:
+    """The epochs, trials or folds a job this process runs has done (none for others)."""
+    if job is None:
+        return []
+    return [
+        PhaseProgress(phase=p.phase, done=p.done, total=p.total, metrics=dict(p.metrics))
+        for p in list(job.phases.values())
+    ]
 
 
 class TrainingOps(StoreHolder):
@@ -346,14 +402,9 @@ class TrainingOps(StoreHolder):
             .fetchall()
         )
         model = get_model(self.con(), run.model_id) if run.model_id is not None else None
-        status = run.status
-        if job is not None and job.finished and status in ("running", "queued"):
-            status = job.state  # its end is being written
-        elif job is not None and not job.finished and status == "finished":
-            status = "running"  # registered; a retrain's challenger alias is still moving
         return TrainStatus(
             run=run.id,
-            status=cast(RunStatus, status),
+            status=_job_status(run.status, job),
             kind=run.kind,
             market=run.market,
             unit=run.unit,
@@ -365,10 +416,7 @@ class TrainingOps(StoreHolder):
             hint=job.hint if job is not None else None,
             log=run.log,
             checkpoint=run.checkpoint,
-            phases=[
-                PhaseProgress(phase=p.phase, done=p.done, total=p.total, metrics=dict(p.metrics))
-                for p in (job.phases.values() if job is not None else ())
-            ],
+            phases=_phases(job),
             messages=list(job.messages) if job is not None else [],
             latest=EpochMetrics(step=latest[0][0], split=latest[0][1], metrics=latest[0][2])
             if latest
@@ -420,6 +468,57 @@ class TrainingOps(StoreHolder):
                 )
             )
         return TrainHistory(out)
+
+    @operation("read")
+    def train_runs(self, request: TrainRunsRequest) -> TrainRuns:
+        """Every training run, newest first (or only the queued and running ones): status,
+        progress, the model it registered, whether and how a stopped one resumes."""
+        from engine.training.fit import TORCH_KINDS
+        from store.registry import get_run
+
+        con = self.con()
+        where = " WHERE status IN ('queued', 'running')" if request.active else ""
+        ids = con.execute(
+            f"SELECT id FROM training_runs{where} ORDER BY id DESC LIMIT ?", [request.limit]
+        ).fetchall()
+        runs = [get_run(con, run_id) for (run_id,) in ids]  # a run whose owner is gone settles
+        model_ids = [run.model_id for run in runs if run.model_id is not None]
+        refs = (
+            dict(
+                con.execute(
+                    "SELECT id, name || '@' || version FROM models WHERE list_contains(?, id)",
+                    [model_ids],
+                ).fetchall()
+            )
+            if model_ids
+            else {}
+        )
+        out = []
+        for run in runs:
+            job = self.jobs.get(run.id)
+            status = _job_status(run.status, job)
+            if request.active and status not in ("queued", "running"):
+                continue
+            resume: Literal["checkpoint", "restart"] | None = None
+            if status in ("interrupted", "failed") and run.config is not None:
+                resume = "checkpoint" if run.kind in TORCH_KINDS else "restart"
+            out.append(
+                RunSummary(
+                    run=run.id,
+                    status=status,
+                    kind=run.kind,
+                    market=run.market,
+                    unit=run.unit,
+                    progress=run.progress,
+                    started=run.started,
+                    finished=run.finished,
+                    error=job.error if job is not None and job.error else run.error,
+                    model=refs.get(run.model_id) if run.model_id is not None else None,
+                    resume=resume,
+                    phases=_phases(job),
+                )
+            )
+        return TrainRuns(out)
 
     @operation("write")
     def train_cancel(self, request: TrainRunRequest) -> TrainStatus:
