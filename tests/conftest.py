@@ -39,6 +39,16 @@ def current_minute(margin: float = 15.0, settled: float = 5.0) -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC").floor("min")
 
 
+def next_minute() -> pd.Timestamp:
+    """The start of the next UTC minute, without waiting: a test that plays live frames of
+    this bucket and later ones sees none of them late (their buckets end a minute or more
+    after it starts) nor closed by the clock (its bucket + the close grace ends after that),
+    so it need not wait for a minute boundary as `current_minute` does. For a test whose
+    code under test reads the clock for the forming bucket (a session's REST backfill), use
+    `current_minute`."""
+    return pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(minutes=1)
+
+
 def shared_candles(name: str, rows: int | None = None, market: str = "KRW-BTC", unit: str = "1") -> pd.DataFrame:
     """The first `rows` candles of a shared CSV in the canonical candle format (value unknown)."""
     path = DATA / name

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import current_minute
+from tests.conftest import next_minute
 from tests.e2e.servers import Server, Servers, wait_for
 from tests.fake_upbit import FakeUpbit, generate_candles
 from tests.tui.test_cli import UPQUANT, upquant
@@ -84,7 +84,7 @@ def test_a_stream_through_the_server_stores_the_candles_and_prints_what_in_proce
     tmp_path: Path, servers: Servers, fake: FakeUpbit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = serve_with(servers, tmp_path / "served", fake.env(), monkeypatch)
-    bucket = current_minute(margin=40)  # the commands take seconds to start; frames after
+    bucket = next_minute()  # the coming minute: no frame late while the commands start
     rows = generate_candles("KRW-BTC", "1", bucket, 3).to_dict("records")
     args = ("KRW-BTC", "--for", "15", "--json")
     # this terminal's own Upbit URL leads nowhere: the server streams with its environment

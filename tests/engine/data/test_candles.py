@@ -35,7 +35,7 @@ from store.candles import (
     upsert_candles,
 )
 from store.db import connect
-from tests.conftest import DATA, current_minute
+from tests.conftest import DATA, next_minute
 from tests.fake_upbit import FakeUpbit, generate_candles, load_csv_candles, resample_candles
 
 UPQUANT = str(Path(sys.executable).with_name("upquant"))
@@ -647,7 +647,7 @@ def test_fetch_progress_bar_shows_markets_candles_and_rate(monkeypatch: pytest.M
 
 @pytest.mark.slow
 def test_cli_stream_records_live_candles(tmp_path: Path) -> None:
-    bucket = current_minute(margin=25)  # the CLI takes seconds to start; frames come after
+    bucket = next_minute()  # the coming minute: no frame late while the CLI starts
     rows = generate_candles("KRW-BTC", "1", bucket, 3).to_dict("records")
     with FakeUpbit().run_in_thread() as fake:
         env = {**os.environ, "UPQUANT_HOME": str(tmp_path), **fake.env()}

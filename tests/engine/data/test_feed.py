@@ -18,7 +18,7 @@ from engine.live.engine import LiveEngine
 from engine.live.sources import upbit_live
 from engine.upbit.errors import UpbitRefused
 from store.candles import CANDLE_COLUMNS, load_candles, upsert_candles
-from tests.conftest import current_minute
+from tests.conftest import current_minute, next_minute
 from tests.fake_upbit import FakeUpbit, candle_frame, forming_frames, generate_candles
 
 T0 = pd.Timestamp("2025-09-01 12:00", tz="UTC")
@@ -352,7 +352,7 @@ async def test_malformed_frames_are_skipped_and_refused_subscriptions_stop(con) 
 async def test_upbit_live_drives_the_engine_from_the_feed(
     con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bucket = current_minute()
+    bucket = next_minute()
     data = candles_of("KRW-BTC", bucket, 3).to_dict("records")
     async with FakeUpbit() as fake:
         for name, value in fake.env().items():

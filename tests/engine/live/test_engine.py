@@ -25,7 +25,7 @@ from engine.training.train import train_model
 from models.base import Model
 from store.candles import load_candles, upsert_candles
 from store.signals import load_signals
-from tests.conftest import current_minute
+from tests.conftest import next_minute
 from tests.fake_upbit import FakeUpbit, generate_candles
 
 
@@ -39,7 +39,7 @@ async def test_the_feed_closes_a_candle_only_when_the_next_bucket_starts(
 ) -> None:
     """The live engine decides on the candles the feed closes (the one closing rule), over the
     real path: fake Upbit WebSocket -> LiveFeed -> engine."""
-    bucket = current_minute()
+    bucket = next_minute()
     first, second = generate_candles("KRW-BTC", "1", bucket, 2).to_dict("records")
     async with FakeUpbit() as fake:
         for name, value in fake.env().items():

@@ -22,7 +22,7 @@ from engine.service import ServiceError, Workstation
 from engine.service.feeds import FeedStartRequest
 from store.candles import load_candles
 from store.tokens import create_token
-from tests.conftest import current_minute
+from tests.conftest import next_minute
 from tests.fake_upbit import FakeUpbit, generate_candles
 
 WAIT_S = 20.0  # a hang fails the test instead of stalling it
@@ -79,7 +79,7 @@ async def test_a_feed_records_closed_candles_says_so_and_is_gone_once_stopped(
     served: tuple[Api, Workstation], fake: FakeUpbit, con
 ) -> None:  # type: ignore[no-untyped-def]
     api, _ws = served
-    bucket = current_minute(margin=20)
+    bucket = next_minute()
     rows = generate_candles("KRW-BTC", "1", bucket, 3).to_dict("records")
     sock = await api.client.ws_connect("/api/v1/events", headers=api.headers("read"))
     assert (await sock.receive_json(timeout=WAIT_S))["type"] == "hello"
@@ -174,7 +174,7 @@ async def test_server_shutdown_stops_every_feed_with_its_candles_written(
     served: tuple[Api, Workstation], fake: FakeUpbit, con
 ) -> None:  # type: ignore[no-untyped-def]
     api, ws = served
-    bucket = current_minute(margin=20)
+    bucket = next_minute()
     rows = {
         market: generate_candles(market, "1", bucket, 1, seed=i).to_dict("records")[0]
         for i, market in enumerate(["KRW-BTC", "KRW-ETH"])
