@@ -140,8 +140,23 @@ class SignalsScreen(Screen[None]):
     @on(messages.SignalReceived)
     def _signal(self, message: messages.SignalReceived) -> None:
         view = self.station.view
-        unit = view.unit if view is not None else self.station.unit
-        self._add(SignalRow(message.signal, unit, view.mode if view is not None else None))
+        mode = view.mode if view is not None else None
+        self._add(SignalRow(message.signal, self._unit_of(message.signal.market), mode))
+
+    def _unit_of(self, market: str) -> str:
+        """The unit `market`'s lane decides on (a watchlist's markets each have their own)."""
+        view = self.station.view
+        session = getattr(view, "session", None)  # in process (or hosted): its engine's lanes
+        markets = getattr(session, "markets", None)
+        lanes = markets.lanes if markets is not None else {}
+        if market in lanes:
+            return str(lanes[market].unit)
+        status = getattr(view, "status", None)  # a server's session: its watchlist
+        if isinstance(status, dict):
+            for watched in status.get("markets") or []:
+                if watched.get("market") == market and watched.get("unit"):
+                    return str(watched["unit"])
+        return view.unit if view is not None else self.station.unit
 
     def action_reload(self) -> None:
         """Load the newest stored signals (of the market and action filtered on)."""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from engine.live.session import Session
+from engine.live.session import Session, open_session
 from engine.server.runner import listening
 from engine.service.events import job_event
 from engine.service.stored import SignalsRequest
@@ -159,6 +159,33 @@ async def test_pause_holds_new_signals_and_resume_adds_them_in_order(frozen_app,
         await pilot.press("u")
         await pilot.pause()
         assert events.lines[-1].text.startswith("10-04 01:20:00")
+
+
+async def test_a_watchlists_signals_carry_each_markets_unit(frozen_app, frozen_ws):
+    """A replay session of KRW-BTC 1m and KRW-ETH 60m (open_session, offline): each signal
+    listed with its own market's unit, not the session's first one."""
+
+    async def watchlist() -> Session:
+        return await open_session(
+            frozen_ws.con(),
+            ["KRW-BTC", "KRW-ETH"],
+            "1",
+            units={"KRW-ETH": "60"},
+            offline=True,
+            replay_delay=0,
+            replay_candles=20,
+            threshold=0.45,
+        )
+
+    app = frozen_app(start="signals", session_factory=watchlist)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        lanes = app.session.markets.lanes
+        assert lanes["KRW-ETH"].unit == "60"
+        rows = _log(app).shown
+        played = {(s.ts, s.market) for lane in lanes.values() for s in lane.signals}
+        mine = [r for r in rows if (r.signal.ts, r.signal.market) in played]
+        assert {(r.signal.market, r.unit) for r in mine} == {("KRW-BTC", "1"), ("KRW-ETH", "60")}
 
 
 async def test_the_log_follows_a_real_servers_events(frozen_ws):
