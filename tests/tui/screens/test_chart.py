@@ -88,6 +88,7 @@ async def test_unit_switch_loads_the_other_units_candles(frozen_app, frozen_ws) 
         assert chart.bars == [] and "no stored KRW-BTC 240m candles" in chart.empty_text
 
 
+@pytest.mark.slow
 async def test_scroll_back_pages_stored_history_with_bounded_memory(
     frozen_app, frozen_ws, monkeypatch
 ) -> None:
@@ -125,11 +126,19 @@ async def test_scroll_back_pages_stored_history_with_bounded_memory(
         assert chart.live and chart.bars[-1].ts == stored["ts"].iloc[-1]
 
 
-async def test_zoom_changes_candles_per_column(frozen_app) -> None:
+async def test_zoom_and_times_in_kst_until_the_utc_key(frozen_app) -> None:
     app = frozen_app(start="chart")
     async with app.run_test(size=BIG) as pilot:
         await settle(pilot)
         chart = _chart(app)
+        panel = app.chart_screen.query_one(PredictionPanel)
+        kst = str(chart.render())
+        assert "10:" in kst  # 01:19 UTC is 10:19 KST
+        assert "01:19 UTC" not in _plain(panel.render()) and "KST" in _plain(panel.render())
+        await pilot.press("u")
+        await pilot.pause()
+        assert chart.utc and "01:" in str(chart.render()) and str(chart.render()) != kst
+        assert "UTC" in _plain(panel.render()) and FROZEN_NOW.hour == 1
         one = chart.shown  # a candle and a gap per candle
         await pilot.press("left_square_bracket")
         assert chart.per_group == 1 and abs(chart.shown - 2 * one) <= 1  # no gap
@@ -239,24 +248,63 @@ async def test_show_market_switches_market_and_draws_only_its_live_candles(
         gate.set()
 
 
-async def test_times_are_kst_until_the_utc_key(frozen_app) -> None:
-    app = frozen_app(start="chart")
-    async with app.run_test(size=BIG) as pilot:
-        await settle(pilot)
-        chart = _chart(app)
-        panel = app.chart_screen.query_one(PredictionPanel)
-        kst = str(chart.render())
-        assert "10:" in kst  # 01:19 UTC is 10:19 KST
-        assert "01:19 UTC" not in _plain(panel.render()) and "KST" in _plain(panel.render())
-        await pilot.press("u")
-        await pilot.pause()
-        assert chart.utc and "01:" in str(chart.render()) and str(chart.render()) != kst
-        assert "UTC" in _plain(panel.render()) and FROZEN_NOW.hour == 1
-
-
 def test_chart_snapshot_80x24(frozen_app, snap_compare) -> None:
     assert snap_compare(frozen_app(start="chart"), terminal_size=SMALL, run_before=settle)
 
 
 def test_chart_snapshot_160x48(frozen_app, snap_compare) -> None:
     assert snap_compare(frozen_app(start="chart"), terminal_size=BIG, run_before=settle)
+
+
+@pytest.mark.slow
+async def test_attached_to_a_server_the_chart_follows_the_shown_markets_lane(
+    frozen_app, frozen_ws
+) -> None:
+    """A real server (in this process, on 127.0.0.1) replays a watchlist of two markets; the
+    attached TUI's chart switches to the second market, draws its window and only its live
+    candles (the events stream carries both), and its threshold keys move that lane only."""
+    from functools import partial
+
+    from engine.server.lifecycle import read_token
+    from engine.service.live import LiveStartRequest
+    from tui.client import HttpWorkstation
+    from tui.host import hosting
+    from tui.remote import attach
+
+    con = frozen_ws.con()
+    eth = load_candles(con, ETH, "1").set_index("ts")["close"]
+    btc = load_candles(con, BTC, "1").set_index("ts")["close"]
+    async with hosting(frozen_ws) as info:
+        token = read_token()
+        assert token is not None
+        await frozen_ws.start_live(
+            LiveStartRequest(
+                markets=[BTC, ETH], unit="1", offline=True, replay_delay=0.1, replay_candles=40
+            )
+        )
+        with HttpWorkstation(info.url, token) as facade:
+            factory = partial(attach, info.url, token, BTC, "1")
+            app = frozen_app(start="chart", session_factory=factory, facade=facade)
+            async with app.run_test(size=BIG) as pilot:
+                chart, screen = _chart(app), app.chart_screen
+                for _ in range(200):
+                    await pilot.pause(0.05)
+                    if chart.bars and screen.view is not None:
+                        break
+                app.open_chart(ETH)
+                await _loaded(pilot)
+                assert screen.watched and chart.bars
+                first = chart.bars[-1].ts
+                for _ in range(200):  # the replay's next ETH candles arrive as frames
+                    await pilot.pause(0.05)
+                    if chart.bars[-1].ts > first + pd.Timedelta(minutes=2):
+                        break
+                drawn = [bar for bar in chart.bars if bar.ts >= first]
+                assert len(drawn) >= 3
+                assert all(bar.close == eth[bar.ts] for bar in drawn)
+                assert any(btc[bar.ts] != bar.close for bar in drawn)
+                await pilot.press("+")
+                await pilot.pause(0.5)
+                lanes = frozen_ws.live_session.markets.lanes
+                assert lanes[ETH].threshold == pytest.approx(0.55)
+                assert lanes[BTC].threshold == pytest.approx(0.5)
