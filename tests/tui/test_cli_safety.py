@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -119,6 +121,41 @@ def _start(home: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+class Said:
+    """A process's stdout and stderr read as it writes them (threads): a test waits for a
+    line that says the command reached its main loop instead of sleeping a guessed time."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((process.stdout, self.out), (process.stderr, self.err))
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, lines: list[str]) -> None:
+        lines.extend(stream)  # line by line, as the process writes them
+
+    def wait_for(self, text: str, timeout: float = 120.0) -> None:
+        """Until a line of stderr holds `text` (the process still running)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.err):
+            assert self.process.poll() is None, "".join(self.err)
+            assert time.monotonic() < deadline, f"no {text!r} in {''.join(self.err)!r}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 60.0) -> tuple[str, str]:
+        """(stdout, stderr) once the process has exited."""
+        self.process.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=timeout)
+        return "".join(self.out), "".join(self.err)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "name"),
@@ -130,10 +167,10 @@ def test_an_interrupted_command_exits_128_plus_the_signal_and_says_so(
     process = _start(
         imported, "run", "--market", "KRW-BTC", "--offline", "--replay-delay", "1"
     )
-    time.sleep(8.0)  # imports done, the replay is playing
-    assert process.poll() is None
+    said = Said(process)
+    said.wait_for("REPLAY")  # imports done, the replay is playing
     process.send_signal(signum)
-    _out, err = process.communicate(timeout=60)
+    _out, err = said.finish()
     assert process.returncode == code, err
     assert f"interrupted ({name})" in err.splitlines()[-1]
 
@@ -155,12 +192,13 @@ def test_a_background_job_stops_on_sigterm_and_nohup_keeps_ignoring_sighup(impor
         env={**os.environ, "UPQUANT_HOME": str(imported)},
         preexec_fn=background,  # noqa: PLW1509
     )
-    time.sleep(8.0)  # imports done, the replay is playing
+    said = Said(process)
+    said.wait_for("REPLAY")  # imports done, the replay is playing
     process.send_signal(signal.SIGHUP)
     time.sleep(2.0)
     assert process.poll() is None  # nohup's promise holds
     process.send_signal(signal.SIGTERM)
-    _out, err = process.communicate(timeout=60)
+    _out, err = said.finish()
     assert process.returncode == 143, err
     assert err.splitlines()[-1] == "interrupted (SIGTERM)"
 
@@ -179,10 +217,10 @@ def test_an_interrupted_stream_prints_its_summary_and_exits_130(tmp_path: Path) 
         },
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
-    time.sleep(8.0)  # imports done, the feed is trying to connect
-    assert process.poll() is None
+    said = Said(process)
+    said.wait_for("Upbit stream dropped")  # imports done, the feed is trying to connect
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, err = said.finish()
     assert process.returncode == 130, err
     assert out.startswith("markets 1, frames 0")
     assert err.splitlines()[-1] == "interrupted (Ctrl-C)"
