@@ -5,6 +5,11 @@ answer its document describes (status and body); once with a read token, once wi
 token. Bounded: a few derandomized
 examples per operation and mode, so it runs in seconds and the same way every time.
 
+Each run fuzzes the operations of its own scope in depth: a read token is refused a write
+operation before its request is read (403 whatever the body: one example per mode checks
+that answer), and a write token calls a read operation as a read token does (one example per
+mode), but for a read operation whose body can ask for a write (`evaluate`'s walk-forward).
+
 The write run leaves out what destroys or reaches beyond the store: revoking tokens, deleting
 models, store_fix, importing, fetching or streaming candles (a file, Upbit), and what writes
 files at a path the request names (data_export, features_build)."""
@@ -36,6 +41,9 @@ NOT_IN_THE_WRITE_RUN = {
     "token_revoke", "model_delete", "delete_ml_models_id", "store_fix", "data_import",
     "data_fetch", "data_export", "features_build", "feed_start", "post_feeds",
 }
+# read operations whose request can make them write (a 403 for a read token): in depth in
+# both runs
+BODY_DECIDES_SCOPE = {"evaluate"}
 CHECKS = [not_a_server_error, response_schema_conformance]
 
 
@@ -73,11 +81,11 @@ def _document(server: Server, token: str) -> dict[str, Any]:
 
 
 def _fuzz(operation: Any, mode: schemathesis.GenerationMode, base_url: str,
-          headers: dict[str, str]) -> str | None:
+          headers: dict[str, str], examples: int = EXAMPLES) -> str | None:
     """What the checks found for `operation` in `mode` (None: nothing)."""
 
     @settings(
-        max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
+        max_examples=examples, derandomize=True, deadline=None, database=None,
         suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
         print_blob=False,
     )
@@ -104,18 +112,26 @@ def test_every_operation_answers_within_its_document(
     schema = schemathesis.openapi.from_dict(_document(server, token))
     headers = {"Authorization": f"Bearer {token}"}
     found: dict[str, str] = {}
-    ran = []
+    ran: list[str] = []
+    deep_ran: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
-        name = operation.definition.raw.get("operationId", operation.label)
+        raw = operation.definition.raw
+        name = raw.get("operationId", operation.label)
         if scope == "write" and name in NOT_IN_THE_WRITE_RUN:
             continue
         ran.append(name)
+        own = raw.get("x-scope", "read") == scope
+        deep = own or raw.get("x-operation", name) in BODY_DECIDES_SCOPE
+        if deep:
+            deep_ran.append(name)
         for mode in schemathesis.GenerationMode:
-            finding = _fuzz(operation, mode, server.url, headers)
+            finding = _fuzz(operation, mode, server.url, headers, EXAMPLES if deep else 1)
             if finding is not None:
                 found[f"{name} ({mode.value})"] = finding
     assert len(ran) > 30 and "model_list" in ran and "train_start" in ran
+    assert ("model_list" in deep_ran) == (scope == "read") and "evaluate" in deep_ran
+    assert ("train_start" in deep_ran) == (scope == "write") and len(deep_ran) > 10
     assert not found, "\n\n".join(f"{name}: {text}" for name, text in found.items())
 
 
