@@ -270,7 +270,10 @@ def markets_of(screen: MarketsScreen) -> list[str]:
     return [str(row.key.value) for row in screen.table.ordered_rows]
 
 
+@pytest.mark.slow  # two charts loaded, the session's engine driven: ~4-8 s on 2 busy cores
 async def test_filter_open_the_chart_and_change_the_threshold(con, ws):
+    """Filter, open a market's chart, back (the filter kept), open the session's market and
+    move its threshold with the chart's `+`."""
     app = markets_app(con, ws)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await shown(pilot)
@@ -287,16 +290,25 @@ async def test_filter_open_the_chart_and_change_the_threshold(con, ws):
         await pilot.press("enter")
         await pilot.pause()
         assert app.current_mode == "chart"
-        engine = app.session.engine
-        before = engine.threshold
-        await pilot.press("plus")
-        assert engine.threshold == pytest.approx(before + 0.05)
+        assert (app.chart_screen.market, app.chart_screen.unit) == ("KRW-ETH", "1")
         await pilot.press("escape")  # back to the markets, the filter still there
         await pilot.pause()
         assert app.current_mode == "markets" and markets_of(screen) == ["KRW-ETH"]
         await pilot.press("escape")  # the table focused: Esc clears the filter
         assert markets_of(screen) == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
         assert screen.cursor_market == "KRW-ETH"
+        await pilot.press("slash", "x", "r", "p")
+        assert markets_of(screen) == ["KRW-XRP"]
+        await pilot.press("escape")  # typing: Esc clears the filter too, the table focused
+        assert markets_of(screen) == ["KRW-BTC", "KRW-ETH", "KRW-XRP"] and not screen.filter_text
+        assert screen.table.has_focus and not screen.has_class("-filtering")
+        await pilot.press("slash", "b", "t", "c", "enter", "enter")  # the session's market
+        await pilot.pause()
+        assert app.current_mode == "chart" and app.chart_screen.market == "KRW-BTC"
+        engine = app.session.engine
+        before = engine.threshold
+        await pilot.press("plus")
+        assert engine.threshold == pytest.approx(before + 0.05)
 
 
 async def test_sorting_by_key_and_by_header(con, ws):
