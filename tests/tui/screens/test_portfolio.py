@@ -17,6 +17,7 @@ from engine.service.paper import PaperRequest
 from engine.trading.paper_book import load_book, save_book
 from tests.tui.screens.conftest import settle
 from tui.fmt import fmt_krw, fmt_pct, fmt_price, fmt_time
+from tui.screens import portfolio
 from tui.screens.portfolio import FILLS, PortfolioScreen
 
 
@@ -77,7 +78,10 @@ async def test_the_screen_shows_the_paper_operations_numbers(frozen_app, frozen_
         assert screen.book == book
 
 
-async def test_a_changed_book_is_redrawn_by_the_refresh(frozen_app, frozen_ws):
+async def test_a_changed_book_is_redrawn_by_the_refresh_while_shown(
+    frozen_app, frozen_ws, monkeypatch
+):
+    monkeypatch.setattr(portfolio, "REFRESH_S", 0.5)  # refreshes 4 times as often
     app = frozen_app(start="portfolio")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
@@ -85,20 +89,36 @@ async def test_a_changed_book_is_redrawn_by_the_refresh(frozen_app, frozen_ws):
         assert isinstance(screen, PortfolioScreen) and screen.narrow
         positions = screen.query_one("#positions", DataTable)
         assert positions.row_count == 1 and len(positions.columns) == 6  # narrow: fewer
-        # the broker sells the position at the next candle's open, and saves the book
+        shown = screen.book
         con = frozen_ws.con()
+        # hidden (the chart shown): the broker sells the position, and the book is not read
+        await pilot.press("2")
         broker = load_book(con, "replay")
         [(market, held)] = broker.positions.items()
         ts = pd.Timestamp(held.last_ts) + pd.Timedelta(minutes=1)
         broker.order(market, held.last_ts, "sell", None)
         broker.on_candle(market, ts, held.last_price * 1.01, held.last_price * 1.01)
         save_book(con, "replay", broker)
-        await pilot.pause(2.5)  # one refresh
+        await pilot.pause(1.0)  # two refreshes' time
+        assert screen.book == shown
+        # shown again: read at once
+        await pilot.press("7")
         await settle(pilot)
         answer = frozen_ws.paper(PaperRequest(account="replay", fills=FILLS))
-        assert not answer.positions and screen.book == answer
-        assert positions.row_count == 0
+        assert not answer.positions and screen.book == answer and positions.row_count == 0
         assert fmt_krw(answer.cash) in str(screen.query_one("#summary").render())
+        # while shown: a buy the broker saves is on the screen within a refresh
+        broker.order(market, ts, "buy", 300_000.0)
+        broker.on_candle(market, ts + pd.Timedelta(minutes=1), held.last_price, held.last_price)
+        save_book(con, "replay", broker)
+        answer = frozen_ws.paper(PaperRequest(account="replay", fills=FILLS))
+        for _ in range(100):  # a refresh or two (a loaded machine may skip a late tick)
+            await pilot.pause(0.1)
+            if screen.book == answer:
+                break
+        await pilot.pause()
+        assert answer.positions and screen.book == answer
+        assert _cells(positions, 0)[0] == market
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
