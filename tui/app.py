@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
@@ -39,6 +41,9 @@ from tui.screens import HelpScreen, MainScreen
 from tui.screens.help import LEGEND, help_sections, textual_actions
 from tui.screens.registry import BY_NAME, CHART, ENTRIES, screen_class
 from tui.views import LocalView, SessionView
+
+PROBE_ENV = "UPQUANT_TUI_READY"  # a file: "EPOCH ready ..." and "EPOCH shown MODE" lines
+PROBE_S = 0.01  # how often the probe looks for the first useful screen
 
 # a session opened in process (the TUI drives its feed), or any other view of one
 SessionFactory = Callable[[], Awaitable[Session | SessionView]]
@@ -104,6 +109,8 @@ class UpquantApp(App[None]):
         self.chart_screen = MainScreen(market, unit)
         self._listeners: list[Screen[Any]] = []  # screens the session's messages also go to
         self._shown: list[str] = []  # the screens shown before, for Esc
+        # the benchmark's probe: a file the app appends to when it is ready, and on switches
+        self._probe = os.environ.get(PROBE_ENV) or None
         for entry in ENTRIES:
             if entry.name == CHART:
                 self.add_mode(CHART, lambda: self.chart_screen)  # the session's, made here
@@ -148,6 +155,24 @@ class UpquantApp(App[None]):
         self.run_worker(self._run_session(), name="session", group="session", exclusive=True)
         if self.start != CHART:
             self.call_after_refresh(self.action_show, self.start)
+        if self._probe is not None:
+            self._ready_timer = self.set_interval(PROBE_S, self._check_ready)
+
+    # --- the benchmark's probe (scripts/bench_tui.py) ----------------------------------------
+
+    def _probe_line(self, text: str) -> None:
+        """Append `EPOCH TEXT` to the UPQUANT_TUI_READY file (the benchmark reads it)."""
+        if self._probe is not None:
+            with open(self._probe, "a") as out:
+                out.write(f"{time.time():.6f} {text}\n")
+
+    def _check_ready(self) -> None:
+        """Once the first useful screen is drawn (the chart with candles, a table with rows),
+        say so in the probe file."""
+        what = useful(self.screen)
+        if what is not None:
+            self._ready_timer.stop()
+            self.call_after_refresh(self._probe_line, f"ready {self.current_mode} {what}")
 
     # --- screens --------------------------------------------------------------------------
 
@@ -159,7 +184,12 @@ class UpquantApp(App[None]):
         if name == self.current_mode:
             return
         self._shown.append(self.current_mode)
+        self._switch(name)
+
+    def _switch(self, name: str) -> None:
         self.switch_mode(name)
+        if self._probe is not None:  # once the screen shown is drawn
+            self.screen.call_after_refresh(self._probe_line, f"shown {name}")
 
     def open_chart(self, market: str, unit: str | None = None) -> None:
         """Show the chart of `market` (at `unit`, or the chart's unit)."""
@@ -171,7 +201,7 @@ class UpquantApp(App[None]):
         if len(self.screen_stack) > 1:
             self.pop_screen()
         elif self._shown:
-            self.switch_mode(self._shown.pop())
+            self._switch(self._shown.pop())
 
     def action_toggle_utc(self) -> None:
         """`u`: times in UTC or KST; every screen made so far (each mode's, the screens pushed
@@ -254,6 +284,21 @@ class NoFacade(Exception):
     def __init__(self, message: str, hint: str) -> None:
         super().__init__(message)
         self.hint = hint
+
+
+def useful(screen: Screen[Any]) -> str | None:
+    """What makes `screen` useful once drawn: a chart with candles, a table with rows."""
+    from textual.widgets import DataTable
+
+    from tui.widgets import CandleChart
+
+    for chart in screen.query(CandleChart):
+        if chart.bars:
+            return f"{len(chart.bars)} candles"
+    for table in screen.query(DataTable):
+        if table.row_count:
+            return f"{table.row_count} rows"
+    return None
 
 
 # failures of an operation that the user can act on (a message and a hint), never a crash

@@ -218,12 +218,14 @@ def frozen_session(
 def frozen_app(frozen_ws: Any) -> Callable[..., Any]:
     """`frozen_app(start="markets", **kw)`: an UpquantApp on the frozen store (facade
     `frozen_ws`, clock FROZEN_NOW, the frozen KRW-BTC 1m replay as its session); `kw` go to
-    UpquantApp (e.g. market=, session_factory=)."""
+    UpquantApp (e.g. market=, session_factory=, facade= an HttpWorkstation)."""
     from tui.app import UpquantApp
 
     def make(start: str = "markets", **kw: Any) -> UpquantApp:
         kw.setdefault("session_factory", frozen_session(frozen_ws, kw.get("market", MARKET)))
-        return UpquantApp(None, facade=frozen_ws, clock=lambda: FROZEN_NOW, start=start, **kw)
+        kw.setdefault("facade", frozen_ws)
+        kw.setdefault("clock", lambda: FROZEN_NOW)
+        return UpquantApp(None, start=start, **kw)
 
     return make
 

@@ -23,8 +23,8 @@ async def test_every_screen_renders_on_the_frozen_store(frozen_app, size):
         await settle(pilot)
         assert app.now() == FROZEN_NOW
         assert len(app.session.engine.signals) > 0  # the frozen replay played
-        for entry in ENTRIES:
-            await pilot.press(entry.key)
+        for entry in ENTRIES:  # shown as the keys do (a screen's focused text field takes them)
+            app.action_show(entry.name)
             await settle(pilot)
             assert app.current_mode == entry.name
             assert app.screen.is_mounted
@@ -167,3 +167,17 @@ def test_help_screen_snapshot(frozen_app, snap_compare, size):
 
     app: UpquantApp = frozen_app(start=CHART)
     assert snap_compare(app, terminal_size=size, run_before=open_help)
+
+
+async def test_the_benchmarks_probe_says_ready_and_each_switch(frozen_app, tmp_path, monkeypatch):
+    probe = tmp_path / "probe.txt"
+    monkeypatch.setenv("UPQUANT_TUI_READY", str(probe))
+    app = frozen_app(start=CHART)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("3")
+        await pilot.press("escape")
+        await settle(pilot)
+    said = [line.split(" ", 1)[1] for line in probe.read_text().splitlines()]
+    assert said[0].startswith("ready chart ") and said[0].endswith(" candles")
+    assert said[1:] == ["shown models", "shown chart"]
