@@ -3,8 +3,8 @@ copied for each test, with every wall-clock time in it fixed (snapshots never ch
 
 The store (`frozen_home`, a copy per test, UPQUANT_HOME pointing at it):
 - candles: the last 2,000 1-minute candles of KRW-BTC and KRW-ETH from ../shared/data
-  (KRW-BTC 2025-10-02 15:59 .. 2025-10-04 01:19 UTC; KRW-ETH the same span) and the last
-  1,000 60-minute candles of each (.. 2025-09-29 23:00 UTC);
+  (2025-10-02 16:00 .. 2025-10-04 01:19 UTC) and the last 1,000 60-minute candles of each
+  (2025-08-19 08:00 .. 2025-09-29 23:00 UTC);
 - models (real XGBoost on KRW-BTC 1m, seed 0, cpu, labels: a 0.04 % move in 10 candles):
   `xgboost-KRW-BTC-1` version 1 (20 trees) is the **champion**, version 2 (30 trees) the
   **challenger**; KRW-ETH and the 60-minute units have none. `alias_history` of KRW-BTC 1m
