@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from tui.app import UpquantApp
 
 POLL_S = 1.0  # the board is asked for this often while the screen is shown
-REFRESH_S = 0.5  # the table takes what changed at most this often
+REFRESH_S = 1.0  # the table takes what changed at most this often
 SPARK = 30  # closes each row carries
 WIDE = 120  # from this many columns: every column and a wide sparkline
 WIDE_TREND = 15  # the sparkline's width when WIDE
@@ -249,6 +249,8 @@ class MarketsScreen(Screen[None]):
         self._dirty = True
 
     def on_signal_received(self, message: messages.SignalReceived) -> None:
+        if not self.is_current:
+            return  # hidden: the poll on showing it again brings the rows up to date
         signal = message.signal
         row = self._rows.get(signal.market)
         if row is not None:
@@ -265,12 +267,18 @@ class MarketsScreen(Screen[None]):
             self._dirty = True
 
     def on_candle_closed(self, message: messages.CandleClosed) -> None:
+        if not self.is_current:
+            return
         candle = message.candle
         row = self._rows.get(str(candle.get("market")))
         if row is not None and candle.get("close") is not None:
             price = float(candle["close"])
             self._rows[row.market] = row.model_copy(update={"last_price": price})
             self._dirty = True
+
+    def on_screen_resume(self) -> None:
+        if self.board is not None:
+            self._poll()  # what changed while another screen was shown
 
     def on_clock_changed(self, _message: messages.ClockChanged) -> None:
         self._detail()
