@@ -233,6 +233,7 @@ class ModelsScreen(Screen[None]):
         Binding("t", "train", "Train"),
         Binding("e", "evaluate", "Evaluate"),
         Binding("b", "backtest", "Backtest"),
+        Binding("f", "filter", "Market/unit"),
         Binding("ctrl+r", "refresh", "Refresh"),
     ]
 
@@ -291,6 +292,7 @@ class ModelsScreen(Screen[None]):
         self._narrow: bool | None = None
         self._loaded = False
         self._over = False  # a modal of this screen is shown over it
+        self.only: tuple[str, str] | None = None  # the market/unit shown (None: every one)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -368,7 +370,8 @@ class ModelsScreen(Screen[None]):
             table.add_column(f"created {zone(utc)}", key="created")
         table.add_column("age", key="age")
         table.add_column("drift", key="drift")
-        for model in self.registry.models:
+        shown = self.shown()
+        for model in shown:
             test = model.metrics.get("test", {})
             live = self.registry.live.get(model.id)
             cells: list[str] = ["*" if model.id in self.marked else " ", model.ref]
@@ -383,8 +386,9 @@ class ModelsScreen(Screen[None]):
                 cells.append(fmt_time(model.created_at, utc=utc))
             cells += [fmt_age(model.created_at, now), drift_state(self.registry, model)]
             table.add_row(*cells, key=str(model.id))
-        table.border_title = f"models ({len(self.registry.models)})"
-        if selected is not None and self.registry.model(selected.id) is not None:
+        where = "every market/unit" if self.only is None else f"{self.only[0]} {self.only[1]}m"
+        table.border_title = f"models of {where} ({len(shown)})"
+        if selected is not None and selected.id in {m.id for m in shown}:
             table.move_cursor(row=table.get_row_index(str(selected.id)), animate=False)
         self.draw_side()
 
@@ -565,7 +569,7 @@ class ModelsScreen(Screen[None]):
             self.marked = [*self.marked, model.id][-2:]
         table = self.query_one("#md-table", DataTable)
         table.update_cell(str(model.id), "mark", "*" if model.id in self.marked else " ")
-        for other in self.registry.models:
+        for other in self.shown():
             if other.id != model.id:
                 table.update_cell(str(other.id), "mark", "*" if other.id in self.marked else " ")
         names = [m.ref for i in self.marked if (m := self.registry.model(i)) is not None]
@@ -656,6 +660,20 @@ class ModelsScreen(Screen[None]):
         screen = self.app.screen
         if isinstance(screen, BacktestScreen):
             screen.preset(market=model.market, unit=model.unit, what=model.ref)
+
+    def shown(self) -> list[ModelSummary]:
+        """The models the table lists: every one, or those of the chosen market/unit."""
+        models = self.registry.models
+        return (
+            models if self.only is None else [m for m in models if (m.market, m.unit) == self.only]
+        )
+
+    def action_filter(self) -> None:
+        """Show the next market/unit's models only (then every market/unit again)."""
+        units: list[tuple[str, str] | None] = [None, *sorted(self.registry.units)]
+        at = units.index(self.only) if self.only in units else 0
+        self.only = units[(at + 1) % len(units)]
+        self.draw()
 
     def action_refresh(self) -> None:
         """Load the registry again."""

@@ -96,6 +96,11 @@ async def test_deleting_the_champion_is_refused_with_its_hint(frozen_app, frozen
         )
         listed = frozen_ws.model_list(ModelListRequest(market=MARKET)).items
         assert {m.ref for m in listed} == {CHAMPION, CHALLENGER}
+        screen, table = app.screen, app.screen.query_one("#md-table", DataTable)
+        await pilot.press("f")  # one market/unit's models, then every one's again
+        assert screen.only == (MARKET, UNIT) and "KRW-BTC 1m (2)" in str(table.border_title)
+        await pilot.press("f")
+        assert screen.only is None and table.row_count == 2
 
 
 async def test_compare_two_marked_models_and_backtest_preselects_the_model(frozen_app):
