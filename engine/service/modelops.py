@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -382,7 +382,7 @@ async def manage(session: Session, *, retrain: Retrain | None = None) -> ModelOp
 
 
 async def open_managed_session(
-    con: duckdb.DuckDBPyConnection, market: str, unit: str, **options: Any
+    con: duckdb.DuckDBPyConnection, market: str | Sequence[str], unit: str, **options: Any
 ) -> Session:
     """`engine.live.session.open_session` with the session's model operations attached
     (what a face that runs a session in its own process opens; a server's sessions get
