@@ -134,8 +134,14 @@ class MainScreen(Screen[None]):
         self._title()
         if changed:
             self._reset_panel()
+            self._filter_log()
         self.query_one(CandleChart).clear(f"loading {market} {unit_label(unit)}…")
         self.run_worker(self._load(market, unit), group="chart", exclusive=True)
+
+    def _filter_log(self) -> None:
+        """The signal log shows the shown market's signals (another's it held stay hidden)."""
+        market = self.market
+        self.query_one(SignalLog).set_filter(lambda row: row.signal.market == market)
 
     def _reset_panel(self) -> None:
         panel, view = self.query_one(PredictionPanel), self.view
@@ -346,6 +352,7 @@ class MainScreen(Screen[None]):
         chart.utc = utc
         chart.refresh()
         self.query_one(PredictionPanel).utc = utc
+        self.query_one(SignalLog).utc = utc
 
     # --- actions --------------------------------------------------------------------------
 

@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.live.engine import CandleEvent
+from engine.live.engine import CandleEvent, SignalEvent
 from engine.live.sources import demo_candles
 from engine.research.features import FeatureSpec, compute_features
 from engine.trading.rules import rsi_values
+from engine.trading.strategies import Signal
 from store.candles import load_candles
 from tests.tui.screens.conftest import FROZEN_NOW, settle
 from tests.tui.test_tui import _plain
 from tui.screens import MainScreen
-from tui.widgets import CandleChart, PredictionPanel
+from tui.widgets import CandleChart, PredictionPanel, SignalLog
 from tui.widgets.chart_overlays import bollinger, ema, rsi, sma
 
 BTC, ETH = "KRW-BTC", "KRW-ETH"
@@ -241,6 +242,14 @@ async def test_show_market_switches_market_and_draws_only_its_live_candles(
         await pilot.pause()
         assert chart.bars[-1].close == 1.5  # ETH's forming candle, BTC's never drawn
         assert all(bar.close != 7.0 for bar in chart.bars)
+        # signals: the shown market's in the panel, the log and the markers; not another's
+        lanes[ETH].publish(SignalEvent(Signal(after, ETH, "sell", 0.8, "rule", "t", None), None))
+        lanes[BTC].publish(SignalEvent(Signal(after, BTC, "buy", 0.9, "rule", "t", None), None))
+        await pilot.pause()
+        panel = screen.query_one(PredictionPanel)
+        assert panel.signal is not None and panel.signal.market == ETH
+        assert [row.signal.market for row in screen.query_one(SignalLog).shown] == [ETH]
+        assert chart.marks[after] == "sell"
         # the threshold keys move the shown market's lane only
         await pilot.press("+")
         assert lanes[ETH].threshold == pytest.approx(0.55) and lanes[BTC].threshold == 0.5
@@ -277,9 +286,10 @@ async def test_attached_to_a_server_the_chart_follows_the_shown_markets_lane(
     async with hosting(frozen_ws) as info:
         token = read_token()
         assert token is not None
+        watchlist = {"markets": [BTC, ETH], "unit": "1", "offline": True}
         await frozen_ws.start_live(
-            LiveStartRequest(
-                markets=[BTC, ETH], unit="1", offline=True, replay_delay=0.1, replay_candles=40
+            LiveStartRequest.model_validate(
+                {**watchlist, "replay_delay": 0.1, "replay_candles": 40}
             )
         )
         with HttpWorkstation(info.url, token) as facade:
