@@ -60,8 +60,8 @@ class PortfolioScreen(Screen[None]):
     PortfolioScreen #fills { width: 2fr; }
     PortfolioScreen.-has-pending #pending { display: block; }
     PortfolioScreen.-narrow #orders { layout: vertical; }
-    PortfolioScreen.-narrow #pending { width: 1fr; height: 1fr; }
-    PortfolioScreen.-narrow #fills { width: 1fr; height: 2fr; }
+    PortfolioScreen.-narrow #pending { width: 1fr; height: auto; max-height: 6; }
+    PortfolioScreen.-narrow #fills { width: 1fr; height: 1fr; }
     """
 
     def __init__(self) -> None:
@@ -238,8 +238,9 @@ class PortfolioScreen(Screen[None]):
         self.set_class(bool(book.pending), "-has-pending")
         table = self.query_one("#pending", DataTable)
         table.clear(columns=True)
-        for name in ("market", "side", "decided", "cap"):
-            table.add_column(name, key=name)
+        # fixed widths: rows added while the table is still hidden are not measured
+        for name, width in (("market", 10), ("side", 4), ("decided", 11), ("cap", 12)):
+            table.add_column(name, key=name, width=width)
         utc = self.station.utc
         for order in book.pending:
             cap = "all cash" if order.max_position is None else fmt_krw(order.max_position)

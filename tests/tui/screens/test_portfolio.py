@@ -119,6 +119,16 @@ async def test_a_changed_book_is_redrawn_by_the_refresh_while_shown(
         await pilot.pause()
         assert answer.positions and screen.book == answer
         assert _cells(positions, 0)[0] == market
+        assert not screen.query_one("#pending").display
+        # an order decided, not filled yet: the pending orders are shown
+        broker.order(market, ts + pd.Timedelta(minutes=1), "sell", None)
+        save_book(con, "replay", broker)
+        pending = screen.query_one("#pending", DataTable)
+        for _ in range(100):
+            await pilot.pause(0.1)
+            if pending.row_count:
+                break
+        assert pending.display and _cells(pending, 0)[:2] == [market, "sell"]
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
