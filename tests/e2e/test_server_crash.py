@@ -213,8 +213,12 @@ def test_a_server_killed_during_an_overwriting_import_keeps_every_old_or_every_n
 
 # --------------------------------------------------------------------------- training job
 
-# a small network that still takes several epochs (early stopping waits for 3 bad ones)
-TRAIN = ["train", "lstm", "KRW-BTC", "--epochs", "30", "--batch-size", "32", "--device", "cpu"]
+# a small network that still takes several epochs (early stopping waits for 3 bad ones), on
+# windows of 20 rows (the default 60 triples each epoch's work)
+TRAIN = [
+    "train", "lstm", "KRW-BTC", "--epochs", "30", "--batch-size", "32", "--window", "20",
+    "--device", "cpu",
+]
 
 
 def test_a_server_killed_during_training_leaves_an_interrupted_run_that_resumes(

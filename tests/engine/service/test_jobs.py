@@ -34,7 +34,16 @@ pytestmark = pytest.mark.slow
 
 XGB = {"kind": "xgboost", "market": "KRW-BTC", "n_estimators": 40, "device": "cpu"}
 # several epochs of a tiny network: still mid-training when its first epoch is recorded
-LSTM = {"kind": "lstm", "market": "KRW-BTC", "epochs": 30, "batch_size": 32, "device": "cpu"}
+# (early stopping waits for 3 bad epochs after the best: at least 4 more); windows of 20 rows
+# (not the default 60) make each epoch a third of the work
+LSTM = {
+    "kind": "lstm",
+    "market": "KRW-BTC",
+    "epochs": 30,
+    "batch_size": 32,
+    "window": 20,
+    "device": "cpu",
+}
 
 
 def wait_for[T](what: Callable[[], T], timeout: float = 240.0) -> T:
