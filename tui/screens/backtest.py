@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -259,7 +260,7 @@ class BacktestScreen(Screen[None]):
                 yield Label("fee")
                 yield Input(DEFAULT_FEE, id="bt-fee")
                 yield Button("Run", id="bt-run", compact=True)
-        yield Static("", id="bt-status")
+        yield Static("", id="bt-status", markup=False)  # names and errors: not markup
         with Vertical(id="bt-results"):
             yield EquityPlot(id="bt-plot")
             with Horizontal(id="bt-tables"):
@@ -418,7 +419,8 @@ class BacktestScreen(Screen[None]):
         shown = names[:1] + [n for n in names[1:] if n == "buy-and-hold"] if narrow else names
         table.add_column("metric", key="metric")
         for name in shown:
-            table.add_column(name if name == names[0] and not narrow else _short(name), key=name)
+            label = name if name == names[0] and not narrow else _short(name)
+            table.add_column(Text(label), key=name)
         for key, label, fmt, in_narrow in METRICS:
             if narrow and not in_narrow:
                 continue
@@ -426,7 +428,7 @@ class BacktestScreen(Screen[None]):
             for name in shown:
                 value = result.results[name].get(key)
                 cells.append("n/a" if value is None else fmt(value))
-            table.add_row(label, *cells, key=key)
+            table.add_row(label, *cells, key=key)  # numbers and our labels only
         table.border_title = f"metrics after fees ({result.fee:.3%}/side)"
 
     def _trades_table(self, result: BacktestResult) -> None:
@@ -458,10 +460,10 @@ class BacktestScreen(Screen[None]):
                     fmt_price(trade.exit_price),
                     f"{trade.candles:,}",
                     ret,
-                    trade.exit_reason,
+                    Text(trade.exit_reason),
                 )
         more = f", newest {MAX_TRADES:,} shown" if len(trades) > MAX_TRADES else ""
-        table.border_title = f"trades of {name}: {len(trades):,}{more}"
+        table.border_title = Text(f"trades of {name}: {len(trades):,}{more}")
 
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#bt-status", Static)

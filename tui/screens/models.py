@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -169,7 +170,11 @@ class ConfirmScreen(ModalScreen[bool]):
         self.question = question
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{self.question}\n\n[b]y[/b] yes   [b]n[/b] no", id="question")
+        # model names are the user's: never read as markup
+        yield Static(
+            Text.assemble(self.question, "\n\n", ("y", "bold"), " yes   ", ("n", "bold"), " no"),
+            id="question",
+        )
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
@@ -209,13 +214,13 @@ class TableScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
-            box.border_title = self.title_text
-            table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
-            table.add_columns(*self.columns)
+            box.border_title = Text(self.title_text)
+            table: DataTable[Text] = DataTable(cursor_type="row", zebra_stripes=True)
+            table.add_columns(*(Text(column) for column in self.columns))
             for row in self.rows:
-                table.add_row(*row)
+                table.add_row(*(Text(cell) for cell in row))
             yield table
-            yield Static(self.note or "Esc closes")
+            yield Static(Text(self.note or "Esc closes"))
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -296,7 +301,7 @@ class ModelsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="md-status")
+        yield Static("", id="md-status", markup=False)
         with Vertical(id="md-body"):
             yield DataTable(id="md-table", cursor_type="row", zebra_stripes=True)
             with Horizontal(id="md-side"):
@@ -385,7 +390,7 @@ class ModelsScreen(Screen[None]):
                 cells.append(f"{live.n_resolved}/{live.n_predictions}" if live is not None else "-")
                 cells.append(fmt_time(model.created_at, utc=utc))
             cells += [fmt_age(model.created_at, now), drift_state(self.registry, model)]
-            table.add_row(*cells, key=str(model.id))
+            table.add_row(*(Text(cell) for cell in cells), key=str(model.id))
         where = "every market/unit" if self.only is None else f"{self.only[0]} {self.only[1]}m"
         table.border_title = f"models of {where} ({len(shown)})"
         if selected is not None and selected.id in {m.id for m in shown}:
@@ -416,7 +421,7 @@ class ModelsScreen(Screen[None]):
         if state.retrain_on_drift:
             retrain += " +drift"
         lines = [
-            f"[b]{model.ref}[/b] {model.kind}",
+            f"{model.ref} {model.kind}",
             (
                 f"{_alias_text(model)} · {fmt_age(model.created_at, now)} old · {model.market}"
                 f" {model.unit}m"
@@ -431,7 +436,9 @@ class ModelsScreen(Screen[None]):
         ]
         if not self._narrow:
             lines.insert(2, f"created {fmt_time(model.created_at, utc=utc)} {zone(utc)}")
-        details.update("\n".join(lines))
+        text = Text("\n".join(lines))
+        text.stylize("bold", 0, len(model.ref))
+        details.update(text)
         details.border_title = f"model {model.id}"
         narrow = bool(self._narrow)
         rows = [
@@ -448,7 +455,7 @@ class ModelsScreen(Screen[None]):
         for i, label in enumerate(labels):  # widths fixed here: the rows change often
             history.add_column(label, width=max([len(label), *(len(r[i]) for r in rows)]))
         for row in rows:
-            history.add_row(*row)
+            history.add_row(*(Text(cell) for cell in row))
         history.border_title = f"alias history · {model.market} {model.unit}m"
 
     def selected(self) -> ModelSummary | None:
