@@ -2,11 +2,12 @@
 
 `attach(url, token, market, unit, ...)` asks the server for its session (`live_status`) and
 starts one (`live_start`) when none runs; the `RemoteSession` it answers is a `SessionView`
-(tui/views.py) the main screen draws like a session in process. Its window comes from
-`live_history`, its events from the events WebSocket (`GET /api/v1/events`, bearer token as
-for every route), each frame turned into the screen's message by `messages.from_wire`; the
-threshold keys call `live_threshold`, and a threshold moved by another client reaches the
-screen through the stream's `live` frames. When the socket drops, the status line says
+(tui/views.py) the main screen draws like a session in process. A lane's window comes from
+`live_history` (its `market`), its events from the events WebSocket (`GET /api/v1/events`,
+bearer token as for every route): every watched market's frames, each turned into the
+screen's message by `messages.from_wire` (the chart draws its market's); the threshold keys
+call `live_threshold` for the shown market, and a threshold moved by another client reaches
+the screen through the stream's `live` frames. When the socket drops, the status line says
 DISCONNECTED and the session reconnects with backoff (0.5 s doubling up to 10 s), to where
 server.json then says the server answers (a restart on another port), reloading the window
 once back, so nothing closed while it was away is missing from the chart.
