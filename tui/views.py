@@ -104,7 +104,8 @@ class SessionView(Protocol):
 
     async def follow(self, post: Callable[[Message], object]) -> None:
         """Post `SessionOpened` with the window, then every event of every lane as its
-        message (candles and signals carry their market), until the session's feed ends (a replay played its last candle); raise when the feed fails."""
+        message (candles and signals carry their market), until the session's feed ends (a
+        replay played its last candle); raise when the feed fails."""
         ...
 
 
@@ -174,9 +175,10 @@ class LocalView:
 
     def set_threshold(self, value: float, market: str | None = None) -> float:
         lanes = self.lanes
-        chosen = list(lanes.values()) if market is None else [lanes.get(market, self.engine)]
-        values = {lane.market: lane.set_threshold(value) for lane in chosen}
-        return values[market or self.engine.market]
+        target = lanes.get(market or "", self.engine)  # not watched: the session's first
+        for lane in lanes.values() if market is None else [target]:
+            lane.set_threshold(value)
+        return target.threshold
 
     def _subscribe(self, post: Callable[[Message], object]) -> None:
         """Every lane's events (and lanes added later) posted as messages."""
