@@ -17,7 +17,6 @@ time in KST (UTC on the app's `u` key).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
@@ -34,7 +33,7 @@ from tui import messages
 from tui.eventlog import EventDigest, EventLine, follow_events
 from tui.fmt import error_text, fmt_time
 from tui.widgets.event_log import EventLog
-from tui.widgets.signal_log import SignalLog, SignalRow
+from tui.widgets.signal_log import Key, SignalLog, SignalRow
 
 if TYPE_CHECKING:
     from tui.app import UpquantApp
@@ -78,8 +77,8 @@ class SignalsScreen(Screen[None]):
         self.source: str | None = None
         self.query_text = ""
         self.paused = False
-        self.held: deque[SignalRow] = deque(maxlen=MAX_ROWS)
-        self.digest: EventDigest | None = None
+        self.held: dict[Key, SignalRow] = {}  # while paused, in the order they came
+        self.digest = EventDigest(lambda: self.station.now())  # the app's clock, once mounted
         self._server_mode: str | None = None  # the server session's mode, from its events
         self._search_timer: Timer | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -99,12 +98,11 @@ class SignalsScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.digest = EventDigest(self.station.now)
         self.query_one(SignalLog).border_title = "signals"
         self.query_one(EventLog).border_title = "server and feed events"
         self.station.listen(self)
         view = self.station.view
-        if view is not None and self.digest is not None:  # opened before this screen listened
+        if view is not None:  # opened before this screen listened: said as it is now
             line = self.digest.session(view)
             if line is not None:
                 self._log(line)
@@ -131,7 +129,9 @@ class SignalsScreen(Screen[None]):
     def _add(self, row: SignalRow) -> None:
         if self.paused:
             if not self.query_one(SignalLog).holds(row):
-                self.held.append(row)
+                self.held.setdefault(row.key, row)
+                if len(self.held) > MAX_ROWS:  # the oldest held go first, as in the log
+                    del self.held[next(iter(self.held))]
             self._show_filters()
             return
         if self.query_one(SignalLog).add_signal(row.signal, unit=row.unit, mode=row.mode):
@@ -223,7 +223,6 @@ class SignalsScreen(Screen[None]):
             if isinstance(message, messages.SignalReceived):
                 self._add(SignalRow(message.signal, frame.get("unit"), self._server_mode))
             return
-        assert self.digest is not None
         for line in self.digest.frame(frame):
             self._log(line)
 
@@ -235,7 +234,6 @@ class SignalsScreen(Screen[None]):
     @on(messages.SessionEnded)
     @on(messages.SessionOpened)
     def _session_event(self, message: Any) -> None:
-        assert self.digest is not None
         line = self.digest.message(message)
         if line is not None:
             self._log(line)
@@ -341,8 +339,8 @@ class SignalsScreen(Screen[None]):
         self.paused = not self.paused
         if not self.paused:
             log = self.query_one(SignalLog)
-            while self.held:
-                row = self.held.popleft()
+            held, self.held = self.held, {}
+            for row in held.values():
                 log.add_signal(row.signal, unit=row.unit, mode=row.mode)
         self._show_filters()
 
