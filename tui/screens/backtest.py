@@ -153,6 +153,8 @@ class BacktestScreen(Screen[None]):
         Binding("ctrl+t", "focus_trades", "Trades"),
         Binding("ctrl+f", "focus_form", "Form"),
     ]
+    # the trades, not the form: a number key typed into a field would not switch screens
+    AUTO_FOCUS = "#bt-trades"
 
     DEFAULT_CSS = """
     BacktestScreen {
@@ -276,7 +278,10 @@ class BacktestScreen(Screen[None]):
         if self.station.facade is None:
             self._status("the store is not available: the backtest needs `upquant tui`", True)
         else:
-            self._status("ctrl+r or Enter runs the backtest; what: a rule, a model or a spec file")
+            self._status(
+                "ctrl+f edits the form, ctrl+r (or Enter in it) runs the backtest;"
+                " what: a rule, a model or a spec file"
+            )
         if self._preset is not None:
             self._apply_preset()
 

@@ -154,3 +154,18 @@ def test_backtest_screen_snapshot_160x48(frozen_app, snap_compare):
         await pilot.pause()
 
     assert snap_compare(frozen_app(start="backtest"), terminal_size=(160, 48), run_before=run)
+
+
+async def test_number_keys_switch_screens_from_the_backtest_screen(frozen_app):
+    """The form does not take the focus when the screen is shown: a number key switches
+    screens (typed into a field it would not), ctrl+f goes to the form."""
+    app = frozen_app(start="backtest")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.current_mode == "backtest"
+        assert not isinstance(app.focused, Input)
+        await pilot.press("ctrl+f")
+        assert isinstance(app.focused, Input)
+        await pilot.press("ctrl+t", "1")
+        await pilot.pause()
+        assert app.current_mode == "markets"
