@@ -8,7 +8,8 @@ session decides; tui/eventlog.py). Newest at the bottom, the table following it 
 cursor was moved up. Filters: the highlighted row's market (`m`), the action (`a`: buy,
 sell, hold), the source (`s`: model or rule) and a search over market and reason (`/`).
 `p` pauses: new signals are held, counted in the status bar, and appended in order on
-resume. At most MAX_ROWS signals are kept (the oldest go first), and as many held.
+resume. At most MAX_ROWS signals are kept (the oldest go first), and as many held; the
+table shows the newest TABLE_ROWS of them that match the filters.
 
 The log pane below shows the feed's and the server's events (tui/eventlog.py) with their
 time in KST (UTC on the app's `u` key).
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from tui.app import UpquantApp
 
 MAX_ROWS = 5_000  # signals kept (and held while paused)
+TABLE_ROWS = 1_000  # the newest of them that match the filters, in the table
 STORED = 1_000  # stored signals loaded at open, and per filter
 ACTIONS = (None, "buy", "sell", "hold")
 SOURCES = (None, "model", "rule")
@@ -92,7 +94,7 @@ class SignalsScreen(Screen[None]):
         yield Header()
         yield Static(id="filters")
         yield Input(placeholder="search market and reason (Enter: done)", id="search")
-        yield SignalLog(wide=True, max_rows=MAX_ROWS, id="signals")
+        yield SignalLog(wide=True, max_rows=MAX_ROWS, table_rows=TABLE_ROWS, id="signals")
         yield Static(id="detail")
         yield EventLog(id="events")
         yield Footer()

@@ -75,6 +75,7 @@ class SignalLog(DataTable[str | Text]):
         *,
         wide: bool = False,
         max_rows: int | None = None,
+        table_rows: int | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -82,6 +83,12 @@ class SignalLog(DataTable[str | Text]):
         super().__init__(name=name, id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self.wide = wide
         self.max_rows = max_rows or self.MAX_ROWS
+        # the table shows the newest `table_rows` matching rows; past that by a fifth it is
+        # redrawn once (a DataTable's remove_row re-indexes every row: one per new signal
+        # on a table of thousands costs more than the signal)
+        self.table_rows = min(table_rows or self.max_rows, self.max_rows)
+        self._slack = 0 if self.table_rows == self.max_rows else max(1, self.table_rows // 5)
+        self._shown: deque[SignalRow] = deque()  # the rows in the table, oldest first
         self._rows: deque[SignalRow] = deque()
         self._seen: set[Key] = set()
         self._by_seq: dict[str, SignalRow] = {}  # table row key -> row
@@ -93,6 +100,8 @@ class SignalLog(DataTable[str | Text]):
         names = ("time", "market", "unit", "action", "conf", "source", "reason")
         for name in names if self.wide else ("time", "action", "conf", "source", "reason"):
             self.add_column(name, key=name)
+        if self._rows:  # signals added before the table could show them
+            self._redraw()
 
     # --- adding ---------------------------------------------------------------------------
 
@@ -134,7 +143,8 @@ class SignalLog(DataTable[str | Text]):
             old = self._rows.popleft()
             self._seen.discard(old.key)
             del self._by_seq[str(old.seq)]
-            if redraw and str(old.seq) in self.rows:
+            if redraw and self._shown and self._shown[0] is old:
+                self._shown.popleft()
                 self.remove_row(str(old.seq))
 
     # --- what is shown --------------------------------------------------------------------
@@ -147,7 +157,7 @@ class SignalLog(DataTable[str | Text]):
     @property
     def shown(self) -> list[SignalRow]:
         """The rows the table shows, oldest first."""
-        return [row for row in self._rows if self._shows(row)]
+        return list(self._shown)
 
     def holds(self, row: SignalRow) -> bool:
         """Whether the log holds `row`'s signal already (shown or not)."""
@@ -181,18 +191,34 @@ class SignalLog(DataTable[str | Text]):
             return False
         return self._matches is None or self._matches(row)
 
-    def _redraw(self) -> None:
+    def _redraw(self, cursor: str | None = None) -> None:
+        """Draw the newest `table_rows` matching rows; the cursor on row key `cursor` when
+        it is still shown, else on the newest."""
         if not self.is_mounted:
             return
         self.clear()
-        shown = self.shown
-        for row in shown:
+        matching = [row for row in self._rows if self._shows(row)]
+        self._shown = deque(matching[-self.table_rows :])
+        for row in self._shown:
             self.add_row(*self._cells(row), key=str(row.seq))
-        if self.row_count:
+        if cursor is not None and cursor in self.rows:
+            self.move_cursor(row=self.get_row_index(cursor), animate=False)
+        elif self.row_count:
             self.move_cursor(row=self.row_count - 1, animate=False)
+
+    def _cursor_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        return self.coordinate_to_cell_key(Coordinate(self.cursor_row, 0)).row_key.value
 
     def _append(self, row: SignalRow) -> None:
         following = self.cursor_row >= self.row_count - 1  # the user has not scrolled back
+        if len(self._shown) >= self.table_rows + self._slack:
+            self._shown.append(row)
+            # the newest table_rows again: one redraw per `_slack` signals
+            self._redraw(None if following else self._cursor_key())
+            return
+        self._shown.append(row)
         self.add_row(*self._cells(row), key=str(row.seq))
         if following:
             self.move_cursor(row=self.row_count - 1, animate=False)

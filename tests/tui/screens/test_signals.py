@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pandas as pd
 import pytest
+from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 
 from engine.live.session import Session, open_session
 from engine.server.runner import listening
 from engine.service.events import job_event
 from engine.service.stored import SignalsRequest
+from engine.trading.strategies import Signal
 from store.tokens import create_token
 from tests.tui.screens.conftest import APP_REPLAYED, FROZEN_NOW, frozen_session, settle
 from tui.app import UpquantApp
@@ -229,6 +232,44 @@ async def test_the_log_follows_a_real_servers_events(frozen_ws):
                     "feed info feed 1: streaming 2 markets 1m",
                     "job error training run 7 failed: out of memory",
                 ]
+
+
+async def test_the_table_shows_the_newest_matching_rows_of_those_kept():
+    """Kept: max_rows; in the table: the newest table_rows that match, trimmed in one redraw
+    a fifth past it (not a row removed per signal); a filter reaches every kept row."""
+
+    class Host(App[None]):
+        utc = False
+
+        def compose(self) -> ComposeResult:
+            yield SignalLog(wide=True, max_rows=50, table_rows=10)
+
+    start = pd.Timestamp("2025-10-03 00:00", tz="UTC")
+    signals = [
+        Signal(
+            start + pd.Timedelta(minutes=i),
+            "KRW-ETH" if i % 5 == 0 else "KRW-BTC",
+            "buy",
+            0.5,
+            "sma-cross(10,30)",
+            f"reason {i}",
+        )
+        for i in range(60)
+    ]
+    async with Host().run_test(size=(120, 30)) as pilot:
+        log = pilot.app.query_one(SignalLog)
+        for signal in signals[:12]:
+            assert log.add_signal(signal, unit="1")
+        assert log.row_count == 12 and not log.add_signal(signals[3], unit="1")
+        log.add_signal(signals[12], unit="1")  # past 10 + 2: redrawn to the newest 10
+        assert log.row_count == 10 and log.signals == signals[3:13]
+        for signal in signals[13:]:
+            log.add_signal(signal, unit="1")
+        assert log.kept == 50 and log.signals[-1] == signals[-1] and log.row_count <= 12
+        log.set_filter(lambda row: row.signal.market == "KRW-ETH")
+        assert log.signals == [s for s in signals[10:] if s.market == "KRW-ETH"]
+        assert log.row_count == 10
+        await pilot.pause()
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
