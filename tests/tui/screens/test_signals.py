@@ -14,9 +14,10 @@ import pytest
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 
+from engine.live.engine import SignalEvent
 from engine.live.session import Session, open_session
 from engine.server.runner import listening
-from engine.service.events import job_event
+from engine.service.events import engine_event, job_event
 from engine.service.stored import SignalsRequest
 from engine.trading.strategies import Signal
 from store.tokens import create_token
@@ -162,6 +163,20 @@ async def test_pause_holds_new_signals_and_resume_adds_them_in_order(frozen_app,
         await pilot.press("u")
         await pilot.pause()
         assert events.lines[-1].text.startswith("10-04 01:20:00")
+        # the in-process Workstation's events: a job's status, another market's signal
+        other = Signal(
+            pd.Timestamp("2025-10-04 01:00", tz="UTC"),
+            "KRW-XRP",
+            "sell",
+            0.9,
+            "sma-cross(10,30)",
+            "crossed down",
+        )
+        frozen_ws.publish_event(job_event(3, "running", 0.2))
+        frozen_ws.publish_event(engine_event(SignalEvent(other, None), "KRW-XRP", "240"))
+        await until(pilot, lambda: "job info training run 3 running" in _events(app), "a job")
+        await until(pilot, lambda: log.signals[-1] == other, "the hub's signal")
+        assert log.shown[-1].unit == "240"
 
 
 async def test_a_watchlists_signals_carry_each_markets_unit(frozen_app, frozen_ws):
