@@ -13,6 +13,7 @@ from models.params import COUNT, NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Range, c
 # The confidence threshold a user may set on a live session. It lives here, at the bottom of
 # the engine, because both the session checks below and the live engine's clamp read it.
 THRESHOLD_MIN, THRESHOLD_MAX = 0.34, 0.95
+THRESHOLD_STEP = 0.05  # one press of the TUI's +/- keys
 
 
 def check_confidence(value: float, option: str = "--threshold") -> float:

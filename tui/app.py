@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 from textual.app import App, SystemCommand
@@ -31,9 +31,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.worker import WorkerFailed
 
-from engine.live.session import REPLAY_CANDLES, Session
 from engine.service.core import ServiceError
-from engine.service.modelops import open_managed_session
 from tui import messages
 from tui.client import RemoteError
 from tui.fmt import error_text
@@ -42,11 +40,14 @@ from tui.screens.help import LEGEND, help_sections, textual_actions
 from tui.screens.registry import BY_NAME, CHART, ENTRIES, screen_class
 from tui.views import LocalView, SessionView
 
+if TYPE_CHECKING:
+    from engine.live.session import Session
+
 PROBE_ENV = "UPQUANT_TUI_READY"  # a file: "EPOCH ready ..." and "EPOCH shown MODE" lines
 PROBE_S = 0.01  # how often the probe looks for the first useful screen
 
 # a session opened in process (the TUI drives its feed), or any other view of one
-SessionFactory = Callable[[], Awaitable[Session | SessionView]]
+SessionFactory = Callable[[], Awaitable["Session | SessionView"]]
 
 
 class UpquantApp(App[None]):
@@ -73,7 +74,7 @@ class UpquantApp(App[None]):
         threshold: float = 0.5,
         offline: bool = False,
         replay_delay: float = 0.25,
-        replay_candles: int = REPLAY_CANDLES,
+        replay_candles: int | None = None,
         session_factory: SessionFactory | None = None,
         facade: Any = None,
         clock: Callable[[], datetime] | None = None,
@@ -86,6 +87,9 @@ class UpquantApp(App[None]):
         if session_factory is None:
             if con is None:
                 raise ValueError("UpquantApp needs the store's connection or a session factory")
+            from engine.live.session import REPLAY_CANDLES
+            from engine.service.modelops import open_managed_session
+
             session_factory = partial(
                 open_managed_session,
                 con,
@@ -94,7 +98,7 @@ class UpquantApp(App[None]):
                 threshold=threshold,
                 offline=offline,
                 replay_delay=replay_delay,
-                replay_candles=replay_candles,
+                replay_candles=REPLAY_CANDLES if replay_candles is None else replay_candles,
             )
         self.session_factory: SessionFactory = session_factory
         self.session: Session | None = None  # the in-process session the TUI opened
@@ -238,6 +242,8 @@ class UpquantApp(App[None]):
                 messages.SessionFailed(f"could not start the session: {type(exc).__name__}: {exc}")
             )
             return
+        from engine.live.session import Session
+
         if isinstance(opened, Session):
             self.session, self.view = opened, LocalView(opened)
         else:

@@ -67,7 +67,6 @@ class StatusEvent:
 EngineEvent = CandleEvent | SignalEvent | StatusEvent
 
 # The step of one key press on the confidence threshold (its range lives with the checks).
-THRESHOLD_STEP = 0.05
 
 # A guard: why the champion must not decide on this candle (None: it may), from the model,
 # its feature rows and the candle's ts. Set by the session's model operations.

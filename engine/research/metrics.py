@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
-from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
 from engine.upbit.markets import unit_minutes
 from models import CLASSES
@@ -31,6 +28,10 @@ def classification_metrics(
     Classes are the indices of CLASSES (sell, hold, buy); a class never predicted (or never
     present) scores 0 for its precision (recall), as scikit-learn's `zero_division=0`.
     """
+    # imported here: scikit-learn takes ~0.3 s to import, and the live engine and the TUI
+    # import this module (trading metrics) without ever scoring a classifier
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
+
     labels = list(range(len(CLASSES)))
     out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -54,7 +55,9 @@ def classification_metrics(
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
     """Counts with true classes as rows and predicted classes as columns, both named."""
-    counts = _sk_confusion_matrix(y_true, y_pred, labels=list(range(len(CLASSES))))
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    counts = sk_confusion_matrix(y_true, y_pred, labels=list(range(len(CLASSES))))
     return pd.DataFrame(
         counts,
         index=pd.Index(CLASSES, name="true"),
@@ -102,6 +105,8 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     bad = int((~np.isfinite(true)).sum() + (~np.isfinite(pred)).sum())
     if bad:
         raise ValueError(f"{bad} non-finite values in y_true/y_pred; drop unlabelled rows first")
+    from scipy.stats import rankdata  # ~1 s to import: only when a regression is scored
+
     error = pred - true
     mse = float(np.mean(error**2))
     total = float(np.sum((true - true.mean()) ** 2))

@@ -23,7 +23,7 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from engine.live.engine import THRESHOLD_STEP
+from engine.params import THRESHOLD_STEP
 from tui import messages
 from tui.fmt import error_text
 from tui.views import SessionView
