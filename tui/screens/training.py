@@ -232,6 +232,13 @@ class TrainingScreen(Screen[None]):
         self.selected: int | None = None
         self.histories: dict[int, RunHistory] = {}  # fetched histories of runs that ended
         self._poll: Timer | None = None
+        # the screen's parts, held: a worker finishing while the app closes finds them
+        self.form: TrainForm  # made in compose: it starts on the app's market and unit
+        self.table: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="jobs")
+        self.detail = Static("", id="detail-text", markup=False)
+        self.bar = ProgressBar(total=100, show_eta=False, id="run-progress")
+        self.plot = CurvePlot(id="curves")
+        self.polling = False  # whether the job list is being asked for every POLL_S
 
     @property
     def station(self) -> UpquantApp:
@@ -240,29 +247,30 @@ class TrainingScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        self.form = TrainForm(self.station.market, self.station.unit, id="form")
         with Horizontal(id="body"):
-            yield TrainForm(self.station.market, self.station.unit, id="form")
+            yield self.form
             with Vertical(id="jobs-pane"):
-                yield DataTable(cursor_type="row", zebra_stripes=True, id="jobs")
+                yield self.table
                 with Vertical(id="detail"):
-                    yield Static("", id="detail-text", markup=False)
-                    yield ProgressBar(total=100, show_eta=False, id="run-progress")
-                yield CurvePlot(id="curves")
+                    yield self.detail
+                    yield self.bar
+                yield self.plot
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#jobs", DataTable)
+        table = self.table
         table.border_title = "training jobs"
         for key, label in COLUMNS:
             table.add_column(label, key=key)
-        self.query_one(TrainForm).border_title = "start a job"
-        self.query_one(CurvePlot).border_title = "loss curves"
+        self.form.border_title = "start a job"
+        self.plot.border_title = "loss curves"
         self._poll = self.set_interval(POLL_S, self._tick, pause=True)
         self._layout(self.size.width)
         if self.station.facade is None:
             self._say("The store is not available: this TUI runs a session without it.")
-            self.query_one(TrainForm).disabled = True
-            self.query_one(CurvePlot).clear("no store")
+            self.form.disabled = True
+            self.plot.clear("no store")
             return
         table.loading = True
         table.focus()
@@ -279,8 +287,7 @@ class TrainingScreen(Screen[None]):
             self.refresh_jobs()
 
     def on_screen_suspend(self) -> None:
-        if self._poll is not None:
-            self._poll.pause()  # nobody sees it: no polling until it is shown again
+        self._polling(False)  # nobody sees it: no polling until it is shown again
 
     def on_clock_changed(self, message: messages.ClockChanged) -> None:
         self._fill_table()
@@ -298,13 +305,12 @@ class TrainingScreen(Screen[None]):
             self.refresh_jobs()
 
     async def _load(self) -> None:
-        table = self.query_one("#jobs", DataTable)
+        table = self.table
         try:
             listed = await self.station.call("train_runs", TrainRunsRequest(limit=LIST_LIMIT))
         except Exception as exc:  # noqa: BLE001 - shown, never a traceback
             self.notify(error_text(exc), severity="error")
-            if self._poll is not None:
-                self._poll.pause()
+            self._polling(False)
             return
         finally:
             table.loading = False
@@ -314,8 +320,13 @@ class TrainingScreen(Screen[None]):
             self.selected = next(iter(self.runs))
         await self._load_curves()
         self._show_detail()
+        self._polling(any(run.status in ACTIVE for run in self.runs.values()))
+
+    def _polling(self, on: bool) -> None:
+        """Ask for the job list every POLL_S (while a job is queued or running), or stop."""
+        self.polling = on
         if self._poll is not None:
-            if any(run.status in ACTIVE for run in self.runs.values()):
+            if on:
                 self._poll.resume()
             else:
                 self._poll.pause()
@@ -335,7 +346,7 @@ class TrainingScreen(Screen[None]):
 
     def _fill_table(self) -> None:
         """The table to the listed runs, updated in place (the cursor stays on its run)."""
-        table = self.query_one("#jobs", DataTable)
+        table = self.table
         table.columns[ColumnKey("started")].label = Text(f"started {zone(self.station.utc)}")
         keys = [str(run) for run in self.runs]
         if [row.value for row in table.rows] != keys:
@@ -371,7 +382,7 @@ class TrainingScreen(Screen[None]):
     async def _load_curves(self) -> None:
         """The selected run's per-epoch metrics to the plot (fetched again while it runs)."""
         run_id = self.selected
-        plot = self.query_one(CurvePlot)
+        plot = self.plot
         if run_id is None or run_id not in self.runs:
             plot.clear("no training run yet: start one from the form")
             return
@@ -398,7 +409,7 @@ class TrainingScreen(Screen[None]):
 
     def _show_detail(self) -> None:
         run = self.runs.get(self.selected) if self.selected is not None else None
-        bar = self.query_one("#run-progress", ProgressBar)
+        bar = self.bar
         if run is None:
             self._say("No training run yet: start one from the form (n).")
             bar.update(progress=0)
@@ -434,7 +445,7 @@ class TrainingScreen(Screen[None]):
         return f"{last.split} {last.step + 1}: {shown}" if shown else ""
 
     def _say(self, text: str) -> None:
-        self.query_one("#detail-text", Static).update(text)
+        self.detail.update(text)
 
     # --- actions -------------------------------------------------------------------------
 
@@ -457,7 +468,7 @@ class TrainingScreen(Screen[None]):
 
     def _close_form(self) -> None:
         self.remove_class("-form")
-        self.query_one("#jobs", DataTable).focus()
+        self.table.focus()
 
     @on(TrainForm.Submitted)
     def _submitted(self, event: TrainForm.Submitted) -> None:

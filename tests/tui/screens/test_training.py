@@ -5,6 +5,7 @@ frozen store at 80x24 and 160x48."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, ProgressBar, Select
+from textual.widgets.data_table import ColumnKey
 
 from engine.server.runner import listening, stop_workstation
 from engine.service import Workstation
@@ -112,6 +114,13 @@ async def test_the_selected_runs_recorded_losses_are_plotted(frozen_app) -> None
         detail = str(app.screen.query_one("#detail-text").render())
         assert "run 1 · xgboost KRW-BTC 1 · finished" in detail and "val_mlogloss" in detail
         assert app.screen.query_one("#run-progress", ProgressBar).progress == 100
+        assert not app.screen.polling  # no job runs: nothing to follow
+        jobs = table(app)
+        assert jobs.get_cell("1", "started") == "10-03 18:59"  # KST
+        await pilot.press("u")
+        await settle(pilot)
+        assert jobs.get_cell("1", "started") == "10-03 09:59"  # UTC
+        assert str(jobs.columns[ColumnKey("started")].label) == "started UTC"
 
 
 async def test_a_refused_start_says_why(frozen_app) -> None:
@@ -211,14 +220,15 @@ async def test_a_job_started_and_cancelled_through_a_server_then_resumed(served)
         assert screen.selected == run and screen.runs[run].status in ("queued", "running")
         bar = screen.query_one("#run-progress", ProgressBar)
         await wait(pilot, lambda: (bar.progress or 0) > 0, "its progress moves")
-        assert screen.runs[run].status == "running"
-        assert get_run(ws.con(), run).progress == pytest.approx(bar.progress / 100, abs=1e-3)
+        assert screen.runs[run].status == "running" and screen.polling
+        assert 0 < bar.progress <= 100 * (get_run(ws.con(), run).progress or 0) + 0.1  # rounded
 
         await pilot.press("c")
         assert isinstance(app.screen, Confirm) and f"Cancel run {run}" in app.screen.question
         assert ws.train_status(TrainStatusRequest(run=run)).status == "running"  # it asks
         await pilot.press("y")
         await wait(pilot, lambda: screen.runs[run].status == "interrupted", "cancelled")
+        assert not screen.polling  # none runs: it stops asking
         stopped = get_run(ws.con(), run)
         assert stopped.status == "interrupted" and stopped.error == "cancelled"
         job = ws.jobs.get(run)
@@ -238,5 +248,5 @@ async def test_a_job_started_and_cancelled_through_a_server_then_resumed(served)
         await wait(pilot, lambda: "resumed from" in (get_run(ws.con(), run).log or ""), "resumed")
         await wait(pilot, lambda: screen.runs[run].status in ("running", "finished"), "listed")
         assert screen.runs[run].resume is None
-    facade.close()
+    await asyncio.to_thread(facade.close)  # a call in flight needs the loop: the server's
     assert os.getpid() == get_run(ws.con(), run).pid  # the server's process owns the job
