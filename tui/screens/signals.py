@@ -110,10 +110,7 @@ class SignalsScreen(Screen[None]):
                 self._log(line)
         self._show_filters()
         if self.station.facade is None:
-            self.query_one("#detail", Static).update(
-                "the store is not available: only this session's signals are shown"
-            )
-            return
+            return  # the status bar says the store is not available
         self.action_reload()
         # a task, not a worker: it follows the events for the screen's life, and workers are
         # what tests (and the app) wait to complete
@@ -359,6 +356,8 @@ class SignalsScreen(Screen[None]):
         ]
         if self.query_text:
             parts.append(f"/{self.query_text}")
+        if self.station.facade is None:
+            parts.append("the store is not available: this session's signals only")
         bar = self.query_one("#filters", Static)
         bar.update(Text(" · ".join(parts)))  # Text: the search is the user's, not markup
         bar.set_class(self.paused, "-paused")

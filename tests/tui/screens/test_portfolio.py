@@ -5,6 +5,7 @@ changes is redrawn by the periodic refresh; snapshots at 80x24 and 160x48."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pandas as pd
@@ -137,3 +138,36 @@ def test_portfolio_snapshot(frozen_app, snap_compare, size):
         await settle(pilot)
 
     assert snap_compare(frozen_app(start="portfolio"), terminal_size=size, run_before=run_before)
+
+
+async def test_without_the_store_both_screens_say_so(con):
+    """An app that runs only a session (no facade): Signals lists the session's signals and
+    says the store is not available; Portfolio says it reads the book through the store."""
+    from tests.tui.test_tui import demo_factory
+    from tui.app import UpquantApp
+    from tui.screens.signals import SignalsScreen
+    from tui.widgets.signal_log import SignalLog
+
+    gate, demo = asyncio.Event(), demo_factory(con, 40)
+
+    async def opened_later() -> Any:  # the demo once the Signals screen listens
+        await gate.wait()
+        return await demo()
+
+    app = UpquantApp(con, session_factory=opened_later, start="signals")
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(200):  # until the screen listens (its status bar drawn after that)
+            await pilot.pause(0.02)
+            screen = app.screen
+            if isinstance(screen, SignalsScreen) and "of" in str(
+                screen.query_one("#filters").render()
+            ):
+                break
+        gate.set()
+        await settle(pilot)
+        assert app.screen.query_one(SignalLog).signals == list(app.session.engine.signals)
+        assert "store is not available" in str(app.screen.query_one("#filters").render())
+        await pilot.press("7")
+        await settle(pilot)
+        assert isinstance(app.screen, PortfolioScreen)
+        assert "store is not available" in str(app.screen.query_one("#summary").render())
