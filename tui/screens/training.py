@@ -62,13 +62,13 @@ COLUMNS = (
     ("kind", "kind"),
     ("market", "market"),
     ("progress", "progress"),
-    ("took", "took"),
     ("model", "model / error"),
+    ("took", "took"),
     ("started", "started"),
 )
 
 
-def progress_text(progress: float | None, step: str = "", width: int = 10) -> Text:
+def progress_text(progress: float | None, step: str = "", width: int = 8) -> Text:
     """A run's progress as a bar and a percentage, then its phase while it runs ("epoch
     3/20"); "-" when it reported none."""
     if progress is None:
