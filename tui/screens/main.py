@@ -104,6 +104,11 @@ class MainScreen(Screen[None]):
         self.query_one(PredictionPanel).border_title = "prediction"
         self.query_one(SignalLog).border_title = "signals"
         self._set_utc(getattr(self.app, "utc", False))
+        if getattr(self.app, "facade", None) is not None and self.view is None:
+            # the stored candles now: opening the session (the champion's library, a
+            # backfill) takes seconds, and the chart is useful before it
+            self.query_one(CandleChart).clear(f"loading {self.market} {unit_label(self.unit)}…")
+            self.run_worker(self._load(self.market, self.unit), group="chart", exclusive=True)
 
     def on_resize(self, event: Resize) -> None:
         """Collapse at 80x24: a narrower prediction panel, the signal log's rows to the chart."""
