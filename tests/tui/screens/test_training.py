@@ -6,7 +6,9 @@ frozen store at 80x24 and 160x48."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,6 +192,15 @@ async def wait(pilot: Pilot[Any], check: Callable[[], object], what: str) -> Non
     await until(pilot, lambda: bool(check()), what, tries=4800)  # a worker spawns: minutes
 
 
+def rest_runs(url: str, token: str) -> list[tuple[int, str, str | None]]:
+    """GET /api/v1/training-runs: (run, status, resume) of each."""
+    request = urllib.request.Request(
+        f"{url}/api/v1/training-runs?limit=5", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return [(r["run"], r["status"], r["resume"]) for r in json.load(answer)]
+
+
 @pytest.mark.slow
 async def test_a_job_started_and_cancelled_through_a_server_then_resumed(served) -> None:
     ws, url, token = served
@@ -229,6 +240,9 @@ async def test_a_job_started_and_cancelled_through_a_server_then_resumed(served)
         await pilot.press("y")
         await wait(pilot, lambda: screen.runs[run].status == "interrupted", "cancelled")
         assert not screen.polling  # none runs: it stops asking
+        assert await asyncio.to_thread(rest_runs, url, token) == [
+            (run, "interrupted", "checkpoint")
+        ]
         stopped = get_run(ws.con(), run)
         assert stopped.status == "interrupted" and stopped.error == "cancelled"
         job = ws.jobs.get(run)
