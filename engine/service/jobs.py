@@ -70,20 +70,25 @@ def job_device(config: dict[str, Any]) -> str:
     return resolve_device(str(config["params"].get("device", "auto")))
 
 
-def _start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker (spawned workers report to it) where it
-    could not start itself: it hands its process sys.stderr's descriptor, and inside a
-    Textual app (a TUI hosting the server) sys.stderr is a capture that has none (fileno -1),
-    so every spawn failed with "bad value(s) in fds_to_keep". There its stderr is /dev/null
-    (the terminal is the TUI's)."""
+def _stderr_usable() -> bool:
+    """Whether sys.stderr is a file with a descriptor: not inside a Textual app (a TUI hosting
+    the server), where it is a capture with none (fileno -1) and the terminal is the TUI's."""
     import sys
-    from multiprocessing import resource_tracker
 
     try:
-        usable = sys.stderr is not None and sys.stderr.fileno() >= 0
+        return sys.stderr is not None and sys.stderr.fileno() >= 0
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is a ValueError
-        usable = False
-    if usable:
+        return False
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (spawned workers report to it) where it
+    could not start itself: it hands its process sys.stderr's descriptor, which a Textual
+    app's capture lacks, so every spawn failed with "bad value(s) in fds_to_keep". There
+    its stderr is /dev/null (the terminal is the TUI's)."""
+    from multiprocessing import resource_tracker
+
+    if _stderr_usable():
         return  # the spawn starts it itself
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         resource_tracker.ensure_running()
@@ -185,6 +190,8 @@ class JobManager:
         job.process = context.Process(
             target=worker.main,
             args=(send, str(home()), os.getpid(), job.run_id, job.config, job.inputs),
+            # under a TUI its output would be drawn over the screen (its failure is reported)
+            kwargs={"quiet": not _stderr_usable()},
             name=f"upquant-train-{job.run_id}",
         )
         job.process.start()

@@ -109,8 +109,15 @@ def main(
     run_id: int,
     config: dict[str, Any],
     inputs: FitInputs,
+    quiet: bool = False,
 ) -> None:
-    """Fit run `run_id` (the target of the job's spawned process)."""
+    """Fit run `run_id` (the target of the job's spawned process); `quiet`: its stdout and
+    stderr to /dev/null (its owner's terminal is a TUI's screen)."""
+    if quiet:
+        sink_fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(sink_fd, 1)
+        os.dup2(sink_fd, 2)
+        os.close(sink_fd)
     os.environ["UPQUANT_HOME"] = store_home  # artifacts and checkpoints go to the owner's store
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, _stop)
