@@ -301,7 +301,7 @@ class TrainingScreen(Screen[None]):
         await self._load()
 
     def _tick(self) -> None:
-        if not any(w.group == "jobs" and w.is_running for w in self.workers):
+        if not any(w.node is self and w.group == "jobs" and w.is_running for w in self.workers):
             self.refresh_jobs()
 
     async def _load(self) -> None:
