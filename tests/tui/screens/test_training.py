@@ -134,6 +134,17 @@ async def test_a_refused_start_says_why(frozen_app) -> None:
         assert not form.display  # narrow: the jobs take the width
         await pilot.press("n")
         assert form.display and not app.screen.query_one("#jobs-pane").display
+        # each kind shows its options, and the request carries only those
+        form.query_one("#rounds", Input).value = "25"
+        assert form.request().n_estimators == 25 and form.request().epochs is None
+        form.query_one("#kind", Select).value = "ensemble"
+        await pilot.pause()
+        assert form.query_one("#row-members").display and not form.query_one("#row-rounds").display
+        form.query_one("#members", Input).value = "xgboost-KRW-BTC-1@1, 2"
+        ensemble = form.request()
+        assert ensemble.members == ["xgboost-KRW-BTC-1@1", "2"] and ensemble.n_estimators is None
+        form.query_one("#kind", Select).value = "xgboost"
+        await pilot.pause()
         market = form.query_one("#market", Input)
         market.value = "KRW-XRP"  # no candles stored
         market.focus()
