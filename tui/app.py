@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 PROBE_ENV = "UPQUANT_TUI_READY"  # a file: "EPOCH ready ..." and "EPOCH shown MODE" lines
 PROBE_S = 0.01  # how often the probe looks for the first useful screen
+WARM_AFTER_S = 1.0  # the screens not shown yet are built this long after the start
+WARM_EVERY_S = 0.3  # ... one at a time, this far apart
 
 # a session opened in process (the TUI drives its feed), or any other view of one
 SessionFactory = Callable[[], Awaitable["Session | SessionView"]]
@@ -79,6 +81,7 @@ class UpquantApp(App[None]):
         facade: Any = None,
         clock: Callable[[], datetime] | None = None,
         start: str = CHART,
+        warm: bool = False,
     ) -> None:
         super().__init__()
         if start not in BY_NAME:
@@ -110,6 +113,7 @@ class UpquantApp(App[None]):
         self._clock = clock
         self.utc = False  # times in KST unless the user switched (the `u` key)
         self.start = start
+        self.warm = warm  # build the other screens in the background after the start
         self.chart_screen = MainScreen(market, unit)
         self._listeners: list[Screen[Any]] = []  # screens the session's messages also go to
         self._shown: list[str] = []  # the screens shown before, for Esc
@@ -161,6 +165,23 @@ class UpquantApp(App[None]):
             self.call_after_refresh(self.action_show, self.start)
         if self._probe is not None:
             self._ready_timer = self.set_interval(PROBE_S, self._check_ready)
+        if self.warm:
+            self.set_timer(WARM_AFTER_S, self._warm_next)
+
+    def _warm_next(self) -> None:
+        """Build the next screen not shown yet, one per WARM_EVERY_S while the user looks at
+        the first, so that showing it later is a switch (~20-100 ms) and not a build (its
+        widgets, its CSS, its first query: 0.3-1 s under load). Built screens are suspended at
+        once, as a switch away from them would: they poll only while shown."""
+        from textual import events
+
+        for entry in ENTRIES:
+            if entry.name not in self._screen_stacks:
+                # Textual has no public "build a mode's screen without showing it"
+                self._init_mode(entry.name)
+                self._screen_stacks[entry.name][0].post_message(events.ScreenSuspend())
+                self.set_timer(WARM_EVERY_S, self._warm_next)
+                return
 
     # --- the benchmark's probe (scripts/bench_tui.py) ----------------------------------------
 

@@ -113,6 +113,7 @@ def tui(
                 facade=ws,
                 session_factory=factory,
                 start=watch.start,
+                warm=True,
                 **options,
             ).run()
         finally:
@@ -190,6 +191,7 @@ def _attach(
             session_factory=partial(attach, info.url, token, market, unit, **options),
             facade=facade,
             start=start,
+            warm=True,
         )
         app.server_note = f"attached to {info.url}"
         app.run()
@@ -208,7 +210,9 @@ def _host(market: str, unit: str, port: int, options: dict[str, Any], start: str
     try:
         ws.con()  # open (and migrate) the store now: it is this process's until the TUI quits
         factory = partial(hosted_session, ws, market, unit, **options)
-        app = UpquantApp(None, market, unit, session_factory=factory, facade=ws, start=start)
+        app = UpquantApp(
+            None, market, unit, session_factory=factory, facade=ws, start=start, warm=True
+        )
         info = asyncio.run(run_hosted(app, ws, port))
     finally:
         stop_workstation(ws)

@@ -181,3 +181,34 @@ async def test_the_benchmarks_probe_says_ready_and_each_switch(frozen_app, tmp_p
     said = [line.split(" ", 1)[1] for line in probe.read_text().splitlines()]
     assert said[0].startswith("ready chart ") and said[0].endswith(" candles")
     assert said[1:] == ["shown models", "shown chart"]
+
+
+async def test_warm_builds_every_screen_in_the_background_suspended(frozen_app, monkeypatch):
+    """warm=True (what `upquant tui` runs): after the start every other screen is built, one
+    at a time, and left hidden (suspended); showing one then is a switch to the screen built,
+    not a build. The default (tests) builds a screen when it is first shown."""
+    import tui.app as app_module
+
+    monkeypatch.setattr(app_module, "WARM_AFTER_S", 0.05)
+    monkeypatch.setattr(app_module, "WARM_EVERY_S", 0.05)
+    app = frozen_app(start=CHART, warm=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        for _ in range(100):
+            if all(entry.name in app._screen_stacks for entry in ENTRIES):
+                break
+            await pilot.pause(0.05)
+        await settle(pilot)
+        assert {entry.name for entry in ENTRIES} <= set(app._screen_stacks)
+        assert app.current_mode == CHART
+        markets = app._screen_stacks["markets"][0]
+        assert markets.is_mounted and not markets.is_current
+        built = markets  # the same screen is shown: nothing built on the key
+        await pilot.press("1")
+        await settle(pilot)
+        assert app.screen is built
+    cold = frozen_app(start=CHART)  # the default (tests): built when first shown
+    async with cold.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.3)
+        assert set(cold._screen_stacks) == {CHART}
