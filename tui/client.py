@@ -54,6 +54,7 @@ class HttpWorkstation:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"server URL {url!r} is not http://HOST:PORT")
         self.url = url.rstrip("/")
+        self.token = token  # the bearer token (the events WebSocket needs it too)
         self._host, self._port = parts.hostname, parts.port or 80
         self._headers = {
             "Authorization": f"Bearer {token}",

@@ -136,12 +136,10 @@ LEVELS = ("info", "warning", "error")
 
 def _bearer(facade: Any) -> tuple[str, str] | None:
     """The server URL and token of an HttpWorkstation facade (None: not a server's client)."""
-    url = getattr(facade, "url", None)
-    headers = getattr(facade, "_headers", None)
-    if not isinstance(url, str) or not isinstance(headers, dict):
+    url, token = getattr(facade, "url", None), getattr(facade, "token", None)
+    if not isinstance(url, str) or not isinstance(token, str):
         return None
-    auth = str(headers.get("Authorization", ""))
-    return (url, auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+    return url, token
 
 
 async def follow_events(facade: Any, on_frame: Callable[[dict[str, Any]], None]) -> None:
