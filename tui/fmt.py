@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 KST = timezone(timedelta(hours=9), "KST")
 
 
 def as_datetime(ts: datetime | pd.Timestamp | str) -> datetime:
     """A timezone-aware datetime of `ts` (naive values are UTC, as the store keeps them)."""
+    import pandas as pd  # here: the CLI imports this module for its number formats
+
     value = pd.Timestamp(ts)
     if value.tzinfo is None:
         value = value.tz_localize(UTC)
@@ -66,6 +70,21 @@ def fmt_pct(value: float | None, *, signed: bool = True, digits: int = 2) -> str
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value * 100:+.{digits}f}%" if signed else f"{value * 100:.{digits}f}%"
+
+
+def fmt_share(value: float | None) -> str:
+    """A fraction of a whole (a win rate, a drawdown) as an unsigned percentage."""
+    return fmt_pct(value, signed=False)
+
+
+def fmt_ratio(value: float | None) -> str:
+    """A ratio such as a Sharpe: two decimals."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def fmt_count(value: float | None) -> str:
+    """A count, whole, with separators."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:,.0f}"
 
 
 def fmt_age(then: datetime | pd.Timestamp | str | None, now: datetime) -> str:

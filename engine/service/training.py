@@ -119,7 +119,10 @@ class TrainResult(BaseModel):
     epochs: int
 
 
-class TrainStatus(Response):
+class RunFields(BaseModel):
+    """What a training run is (its status, progress, times, error): a job list's row and
+    the start of a run's whole status."""
+
     run: int
     status: RunStatus
     kind: str | None
@@ -129,6 +132,9 @@ class TrainStatus(Response):
     started: datetime | None
     finished: datetime | None
     error: str | None
+
+
+class TrainStatus(RunFields, Response):
     hint: str | None = None
     log: str | None
     checkpoint: str | None
@@ -165,16 +171,7 @@ class TrainRunsRequest(Request):
     active: bool = Field(default=False, description="Only the queued and running ones.")
 
 
-class RunSummary(BaseModel):
-    run: int
-    status: RunStatus
-    kind: str | None
-    market: str | None
-    unit: str | None
-    progress: float | None
-    started: datetime | None
-    finished: datetime | None
-    error: str | None
+class RunSummary(RunFields):
     model: str | None = Field(None, description="The model it registered (name@version).")
     resume: Literal["checkpoint", "restart"] | None = Field(
         None,

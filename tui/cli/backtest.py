@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tui.cli.options import JsonOpt, MarketArg, UnitOpt, parse_time, workstation
 from tui.cli.render import console, emit_json, styled, warn
+from tui.fmt import fmt_count, fmt_pct, fmt_ratio, fmt_share
 
 if TYPE_CHECKING:
     from engine.service.evaluation import BacktestResult
@@ -18,22 +19,6 @@ if TYPE_CHECKING:
 # engine.trading.backtest.DEFAULT_FEE (Upbit KRW, 0.05% per side); a literal keeps `--help` from
 # importing pandas. tests/test_backtest.py checks that the two agree.
 DEFAULT_FEE = 0.0005
-
-
-def _pct(value: float) -> str:
-    return f"{value:+.2%}"
-
-
-def _plain_pct(value: float) -> str:
-    return f"{value:.2%}"
-
-
-def _ratio(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def _count(value: float) -> str:
-    return f"{value:,.0f}"
 
 
 def _duration(iso: str) -> str:
@@ -46,20 +31,20 @@ def _duration(iso: str) -> str:
 
 # (metric key, row label, format); the order is the table's.
 ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
-    ("total_return", "total return", _pct),
-    ("cagr", "CAGR", _pct),
-    ("sharpe", "Sharpe (annualised)", _ratio),
-    ("sortino", "Sortino (annualised)", _ratio),
-    ("calmar", "Calmar", _ratio),
-    ("max_drawdown", "max drawdown", _plain_pct),
-    ("max_drawdown_candles", "max drawdown duration (candles)", _count),
+    ("total_return", "total return", fmt_pct),
+    ("cagr", "CAGR", fmt_pct),
+    ("sharpe", "Sharpe (annualised)", fmt_ratio),
+    ("sortino", "Sortino (annualised)", fmt_ratio),
+    ("calmar", "Calmar", fmt_ratio),
+    ("max_drawdown", "max drawdown", fmt_share),
+    ("max_drawdown_candles", "max drawdown duration (candles)", fmt_count),
     ("max_drawdown_time", "max drawdown duration (time)", _duration),
-    ("trades", "trades", _count),
-    ("win_rate", "win rate", _plain_pct),
-    ("avg_trade_return", "average trade return", _pct),
-    ("profit_factor", "profit factor", _ratio),
+    ("trades", "trades", fmt_count),
+    ("win_rate", "win rate", fmt_share),
+    ("avg_trade_return", "average trade return", fmt_pct),
+    ("profit_factor", "profit factor", fmt_ratio),
     ("turnover", "turnover (equity traded per year)", lambda v: f"{v:,.1f}×"),
-    ("exposure", "exposure (candles in position)", _plain_pct),
+    ("exposure", "exposure (candles in position)", fmt_share),
 ]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -26,16 +26,25 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
-from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Static
 
 from tui import messages
-from tui.fmt import KST, error_text, fmt_price, fmt_time, zone
+from tui.fmt import (
+    KST,
+    error_text,
+    fmt_count,
+    fmt_pct,
+    fmt_price,
+    fmt_ratio,
+    fmt_share,
+    fmt_time,
+    zone,
+)
+from tui.screens.base import StationScreen
 from tui.widgets.equity_plot import EquityPlot
 
 if TYPE_CHECKING:
     from engine.service.evaluation import BacktestRequest, BacktestResult
-    from tui.app import UpquantApp
 
 NARROW = 120  # below this many columns: fewer columns in the tables, two results shown
 DEFAULT_WHAT = "sma-cross"
@@ -43,34 +52,18 @@ DEFAULT_FEE = "0.0005"
 MAX_TRADES = 2000  # trade rows shown, newest kept
 
 
-def _pct(value: Any) -> str:
-    return f"{value:+.2%}"
-
-
-def _plain_pct(value: Any) -> str:
-    return f"{value:.2%}"
-
-
-def _ratio(value: Any) -> str:
-    return f"{value:.2f}"
-
-
-def _count(value: Any) -> str:
-    return f"{value:,.0f}"
-
-
 # (metric key, label, format, shown when narrow)
 METRICS: list[tuple[str, str, Callable[[Any], str], bool]] = [
-    ("total_return", "return", _pct, True),
-    ("sharpe", "Sharpe", _ratio, True),
-    ("max_drawdown", "max drawdown", _plain_pct, True),
-    ("win_rate", "win rate", _plain_pct, True),
-    ("trades", "trades", _count, True),
-    ("cagr", "CAGR", _pct, False),
-    ("sortino", "Sortino", _ratio, False),
-    ("profit_factor", "profit factor", _ratio, False),
-    ("avg_trade_return", "avg trade", _pct, False),
-    ("exposure", "exposure", _plain_pct, False),
+    ("total_return", "return", fmt_pct, True),
+    ("sharpe", "Sharpe", fmt_ratio, True),
+    ("max_drawdown", "max drawdown", fmt_share, True),
+    ("win_rate", "win rate", fmt_share, True),
+    ("trades", "trades", fmt_count, True),
+    ("cagr", "CAGR", fmt_pct, False),
+    ("sortino", "Sortino", fmt_ratio, False),
+    ("profit_factor", "profit factor", fmt_ratio, False),
+    ("avg_trade_return", "avg trade", fmt_pct, False),
+    ("exposure", "exposure", fmt_share, False),
 ]
 
 
@@ -145,7 +138,7 @@ def read_fee(text: str) -> float:
     return fee
 
 
-class BacktestScreen(Screen[None]):
+class BacktestScreen(StationScreen):
     """Form, equity plot, metrics and trades of one backtest (see the module docstring)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -231,11 +224,6 @@ class BacktestScreen(Screen[None]):
         width: 40;
     }
     """
-
-    @property
-    def station(self) -> UpquantApp:
-        """The app, as the workstation it is (facade, clock, zone)."""
-        return cast("UpquantApp", self.app)
 
     def __init__(self) -> None:
         super().__init__()
@@ -453,7 +441,7 @@ class BacktestScreen(Screen[None]):
         if not narrow:
             table.add_column("reason", key="reason")
         for trade in trades[-MAX_TRADES:]:
-            ret = "n/a" if trade.return_ is None else _pct(trade.return_)
+            ret = "n/a" if trade.return_ is None else fmt_pct(trade.return_)
             entry, exit_ = fmt_time(trade.entry_ts, utc=utc), fmt_time(trade.exit_ts, utc=utc)
             if narrow:
                 table.add_row(entry, exit_, ret)

@@ -25,23 +25,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from tui import messages
 from tui.fmt import error_text, fmt_age, fmt_krw, fmt_pct, fmt_price, fmt_time, zone
+from tui.screens.base import StationScreen
 from tui.widgets.sparkline import sparkline
 
 if TYPE_CHECKING:
     from engine.service.board import BoardRow, MarketBoard
-    from tui.app import UpquantApp
 
 POLL_S = 1.0  # the board is asked for this often while the screen is shown
 REFRESH_S = 1.0  # the table takes what changed at most this often
@@ -126,7 +125,7 @@ class BoardTable(DataTable[Any], inherit_bindings=False):
     ]
 
 
-class MarketsScreen(Screen[None]):
+class MarketsScreen(StationScreen):
     AUTO_FOCUS = "#board"  # not the filter (hidden until `/`)
     DEFAULT_CSS = """
     MarketsScreen #board-filter { display: none; height: 3; }
@@ -166,11 +165,6 @@ class MarketsScreen(Screen[None]):
         self._error: str | None = None
         self._restore: str | None = None  # the cursor's market across a rebuild
         self._asking = False  # a poll is in flight
-
-    @property
-    def station(self) -> UpquantApp:
-        """The app, as the workstation it is (its facade, clock, zone, chart)."""
-        return cast("UpquantApp", self.app)
 
     @property
     def favourites(self) -> Favourites:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -28,16 +28,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tui import messages
 from tui.fmt import error_text, fmt_age, fmt_pct, fmt_time, zone
+from tui.screens.base import StationScreen
 
 if TYPE_CHECKING:
     from engine.service.monitoring import DriftAnswer
     from engine.service.registry import AliasHistory, ModelSummary
-    from tui.app import UpquantApp
 
 NARROW = 120  # below this many columns: fewer table columns, the panel under the table
 HISTORY = 50  # alias moves shown per market/unit
@@ -226,7 +226,7 @@ class TableScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class ModelsScreen(Screen[None]):
+class ModelsScreen(StationScreen):
     """The registry and its actions (see the module docstring)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -284,11 +284,6 @@ class ModelsScreen(Screen[None]):
         padding: 0;
     }
     """
-
-    @property
-    def station(self) -> UpquantApp:
-        """The app, as the workstation it is (facade, clock, zone)."""
-        return cast("UpquantApp", self.app)
 
     def __init__(self) -> None:
         super().__init__()

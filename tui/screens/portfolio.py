@@ -10,7 +10,7 @@ Paper only: nothing here sends an order anywhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -18,16 +18,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 
 from tui import messages
 from tui.fmt import error_text, fmt_krw, fmt_pct, fmt_price, fmt_time
+from tui.screens.base import StationScreen
 
 if TYPE_CHECKING:
     from engine.service.paper import PaperBook
-    from tui.app import UpquantApp
 
 REFRESH_S = 2.0
 ACCOUNTS = ("live", "replay")
@@ -45,7 +44,7 @@ def _units(units: float) -> str:
     return f"{units:,.8f}".rstrip("0").rstrip(".")
 
 
-class PortfolioScreen(Screen[None]):
+class PortfolioScreen(StationScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "account", "Live/replay account"),
         Binding("r", "refresh", "Refresh"),
@@ -72,11 +71,6 @@ class PortfolioScreen(Screen[None]):
         self.narrow = False
         self._timer: Timer | None = None
         self._error: str | None = None  # the failure shown, told once
-
-    @property
-    def station(self) -> UpquantApp:
-        """The app, as the workstation it is (its facade, clock, zone)."""
-        return cast("UpquantApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield Header()

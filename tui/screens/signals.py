@@ -18,14 +18,13 @@ time in KST (UTC on the app's `u` key).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.events import Resize
-from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
@@ -33,11 +32,9 @@ from engine.trading.strategies import Signal
 from tui import messages
 from tui.eventlog import EventDigest, EventLine, follow_events
 from tui.fmt import error_text, fmt_time
+from tui.screens.base import StationScreen
 from tui.widgets.event_log import EventLog
 from tui.widgets.signal_log import Key, SignalLog, SignalRow
-
-if TYPE_CHECKING:
-    from tui.app import UpquantApp
 
 MAX_ROWS = 5_000  # signals kept (and held while paused)
 TABLE_ROWS = 1_000  # the newest of them that match the filters, in the table
@@ -47,7 +44,7 @@ SOURCES = (None, "model", "rule")
 WIDE = (140, 40)  # from this size on the log pane gets more room
 
 
-class SignalsScreen(Screen[None]):
+class SignalsScreen(StationScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "search", "Search", key_display="/"),
         Binding("m", "market", "Market filter"),
@@ -84,11 +81,6 @@ class SignalsScreen(Screen[None]):
         self._server_mode: str | None = None  # the server session's mode, from its events
         self._search_timer: Timer | None = None
         self._follower: asyncio.Task[None] | None = None
-
-    @property
-    def station(self) -> UpquantApp:
-        """The app, as the workstation it is (its facade, clock, session view)."""
-        return cast("UpquantApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield Header()

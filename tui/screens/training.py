@@ -16,14 +16,14 @@ shows the form in their place (Esc from the form, or starting a job, brings them
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import Button, DataTable, Footer, Header, ProgressBar, Static
 from textual.widgets.data_table import ColumnKey
@@ -38,11 +38,9 @@ from engine.service.training import (
 )
 from tui import messages
 from tui.fmt import as_datetime, error_text, fmt_time, zone
+from tui.screens.base import StationScreen
 from tui.widgets.curve_plot import CurvePlot, is_loss
 from tui.widgets.train_form import TrainForm
-
-if TYPE_CHECKING:
-    from tui.app import UpquantApp
 
 POLL_S = 1.0  # how often the job list is asked for while a job is queued or running
 LIST_LIMIT = 100  # runs listed (newest first)
@@ -169,7 +167,7 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class TrainingScreen(Screen[None]):
+class TrainingScreen(StationScreen):
     """Training jobs (see the module docstring)."""
 
     DEFAULT_CSS = """
@@ -239,11 +237,6 @@ class TrainingScreen(Screen[None]):
         self.bar = ProgressBar(total=100, show_eta=False, id="run-progress")
         self.plot = CurvePlot(id="curves")
         self.polling = False  # whether the job list is being asked for every POLL_S
-
-    @property
-    def station(self) -> UpquantApp:
-        """The workstation app (its facade, clock and zone)."""
-        return cast("UpquantApp", self.app)
 
     def compose(self) -> ComposeResult:
         yield Header()
