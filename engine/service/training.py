@@ -134,6 +134,22 @@ class RunFields(BaseModel):
     error: str | None
 
 
+def _run_fields(run: Any, job: Any, status: str) -> dict[str, Any]:
+    """A stored run's RunFields, the job's own failure message first (the row keeps only
+    its type)."""
+    return {
+        "run": run.id,
+        "status": status,
+        "kind": run.kind,
+        "market": run.market,
+        "unit": run.unit,
+        "progress": run.progress,
+        "started": run.started,
+        "finished": run.finished,
+        "error": job.error if job is not None and job.error else run.error,
+    }
+
+
 class TrainStatus(RunFields, Response):
     hint: str | None = None
     log: str | None
@@ -400,16 +416,7 @@ class TrainingOps(StoreHolder):
         )
         model = get_model(self.con(), run.model_id) if run.model_id is not None else None
         return TrainStatus(
-            run=run.id,
-            status=_job_status(run.status, job),
-            kind=run.kind,
-            market=run.market,
-            unit=run.unit,
-            progress=run.progress,
-            started=run.started,
-            finished=run.finished,
-            # the failure's own message (the row keeps its type too)
-            error=job.error if job is not None and job.error else run.error,
+            **_run_fields(run, job, _job_status(run.status, job)),
             hint=job.hint if job is not None else None,
             log=run.log,
             checkpoint=run.checkpoint,
@@ -501,15 +508,7 @@ class TrainingOps(StoreHolder):
                 resume = "checkpoint" if run.kind in TORCH_KINDS else "restart"
             out.append(
                 RunSummary(
-                    run=run.id,
-                    status=status,
-                    kind=run.kind,
-                    market=run.market,
-                    unit=run.unit,
-                    progress=run.progress,
-                    started=run.started,
-                    finished=run.finished,
-                    error=job.error if job is not None and job.error else run.error,
+                    **_run_fields(run, job, status),
                     model=refs.get(run.model_id) if run.model_id is not None else None,
                     resume=resume,
                     phases=_phases(job),
