@@ -36,6 +36,10 @@ from store.candles import CANDLE_COLUMNS, last_ts_by_market, upsert_candles
 
 CLOSE_GRACE_S = 3.0  # a quiet market's candle closes this long after its bucket ends
 FLUSH_INTERVAL_S = 0.25
+# The periodic candle write waits (at most this long) while a candle's decision is due or
+# running: its upsert holds the GIL for ~8 ms, and a pass that overlaps it waits that long.
+HOLD_MAX_S = 2.0
+HOLD_POLL_S = 0.005
 WATCH_TYPES = ("trade", "ticker")
 # Error frames that a new connection would only repeat: the subscription itself is wrong.
 FATAL_REFUSALS = {"NO_TICKET", "NO_TYPE", "NO_CODES", "INVALID_PARAM", "WRONG_FORMAT"}
@@ -82,8 +86,10 @@ class CandleWriter:
         interval: float = FLUSH_INTERVAL_S,
         max_rows: int = 5000,
         clock: Callable[[], float] = time.time,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.con = con
+        self.hold = hold  # True: a decision is due or running, the periodic write waits
         self.stats = stats
         self.interval = interval
         self.max_rows = max_rows
@@ -173,10 +179,16 @@ class CandleWriter:
         self._rows = {key: row for key, row in self._rows.items() if key[2] >= until}
 
     async def run(self, on_error: Callable[[Exception], object] | None = None) -> None:
-        """Flush every `interval` seconds until cancelled; failures go to `on_error`."""
+        """Flush every `interval` seconds until cancelled; failures go to `on_error`. A flush
+        waits while `hold()` says a decision is due or running (HOLD_MAX_S at most): decisions
+        first, the candles a moment later."""
         failing = False
         while True:
             await asyncio.sleep(self.interval)
+            held = 0.0
+            while self.hold is not None and held < HOLD_MAX_S and self.hold():
+                await asyncio.sleep(HOLD_POLL_S)
+                held += HOLD_POLL_S
             try:
                 await self.flush_off_loop()
                 failing = False
@@ -213,6 +225,7 @@ class LiveFeed:
         on_ticker: Callback | None = None,
         on_backfill: Callback | None = None,
         on_status: Callback | None = None,
+        busy: Callable[[], bool] | None = None,
         store: bool = True,
         flush_interval: float = FLUSH_INTERVAL_S,
         backfill: bool = True,
@@ -249,7 +262,13 @@ class LiveFeed:
         self.rest_url = rest_url
         self.limiter = limiter
         self.stats = FeedStats()
-        self.writer = CandleWriter(con, self.stats, interval=flush_interval, clock=clock)
+        # decisions first: the periodic write waits while a close is due, its callbacks run,
+        # or `busy()` (the engine deciding a pass it was handed) says so
+        self.busy = busy
+        self._closing = 0  # closed candles whose on_closed callback has not returned yet
+        self.writer = CandleWriter(
+            con, self.stats, interval=flush_interval, clock=clock, hold=self._deciding
+        )
         self.forming: dict[str, dict[str, Any]] = {}
         self.last_closed: dict[str, pd.Timestamp] = {}
         self.last_seen: dict[str, pd.Timestamp] = {}  # newest candle ts seen per market
@@ -449,7 +468,21 @@ class LiveFeed:
 
     def _close(self, market: str, candle: dict[str, Any]) -> None:
         self.last_closed[market] = candle["ts"]
+        if self._callbacks["closed"] is not None:
+            self._closing += 1
         self._emit("closed", candle)
+
+    def _deciding(self) -> bool:
+        """A decision is running or due: a closed candle's callback has not returned, the
+        engine is deciding (`busy`), or a forming candle's bucket has ended (its close comes
+        with the next frame or the clock)."""
+        if self._closing or (self.busy is not None and self.busy()):
+            return True
+        now = self._clock()
+        return any(
+            candle["ts"].value / 1e9 + self._widths[market] <= now
+            for market, candle in self.forming.items()
+        )
 
     async def _close_by_clock(self) -> None:
         """Close candles of quiet markets once their bucket ended `grace` seconds ago."""
@@ -553,6 +586,8 @@ class LiveFeed:
                         "status", f"{kind} callback failed: {type(exc).__name__}: {exc}", "error"
                     )
             finally:
+                if kind == "closed":
+                    self._closing -= 1
                 self._events.task_done()
 
     async def drain(self) -> None:

@@ -248,6 +248,11 @@ class MarketsEngine:
                 # (a failed signal write keeps its signals buffered: the next write has them)
                 self.publish(StatusEvent(f"a pass failed: {type(exc).__name__}: {exc}", "error"))
 
+    @property
+    def busy(self) -> bool:
+        """Candles are queued or a pass runs (the feed's periodic write waits meanwhile)."""
+        return bool(self._queued) or (self._task is not None and not self._task.done())
+
     async def drain(self) -> None:
         """Wait until every submitted candle is decided."""
         while self._task is not None and not self._task.done():

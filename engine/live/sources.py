@@ -143,6 +143,7 @@ async def upbit_live_markets(
         grace=CLOSE_GRACE_S if grace is None else grace,
         on_update=update,
         on_closed=engine.submit,
+        busy=lambda: engine.busy,
         on_backfill=reprime,
         on_status=lambda text, level: engine.publish(
             StatusEvent(text, level, connected=feed.connected)

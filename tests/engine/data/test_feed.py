@@ -540,3 +540,43 @@ async def test_markets_at_their_own_units_share_one_connection(con) -> None:
     assert len(load_candles(con, "KRW-BBB", "60")) == 1
     assert load_candles(con, "KRW-BBB", "1").empty
     assert len(load_candles(con, "KRW-AAA", "1")) == 2
+
+
+async def test_the_periodic_write_waits_while_a_decision_is_due_or_running(
+    con, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decisions first: while a closed candle's callback runs (or the engine says it is busy,
+    or a forming candle's bucket has ended) the writer's periodic upsert waits, then writes;
+    never longer than HOLD_MAX_S."""
+    monkeypatch.setattr(feed_module, "HOLD_MAX_S", 0.5)
+    clock = Clock(T0 + pd.Timedelta(seconds=5))
+    release = asyncio.Event()
+    deciding: list[bool] = []
+
+    async def decide(candle: dict[str, Any]) -> None:
+        deciding.append(feed.writer.hold())
+        await release.wait()
+
+    busy = [False]
+    feed = LiveFeed(
+        con, ["KRW-AAA"], "1", on_closed=decide, clock=clock, flush_interval=0.02,
+        busy=lambda: busy[0], backfill=False,
+    )  # fmt: skip
+    candles = candles_of("KRW-AAA", T0, 2)
+    tasks = [asyncio.create_task(feed._deliver_events()), asyncio.create_task(feed.writer.run())]
+    feed.on_frame(candle_frame("KRW-AAA", candles.iloc[0], "1"))
+    await until(lambda: feed.stats.rows_written == 1)  # nothing due: written at once
+    clock.set(T0 + pd.Timedelta(seconds=61))  # the bucket ended: its close is due
+    assert feed.writer.hold()
+    feed.on_frame(candle_frame("KRW-AAA", candles.iloc[1], "1"))  # closes the first
+    await until(lambda: deciding == [True])
+    await asyncio.sleep(0.2)  # ten intervals: the next candle's state waits
+    assert feed.stats.rows_written == 1
+    release.set()
+    await until(lambda: feed.stats.rows_written == 2)
+    busy[0] = True  # the engine deciding a pass it was handed: held, at most HOLD_MAX_S
+    feed.on_frame(candle_frame("KRW-AAA", {**candles.iloc[1], "close": 1.0}, "1"))
+    await asyncio.sleep(0.2)
+    assert feed.stats.rows_written == 2
+    await until(lambda: feed.stats.rows_written == 3, timeout=2.0)
+    await asyncio.gather(*(stop(t) for t in tasks))
