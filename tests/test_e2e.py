@@ -15,6 +15,7 @@ from tests.fake_upbit import FakeUpbit, load_csv_candles
 from tests.tui.test_cli import upquant
 from tests.tui.test_tui import settle
 from tui.app import UpquantApp
+from tui.fmt import fmt_time
 from tui.widgets import PredictionPanel, SessionBanner, SignalLog
 
 ROWS = 1500
@@ -60,7 +61,7 @@ async def test_fetch_train_replay_and_show(tmp_path: Path, monkeypatch: pytest.M
         log = app.screen.query_one(SignalLog)
         assert log.row_count == min(replayed, SignalLog.MAX_ROWS)
         newest = stored.iloc[-1]
-        assert log.get_row_at(log.row_count - 1)[0] == newest["ts"].strftime("%H:%M")
+        assert log.get_row_at(log.row_count - 1)[0] == fmt_time(newest["ts"], fmt="%H:%M")  # KST
         assert str(log.get_row_at(log.row_count - 1)[1]) == newest["action"]
         assert str(log.get_row_at(log.row_count - 1)[3]) == report["model"]
         panel = app.screen.query_one(PredictionPanel)
