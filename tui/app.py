@@ -154,10 +154,26 @@ class UpquantApp(App[None]):
             self._listeners.append(screen)
 
     def deliver(self, message: Message) -> None:
-        """Post one session message to the chart screen and every listening screen."""
-        self.chart_screen.post_message(message)
+        """Post one session message to the chart screen (unless it is about another market
+        than the one it draws: with 200 live markets those are most, and each costs the
+        screen a dispatch) and to every listening screen."""
+        if not self._elsewhere(message):
+            self.chart_screen.post_message(message)
         for screen in self._listeners:
             screen.post_message(copy.copy(message))
+
+    def _elsewhere(self, message: Message) -> bool:
+        """A candle or signal of a market other than the chart's, once its session runs."""
+        chart = self.chart_screen
+        if chart.view is None:
+            return False  # the chart's market may still become the session's
+        if isinstance(message, messages.FormingCandle | messages.CandleClosed):
+            market = message.candle.get("market")
+        elif isinstance(message, messages.SignalReceived):
+            market = message.signal.market
+        else:
+            return False
+        return market is not None and market != chart.market
 
     def on_mount(self) -> None:
         self.run_worker(self._run_session(), name="session", group="session", exclusive=True)
