@@ -232,6 +232,12 @@ def _stream(tui: Terminal, quick: bool) -> list[Row]:
         ),
     ]
     rows.append(("  median by the screen switched to, ms", medians, "-", None))
+    worst = sorted(
+        ((ms, mode) for mode, values in by_screen.items() for ms in values), reverse=True
+    )[:4]
+    rows.append(
+        ("  the slowest switches, ms", ", ".join(f"{m} {ms:.0f}" for ms, m in worst), "-", None)
+    )
     if missed:
         rows.append(("keys a text field took (no switch in 5 s)", " ".join(missed), "none", False))
     return rows
