@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -228,6 +228,20 @@ def frozen_app(frozen_ws: Any) -> Callable[..., Any]:
         return UpquantApp(None, start=start, **kw)
 
     return make
+
+
+@contextlib.asynccontextmanager
+async def served(ws: Any, scope: str, name: str) -> AsyncIterator[Any]:
+    """`ws` served on 127.0.0.1 (a real server, port 0) and an HttpWorkstation client of it
+    with a new `scope` token named `name`: the facade an attached TUI has."""
+    from engine.server.runner import listening
+    from store.tokens import create_token
+    from tui.client import HttpWorkstation
+
+    token = create_token(ws.con(), name, scope)[1]
+    async with listening(ws, "127.0.0.1", 0) as info:
+        with HttpWorkstation(info.url, token) as facade:
+            yield facade
 
 
 async def settle(pilot: Pilot[Any]) -> None:

@@ -10,12 +10,8 @@ from datetime import UTC, datetime, timedelta
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
-from engine.server.runner import listening
 from engine.service.registry import AliasHistoryRequest, ModelListRequest
-from store.tokens import create_token
-from tests.tui.screens.conftest import FROZEN_NOW, MARKET, UNIT, frozen_session, settle
-from tui.app import UpquantApp
-from tui.client import HttpWorkstation
+from tests.tui.screens.conftest import MARKET, UNIT, served, settle
 from tui.screens.backtest import BacktestScreen
 from tui.screens.models import (
     ConfirmScreen,
@@ -152,29 +148,21 @@ def test_next_retrain_and_drift_read_the_schedule_and_the_events():
     assert next_retrain(state, now, utc=True) == "due"
 
 
-async def test_attached_to_a_real_server_it_promotes_and_backtests_over_http(frozen_ws):
+async def test_attached_to_a_real_server_it_promotes_and_backtests_over_http(frozen_ws, frozen_app):
     """The same screens with the facade an attached TUI has (HttpWorkstation): the registry,
     a promotion (a write-scope token) and a backtest whose equity crossed the wire."""
-    token = create_token(frozen_ws.con(), "models-screen", "write")[1]
-    async with listening(frozen_ws, "127.0.0.1", 0) as info:
-        with HttpWorkstation(info.url, token) as facade:
-            app = UpquantApp(
-                None,
-                session_factory=frozen_session(frozen_ws),
-                facade=facade,
-                clock=lambda: FROZEN_NOW,
-                start="models",
-            )
-            async with app.run_test(size=(80, 24)) as pilot:
-                await _select(pilot, CHALLENGER)
-                await pilot.press("p", "y")
-                await settle(pilot)
-                assert _champion(frozen_ws) == CHALLENGER
-                assert _history(app.screen)[0][1:3] == ["champ", CHALLENGER]  # narrow
-                await pilot.press("b", "ctrl+r")
-                await settle(pilot)
-                backtest = app.screen
-                assert isinstance(backtest, BacktestScreen) and backtest.result is not None
-                answer = frozen_ws.backtest(backtest.request)
-                assert backtest.result == answer and backtest.request.model == CHALLENGER
-                assert backtest.query_one(EquityPlot).ts == answer.equity.ts
+    async with served(frozen_ws, "write", "models-screen") as facade:
+        app = frozen_app(start="models", facade=facade)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _select(pilot, CHALLENGER)
+            await pilot.press("p", "y")
+            await settle(pilot)
+            assert _champion(frozen_ws) == CHALLENGER
+            assert _history(app.screen)[0][1:3] == ["champ", CHALLENGER]  # narrow
+            await pilot.press("b", "ctrl+r")
+            await settle(pilot)
+            backtest = app.screen
+            assert isinstance(backtest, BacktestScreen) and backtest.result is not None
+            answer = frozen_ws.backtest(backtest.request)
+            assert backtest.result == answer and backtest.request.model == CHALLENGER
+            assert backtest.query_one(EquityPlot).ts == answer.equity.ts

@@ -16,14 +16,11 @@ from textual.pilot import Pilot
 
 from engine.live.engine import SignalEvent
 from engine.live.session import Session, open_session
-from engine.server.runner import listening
 from engine.service.events import engine_event, job_event
 from engine.service.stored import SignalsRequest
 from engine.trading.strategies import Signal
-from store.tokens import create_token
-from tests.tui.screens.conftest import APP_REPLAYED, FROZEN_NOW, frozen_session, settle
+from tests.tui.screens.conftest import APP_REPLAYED, frozen_session, served, settle
 from tui.app import UpquantApp
-from tui.client import HttpWorkstation
 from tui.screens.signals import SignalsScreen
 from tui.widgets.event_log import EventLog
 from tui.widgets.signal_log import SignalLog
@@ -206,47 +203,39 @@ async def test_a_watchlists_signals_carry_each_markets_unit(frozen_app, frozen_w
         assert {(r.signal.market, r.unit) for r in mine} == {("KRW-BTC", "1"), ("KRW-ETH", "60")}
 
 
-async def test_the_log_follows_a_real_servers_events(frozen_ws):
+async def test_the_log_follows_a_real_servers_events(frozen_ws, frozen_app):
     """Attached to a real server: its stored signals over HTTP, its events (a training job,
     a feed's status) over the events WebSocket; a job's progress logged once per status."""
-    token = create_token(frozen_ws.con(), "signals-screen", "read")[1]
-    async with listening(frozen_ws, "127.0.0.1", 0) as info:
-        with HttpWorkstation(info.url, token) as facade:
-            app = UpquantApp(
-                None,
-                session_factory=frozen_session(frozen_ws),
-                facade=facade,
-                clock=lambda: FROZEN_NOW,
-                start="signals",
+    async with served(frozen_ws, "read", "signals-screen") as facade:
+        app = frozen_app(start="signals", facade=facade)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot)
+            assert _log(app).kept == 400
+            await until(
+                pilot,
+                lambda: any("following the events of the server" in e for e in _events(app)),
+                "the hello",
             )
-            async with app.run_test(size=(160, 48)) as pilot:
-                await settle(pilot)
-                assert _log(app).kept == 400
-                await until(
-                    pilot,
-                    lambda: any("following the events of the server" in e for e in _events(app)),
-                    "the hello",
-                )
-                for event in (
-                    job_event(7, "running", 0.1),
-                    job_event(7, "running", 0.5),
-                    {
-                        "type": "status",
-                        "text": "feed 1: streaming 2 markets 1m",
-                        "level": "info",
-                        "connected": None,
-                        "feed": 1,
-                    },
-                    job_event(7, "failed", None, "out of memory"),
-                ):
-                    frozen_ws.publish_event(event)
-                await until(pilot, lambda: "job error" in " ".join(_events(app)), "the job's end")
-                lines = [e for e in _events(app) if e.startswith(("job", "feed"))]
-                assert lines == [
-                    "job info training run 7 running",
-                    "feed info feed 1: streaming 2 markets 1m",
-                    "job error training run 7 failed: out of memory",
-                ]
+            for event in (
+                job_event(7, "running", 0.1),
+                job_event(7, "running", 0.5),
+                {
+                    "type": "status",
+                    "text": "feed 1: streaming 2 markets 1m",
+                    "level": "info",
+                    "connected": None,
+                    "feed": 1,
+                },
+                job_event(7, "failed", None, "out of memory"),
+            ):
+                frozen_ws.publish_event(event)
+            await until(pilot, lambda: "job error" in " ".join(_events(app)), "the job's end")
+            lines = [e for e in _events(app) if e.startswith(("job", "feed"))]
+            assert lines == [
+                "job info training run 7 running",
+                "feed info feed 1: streaming 2 markets 1m",
+                "job error training run 7 failed: out of memory",
+            ]
 
 
 async def test_the_table_shows_the_newest_matching_rows_of_those_kept():
