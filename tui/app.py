@@ -128,10 +128,6 @@ class UpquantApp(App[None]):
     def get_default_screen(self) -> MainScreen:
         return self.chart_screen
 
-    @property
-    def main_screen(self) -> MainScreen:
-        return self.chart_screen
-
     def now(self) -> datetime:
         """The time screens compute ages and ranges from (frozen in snapshot tests)."""
         return self._clock() if self._clock is not None else datetime.now(UTC)
