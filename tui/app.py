@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,11 @@ PROBE_ENV = "UPQUANT_TUI_READY"  # a file: "EPOCH ready ..." and "EPOCH shown MO
 PROBE_S = 0.01  # how often the probe looks for the first useful screen
 WARM_AFTER_S = 1.0  # the screens not shown yet are built this long after the start
 WARM_EVERY_S = 0.3  # ... one at a time, this far apart
+SETTLE_EVERY_S = 30.0  # the heap is settled this often (young objects collected, then frozen)
+SETTLE_QUIET_S = 2.0  # ... when no key or click came this long
+FULL_EVERY_S = 600.0  # a full collection (frozen objects too), when quiet this long
+FULL_QUIET_S = 5.0
+FULL_AFTER = 1000  # middle-generation collections before Python's own full one (default 10)
 
 # a session opened in process (the TUI drives its feed), or any other view of one
 SessionFactory = Callable[[], Awaitable["Session | SessionView"]]
@@ -119,6 +125,8 @@ class UpquantApp(App[None]):
         self._shown: list[str] = []  # the screens shown before, for Esc
         # the benchmark's probe: a file the app appends to when it is ready, and on switches
         self._probe = os.environ.get(PROBE_ENV) or None
+        self._input_at = time.monotonic()  # the last key or click (the heap is settled when quiet)
+        self._full_at = time.monotonic()  # the last full collection
         for entry in ENTRIES:
             if entry.name == CHART:
                 self.add_mode(CHART, lambda: self.chart_screen)  # the session's, made here
@@ -178,7 +186,12 @@ class UpquantApp(App[None]):
         if self._probe is not None:
             self._ready_timer = self.set_interval(PROBE_S, self._check_ready)
         if self.warm:
-            self.set_timer(WARM_AFTER_S, self._warm_next)
+            self.set_timer(WARM_AFTER_S, self._warm_start)
+
+    def _warm_start(self) -> None:
+        self._built = asyncio.Event()  # every screen built
+        self.run_worker(self._warm_kernels(), name="warm kernels", group="warm")
+        self._warm_next()
 
     def _warm_next(self) -> None:
         """Build the next screen not shown yet, one per WARM_EVERY_S while the user looks at
@@ -191,9 +204,52 @@ class UpquantApp(App[None]):
             if entry.name not in self._screen_stacks:
                 # Textual has no public "build a mode's screen without showing it"
                 self._init_mode(entry.name)
-                self._screen_stacks[entry.name][0].post_message(events.ScreenSuspend())
+                screen = self._screen_stacks[entry.name][0]
+                screen.post_message(events.ScreenSuspend())
+                # its widgets take the stylesheet as they mount; without this, showing it the
+                # first time would re-parse and re-apply the app's whole CSS (~50 ms)
+                screen._css_update_count = self._css_update_count
                 self.set_timer(WARM_EVERY_S, self._warm_next)
                 return
+        self._built.set()
+
+    async def _warm_kernels(self) -> None:
+        """Load the chart's indicator kernels (numba's cached machine code: ~0.3 s the first
+        time) off the event loop while the screens are built, then settle the heap: what the
+        start built is kept for the session, and a full collection walking it later would
+        pause keys for 100-200 ms."""
+        from tui.widgets.chart_overlays import warm
+
+        await asyncio.to_thread(warm)
+        await self._built.wait()
+        settle_heap()
+        # a full collection by itself only after FULL_AFTER young collections (~1 min of a
+        # 200-market stream at 60x the live rate), not every ~0.5 s: the settles below do it
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_AFTER)
+        self.set_interval(SETTLE_EVERY_S, self._settle)
+        self._probe_line("warmed")
+
+    def _settle(self) -> None:
+        """Every SETTLE_EVERY_S, when the user is not typing: collect what is garbage among
+        the objects made since the last settle (a short pause: only those are walked) and
+        freeze the rest; every FULL_EVERY_S, when quiet longer, a full collection (frozen
+        objects too: a reference cycle among them that became garbage is freed there)."""
+        now = time.monotonic()
+        quiet = now - self._input_at
+        if quiet >= FULL_QUIET_S and now - self._full_at >= FULL_EVERY_S:
+            self._full_at = now
+            gc.unfreeze()
+            settle_heap()
+        elif quiet >= SETTLE_QUIET_S:
+            settle_heap()
+
+    async def on_event(self, event: Any) -> None:
+        from textual import events
+
+        if isinstance(event, events.Key | events.MouseDown):
+            self._input_at = time.monotonic()
+        await super().on_event(event)
 
     # --- the benchmark's probe (scripts/bench_tui.py) ----------------------------------------
 
@@ -206,6 +262,8 @@ class UpquantApp(App[None]):
     def _check_ready(self) -> None:
         """Once the first useful screen is drawn (the chart with candles, a table with rows),
         say so in the probe file."""
+        if self.current_mode != self.start:
+            return  # the screen it starts with is not shown yet
         what = useful(self.screen)
         if what is not None:
             self._ready_timer.stop()
@@ -325,16 +383,26 @@ class NoFacade(Exception):
         self.hint = hint
 
 
+def settle_heap() -> None:
+    """Collect what is garbage now and move what survives out of the cyclic GC's reach
+    (`gc.freeze`, as engine/live/predictor.py does after a model load): a full collection of
+    the TUI's heap (its modules, every screen's widgets, the tables' rows) takes 100-200 ms,
+    and a key pressed then waits for it. Frozen objects are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
 def useful(screen: Screen[Any]) -> str | None:
     """What makes `screen` useful once drawn: a chart with candles, a table with rows."""
     from textual.widgets import DataTable
 
     from tui.widgets import CandleChart
+    from tui.widgets.board_table import BoardTable
 
     for chart in screen.query(CandleChart):
         if chart.bars:
             return f"{len(chart.bars)} candles"
-    for table in screen.query(DataTable):
+    for table in [*screen.query(DataTable), *screen.query(BoardTable)]:
         if table.row_count:
             return f"{table.row_count} rows"
     return None

@@ -6,9 +6,10 @@ decision (action, confidence, model or rule), the paper position and a drift bad
 
 Updates are coalesced: the board is polled about once a second in a worker, and the session's
 signals and closed candles patch the rows they are about as they come; all of it lands in
-`_rows`, and a timer applies what changed to the table at most once per `REFRESH_S`
-(`DataTable.update_cell` for the cells that differ; rows added or removed only when the set
-of markets shown changes), so 200 live markets never flood the screen. The cursor stays on
+`_rows`, and a timer applies what changed to the table at most once per `REFRESH_S` (cells
+made again only for the rows that changed), so 200 live markets never flood the screen. The
+table is the project's BoardTable (tui/widgets/board_table.py): drawing it costs a few ms,
+where a DataTable re-rendered every visible cell on any change (~50 ms, keys waiting). The cursor stays on
 its market and the filter stays across updates.
 
 Keys: `/` filters (market, action or source; `Esc` clears), `s` cycles the sort column and
@@ -32,11 +33,12 @@ from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import Footer, Header, Input, Static
 
 from tui import messages
 from tui.fmt import error_text, fmt_age, fmt_krw, fmt_pct, fmt_price, fmt_time, zone
 from tui.screens.base import StationScreen
+from tui.widgets.board_table import BoardColumn, BoardTable
 from tui.widgets.sparkline import sparkline
 
 if TYPE_CHECKING:
@@ -114,17 +116,6 @@ class Favourites:
         return market in self.markets
 
 
-class BoardTable(DataTable[Any], inherit_bindings=False):
-    """The board: a DataTable whose Enter is the screen's (open the chart), so the footer
-    names it whichever widget has the focus."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        binding
-        for binding in DataTable.BINDINGS
-        if not (isinstance(binding, Binding) and binding.key == "enter")
-    ]
-
-
 class MarketsScreen(StationScreen):
     AUTO_FOCUS = "#board"  # not the filter (hidden until `/`)
     DEFAULT_CSS = """
@@ -155,8 +146,7 @@ class MarketsScreen(StationScreen):
         self._favourites = favourites
         self.board: MarketBoard | None = None
         self._rows: dict[str, BoardRow] = {}  # every market the board or the session gave
-        self._shown: dict[str, tuple[Any, ...]] = {}  # the cells the table holds, per market
-        self._drawn: dict[str, tuple[Any, ...]] = {}  # what they were made of
+        self._drawn: dict[str, tuple[Any, ...]] = {}  # what each row's cells were made of
         self._dirty = False
         self._wide: bool | None = None
         self.sort_key = "market"
@@ -176,15 +166,15 @@ class MarketsScreen(StationScreen):
         yield Header()
         yield Input(placeholder="filter: market, action or source", id="board-filter")
         with Horizontal(id="board-body"):
-            yield BoardTable(id="board", cursor_type="row", zebra_stripes=True)
+            yield BoardTable(id="board")
             yield Static(id="board-panel")
         yield Static(id="board-detail")
         yield Static(id="board-status")
         yield Footer()
 
     @property
-    def table(self) -> DataTable[Any]:
-        return self.query_one("#board", DataTable)
+    def table(self) -> BoardTable:
+        return self.query_one("#board", BoardTable)
 
     @property
     def filter_text(self) -> str:
@@ -291,34 +281,21 @@ class MarketsScreen(StationScreen):
         cursor = self._cursor_market()
         wanted = self._ordered()
         wanted_set = set(wanted)
-        for market in [m for m in self._shown if m not in wanted_set]:
+        for market in [m for m in self._drawn if m not in wanted_set]:
             table.remove_row(market)
-            del self._shown[market]
-            self._drawn.pop(market, None)
-        keys = [c.key for c in self._columns()]
+            del self._drawn[market]
         minute = self.station.now().replace(second=0, microsecond=0)  # the drift badge's age
         starred = self.favourites.markets
         for market in wanted:
             row = self._rows[market]
             drawn = (row, market in starred, minute)
-            if self._drawn.get(market) == drawn and market in self._shown:
-                continue  # a row the same as drawn: no cells made (most rows, most polls)
-            cells = self._cells(row)
-            shown = self._shown.get(market)
-            if shown is None:
-                table.add_row(*cells, key=market)
-            else:
-                for key, old, new in zip(keys, shown, cells, strict=True):
-                    if old != new:
-                        table.update_cell(market, key, new)
-            self._shown[market], self._drawn[market] = cells, drawn
-        order = [str(row.key.value) for row in table.ordered_rows]
-        if order != wanted:
-            rank = {market: i for i, market in enumerate(wanted)}
-            # the market cell: the star (or a space), the market's name, its unit if not the board's
-            table.sort("market", key=lambda cell: rank[cell.plain[1:].split(" ")[0]])
+            if self._drawn.get(market) != drawn:  # most rows, most polls: the same, no cells made
+                table.set_row(market, self._cells(row))
+                self._drawn[market] = drawn
+        if table.keys != wanted:
+            table.set_order(wanted)
         if cursor is not None and cursor in wanted_set:
-            table.move_cursor(row=table.get_row_index(cursor), animate=False)
+            table.move_to(cursor)
         self._detail()
         self._status()
 
@@ -327,13 +304,12 @@ class MarketsScreen(StationScreen):
 
     def _rebuild(self) -> None:
         """Columns anew (the width crossed WIDE): every row is added again at the next flush."""
-        table = self.table
         cursor = self._cursor_market()
-        table.clear(columns=True)
-        for column in self._columns():
-            width = self._trend_width() if column.key == "trend" else column.width
-            table.add_column(column.label, width=width, key=column.key)
-        self._shown, self._drawn = {}, {}
+        self.table.set_columns(
+            BoardColumn(c.key, c.label, self._trend_width() if c.key == "trend" else c.width)
+            for c in self._columns()
+        )
+        self._drawn = {}
         self._dirty = True
         self._restore = cursor
         self.flush()
@@ -403,17 +379,10 @@ class MarketsScreen(StationScreen):
         return Text("·" + fmt_age(row.drift_at, self.station.now()), style="dim")
 
     def _cursor_market(self) -> str | None:
-        table = self.table
         if self._restore is not None:
             restore, self._restore = self._restore, None
             return restore
-        if table.row_count == 0:
-            return None
-        try:
-            key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        except Exception:  # noqa: BLE001 - no row under the cursor
-            return None
-        return None if key.value is None else str(key.value)
+        return self.table.cursor_key
 
     @property
     def cursor_market(self) -> str | None:
@@ -543,9 +512,9 @@ class MarketsScreen(StationScreen):
     def action_sort_reverse(self) -> None:
         self._sort(self.sort_key, not self.reverse)
 
-    @on(DataTable.HeaderSelected)
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        key = str(event.column_key.value)
+    @on(BoardTable.HeaderClicked, "#board")
+    def _header(self, event: BoardTable.HeaderClicked) -> None:
+        key = event.column
         self._sort(key, not self.reverse if key == self.sort_key else False)
 
     def action_favourite(self) -> None:
@@ -557,14 +526,14 @@ class MarketsScreen(StationScreen):
         self._dirty = True
         self.flush()
 
-    @on(DataTable.RowHighlighted, "#board")
+    @on(BoardTable.Highlighted, "#board")
     def _highlighted(self) -> None:
         self._detail()
 
-    @on(DataTable.RowSelected, "#board")
-    def _selected(self, event: DataTable.RowSelected) -> None:
+    @on(BoardTable.Selected, "#board")
+    def _selected(self, event: BoardTable.Selected) -> None:
         event.stop()
-        self._open(str(event.row_key.value))
+        self._open(event.key)
 
     def action_open_chart(self) -> None:
         market = self._cursor_market()

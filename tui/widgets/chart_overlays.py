@@ -72,3 +72,12 @@ def overlay_lines(key: str, closes: np.ndarray) -> list[np.ndarray]:
     if key == "bb":
         return list(bollinger(closes))
     raise KeyError(f"no overlay {key!r}")
+
+
+def warm() -> None:
+    """Load every kernel the chart draws with (numba loads each one's cached machine code on
+    its first call, ~0.3 s in all), so the first chart drawn does not wait for it."""
+    closes = np.linspace(100.0, 200.0, 64)
+    for overlay in OVERLAYS:
+        overlay_lines(overlay.key, closes)
+    rsi(closes)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from engine.server.runner import stop_workstation
 from engine.service import Workstation
@@ -267,7 +267,7 @@ async def shown(pilot: Pilot) -> MarketsScreen:
 
 
 def markets_of(screen: MarketsScreen) -> list[str]:
-    return [str(row.key.value) for row in screen.table.ordered_rows]
+    return screen.table.keys
 
 
 @pytest.mark.slow  # two charts loaded, the session's engine driven: ~4-8 s on 2 busy cores
@@ -320,15 +320,12 @@ async def test_sorting_by_key_and_by_header(con, ws):
         assert markets_of(screen) == ["KRW-XRP", "KRW-ETH", "KRW-BTC"]
         await pilot.press("r")
         assert markets_of(screen) == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
-        screen.post_message(
-            DataTable.HeaderSelected(screen.table, screen.table.columns["signal"].key, 5, "Signal")
-        )
+        header = (screen.table.column_x("signal") + 2, 0)  # a click on the Signal header
+        await pilot.click("#board", offset=header)
         await pilot.pause()
         assert screen.sort_key == "signal" and not screen.reverse
         assert markets_of(screen)[0] == "KRW-ETH"  # the only decision: buy; none last
-        screen.post_message(
-            DataTable.HeaderSelected(screen.table, screen.table.columns["signal"].key, 5, "Signal")
-        )
+        await pilot.click("#board", offset=header)
         await pilot.pause()
         assert screen.reverse and markets_of(screen)[-1] == "KRW-XRP"  # none still last
 
@@ -339,7 +336,7 @@ async def test_favourites_sort_first_and_survive_a_restart(con, ws, board_home):
         screen = await shown(pilot)
         await pilot.press("down", "down", "f")  # KRW-XRP
         assert markets_of(screen)[0] == "KRW-XRP" and screen.cursor_market == "KRW-XRP"
-        assert screen.table.get_cell("KRW-XRP", "market").plain == "★KRW-XRP"
+        assert screen.table.cell("KRW-XRP", "market").plain == "★KRW-XRP"
     assert (board_home / "favourites.json").exists()
     again = markets_app(con, ws)
     async with again.run_test(size=(100, 30)) as pilot:
@@ -357,7 +354,7 @@ async def test_many_updates_in_one_interval_are_one_table_refresh(con, ws):
         screen.refresh_timer.pause()  # they all land within one interval
         board: MarketBoard = screen.board
         refreshes = screen.refreshes
-        first_price = screen.table.get_cell("KRW-ETH", "price").plain
+        first_price = screen.table.cell("KRW-ETH", "price").plain
         for i in range(200):  # a board per tick and a signal per tick
             rows = [
                 r.model_copy(update={"last_price": r.last_price * (1 + i / 1e4)})
@@ -368,15 +365,15 @@ async def test_many_updates_in_one_interval_are_one_table_refresh(con, ws):
             screen.post_message(messages.SignalReceived(signal, np.zeros(3)))
         await pilot.pause()
         assert screen.refreshes == refreshes  # taken in, not drawn
-        assert screen.table.get_cell("KRW-ETH", "price").plain == first_price
+        assert screen.table.cell("KRW-ETH", "price").plain == first_price
         screen.refresh_timer.resume()
         for _ in range(100):
             await pilot.pause(REFRESH_S / 20)
             if screen.refreshes > refreshes:
                 break
         assert screen.refreshes == refreshes + 1
-        assert screen.table.get_cell("KRW-BTC", "signal").plain == "sell 0.70 m"  # the newest
-        assert screen.table.get_cell("KRW-ETH", "price").plain == f"{rows[1].last_price:,.0f}"
+        assert screen.table.cell("KRW-BTC", "signal").plain == "sell 0.70 m"  # the newest
+        assert screen.table.cell("KRW-ETH", "price").plain == f"{rows[1].last_price:,.0f}"
         await pilot.pause(REFRESH_S * 1.2)
         assert screen.refreshes == refreshes + 1  # nothing new: no table work
 
