@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 PROBE_ENV = "UPQUANT_TUI_READY"  # a file: "EPOCH ready ..." and "EPOCH shown MODE" lines
 PROBE_S = 0.01  # how often the probe looks for the first useful screen
-WARM_AFTER_S = 1.0  # the screens not shown yet are built this long after the start
+WARM_AFTER_S = 0.5  # the screens not shown yet are built this long after the first is useful
+WARM_LATEST_S = 5.0  # ... or this long after the start, whichever comes first
 WARM_EVERY_S = 0.3  # ... one at a time, this far apart
 SETTLE_EVERY_S = 30.0  # the heap is settled this often (young objects collected, then frozen)
 SETTLE_QUIET_S = 2.0  # ... when no key or click came this long
@@ -127,6 +128,7 @@ class UpquantApp(App[None]):
         self._probe = os.environ.get(PROBE_ENV) or None
         self._input_at = time.monotonic()  # the last key or click (the heap is settled when quiet)
         self._full_at = time.monotonic()  # the last full collection
+        self._built: asyncio.Event | None = None  # set once every screen is built (warm)
         for entry in ENTRIES:
             if entry.name == CHART:
                 self.add_mode(CHART, lambda: self.chart_screen)  # the session's, made here
@@ -183,34 +185,48 @@ class UpquantApp(App[None]):
         self.run_worker(self._run_session(), name="session", group="session", exclusive=True)
         if self.start != CHART:
             self.call_after_refresh(self.action_show, self.start)
-        if self._probe is not None:
-            self._ready_timer = self.set_interval(PROBE_S, self._check_ready)
+        self._ready_timer = self.set_interval(PROBE_S, self._check_ready)
         if self.warm:
-            self.set_timer(WARM_AFTER_S, self._warm_start)
+            self.set_timer(WARM_LATEST_S, self._warm_start)
 
     def _warm_start(self) -> None:
+        if self._built is not None:
+            return  # started already
         self._built = asyncio.Event()  # every screen built
         self.run_worker(self._warm_kernels(), name="warm kernels", group="warm")
-        self._warm_next()
+        self.run_worker(self._warm_screens(), name="warm screens", group="warm")
 
-    def _warm_next(self) -> None:
-        """Build the next screen not shown yet, one per WARM_EVERY_S while the user looks at
-        the first, so that showing it later is a switch (~20-100 ms) and not a build (its
-        widgets, its CSS, its first query: 0.3-1 s under load). Built screens are suspended at
-        once, as a switch away from them would: they poll only while shown."""
+    async def _warm_screens(self) -> None:
+        """Build each screen not shown yet, one per WARM_EVERY_S while the user looks at the
+        first, so that showing it later is a switch (~20-40 ms) and not a build (its widgets,
+        its CSS, its first query: 0.3-1 s under load). Built screens are suspended at once, as
+        a switch away from them would (they poll only while shown), then laid out and drawn
+        off screen at the terminal's size: a first showing would do that (50-100 ms)."""
         from textual import events
 
+        assert self._built is not None
         for entry in ENTRIES:
-            if entry.name not in self._screen_stacks:
+            if entry.name in self._screen_stacks:
+                screen = self._screen_stacks[entry.name][0]
+                if screen is not self.chart_screen or self._shown or self.current_mode == CHART:
+                    continue  # shown already (or the start)
+                # the chart, made with the app, not shown yet (another start): drawn below
+            else:
+                await asyncio.sleep(WARM_EVERY_S)
+                if entry.name in self._screen_stacks:
+                    continue  # the user showed it meanwhile
                 # Textual has no public "build a mode's screen without showing it"
-                self._init_mode(entry.name)
+                mounted = self._init_mode(entry.name)
                 screen = self._screen_stacks[entry.name][0]
                 screen.post_message(events.ScreenSuspend())
                 # its widgets take the stylesheet as they mount; without this, showing it the
                 # first time would re-parse and re-apply the app's whole CSS (~50 ms)
                 screen._css_update_count = self._css_update_count
-                self.set_timer(WARM_EVERY_S, self._warm_next)
-                return
+                await mounted
+            await asyncio.sleep(WARM_EVERY_S / 3)  # its first queries answered
+            if screen is not self.screen and screen.is_attached:
+                screen._refresh_layout(self.size)  # laid out; not displayed: not the current
+                screen._compositor.render_update(full=True)  # each widget's lines drawn
         self._built.set()
 
     async def _warm_kernels(self) -> None:
@@ -221,6 +237,7 @@ class UpquantApp(App[None]):
         from tui.widgets.chart_overlays import warm
 
         await asyncio.to_thread(warm)
+        assert self._built is not None
         await self._built.wait()
         settle_heap()
         # a full collection by itself only after FULL_AFTER young collections (~1 min of a
@@ -261,13 +278,16 @@ class UpquantApp(App[None]):
 
     def _check_ready(self) -> None:
         """Once the first useful screen is drawn (the chart with candles, a table with rows),
-        say so in the probe file."""
+        say so in the probe file, and build the other screens soon after (warm): not before,
+        the first screen's work comes first."""
         if self.current_mode != self.start:
             return  # the screen it starts with is not shown yet
         what = useful(self.screen)
         if what is not None:
             self._ready_timer.stop()
             self.call_after_refresh(self._probe_line, f"ready {self.current_mode} {what}")
+            if self.warm:
+                self.set_timer(WARM_AFTER_S, self._warm_start)
 
     # --- screens --------------------------------------------------------------------------
 

@@ -212,7 +212,10 @@ class MarketsScreen(StationScreen):
         except Exception as exc:  # noqa: BLE001 - shown; the next poll tries again
             self._failed(exc)
         else:
+            first = self.board is None
             self.ingest(board)
+            if first:
+                self.flush()  # the first board at once; later ones at the refresh interval
         finally:
             self._asking = False
 
