@@ -223,7 +223,7 @@ class UpquantApp(App[None]):
                 # first time would re-parse and re-apply the app's whole CSS (~50 ms)
                 screen._css_update_count = self._css_update_count
                 await mounted
-            await asyncio.sleep(WARM_EVERY_S / 3)  # its first queries answered
+            await asyncio.sleep(WARM_EVERY_S)  # its first queries answered (most)
             if screen is not self.screen and screen.is_attached:
                 screen._refresh_layout(self.size)  # laid out; not displayed: not the current
                 screen._compositor.render_update(full=True)  # each widget's lines drawn

@@ -3,6 +3,8 @@ the help, the command palette, KST/UTC, failed operations as notifications."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from textual._context import active_message_pump
 from textual.command import CommandPalette
@@ -191,22 +193,38 @@ async def test_warm_builds_every_screen_in_the_background_suspended(frozen_app, 
 
     monkeypatch.setattr(app_module, "WARM_AFTER_S", 0.05)
     monkeypatch.setattr(app_module, "WARM_EVERY_S", 0.05)
+    threshold = gc.get_threshold()
     app = frozen_app(start=CHART, warm=True)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await settle(pilot)
-        for _ in range(100):
-            if all(entry.name in app._screen_stacks for entry in ENTRIES):
-                break
-            await pilot.pause(0.05)
-        await settle(pilot)
-        assert {entry.name for entry in ENTRIES} <= set(app._screen_stacks)
-        assert app.current_mode == CHART
-        markets = app._screen_stacks["markets"][0]
-        assert markets.is_mounted and not markets.is_current
-        built = markets  # the same screen is shown: nothing built on the key
-        await pilot.press("1")
-        await settle(pilot)
-        assert app.screen is built
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            for _ in range(200):
+                if app._built is not None and app._built.is_set() and gc.get_freeze_count():
+                    break
+                await pilot.pause(0.05)
+            await settle(pilot)
+            assert {entry.name for entry in ENTRIES} <= set(app._screen_stacks)
+            assert app.current_mode == CHART
+            markets = app._screen_stacks["markets"][0]
+            assert markets.is_mounted and not markets.is_current
+            # each built screen took the app's CSS as it mounted: showing it re-applies none
+            assert all(
+                stack[0]._css_update_count == app._css_update_count
+                for stack in app._screen_stacks.values()
+            )
+            # and was laid out at the terminal's size, off screen
+            assert markets.query_one("#board-body").size == (120, 36)
+            # the start's heap settled (frozen), Python's own full collections made rare
+            assert gc.get_freeze_count() > 0
+            assert gc.get_threshold()[2] == app_module.FULL_AFTER
+            built = markets  # the same screen is shown: nothing built on the key
+            await pilot.press("1")
+            await settle(pilot)
+            assert app.screen is built
+            assert built.table.row_count == 2  # drawn from the board it asked for when built
+    finally:  # the test process's collector as it was
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
     cold = frozen_app(start=CHART)  # the default (tests): built when first shown
     async with cold.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
