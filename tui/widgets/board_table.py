@@ -43,6 +43,16 @@ class BoardColumn:
     width: int
 
 
+class _RowMessage(Message):
+    def __init__(self, table: BoardTable, key: str) -> None:
+        super().__init__()
+        self.table, self.key = table, key
+
+    @property
+    def control(self) -> BoardTable:
+        return self.table
+
+
 class BoardTable(ScrollView, can_focus=True):
     """See the module docstring."""
 
@@ -83,27 +93,11 @@ class BoardTable(ScrollView, can_focus=True):
         Binding("end", "edge(1)", "Last row", show=False),
     ]
 
-    class Highlighted(Message):
+    class Highlighted(_RowMessage):
         """The cursor moved to the row `key`."""
 
-        def __init__(self, table: BoardTable, key: str) -> None:
-            super().__init__()
-            self.table, self.key = table, key
-
-        @property
-        def control(self) -> BoardTable:
-            return self.table
-
-    class Selected(Message):
+    class Selected(_RowMessage):
         """The row under the cursor was clicked again."""
-
-        def __init__(self, table: BoardTable, key: str) -> None:
-            super().__init__()
-            self.table, self.key = table, key
-
-        @property
-        def control(self) -> BoardTable:
-            return self.table
 
     class HeaderClicked(Message):
         """The header of column `column` (its key) was clicked."""
