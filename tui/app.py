@@ -225,8 +225,11 @@ class UpquantApp(App[None]):
                 await mounted
             await asyncio.sleep(WARM_EVERY_S)  # its first queries answered (most)
             if screen is not self.screen and screen.is_attached:
-                screen._refresh_layout(self.size)  # laid out; not displayed: not the current
-                screen._compositor.render_update(full=True)  # each widget's lines drawn
+                try:  # Textual's private layout calls (pinned <9): a speed-up, not a need
+                    screen._refresh_layout(self.size)  # laid out; not displayed: not current
+                    screen._compositor.render_update(full=True)  # each widget's lines drawn
+                except Exception:  # noqa: BLE001 - shown later as a first showing draws it
+                    self.log.warning(f"could not lay out {entry.name} off screen")
         self._built.set()
 
     async def _warm_kernels(self) -> None:
